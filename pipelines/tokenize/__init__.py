@@ -1,0 +1,1 @@
+"""Tokenization: raw behavior logs -> the sequence dataset (Parquet + vocab + manifest)."""

@@ -1,0 +1,790 @@
+"""The tokenization transform on Arrow tables (no Beam): input planning, chunked
+reading, per-user history building, vocabulary and split writing.
+
+`pipelines.tokenize.job` distributes these steps with Beam; `pipelines.tokenize.reference`
+runs them in one process (the benchmark's baseline). Both produce the same dataset.
+"""
+from __future__ import annotations
+
+import bz2
+import glob
+import gzip
+import io
+import lzma
+import os
+import re
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ptum import contracts
+from pipelines.tokenize import formats
+from pipelines.tokenize.formats import Chunk, Columns, FileSpec, InputError
+
+DEFAULT_CHUNK_BYTES = 8 << 20
+
+
+@dataclass
+class TokenizeOptions:
+    """Every parameter of a tokenize run (recorded in the manifest)."""
+
+    inputs: List[str]
+    format: str
+    output: str
+    columns: Columns = field(default_factory=Columns)
+    delimiter: Optional[str] = None
+    header: bool = True
+    names: Tuple[str, ...] = ()
+    encoding: str = "utf-8"
+    items_catalog: Optional[str] = None
+    split: str = "leave-one-out"
+    time_cut: Optional[str] = None
+    finetune_fraction: float = 0.2
+    min_item_count: int = 1
+    max_history: int = 0
+    max_line_bytes: int = 1 << 20
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    num_shards: int = 0
+    min_word_count: int = 1
+    max_title_words: int = 30
+    vocab_from: Optional[str] = None
+
+    def manifest_params(self) -> dict:
+        d = asdict(self)
+        d["columns"] = asdict(self.columns)
+        return d
+
+
+# ------------------------------------------------------------------ planning
+def _fs():
+    try:
+        from apache_beam.io.filesystems import FileSystems
+        return FileSystems
+    except ImportError:  # the pure-pyarrow reference runs without Beam
+        return None
+
+
+def expand_paths(pattern: str) -> List[str]:
+    """A path, directory or glob (local or any Beam filesystem) -> sorted file list."""
+    if "://" in pattern:
+        fs = _fs()
+        if fs is None:
+            raise InputError(f"{pattern}: remote paths need apache-beam installed")
+        found = [m.path for r in fs.match([pattern]) for m in r.metadata_list]
+        return sorted(found)
+    if os.path.isdir(pattern):
+        return sorted(os.path.join(pattern, f) for f in os.listdir(pattern)
+                      if os.path.isfile(os.path.join(pattern, f)) and not f.startswith("."))
+    return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+
+
+def open_input(path: str):
+    """Open a (possibly compressed) input file for binary reading."""
+    if "://" in path:
+        from apache_beam.io.filesystems import CompressionTypes, FileSystems
+        return FileSystems.open(path, compression_type=CompressionTypes.AUTO)
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    if path.endswith((".xz", ".lzma")):
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
+def _file_size(path: str) -> int:
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+        return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    return os.path.getsize(path)
+
+
+def _fingerprint(path: str) -> dict:
+    size = _file_size(path)
+    if "://" in path:
+        from apache_beam.io.filesystems import CompressionTypes, FileSystems
+        f = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    else:
+        f = open(path, "rb")
+    with f:
+        head = f.read(1 << 20)
+        tail = b""
+        if size > 2 << 20:
+            f.seek(size - (1 << 20))
+            tail = f.read()
+    return contracts.file_fingerprint(path, size, head, tail)
+
+
+def _first_line(path: str, encoding: str) -> str:
+    with open_input(path) as f:
+        line = f.readline(1 << 20)
+    return line.decode(encoding, errors="replace").rstrip("\r\n")
+
+
+ML_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+             "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+             "Romance", "Sci-Fi", "Thriller", "War", "Western")
+
+
+def plan_inputs(opts: TokenizeOptions) -> Tuple[List[FileSpec], dict]:
+    """Resolve inputs to FileSpecs, checking what can be checked before any work starts.
+
+    Returns the specs (in input order) and side tables for the manifest/labels
+    (`catalog`: item_id/title/categories rows; `labels`: user label rows; `has_time`).
+    """
+    if opts.format not in formats.FORMATS:
+        raise InputError(f"unknown format {opts.format!r}; choose one of {', '.join(formats.FORMATS)}")
+    if opts.split not in contracts.SPLIT_SCHEMES:
+        raise InputError(f"unknown split scheme {opts.split!r}; choose one of {sorted(contracts.SPLIT_SCHEMES)}")
+    if opts.split == "time" and not opts.time_cut:
+        raise InputError("--split time needs --time-cut (epoch seconds or ISO-8601)")
+    if not opts.inputs:
+        raise InputError("no --input given")
+    extra: dict = {"catalog": None, "labels": None, "has_time": True}
+    paths: List[str] = []
+    for pattern in opts.inputs:
+        found = expand_paths(pattern)
+        if not found:
+            raise InputError(f"{pattern}: no such file (or the glob matched nothing)")
+        paths.extend(found)
+    if opts.format == "movielens":
+        return _plan_movielens(opts, paths, extra)
+    paths = sorted(set(paths))
+    specs = []
+    for i, p in enumerate(paths):
+        if opts.format in ("csv", "tsv"):
+            delim = opts.delimiter or ("," if opts.format == "csv" else "\t")
+            names = tuple(opts.names)
+            if opts.header:
+                names = tuple(n.strip() for n in _first_line(p, opts.encoding).split(delim))
+            missing = [c for c in (opts.columns.user, opts.columns.item, opts.columns.time) if c not in names]
+            if missing:
+                raise InputError(f"{p}: missing column(s) {missing} in header {list(names)} "
+                                 "(set --user-column/--item-column/--time-column or --no-header --names)")
+            specs.append(FileSpec(p, i, "delimited", delim, opts.header, names, opts.encoding,
+                                  columns=opts.columns))
+        elif opts.format == "jsonl":
+            specs.append(FileSpec(p, i, "jsonl", encoding=opts.encoding, header=False, columns=opts.columns))
+        elif opts.format == "parquet":
+            names = pq.read_schema(p).names if "://" not in p else ()
+            missing = [c for c in (opts.columns.user, opts.columns.item, opts.columns.time)
+                       if names and c not in names]
+            if missing:
+                raise InputError(f"{p}: missing column(s) {missing} in {list(names)}")
+            specs.append(FileSpec(p, i, "parquet", header=False, columns=opts.columns))
+        elif opts.format == "sequence-lines":
+            extra["has_time"] = False
+            specs.append(FileSpec(p, i, "sequence-lines", header=False, encoding=opts.encoding,
+                                  columns=Columns(behavior=None, value=None)))
+    if opts.items_catalog:
+        extra["catalog"] = read_catalog_csv(opts.items_catalog, opts.encoding)
+    return specs, extra
+
+
+def _plan_movielens(opts, paths, extra):
+    dirs = sorted({p if os.path.isdir(p) else os.path.dirname(p) for p in paths})
+    root = dirs[0]
+    names = {os.path.basename(p) for p in paths}
+    ml_cols = Columns(user="user", item="item", time="timestamp", behavior=None, value="rating")
+    if "u.data" in names:
+        data = os.path.join(root, "u.data")
+        spec = FileSpec(data, 0, "delimited", "\t", False, ("user", "item", "rating", "timestamp"),
+                        "latin-1", default_behavior="rating", columns=ml_cols)
+        item_path, user_path, sep = os.path.join(root, "u.item"), os.path.join(root, "u.user"), "|"
+    elif "ratings.dat" in names:
+        data = os.path.join(root, "ratings.dat")
+        spec = FileSpec(data, 0, "delimited", "::", False, ("user", "item", "rating", "timestamp"),
+                        "latin-1", default_behavior="rating", columns=ml_cols)
+        item_path, user_path, sep = os.path.join(root, "movies.dat"), os.path.join(root, "users.dat"), "::"
+    else:
+        raise InputError(f"{root}: not a MovieLens folder (expected u.data (100K) or ratings.dat (1M))")
+    if os.path.exists(item_path):
+        extra["catalog"] = _movielens_items(item_path, sep)
+    if os.path.exists(user_path):
+        extra["labels"] = _movielens_users(user_path, sep)
+    return [spec], extra
+
+
+def _age_group(age: int) -> str:
+    return "<25" if age < 25 else "25-34" if age < 35 else "35-44" if age < 45 else "45+"
+
+
+def _movielens_items(path: str, sep: str) -> pa.Table:
+    ids, titles, cats = [], [], []
+    with open(path, "rb") as f:
+        for raw in f:
+            parts = raw.decode("latin-1").rstrip("\r\n").split(sep)
+            if len(parts) < 2:
+                continue
+            ids.append(parts[0])
+            titles.append(re.sub(r"\s*\(\d{4}\)\s*$", "", parts[1]))
+            if sep == "|":
+                flags = parts[5:24]
+                cats.append("|".join(g for g, fl in zip(ML_GENRES, flags) if fl == "1"))
+            else:
+                cats.append(parts[2] if len(parts) > 2 else "")
+    return pa.table({"item_id": ids, "title": titles, "categories": cats})
+
+
+def _movielens_users(path: str, sep: str) -> pa.Table:
+    rows = {"user_id": [], "gender": [], "age": [], "age_group": [], "occupation": []}
+    with open(path, "rb") as f:
+        for raw in f:
+            parts = raw.decode("latin-1").rstrip("\r\n").split(sep)
+            if len(parts) < 4:
+                continue
+            if sep == "|":  # 100K: id|age|gender|occupation|zip
+                uid, age, gender, occ = parts[0], int(parts[1]), parts[2], parts[3]
+            else:           # 1M: id::gender::age code::occupation::zip
+                uid, gender, age, occ = parts[0], parts[1], int(parts[2]), parts[3]
+            rows["user_id"].append(uid)
+            rows["gender"].append(gender)
+            rows["age"].append(age)
+            rows["age_group"].append(_age_group(age))
+            rows["occupation"].append(occ)
+    return pa.table(rows)
+
+
+def read_catalog_csv(path: str, encoding: str = "utf-8") -> pa.Table:
+    """Item catalog: item_id, title[, categories] (CSV with a header)."""
+    import pyarrow.csv as pacsv
+
+    if not os.path.exists(path):
+        raise InputError(f"{path}: item catalog not found")
+    t = pacsv.read_csv(path, read_options=pacsv.ReadOptions(encoding=encoding),
+                       convert_options=pacsv.ConvertOptions(column_types={"item_id": pa.string()}))
+    if "item_id" not in t.column_names or "title" not in t.column_names:
+        raise InputError(f"{path}: item catalog needs item_id and title columns, has {t.column_names}")
+    cats = t.column("categories") if "categories" in t.column_names else pa.array([""] * t.num_rows)
+    return pa.table({"item_id": pc.cast(t.column("item_id"), pa.string()),
+                     "title": pc.cast(t.column("title"), pa.string()),
+                     "categories": pc.cast(cats, pa.string())})
+
+
+def fingerprints(specs: Sequence[FileSpec], extra_paths: Sequence[str] = ()) -> List[dict]:
+    return [_fingerprint(s.path) for s in specs] + [_fingerprint(p) for p in extra_paths]
+
+
+def auto_shards(specs: Sequence[FileSpec]) -> int:
+    total = sum(_file_size(s.path) for s in specs)
+    return int(min(256, max(1, total // (32 << 20) + 1)))
+
+
+# ------------------------------------------------------------------ reading
+def read_chunks(spec: FileSpec, chunk_bytes: int, max_line_bytes: int,
+                opener: Callable = open_input) -> Iterator[object]:
+    """Yield Chunks of whole lines (and dead-letter tables for lines the reader itself
+    rejects: over-long lines with no newline in sight, a truncated compressed file)."""
+    row = 1
+    names = spec.names
+    skip_header = spec.header
+    buf = b""
+    skipping = False  # inside an over-long line: drop bytes until the next newline
+    with opener(spec.path) as f:
+        while True:
+            try:
+                block = f.read(chunk_bytes)
+            except (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as e:
+                yield from _emit(spec, buf, row, names, skip_header)
+                yield formats.deadletters(spec, [row + buf.count(b"\n")], [None], ["truncated_input"],
+                                          [f"{type(e).__name__}: {e}".encode() + b" | " + buf[-200:]])
+                return
+            if not block:
+                break
+            if skipping:
+                nl = block.find(b"\n")
+                if nl < 0:
+                    continue
+                block = block[nl + 1:]
+                skipping = False
+                row += 1
+            buf += block
+            cut = buf.rfind(b"\n")
+            if cut < 0:
+                if len(buf) > max(chunk_bytes, max_line_bytes):
+                    yield formats.deadletters(spec, [row], [None], ["line_too_long"], [buf])
+                    buf, skipping = b"", True
+                continue
+            whole, buf = buf[:cut], buf[cut + 1:]
+            for item in _emit(spec, whole, row, names, skip_header):
+                yield item
+            row += whole.count(b"\n") + 1
+            if skip_header:
+                skip_header = False
+    if buf:
+        yield from _emit(spec, buf, row, names, skip_header)
+
+
+def _emit(spec, data: bytes, row: int, names, skip_header: bool):
+    if not data:
+        return
+    if skip_header:
+        nl = data.find(b"\n")
+        if nl < 0:
+            return
+        data, row = data[nl + 1:], row + 1
+    if data:
+        yield Chunk(spec, row, data, tuple(names))
+
+
+def read_parquet_batches(spec: FileSpec, batch_rows: int = 1 << 18):
+    f = open_input(spec.path) if "://" in spec.path else spec.path
+    pf = pq.ParquetFile(f)
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        yield batch, row
+        row += batch.num_rows
+
+
+# ------------------------------------------------------------------ histories
+def build_histories(tables: Sequence[pa.Table], max_history: int):
+    """Events of some users -> time-ordered, de-duplicated, truncated histories.
+
+    Ties in timestamp keep input order (file, row). Returns the table sorted by
+    (user, time, file, row) and a counts dict.
+    """
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return formats.empty_events(), {"duplicates_dropped": 0, "events_truncated": 0,
+                                        "events_accepted": 0}
+    t = pa.concat_tables(tables).combine_chunks()
+    user_codes = _codes(t.column("user_id"))
+    item_codes = _codes(t.column("item_id"))
+    beh_codes = _codes(pc.fill_null(t.column("behavior"), "\x00"))
+    ts = t.column("timestamp").to_numpy()
+    file_idx = t.column("file_idx").to_numpy()
+    row = t.column("row").to_numpy()
+    # Input order position: (file, row) -> one sortable int.
+    order_key = file_idx.astype(np.int64) * (1 << 40) + row
+    # Exact repeats of (user, item, behavior, timestamp): keep the first in input order.
+    o = np.lexsort((order_key, beh_codes, item_codes, ts, user_codes))
+    same = np.zeros(len(o), dtype=bool)
+    same[1:] = ((user_codes[o][1:] == user_codes[o][:-1]) & (ts[o][1:] == ts[o][:-1])
+                & (item_codes[o][1:] == item_codes[o][:-1]) & (beh_codes[o][1:] == beh_codes[o][:-1]))
+    keep = np.ones(len(o), dtype=bool)
+    keep[o[same]] = False
+    duplicates = int(same.sum())
+    # Sort by user id string order (stable names in the output), then time, then input order.
+    user_rank = _rank(t.column("user_id"))
+    idx = np.flatnonzero(keep)
+    o2 = idx[np.lexsort((order_key[idx], ts[idx], user_rank[idx]))]
+    truncated = 0
+    if max_history and max_history > 0:
+        u = user_rank[o2]
+        starts, ends = _runs(u)
+        lens = ends - starts
+        drop = np.maximum(lens - max_history, 0)
+        truncated = int(drop.sum())
+        if truncated:
+            keep2 = np.ones(len(o2), dtype=bool)
+            for s, d in zip(starts[drop > 0], drop[drop > 0]):
+                keep2[s:s + d] = False  # oldest first
+            o2 = o2[keep2]
+    out = t.take(pa.array(o2))
+    counts = {"duplicates_dropped": duplicates, "events_truncated": truncated,
+              "events_accepted": int(len(idx))}
+    return out, counts
+
+
+def _codes(col) -> np.ndarray:
+    enc = pc.dictionary_encode(col)
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    return np.asarray(enc.indices).astype(np.int64)
+
+
+def _rank(col) -> np.ndarray:
+    """Rank of each value in sorted order of distinct values (string order)."""
+    enc = pc.dictionary_encode(col)
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    dict_sort = np.asarray(pc.sort_indices(enc.dictionary))
+    rank_of_code = np.empty(len(dict_sort), dtype=np.int64)
+    rank_of_code[dict_sort] = np.arange(len(dict_sort))
+    return rank_of_code[np.asarray(enc.indices)]
+
+
+def _runs(sorted_codes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    if len(sorted_codes) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
+    return np.concatenate([[0], bounds]), np.concatenate([bounds, [len(sorted_codes)]])
+
+
+def value_counts(col) -> pa.Table:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    vc = pc.value_counts(col)
+    return pa.table({"key": vc.field("values"), "count": pc.cast(vc.field("counts"), pa.int64())})
+
+
+def merge_counts(tables: Sequence[pa.Table]) -> pa.Table:
+    tables = [t for t in tables if t is not None and t.num_rows]
+    if not tables:
+        return pa.table({"key": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
+    t = pa.concat_tables(tables)
+    g = t.group_by("key").aggregate([("count", "sum")])
+    return pa.table({"key": g.column("key"), "count": g.column("count_sum")})
+
+
+# ------------------------------------------------------------------ vocabulary
+def build_item_vocab(item_counts: pa.Table, min_count: int) -> pa.Table:
+    """Items with count >= min_count get token ids FIRST_ITEM_ID.. in (count desc, id) order."""
+    t = item_counts.filter(pc.greater_equal(item_counts.column("count"), min_count))
+    t = t.sort_by([("count", "descending"), ("key", "ascending")])
+    n = t.num_rows
+    return pa.table({
+        "item_id": t.column("key"),
+        "token_id": pa.array(np.arange(contracts.FIRST_ITEM_ID, contracts.FIRST_ITEM_ID + n, dtype=np.int32)),
+        "count": t.column("count"),
+    })
+
+
+def build_behavior_vocab(behavior_counts: pa.Table) -> pa.Table:
+    t = behavior_counts.sort_by([("count", "descending"), ("key", "ascending")])
+    return pa.table({
+        "behavior": t.column("key"),
+        "behavior_id": pa.array(np.arange(contracts.FIRST_BEHAVIOR_ID,
+                                          contracts.FIRST_BEHAVIOR_ID + t.num_rows, dtype=np.int32)),
+        "count": t.column("count"),
+    })
+
+
+def frozen_vocab(dataset_dir: str, item_counts: pa.Table) -> pa.Table:
+    """Reuse another dataset's item vocabulary (same ids -> same vocab hash); counts are this run's."""
+    ds = contracts.open_dataset(dataset_dir)
+    v = ds.read_items_vocab()
+    counts = pc.index_in(v.column("item_id"), value_set=item_counts.column("key"))
+    c = pc.take(item_counts.column("count"), counts) if item_counts.num_rows else pa.nulls(v.num_rows, pa.int64())
+    return pa.table({"item_id": v.column("item_id"), "token_id": v.column("token_id"),
+                     "count": pc.fill_null(c, 0)})
+
+
+def tokenize_words(titles: Sequence[str]) -> List[List[str]]:
+    return [re.findall(r"[0-9a-z]+", (t or "").lower()) for t in titles]
+
+
+def build_catalog(catalog: Optional[pa.Table], items_vocab: pa.Table, min_word_count: int,
+                  max_title_words: int) -> Tuple[Optional[pa.Table], Optional[pa.Table]]:
+    """(catalog with token ids and title word ids, word vocabulary) or (None, None)."""
+    if catalog is None or catalog.num_rows == 0:
+        return None, None
+    words = tokenize_words(catalog.column("title").to_pylist())
+    counts: Dict[str, int] = {}
+    for ws in words:
+        for w in ws:
+            counts[w] = counts.get(w, 0) + 1
+    kept = sorted((w for w, c in counts.items() if c >= min_word_count), key=lambda w: (-counts[w], w))
+    word_id = {w: i + contracts.FIRST_WORD_ID for i, w in enumerate(kept)}
+    word_ids = [[word_id.get(w, contracts.WORD_OOV_ID) for w in ws[:max_title_words]] for ws in words]
+    idx = pc.index_in(catalog.column("item_id"), value_set=items_vocab.column("item_id"))
+    token = pc.fill_null(pc.take(items_vocab.column("token_id"), idx), -1)
+    cat = pa.table({
+        "item_id": catalog.column("item_id"),
+        "token_id": pc.cast(token, pa.int32()),
+        "title": catalog.column("title"),
+        "categories": catalog.column("categories"),
+        "word_ids": pa.array(word_ids, pa.list_(pa.int32())),
+    })
+    vocab = pa.table({"word": pa.array(kept, pa.string()),
+                      "word_id": pa.array([word_id[w] for w in kept], pa.int32()),
+                      "count": pa.array([counts[w] for w in kept], pa.int64())})
+    return cat, vocab
+
+
+# ------------------------------------------------------------------ splits
+@dataclass(frozen=True)
+class SplitSpec:
+    scheme: str
+    time_cut: Optional[int] = None
+    finetune_fraction: float = 0.2
+
+    @staticmethod
+    def from_options(opts: TokenizeOptions) -> "SplitSpec":
+        cut = None
+        if opts.split == "time":
+            parsed = formats.parse_timestamps(pa.array([str(opts.time_cut)]))[0].as_py()
+            if parsed is None:
+                raise InputError(f"--time-cut {opts.time_cut!r}: not epoch seconds or ISO-8601")
+            cut = int(parsed)
+        return SplitSpec(opts.split, cut, opts.finetune_fraction)
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    lens = np.maximum(ends - starts, 0)
+    if lens.sum() == 0:
+        return np.zeros(0, np.int64)
+    offs = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+    return np.arange(lens.sum(), dtype=np.int64) + offs
+
+
+def _rows(histories: pa.Table, tokens: np.ndarray, beh: np.ndarray, users: pa.Array,
+          starts: np.ndarray, ends: np.ndarray, user_idx: np.ndarray) -> pa.Table:
+    """Rows for users `user_idx` holding events [starts, ends) of the sorted histories."""
+    s, e = starts[user_idx], ends[user_idx]
+    flat = _ranges(s, e)
+    lens = (e - s).astype(np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+    ts = np.asarray(histories.column("timestamp"))
+    vals = np.asarray(pc.fill_null(histories.column("value"), float("nan")))
+
+    def lst(values, typ):
+        return pa.ListArray.from_arrays(offsets, pa.array(values, typ))
+
+    return pa.table({
+        "user_id": users.take(pa.array(user_idx)),
+        "item_ids": lst(tokens[flat], pa.int32()),
+        "timestamps": lst(ts[flat], pa.int64()),
+        "behavior_ids": lst(beh[flat], pa.int32()),
+        "values": lst(vals[flat].astype(np.float32), pa.float32()),
+        "length": pa.array(lens, pa.int32()),
+    }, schema=contracts.sequence_schema())
+
+
+def tokenize_histories(histories: pa.Table, items_vocab: pa.Table, behavior_vocab: pa.Table,
+                       split: SplitSpec) -> Tuple[Dict[str, pa.Table], dict]:
+    """Sorted histories of some users -> sequence rows per split (+ counts)."""
+    names = contracts.SPLIT_SCHEMES[split.scheme]
+    counts = {"users": 0, "events_in_sequences": 0, "oov_events": 0,
+              "users_train_only": 0, "events_after_target": 0}
+    if histories.num_rows == 0:
+        return {n: contracts.sequence_schema().empty_table() for n in names}, counts
+    idx = pc.index_in(histories.column("item_id"), value_set=items_vocab.column("item_id"))
+    tok = pc.take(items_vocab.column("token_id"), idx)
+    tokens = np.asarray(pc.fill_null(tok, contracts.OOV_ID)).astype(np.int32)
+    counts["oov_events"] = int(pc.sum(pc.is_null(idx)).as_py() or 0)
+    bidx = pc.index_in(histories.column("behavior"), value_set=behavior_vocab.column("behavior"))
+    beh = np.asarray(pc.fill_null(pc.take(behavior_vocab.column("behavior_id"), bidx),
+                                  contracts.BEHAVIOR_UNKNOWN_ID)).astype(np.int32)
+    ucodes = _codes(histories.column("user_id"))
+    starts, ends = _runs(ucodes)
+    users = histories.column("user_id").combine_chunks().take(pa.array(starts))
+    n_users = len(starts)
+    lens = ends - starts
+    counts["users"] = n_users
+    counts["events_in_sequences"] = int(lens.sum())
+    all_users = np.arange(n_users)
+    out: Dict[str, pa.Table] = {}
+    if split.scheme == "leave-one-out":
+        long_enough = lens >= 3
+        counts["users_train_only"] = int((~long_enough).sum())
+        train_end = np.where(long_enough, ends - 2, ends)
+        out["train"] = _rows(histories, tokens, beh, users, starts, train_end, all_users)
+        ev = np.flatnonzero(long_enough)
+        out["valid"] = _rows(histories, tokens, beh, users, starts, ends - 1, ev)
+        out["test"] = _rows(histories, tokens, beh, users, starts, ends, ev)
+    elif split.scheme == "time":
+        ts = np.asarray(histories.column("timestamp"))
+        before = ts < split.time_cut
+        # Events before the cut per user = prefix length (histories are time-sorted).
+        n_before = np.add.reduceat(before.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
+        has_train = n_before > 0
+        out["train"] = _rows(histories, tokens, beh, users, starts, starts + n_before, np.flatnonzero(has_train))
+        has_target = (n_before > 0) & (n_before < lens)
+        ev = np.flatnonzero(has_target)
+        out["test"] = _rows(histories, tokens, beh, users, starts, starts + n_before + 1, ev)
+        counts["events_after_target"] = int(np.maximum(lens - n_before - 1, 0)[has_target].sum())
+    else:
+        h = np.array([contracts.stable_user_hash(u) for u in users.to_pylist()])
+        fine = h < split.finetune_fraction
+        out["pretrain"] = _rows(histories, tokens, beh, users, starts, ends, np.flatnonzero(~fine))
+        out["finetune"] = _rows(histories, tokens, beh, users, starts, ends, np.flatnonzero(fine))
+    return out, counts
+
+
+# ------------------------------------------------------------------ writing
+def join(base: str, *parts: str) -> str:
+    return contracts._join(base, *parts)
+
+
+def write_parquet(table: pa.Table, path: str) -> None:
+    """Write a Parquet file so that it appears whole (local: temp + rename)."""
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        with FileSystems.create(path) as f:
+            f.write(sink.getvalue())
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def shard_name(prefix: str, shard: int, num_shards: int) -> str:
+    return f"{prefix}-{shard:05d}-of-{num_shards:05d}.parquet"
+
+
+def reset_output(output: str) -> None:
+    """Remove the manifest first (uncommits the old dataset), then old data files."""
+    mpath = join(output, contracts.MANIFEST)
+    if "://" in output:
+        from apache_beam.io.filesystems import FileSystems
+        if FileSystems.exists(mpath):
+            FileSystems.delete([mpath])
+        for sub in (contracts.SEQUENCES_DIR, contracts.VOCAB_DIR, contracts.DEADLETTER_DIR,
+                    contracts.LABELS_DIR):
+            d = join(output, sub)
+            if FileSystems.exists(d):
+                FileSystems.delete([d])
+        return
+    if os.path.exists(mpath):
+        os.remove(mpath)
+    import shutil
+    for sub in (contracts.SEQUENCES_DIR, contracts.VOCAB_DIR, contracts.DEADLETTER_DIR, contracts.LABELS_DIR):
+        shutil.rmtree(os.path.join(output, sub), ignore_errors=True)
+    os.makedirs(output, exist_ok=True)
+
+
+def sum_counts(dicts) -> dict:
+    """Add count dicts (nested one level for dead letters by reason)."""
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                sub = out.setdefault(k, {})
+                for k2, v2 in v.items():
+                    sub[k2] = sub.get(k2, 0) + v2
+            else:
+                out[k] = out.get(k, 0) + v
+    return out
+
+
+def deadletter_counts(dl: pa.Table) -> dict:
+    if dl.num_rows == 0:
+        return {"dead_by_reason": {}}
+    vc = pc.value_counts(dl.column("reason").combine_chunks())
+    return {"dead_by_reason": {k: int(c) for k, c in zip(vc.field("values").to_pylist(),
+                                                         vc.field("counts").to_pylist())}}
+
+
+def make_manifest(opts: TokenizeOptions, counts: dict, files: List[Tuple[str, str, int, int]],
+                  items_vocab: pa.Table, behavior_vocab: pa.Table, fingerprints_: List[dict],
+                  has_time: bool, runner: str, extras: Dict[str, str]) -> dict:
+    """The manifest: counts (with invariants), splits and their files, vocab hash, params."""
+    import datetime
+
+    by_reason = {r: 0 for r in contracts.DEADLETTER_REASONS}
+    by_reason.update(counts.get("dead_by_reason", {}))
+    splits: Dict[str, dict] = {n: {"files": [], "rows": 0, "events": 0}
+                               for n in contracts.SPLIT_SCHEMES[opts.split]}
+    deadletter_files = []
+    for kind, name, rows, events in sorted(files):
+        if kind == "deadletter":
+            deadletter_files.append(name)
+            continue
+        s = splits[kind]
+        s["files"].append(name)
+        s["rows"] += rows
+        s["events"] += events
+    vhash = contracts.vocab_hash(items_vocab.column("item_id").to_pylist(),
+                                 items_vocab.column("token_id").to_pylist())
+    c = {
+        "events_read": int(counts.get("events_read", 0)),
+        "events_accepted": int(counts.get("events_accepted", 0)),
+        "events_dead_lettered": {"total": int(sum(by_reason.values())), "by_reason": by_reason},
+        "duplicates_dropped": int(counts.get("duplicates_dropped", 0)),
+        "events_truncated": int(counts.get("events_truncated", 0)),
+        "events_in_sequences": int(counts.get("events_in_sequences", 0)),
+        "events_after_target": int(counts.get("events_after_target", 0)),
+        "users": int(counts.get("users", 0)),
+        "users_train_only": int(counts.get("users_train_only", 0)),
+        "items": int(items_vocab.num_rows),
+        "items_seen": int(counts.get("items_seen", items_vocab.num_rows)),
+        "behaviors": int(behavior_vocab.num_rows),
+        "oov_events": int(counts.get("oov_events", 0)),
+    }
+    manifest = {
+        "format_version": 1,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "counts": c,
+        "splits": splits,
+        "split_scheme": opts.split,
+        "deadletter_files": [join(contracts.DEADLETTER_DIR, f) for f in deadletter_files],
+        "vocab_hash": vhash,
+        "has_time": has_time,
+        "reserved_item_ids": {"pad": contracts.PAD_ID, "mask": contracts.MASK_ID, "oov": contracts.OOV_ID,
+                              "first_item": contracts.FIRST_ITEM_ID},
+        "parameters": opts.manifest_params(),
+        "inputs": fingerprints_,
+        "runner": runner,
+        "files": extras,
+    }
+    problems = contracts.check_invariants(manifest)
+    if problems:
+        raise AssertionError(f"count invariants violated: {problems}; counts={c}")
+    return manifest
+
+
+# ------------------------------------------------------------------ stage helpers
+def parse_input_unit(unit, max_line_bytes: int):
+    """A Chunk, a (spec, record batch, first row) tuple or a reader dead-letter table
+    -> (events, dead letters, records read)."""
+    if isinstance(unit, pa.Table):  # the reader's own dead letter
+        return formats.empty_events(), unit, unit.num_rows
+    if isinstance(unit, Chunk):
+        return formats.parse_chunk(unit, max_line_bytes)
+    spec, batch, first_row = unit
+    return formats.parse_parquet_batch(spec, batch, first_row)
+
+
+def read_units(spec: FileSpec, opts: TokenizeOptions):
+    if spec.kind == "parquet":
+        for batch, first in read_parquet_batches(spec):
+            yield (spec, batch, first)
+        return
+    yield from read_chunks(spec, opts.chunk_bytes, opts.max_line_bytes)
+
+
+def history_stats(histories: pa.Table) -> Tuple[pa.Table, pa.Table]:
+    """(item counts, behavior counts) of accepted events (before truncation counts are
+    not needed: the vocabulary counts the events that reach the sequences)."""
+    beh = pc.fill_null(histories.column("behavior"), "") if histories.num_rows else pa.array([], pa.string())
+    bc = value_counts(beh)
+    bc = bc.filter(pc.greater(pc.utf8_length(bc.column("key")), 0)) if bc.num_rows else bc
+    return value_counts(histories.column("item_id")), bc
+
+
+def write_bucket(bucket: int, num_shards: int, histories: pa.Table, items_vocab: pa.Table,
+                 behavior_vocab: pa.Table, split: SplitSpec, output: str):
+    """Tokenize and write one bucket's histories; returns (file records, counts)."""
+    rows, counts = tokenize_histories(histories, items_vocab, behavior_vocab, split)
+    files = []
+    for name, table in rows.items():
+        fname = shard_name(name, bucket, num_shards)
+        write_parquet(table, join(output, contracts.SEQUENCES_DIR, fname))
+        files.append((name, fname, table.num_rows, int(pc.sum(table.column("length")).as_py() or 0)))
+    return files, counts
+
+
+def write_vocab_and_tables(output: str, items_vocab: pa.Table, behavior_vocab: pa.Table,
+                           extra: dict, opts: TokenizeOptions) -> Dict[str, str]:
+    """Vocabulary files, the item catalog (title words) and label tables; returns their paths."""
+    written = {}
+    write_parquet(items_vocab, join(output, contracts.VOCAB_DIR, contracts.ITEMS_VOCAB))
+    written["items_vocab"] = join(contracts.VOCAB_DIR, contracts.ITEMS_VOCAB)
+    write_parquet(behavior_vocab, join(output, contracts.VOCAB_DIR, contracts.BEHAVIORS_VOCAB))
+    written["behaviors_vocab"] = join(contracts.VOCAB_DIR, contracts.BEHAVIORS_VOCAB)
+    catalog, words = build_catalog(extra.get("catalog"), items_vocab, opts.min_word_count,
+                                   opts.max_title_words)
+    if catalog is not None:
+        write_parquet(catalog, join(output, contracts.VOCAB_DIR, contracts.CATALOG))
+        write_parquet(words, join(output, contracts.VOCAB_DIR, contracts.WORDS_VOCAB))
+        written["catalog"] = join(contracts.VOCAB_DIR, contracts.CATALOG)
+        written["words_vocab"] = join(contracts.VOCAB_DIR, contracts.WORDS_VOCAB)
+    if extra.get("labels") is not None:
+        write_parquet(extra["labels"], join(output, contracts.LABELS_DIR, "users.parquet"))
+        written["labels"] = join(contracts.LABELS_DIR, "users.parquet")
+    return written
+
+
+def items_vocab_for(item_counts: pa.Table, opts: TokenizeOptions) -> pa.Table:
+    if opts.vocab_from:
+        return frozen_vocab(opts.vocab_from, item_counts)
+    return build_item_vocab(item_counts, opts.min_item_count)

@@ -1,0 +1,239 @@
+"""The Beam tokenization job: raw logs -> sequence dataset.
+
+Arrow record batches flow through the pipeline, never one element per event:
+
+  ListInputs -> ReadChunks -> Spread -> ParseAndBucket ---------------> dead letters
+                                              | (bucket, events table)
+                                       GroupByUserBucket -> BuildHistories -> item/behavior counts
+                                              |                                 | CombineGlobally
+                                              |                               vocab (side input)
+                                       WriteSequences <-------------------------+
+                                              |
+  counts (combined) + files written + vocab  -> WriteManifest (last: the commit marker)
+
+Runs on Beam's FnApiRunner in-process by default (offline); any other runner
+(Dataflow, Flink, Spark) is chosen with the usual `--runner ...` pipeline options.
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from ptum import contracts
+from pipelines.tokenize import core, formats
+
+log = logging.getLogger(__name__)
+# Main outputs are (bucket, Arrow table); tagged outputs carry other types.
+_KV = beam.typehints.KV[int, beam.typehints.Any]
+
+
+class ReadChunks(beam.DoFn):
+    """A file -> units of whole lines (or Parquet record batches)."""
+
+    def __init__(self, opts: core.TokenizeOptions):
+        self._opts = opts
+
+    def process(self, spec):
+        yield from core.read_units(spec, self._opts)
+
+
+class ParseAndBucket(beam.DoFn):
+    """A unit -> (user bucket, events table) pairs; dead letters and counts tagged."""
+
+    DEADLETTER = "deadletter"
+    COUNTS = "counts"
+
+    def __init__(self, max_line_bytes: int, num_shards: int, deadletter_shards: int):
+        self._max_line_bytes = max_line_bytes
+        self._num_shards = num_shards
+        self._dl_shards = deadletter_shards
+        self._read = Metrics.counter("tokenize", "events_read")
+        self._dead = Metrics.counter("tokenize", "events_dead_lettered")
+
+    def process(self, unit):
+        events, dl, read = core.parse_input_unit(unit, self._max_line_bytes)
+        self._read.inc(read)
+        yield beam.pvalue.TaggedOutput(self.COUNTS, {"events_read": read})
+        if dl.num_rows:
+            self._dead.inc(dl.num_rows)
+            key = int(dl.column("row")[0].as_py() or 0) % self._dl_shards
+            yield beam.pvalue.TaggedOutput(self.DEADLETTER, (key, dl))
+        for bucket, table in formats.split_by_bucket(events, self._num_shards):
+            yield bucket, table
+
+
+class BuildHistories(beam.DoFn):
+    """All events of a user bucket -> sorted, de-duplicated, truncated histories."""
+
+    STATS = "stats"
+    COUNTS = "counts"
+
+    def __init__(self, max_history: int):
+        self._max_history = max_history
+        self._dups = Metrics.counter("tokenize", "duplicates_dropped")
+
+    def process(self, element):
+        bucket, tables = element
+        histories, counts = core.build_histories(list(tables), self._max_history)
+        self._dups.inc(counts["duplicates_dropped"])
+        yield beam.pvalue.TaggedOutput(self.COUNTS, counts)
+        yield beam.pvalue.TaggedOutput(self.STATS, core.history_stats(histories))
+        yield bucket, histories
+
+
+class MergeCountTables(beam.CombineFn):
+    """Per-bucket (key, count) tables -> one table of global counts."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, table):
+        acc.append(table)
+        if len(acc) > 16:
+            acc = [core.merge_counts(acc)]
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [core.merge_counts([t for a in accs for t in a])]
+
+    def extract_output(self, acc):
+        return core.merge_counts(acc)
+
+
+class SumCounts(beam.CombineFn):
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, counts):
+        return core.sum_counts([acc, counts])
+
+    def merge_accumulators(self, accs):
+        return core.sum_counts(accs)
+
+    def extract_output(self, acc):
+        return acc
+
+
+class WriteSequences(beam.DoFn):
+    COUNTS = "counts"
+
+    def __init__(self, num_shards: int, split: core.SplitSpec, output: str):
+        self._n = num_shards
+        self._split = split
+        self._output = output
+
+    def process(self, element, items_vocab, behavior_vocab):
+        bucket, histories = element
+        files, counts = core.write_bucket(bucket, self._n, histories, items_vocab, behavior_vocab,
+                                          self._split, self._output)
+        yield beam.pvalue.TaggedOutput(self.COUNTS, counts)
+        yield from files
+
+
+def _write_deadletters(element, output: str, n: int):
+    key, tables = element
+    table = pa.concat_tables(list(tables))
+    name = core.shard_name("deadletter", key, n)
+    core.write_parquet(table, core.join(output, contracts.DEADLETTER_DIR, name))
+    return [("deadletter", name, table.num_rows, 0), core.deadletter_counts(table)]
+
+
+def _write_manifest(_, opts, counts, files, items_vocab, behavior_vocab, items_seen, written,
+                    fingerprints, has_time, runner):
+    total = dict(counts)
+    total["items_seen"] = items_seen
+    manifest = core.make_manifest(opts, total, list(files), items_vocab, behavior_vocab,
+                                  fingerprints, has_time, runner, written)
+    contracts.write_json_atomic(core.join(opts.output, contracts.MANIFEST), manifest)
+    return manifest
+
+
+def build(p: beam.Pipeline, opts: core.TokenizeOptions, specs: List[formats.FileSpec], extra: dict,
+          fingerprints: List[dict], num_shards: int, runner: str):
+    """Add the tokenization transforms to `p`; returns the manifest PCollection."""
+    split = core.SplitSpec.from_options(opts)
+    dl_shards = max(1, min(num_shards, 8))
+    parsed = (
+        p
+        | "ListInputs" >> beam.Create(specs)
+        | "ReadChunks" >> beam.ParDo(ReadChunks(opts))
+        | "Spread" >> beam.Reshuffle()
+        | "ParseAndBucket" >> beam.ParDo(ParseAndBucket(opts.max_line_bytes, num_shards, dl_shards))
+        .with_output_types(_KV).with_outputs(ParseAndBucket.DEADLETTER, ParseAndBucket.COUNTS, main="events"))
+    histories = (
+        parsed.events
+        | "GroupByUserBucket" >> beam.GroupByKey()
+        | "BuildHistories" >> beam.ParDo(BuildHistories(opts.max_history))
+        .with_output_types(_KV).with_outputs(BuildHistories.STATS, BuildHistories.COUNTS, main="histories"))
+    item_counts = (histories.stats
+                   | "ItemCounts" >> beam.Map(lambda s: s[0])
+                   | "CombineItemCounts" >> beam.CombineGlobally(MergeCountTables()))
+    behavior_counts = (histories.stats
+                       | "BehaviorCounts" >> beam.Map(lambda s: s[1])
+                       | "CombineBehaviorCounts" >> beam.CombineGlobally(MergeCountTables()))
+    items_vocab = item_counts | "BuildItemVocab" >> beam.Map(core.items_vocab_for, opts)
+    behavior_vocab = behavior_counts | "BuildBehaviorVocab" >> beam.Map(core.build_behavior_vocab)
+    items_seen = item_counts | "ItemsSeen" >> beam.Map(lambda t: t.num_rows)
+    written = (
+        histories.histories
+        | "WriteSequences" >> beam.ParDo(WriteSequences(num_shards, split, opts.output),
+                                         items_vocab=beam.pvalue.AsSingleton(items_vocab),
+                                         behavior_vocab=beam.pvalue.AsSingleton(behavior_vocab))
+        .with_outputs(WriteSequences.COUNTS, main="files"))
+    dead = (parsed.deadletter
+            | "GroupDeadLetters" >> beam.GroupByKey()
+            | "WriteDeadLetters" >> beam.FlatMap(_write_deadletters, opts.output, dl_shards))
+    dead_files = dead | "DeadLetterFiles" >> beam.Filter(lambda x: isinstance(x, tuple))
+    dead_counts = dead | "DeadLetterCounts" >> beam.Filter(lambda x: isinstance(x, dict))
+    vocab_files = (
+        items_vocab
+        | "WriteVocabulary" >> beam.Map(
+            lambda v, bv: core.write_vocab_and_tables(opts.output, v, bv, extra, opts),
+            bv=beam.pvalue.AsSingleton(behavior_vocab)))
+    counts = ((parsed.counts, histories.counts, written.counts, dead_counts)
+              | "FlattenCounts" >> beam.Flatten()
+              | "SumCounts" >> beam.CombineGlobally(SumCounts()))
+    files = (written.files, dead_files) | "FlattenFiles" >> beam.Flatten()
+    return (
+        p
+        | "Commit" >> beam.Create([None])
+        | "WriteManifest" >> beam.Map(
+            _write_manifest, opts,
+            counts=beam.pvalue.AsSingleton(counts),
+            files=beam.pvalue.AsList(files),
+            items_vocab=beam.pvalue.AsSingleton(items_vocab),
+            behavior_vocab=beam.pvalue.AsSingleton(behavior_vocab),
+            items_seen=beam.pvalue.AsSingleton(items_seen),
+            written=beam.pvalue.AsSingleton(vocab_files),
+            fingerprints=fingerprints, has_time=extra["has_time"], runner=runner))
+
+
+def make_pipeline(beam_args: Optional[List[str]] = None):
+    """A Pipeline on the runner the args name; FnApiRunner in-process when none is named."""
+    options = PipelineOptions(beam_args or [])
+    runner_name = options.view_as(StandardOptions).runner
+    if runner_name:
+        return beam.Pipeline(options=options), runner_name
+    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    mode = options.view_as(DirectOptions).direct_running_mode or "in_memory"
+    return beam.Pipeline(runner=FnApiRunner(), options=options), f"FnApiRunner({mode})"
+
+
+def run(opts: core.TokenizeOptions, beam_args: Optional[List[str]] = None) -> dict:
+    """Plan (fail fast on bad inputs), build and run the job; returns the manifest."""
+    specs, extra = core.plan_inputs(opts)
+    num_shards = opts.num_shards or core.auto_shards(specs)
+    fingerprints = core.fingerprints(specs)
+    core.reset_output(opts.output)
+    p, runner = make_pipeline(beam_args)
+    build(p, opts, specs, extra, fingerprints, num_shards, runner)
+    result = p.run()
+    result.wait_until_finish()
+    return contracts.open_dataset(opts.output).manifest

@@ -1,0 +1,1 @@
+"""PTUM user models."""

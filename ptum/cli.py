@@ -1,0 +1,141 @@
+"""`ptum` command line. Heavy imports (Beam, TensorFlow, TFX) happen inside the
+subcommand that needs them, so `ptum --help` and `import ptum` stay fast."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from typing import List, Optional
+
+
+def _quiet() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _cmd_generate(a) -> int:
+    from ptum.generate import generate
+
+    stats = generate(a.output, users=a.users, items=a.items, seed=a.seed,
+                     malformed_rate=a.malformed_rate, mean_events=a.mean_events)
+    print(json.dumps({"output": a.output, **stats.__dict__}, indent=2))
+    return 0
+
+
+def tokenize_options(a):
+    from pipelines.tokenize.core import TokenizeOptions
+    from pipelines.tokenize.formats import Columns
+
+    return TokenizeOptions(
+        inputs=a.input, format=a.format, output=a.output,
+        columns=Columns(user=a.user_column, item=a.item_column, time=a.time_column,
+                        behavior=a.behavior_column or None, value=a.value_column or None),
+        delimiter=a.delimiter, header=not a.no_header,
+        names=tuple(a.names.split(",")) if a.names else (), encoding=a.encoding,
+        items_catalog=a.items, split=a.split, time_cut=a.time_cut,
+        finetune_fraction=a.finetune_fraction, min_item_count=a.min_item_count,
+        max_history=a.max_history, max_line_bytes=a.max_line_bytes, num_shards=a.num_shards,
+        min_word_count=a.min_word_count, vocab_from=a.vocab_from)
+
+
+def _cmd_tokenize(a, beam_args: List[str]) -> int:
+    from pipelines.tokenize import job
+    from pipelines.tokenize.formats import InputError
+
+    try:
+        opts = tokenize_options(a)
+        manifest = job.run(opts, beam_args)
+    except InputError as e:
+        print(f"ptum tokenize: error: {e}", file=sys.stderr)
+        return 2
+    print(format_tokenize_summary(a.output, manifest))
+    return 0
+
+
+def format_tokenize_summary(output: str, manifest: dict) -> str:
+    c = manifest["counts"]
+    dl = c["events_dead_lettered"]
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(dl["by_reason"].items()) if v) or "none"
+    lines = [
+        f"sequence dataset: {output}  (runner {manifest['runner']}, vocab {manifest['vocab_hash'][:12]})",
+        f"  events read {c['events_read']:,}  accepted {c['events_accepted']:,}  "
+        f"dead-lettered {dl['total']:,} ({reasons})  duplicates {c['duplicates_dropped']:,}  "
+        f"truncated {c['events_truncated']:,}",
+        f"  users {c['users']:,}  items {c['items']:,}  behaviors {c['behaviors']}  "
+        f"OOV events {c['oov_events']:,}",
+    ]
+    for name, s in manifest["splits"].items():
+        lines.append(f"  split {name:<8} rows {s['rows']:,}  events {s['events']:,}  files {len(s['files'])}")
+    return "\n".join(lines)
+
+
+def _add_tokenize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", nargs="+", required=True, help="files, folders or globs (any Beam filesystem)")
+    p.add_argument("--format", required=True,
+                   help="csv | tsv | jsonl | parquet | movielens | sequence-lines")
+    p.add_argument("--output", required=True, help="dataset folder (local or gs://, s3://, ...)")
+    p.add_argument("--user-column", default="user_id")
+    p.add_argument("--item-column", default="item_id")
+    p.add_argument("--time-column", default="timestamp")
+    p.add_argument("--behavior-column", default="behavior", help="empty string: none")
+    p.add_argument("--value-column", default="value", help="empty string: none")
+    p.add_argument("--delimiter", default=None, help="csv/tsv field separator override")
+    p.add_argument("--no-header", action="store_true", help="csv/tsv files have no header line")
+    p.add_argument("--names", default=None, help="comma-separated column names (with --no-header)")
+    p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--items", default=None, help="item catalog CSV: item_id,title[,categories]")
+    p.add_argument("--split", default="leave-one-out", help="leave-one-out | time | user-hash")
+    p.add_argument("--time-cut", default=None, help="for --split time: epoch seconds or ISO-8601")
+    p.add_argument("--finetune-fraction", type=float, default=0.2, help="for --split user-hash")
+    p.add_argument("--min-item-count", type=int, default=1, help="rarer items map to OOV")
+    p.add_argument("--max-history", type=int, default=0, help="keep the newest N events per user (0: all)")
+    p.add_argument("--max-line-bytes", type=int, default=1 << 20)
+    p.add_argument("--num-shards", type=int, default=0, help="0: from input size")
+    p.add_argument("--min-word-count", type=int, default=1)
+    p.add_argument("--vocab-from", default=None, help="reuse this dataset's item vocabulary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ptum", description="PTUM user embeddings: tokenize logs, pre-train, fine-tune, export, serve.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="write synthetic behavior logs (events, items, users, impressions)")
+    g.add_argument("--output", required=True)
+    g.add_argument("--users", type=int, default=1000)
+    g.add_argument("--items", type=int, default=500)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--malformed-rate", type=float, default=0.0)
+    g.add_argument("--mean-events", type=float, default=30.0)
+
+    t = sub.add_parser("tokenize", help="Beam job: raw logs -> sequence dataset (Parquet)",
+                       epilog="Pipeline options go after `--`, e.g. `-- --runner DataflowRunner "
+                              "--project P --region R --temp_location gs://...`.")
+    _add_tokenize_args(t)
+
+    from ptum import commands
+    commands.add_subcommands(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: List[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    args = build_parser().parse_args(argv)
+    _quiet()
+    if args.command == "generate":
+        return _cmd_generate(args)
+    if args.command == "tokenize":
+        return _cmd_tokenize(args, extra)
+    from ptum import commands
+    return commands.dispatch(args, extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Data contracts shared by every stage: reserved token ids, the sequence-dataset
+layout, the vocabulary hash and the manifest (the dataset's commit marker).
+
+Everything here is pure Python + pyarrow so that readers (training, evaluation,
+export) and writers (the Beam tokenizer) agree without importing Beam or TensorFlow.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+# Reserved item token ids. Real items start at FIRST_ITEM_ID, in vocabulary order
+# (descending count, then item id), so the ids are stable for a given vocabulary.
+PAD_ID = 0
+MASK_ID = 1
+OOV_ID = 2
+FIRST_ITEM_ID = 3
+NUM_RESERVED_ITEM_IDS = FIRST_ITEM_ID
+
+# Behavior-type ids: 0 is padding, 1 an unknown/absent behavior type.
+BEHAVIOR_PAD_ID = 0
+BEHAVIOR_UNKNOWN_ID = 1
+FIRST_BEHAVIOR_ID = 2
+
+# Title-word ids for the text-aware behavior encoder.
+WORD_PAD_ID = 0
+WORD_OOV_ID = 1
+FIRST_WORD_ID = 2
+
+MANIFEST = "manifest.json"
+SEQUENCES_DIR = "sequences"
+VOCAB_DIR = "vocab"
+DEADLETTER_DIR = "deadletter"
+ITEMS_VOCAB = "items.parquet"
+BEHAVIORS_VOCAB = "behaviors.parquet"
+WORDS_VOCAB = "words.parquet"
+CATALOG = "catalog.parquet"
+LABELS_DIR = "labels"
+
+SPLIT_SCHEMES = {
+    "leave-one-out": ("train", "valid", "test"),
+    "time": ("train", "test"),
+    "user-hash": ("pretrain", "finetune"),
+}
+
+# Dead-letter reasons, in one place so tests and docs enumerate the same set.
+DEADLETTER_REASONS = (
+    "wrong_column_count",
+    "unparsable_timestamp",
+    "empty_user_id",
+    "empty_item_id",
+    "undecodable_bytes",
+    "nul_byte",
+    "line_too_long",
+    "truncated_input",
+    "malformed_json",
+    "unparsable_value",
+)
+
+
+class DatasetError(Exception):
+    """A sequence dataset is missing, uncommitted or does not match what reads it."""
+
+
+def sequence_schema():
+    """Arrow schema of one sequence row (every row is self-contained)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("user_id", pa.string()),
+        ("item_ids", pa.list_(pa.int32())),
+        ("timestamps", pa.list_(pa.int64())),
+        ("behavior_ids", pa.list_(pa.int32())),
+        ("values", pa.list_(pa.float32())),
+        ("length", pa.int32()),
+    ])
+
+
+def deadletter_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("file", pa.string()),
+        ("row", pa.int64()),
+        ("field", pa.string()),
+        ("reason", pa.string()),
+        ("raw", pa.binary()),
+    ])
+
+
+def vocab_hash(item_ids: Sequence[str], token_ids: Sequence[int]) -> str:
+    """Hash of the (item id, token id) pairs only: counts do not change it, so a
+    dataset tokenized with a frozen vocabulary matches the model that owns it."""
+    h = hashlib.sha256()
+    for item, tok in sorted(zip(item_ids, (int(t) for t in token_ids)), key=lambda p: p[1]):
+        h.update(str(tok).encode())
+        h.update(b"\x1f")
+        h.update(item.encode("utf-8"))
+        h.update(b"\x1e")
+    return h.hexdigest()[:32]
+
+
+def stable_user_hash(user_id: str) -> float:
+    """A stable value in [0, 1) for a user id (the `user-hash` split)."""
+    digest = hashlib.blake2b(user_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0 ** 64
+
+
+def _join(base: str, *parts: str) -> str:
+    if "://" in base:
+        return "/".join([base.rstrip("/")] + list(parts))
+    return os.path.join(base, *parts)
+
+
+@dataclass
+class SequenceDataset:
+    """A committed sequence dataset (its manifest exists and parsed)."""
+
+    root: str
+    manifest: dict
+
+    @property
+    def vocab_hash(self) -> str:
+        return self.manifest["vocab_hash"]
+
+    @property
+    def splits(self) -> Tuple[str, ...]:
+        return tuple(self.manifest["splits"].keys())
+
+    @property
+    def num_item_tokens(self) -> int:
+        """Size of the item embedding table (reserved ids + vocabulary)."""
+        return int(self.manifest["counts"]["items"]) + NUM_RESERVED_ITEM_IDS
+
+    @property
+    def num_behavior_tokens(self) -> int:
+        return int(self.manifest["counts"].get("behaviors", 0)) + FIRST_BEHAVIOR_ID
+
+    @property
+    def has_time(self) -> bool:
+        return bool(self.manifest.get("has_time", True))
+
+    def path(self, *parts: str) -> str:
+        return _join(self.root, *parts)
+
+    def split_files(self, split: str) -> List[str]:
+        if split not in self.manifest["splits"]:
+            raise DatasetError(
+                f"{self.root}: no split {split!r}; this dataset has {sorted(self.manifest['splits'])}")
+        return [self.path(SEQUENCES_DIR, f) for f in self.manifest["splits"][split]["files"]]
+
+    def read_split(self, split: str, columns: Optional[List[str]] = None):
+        """The split as one pyarrow Table (rows in file order)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        files = self.split_files(split)
+        tables = [pq.read_table(_open_binary(f), columns=columns) for f in files]
+        if not tables:
+            schema = sequence_schema()
+            if columns:
+                schema = pa.schema([schema.field(c) for c in columns])
+            return schema.empty_table()
+        return pa.concat_tables(tables)
+
+    def read_items_vocab(self):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(_open_binary(self.path(VOCAB_DIR, ITEMS_VOCAB)))
+
+    def read_vocab_table(self, name: str):
+        import pyarrow.parquet as pq
+
+        path = self.path(VOCAB_DIR, name)
+        if not _exists(path):
+            return None
+        return pq.read_table(_open_binary(path))
+
+
+def _exists(path: str) -> bool:
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems  # only for remote paths
+
+        return FileSystems.exists(path)
+    return os.path.exists(path)
+
+
+def _open_binary(path: str):
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+
+        return FileSystems.open(path)
+    return path
+
+
+def open_dataset(root: str) -> SequenceDataset:
+    """Open a committed dataset; refuse one without a manifest (not committed)."""
+    mpath = _join(root, MANIFEST)
+    if not _exists(mpath):
+        if not _exists(root):
+            raise DatasetError(f"{root}: no such dataset directory")
+        raise DatasetError(
+            f"{root}: no {MANIFEST}: the dataset was not committed (the tokenize run failed, "
+            "was killed, or is still running)")
+    if "://" in mpath:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(mpath) as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+    else:
+        with open(mpath, encoding="utf-8") as f:
+            manifest = json.load(f)
+    return SequenceDataset(root=root, manifest=manifest)
+
+
+def check_invariants(manifest: dict) -> List[str]:
+    """The manifest's count invariants; returns the violated ones (empty when fine)."""
+    c = manifest["counts"]
+    problems = []
+    dl = c["events_dead_lettered"]
+    if c["events_read"] != c["events_accepted"] + dl["total"] + c["duplicates_dropped"]:
+        problems.append("events_read != events_accepted + events_dead_lettered + duplicates_dropped")
+    if sum(dl["by_reason"].values()) != dl["total"]:
+        problems.append("dead letters by reason do not add up to the total")
+    if c["events_accepted"] != c["events_in_sequences"] + c["events_truncated"]:
+        problems.append("events_accepted != events_in_sequences + events_truncated")
+    return problems
+
+
+def write_json_atomic(path: str, obj: dict) -> None:
+    """Write JSON so that readers see the old file or the whole new one."""
+    data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8")
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.create(path) as f:
+            f.write(data)
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def file_fingerprint(path: str, size: int, head: bytes, tail: bytes) -> Dict[str, object]:
+    h = hashlib.sha256()
+    h.update(head)
+    h.update(tail)
+    return {"path": path, "size": size, "sha256_head_tail": h.hexdigest()}
