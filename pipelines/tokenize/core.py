@@ -280,19 +280,36 @@ def read_chunks(spec: FileSpec, chunk_bytes: int, max_line_bytes: int,
                 opener: Callable = open_input) -> Iterator[object]:
     """Yield Chunks of whole lines (and dead-letter tables for lines the reader itself
     rejects: over-long lines with no newline in sight, a truncated compressed file)."""
-    row = 1
-    names = spec.names
-    skip_header = spec.header
-    buf = b""
-    skipping = False  # inside an over-long line: drop bytes until the next newline
+    # Small reads from compressed streams: a truncated file loses at most one read.
+    read_size = (64 << 10) if spec.path.endswith((".gz", ".bz2", ".xz", ".lzma", ".zst", ".deflate")) \
+        else min(chunk_bytes, 1 << 20)
+    state = {"row": 1, "skip_header": spec.header}
+    parts: List[bytes] = []   # blocks of whole lines not yet emitted
+    size = [0]
+    buf = b""                 # a partial line
+    skipping = False          # inside an over-long line: drop bytes until the next newline
+
+    def lines_in_parts():
+        return sum(p.count(b"\n") + 1 for p in parts)
+
+    def flush():
+        if parts:
+            data = b"\n".join(parts)
+            n = lines_in_parts()
+            yield from _emit(spec, data, state["row"], state["skip_header"])
+            state["row"] += n
+            state["skip_header"] = False
+            parts.clear()
+            size[0] = 0
+
     with opener(spec.path) as f:
         while True:
             try:
-                block = f.read(chunk_bytes)
+                block = f.read(read_size)
             except (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as e:
-                yield from _emit(spec, buf, row, names, skip_header)
-                yield formats.deadletters(spec, [row + buf.count(b"\n")], [None], ["truncated_input"],
-                                          [f"{type(e).__name__}: {e}".encode() + b" | " + buf[-200:]])
+                yield from flush()
+                yield formats.deadletters(spec, [state["row"]], [None], ["truncated_input"],
+                                          [f"{type(e).__name__}: {e} | ".encode() + buf[-200:]])
                 return
             if not block:
                 break
@@ -302,34 +319,33 @@ def read_chunks(spec: FileSpec, chunk_bytes: int, max_line_bytes: int,
                     continue
                 block = block[nl + 1:]
                 skipping = False
-                row += 1
             buf += block
             cut = buf.rfind(b"\n")
             if cut < 0:
-                if len(buf) > max(chunk_bytes, max_line_bytes):
-                    yield formats.deadletters(spec, [row], [None], ["line_too_long"], [buf])
+                if len(buf) > max_line_bytes:
+                    yield formats.deadletters(spec, [state["row"] + lines_in_parts()], [None],
+                                              ["line_too_long"], [buf])
+                    parts.append(b"")  # the line keeps its number; an empty line is no record
                     buf, skipping = b"", True
                 continue
-            whole, buf = buf[:cut], buf[cut + 1:]
-            for item in _emit(spec, whole, row, names, skip_header):
-                yield item
-            row += whole.count(b"\n") + 1
-            if skip_header:
-                skip_header = False
+            parts.append(buf[:cut])
+            size[0] += cut
+            buf = buf[cut + 1:]
+            if size[0] >= chunk_bytes:
+                yield from flush()
     if buf:
-        yield from _emit(spec, buf, row, names, skip_header)
+        parts.append(buf)
+    yield from flush()
 
 
-def _emit(spec, data: bytes, row: int, names, skip_header: bool):
-    if not data:
-        return
+def _emit(spec, data: bytes, row: int, skip_header: bool):
     if skip_header:
         nl = data.find(b"\n")
         if nl < 0:
             return
         data, row = data[nl + 1:], row + 1
     if data:
-        yield Chunk(spec, row, data, tuple(names))
+        yield Chunk(spec, row, data, tuple(spec.names))
 
 
 def read_parquet_batches(spec: FileSpec, batch_rows: int = 1 << 18):
