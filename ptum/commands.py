@@ -7,6 +7,21 @@ import sys
 
 
 def add_subcommands(sub) -> None:
+    p = sub.add_parser("pretrain", help="pre-train the PTUM user model (MBP + NBP) on a sequence dataset")
+    p.add_argument("--data", required=True, help="sequence dataset folder (from ptum tokenize)")
+    p.add_argument("--output", required=True, help="model folder")
+    p.add_argument("--config", default=None, help="YAML config (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set model.num_blocks=1 (repeatable)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+
+    e = sub.add_parser("evaluate", help="next-item metrics (full ranking) of a model on a split")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="test")
+    e.add_argument("--output", default=None, help="also write the metrics JSON here")
+
     d = sub.add_parser("demo", help="run the main job end to end on generated sample logs")
     d.add_argument("--workdir", default="demo-output")
     d.add_argument("--users", type=int, default=2000)
@@ -15,9 +30,70 @@ def add_subcommands(sub) -> None:
 
 
 def dispatch(args, extra) -> int:
+    if args.command == "pretrain":
+        return _pretrain(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     if args.command == "demo":
         return _demo(args, extra)
     raise SystemExit(f"unknown command {args.command}")
+
+
+def _keras_backend_default() -> None:
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def _pretrain(a) -> int:
+    _keras_backend_default()
+    from ptum.config import ConfigError, PTUMConfig
+    from ptum.contracts import DatasetError
+    from ptum.train import TrainingError, pretrain
+
+    try:
+        overrides = list(a.set) + ([f"train.epochs={a.epochs}"] if a.epochs is not None else [])
+        cfg = PTUMConfig.load(a.config, overrides)
+        meta = pretrain(a.data, a.output, cfg, resume=not a.no_resume)
+    except (ConfigError, DatasetError, TrainingError) as e:
+        print(f"ptum pretrain: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"model": a.output, "valid": meta["valid"], "best_epoch": meta["best_epoch"],
+                      "train_seconds": meta["train_seconds"]}))
+    return 0
+
+
+def evaluate_model(model_dir: str, data_dir: str, split: str) -> dict:
+    from ptum.contracts import DatasetError, open_dataset
+    from ptum.data import Rows
+    from ptum.evaluate import UserEmbedder, rank_metrics
+    from ptum.train import load_model_dir
+
+    encoder, meta, cfg = load_model_dir(model_dir)
+    ds = open_dataset(data_dir)
+    if ds.vocab_hash != meta["vocab_hash"]:
+        raise DatasetError(f"{data_dir}: vocabulary {ds.vocab_hash} does not match the model's "
+                           f"{meta['vocab_hash']}; tokenize with --vocab-from the model's training dataset")
+    rows = Rows.from_split(ds, split)
+    metrics = rank_metrics(UserEmbedder(encoder), rows, meta["max_len"], meta["length_buckets"],
+                           meta["time_buckets"], cfg.train.eval_batch_size)
+    return {"split": split, "model": model_dir, "data": data_dir, **metrics}
+
+
+def _evaluate(a) -> int:
+    _keras_backend_default()
+    from ptum.contracts import DatasetError
+    from ptum.train import ModelError
+
+    try:
+        result = evaluate_model(a.model, a.data, a.split)
+    except (DatasetError, ModelError) as e:
+        print(f"ptum evaluate: error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2)
+    if a.output:
+        from ptum.contracts import write_json_atomic
+        write_json_atomic(a.output, result)
+    print(text)
+    return 0
 
 
 def _demo(a, extra) -> int:

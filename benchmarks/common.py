@@ -1,0 +1,72 @@
+"""Shared parts of every benchmark result: the stack, the machine, how to reproduce it."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from typing import Dict, List, Sequence
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def stack() -> Dict[str, str]:
+    out = {"python": platform.python_version()}
+    from importlib import metadata
+    for pkg in ("tfx", "tensorflow", "keras", "apache-beam", "pyarrow", "numpy", "jax"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    out["name"] = "legacy" if out.get("tfx", "").startswith("1.16") else "modern" if "tfx" in out else "custom"
+    return out
+
+
+def machine() -> Dict[str, object]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"cores": os.cpu_count(), "cpu": cpu, "gpu": gpu, "platform": platform.platform()}
+
+
+def envelope(command: str) -> dict:
+    return {"stack": stack(), "machine": machine(), "command": command,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def markdown_table(columns: Sequence[str], rows: List[dict]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_result(name: str, result: dict, columns: Sequence[str], rows: List[dict]) -> None:
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+    st, m = result["stack"], result["machine"]
+    md = [f"# {name}", "", f"- stack: {st.get('name')} ({', '.join(f'{k} {v}' for k, v in st.items() if k != 'name')})",
+          f"- machine: {m['cores']} cores, {m['cpu']}" + (f", GPU {m['gpu']}" if m.get("gpu") else ""),
+          f"- command: `{result['command']}`", f"- created: {result['created']}", "",
+          markdown_table(columns, rows), ""]
+    for key in ("growth", "goal", "notes"):
+        if key in result:
+            md.append(f"- {key}: {json.dumps(result[key])}")
+    with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print(f"wrote {RESULTS}/{name}.json and .md", file=sys.stderr)

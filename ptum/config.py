@@ -1,0 +1,152 @@
+"""One typed configuration for the PTUM model and its training, loadable from YAML and
+overridable from the command line; saved beside every model it produced."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+ATTENTION = ("bidirectional", "causal")
+READOUTS = ("pooled", "position")
+NBP_FROM = ("last", "every")
+NEGATIVES = ("sampled", "shared", "full")
+USER_VECTORS = ("pooled", "last")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    """The network. Vocabulary sizes come from the dataset (set at training time)."""
+
+    embedding_dim: int = 64
+    num_blocks: int = 2
+    num_heads: int = 2
+    ff_dim: int = 0                # 0: 4 x embedding_dim
+    dropout: float = 0.2
+    max_len: int = 50
+    attention: str = "causal"      # bidirectional (PTUM, MBP) | causal (next-item)
+    user_vector: str = "last"      # pooled (PTUM's attentive pooling) | last (hidden state)
+    use_behavior: bool = True
+    use_time: bool = True          # log2 time-gap buckets; switched off for datasets without time
+    time_buckets: int = 32
+    use_text: bool = False         # PTUM-style title encoder (needs the dataset's catalog)
+    text_max_words: int = 16
+    text_heads: int = 2
+    num_items: int = 0             # filled from the dataset: reserved ids + vocabulary
+    num_behaviors: int = 0
+    num_words: int = 0
+    future_positions: int = 2      # NBP's K (one future-position embedding per k)
+
+
+@dataclass
+class ObjectiveConfig:
+    mbp: bool = False
+    nbp: bool = True
+    nbp_lambda: float = 1.0
+    mask_rate: float = 0.2
+    mbp_readout: str = "position"  # pooled (PTUM) | position (per masked position)
+    k: int = 1                     # NBP: predict the next K behaviors
+    nbp_from: str = "every"        # last (PTUM: from the last position) | every prefix (dense)
+    negatives: str = "shared"      # sampled (PTUM's per-target candidates) | shared | full
+    num_negatives: int = 256
+    logq_correction: bool = True
+    temperature: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 128
+    epochs: int = 50
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    clipnorm: float = 1.0
+    patience: int = 5
+    seed: int = 0
+    length_buckets: List[int] = field(default_factory=lambda: [8, 16, 32])
+    eval_every: int = 1
+    eval_batch_size: int = 512
+    checkpoint_every_steps: int = 0   # 0: at the end of every epoch only
+    mixed_precision: str = "none"     # none | bf16 | fp16
+    jit_compile: str = "auto"         # auto (on accelerators) | true | false
+    steps_per_execution: int = 1
+    max_train_seconds: float = 0.0    # 0: no limit
+    deterministic: bool = False       # TF op determinism (exact resume; slower)
+
+
+@dataclass
+class PTUMConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "PTUMConfig":
+        m, o = self.model, self.objective
+        checks = [
+            (m.attention in ATTENTION, f"model.attention must be one of {ATTENTION}"),
+            (m.user_vector in USER_VECTORS, f"model.user_vector must be one of {USER_VECTORS}"),
+            (o.mbp_readout in READOUTS, f"objective.mbp_readout must be one of {READOUTS}"),
+            (o.nbp_from in NBP_FROM, f"objective.nbp_from must be one of {NBP_FROM}"),
+            (o.negatives in NEGATIVES, f"objective.negatives must be one of {NEGATIVES}"),
+            (o.mbp or o.nbp, "enable at least one objective (mbp, nbp)"),
+            (m.embedding_dim % m.num_heads == 0, "embedding_dim must divide by num_heads"),
+            (0.0 < o.mask_rate < 1.0, "objective.mask_rate must be in (0, 1)"),
+            (1 <= o.k <= m.future_positions, "objective.k must be <= model.future_positions"),
+            (not (o.nbp and o.nbp_from == "every" and m.attention == "bidirectional"),
+             "NBP from every prefix needs causal attention (bidirectional attention sees the future)"),
+            (self.train.mixed_precision in ("none", "bf16", "fp16"), "train.mixed_precision: none|bf16|fp16"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Optional[Dict[str, Any]]) -> "PTUMConfig":
+        d = d or {}
+        unknown = set(d) - {"model", "objective", "train"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s): {sorted(unknown)}")
+        return cls(model=_build(ModelConfig, d.get("model"), "model"),
+                   objective=_build(ObjectiveConfig, d.get("objective"), "objective"),
+                   train=_build(TrainConfig, d.get("train"), "train")).validate()
+
+    @classmethod
+    def load(cls, path: Optional[str], overrides: Optional[List[str]] = None) -> "PTUMConfig":
+        d: Dict[str, Any] = {}
+        if path:
+            import yaml
+            with open(path, encoding="utf-8") as f:
+                d = yaml.safe_load(f) or {}
+        for item in overrides or []:
+            apply_override(d, item)
+        return cls.from_dict(d)
+
+    def dump_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _build(klass, d, section):
+    d = d or {}
+    names = {f.name for f in fields(klass)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {section}: {sorted(unknown)}")
+    return klass(**d)
+
+
+def apply_override(d: Dict[str, Any], item: str) -> None:
+    """`section.key=value` (value parsed as YAML) into a nested dict."""
+    import yaml
+
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise ConfigError(f"override {item!r}: expected section.key=value, e.g. model.num_blocks=2")
+    key, value = item.split("=", 1)
+    section, name = key.split(".", 1)
+    d.setdefault(section, {})[name] = yaml.safe_load(value)

@@ -1,0 +1,166 @@
+"""Backend-agnostic input: sequence rows (Parquet) -> left-padded numpy batches.
+
+Rows are held as flat numpy arrays + offsets (no per-example Python objects); a
+batch is cut from them with one vectorised gather. Batches group sequences of
+similar length (length buckets), so short histories do not pay for padding; the
+order is a pure function of (seed, epoch), which makes resume exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from ptum import contracts
+
+FEATURES = ("item_ids", "behavior_ids", "time_buckets")
+
+
+@dataclass
+class Rows:
+    """Sequence rows as flat arrays: row i spans values[offsets[i]:offsets[i+1]]."""
+
+    user_ids: np.ndarray
+    offsets: np.ndarray
+    items: np.ndarray
+    behaviors: np.ndarray
+    timestamps: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @classmethod
+    def from_table(cls, table) -> "Rows":
+        import pyarrow.compute as pc
+
+        def flat(col, dtype):
+            c = table.column(col)
+            return np.asarray(pc.list_flatten(c), dtype=dtype) if table.num_rows else np.zeros(0, dtype)
+
+        if table.num_rows:
+            lens = np.asarray(pc.fill_null(pc.list_value_length(table.column("item_ids")), 0), np.int64)
+        else:
+            lens = np.zeros(0, np.int64)
+        return cls(user_ids=np.asarray(table.column("user_id").to_pylist() if table.num_rows else [], dtype=object),
+                   offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+                   items=flat("item_ids", np.int32), behaviors=flat("behavior_ids", np.int32),
+                   timestamps=flat("timestamps", np.int64))
+
+    @classmethod
+    def from_split(cls, dataset: contracts.SequenceDataset, split: str) -> "Rows":
+        return cls.from_table(dataset.read_split(split))
+
+
+def time_buckets_for(ts: np.ndarray, valid: np.ndarray, buckets: int) -> np.ndarray:
+    """log2 time-gap bucket per position (1-based; 0 = padding / first behavior gap 0 -> 1)."""
+    gaps = np.zeros_like(ts)
+    gaps[:, 1:] = ts[:, 1:] - ts[:, :-1]
+    b = np.floor(np.log2(np.maximum(gaps, 0).astype(np.float64) + 1.0)).astype(np.int32)
+    return np.where(valid, 1 + np.minimum(b, buckets - 1), 0).astype(np.int32)
+
+
+def pad_batch(rows: Rows, idx: np.ndarray, width: int, ends: Optional[np.ndarray] = None,
+              time_buckets: int = 32) -> Dict[str, np.ndarray]:
+    """Rows `idx` (each cut at `ends`, default its length) -> the newest `width` behaviors,
+    left-padded."""
+    starts = rows.offsets[idx]
+    stops = starts + (rows.lengths[idx] if ends is None else ends)
+    lens = np.minimum(stops - starts, width)
+    b = len(idx)
+    col = np.arange(width)[None, :]
+    valid = col >= (width - lens)[:, None]
+    src = stops[:, None] - width + col
+    src = np.where(valid, src, 0)
+    items = np.where(valid, rows.items[src] if len(rows.items) else 0, contracts.PAD_ID).astype(np.int32)
+    beh = np.where(valid, rows.behaviors[src] if len(rows.behaviors) else 0, 0).astype(np.int32)
+    ts = np.where(valid, rows.timestamps[src] if len(rows.timestamps) else 0, 0)
+    out = {"item_ids": items.reshape(b, width), "behavior_ids": beh.reshape(b, width)}
+    out["time_buckets"] = time_buckets_for(ts.reshape(b, width), valid, max(time_buckets, 1))
+    return out
+
+
+def bucket_width(length: int, buckets: Sequence[int], max_width: int) -> int:
+    for w in sorted(buckets):
+        if length <= w < max_width:
+            return w
+    return max_width
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, buckets: Sequence[int], max_width: int,
+                  seed: int, epoch: int, shuffle: bool = True) -> List[np.ndarray]:
+    """Batches of row indices grouped by length bucket; a pure function of (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))
+    widths = np.array([bucket_width(int(min(l, max_width)), buckets, max_width) for l in lengths[order]])
+    batches = []
+    for w in np.unique(widths):
+        members = order[widths == w]
+        for i in range(0, len(members), batch_size):
+            batches.append(members[i:i + batch_size])
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def _keras_pydataset():
+    import keras
+    return keras.utils.PyDataset
+
+
+class TrainBatches(_keras_pydataset()):
+    """Training batches for `model.fit` (windows of width max_len + extra columns)."""
+
+    def __init__(self, rows: Rows, batch_size: int, width: int, buckets: Sequence[int], seed: int,
+                 time_buckets: int, epoch: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.rows, self.batch_size, self.width = rows, batch_size, width
+        self.buckets = [b for b in buckets if b < width]
+        self.seed, self.time_buckets = seed, time_buckets
+        keep = rows.lengths >= 2
+        self.index = np.flatnonzero(keep)
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.batches = epoch_batches(self.rows.lengths[self.index], self.batch_size, self.buckets,
+                                     self.width, self.seed, epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i):
+        idx = self.index[self.batches[i]]
+        lens = np.minimum(self.rows.lengths[idx], self.width)
+        w = bucket_width(int(lens.max()), self.buckets, self.width)
+        return pad_batch(self.rows, idx, w, time_buckets=self.time_buckets)
+
+    def on_epoch_end(self):
+        self.set_epoch(self.epoch + 1)
+
+
+def eval_batches(rows: Rows, batch_size: int, width: int, buckets: Sequence[int],
+                 time_buckets: int) -> Iterator[tuple]:
+    """(row indices, history batch) for every row with >= 2 behaviors; target = last behavior."""
+    eligible = np.flatnonzero(rows.lengths >= 2)
+    hist_len = rows.lengths[eligible] - 1
+    for b in epoch_batches(hist_len, batch_size, [x for x in buckets if x < width], width, 0, 0,
+                           shuffle=False):
+        idx = eligible[b]
+        w = bucket_width(int(min(hist_len[b].max(), width)), [x for x in buckets if x < width], width)
+        yield idx, pad_batch(rows, idx, w, ends=rows.lengths[idx] - 1, time_buckets=time_buckets)
+
+
+def user_batches(rows: Rows, batch_size: int, width: int, buckets: Sequence[int],
+                 time_buckets: int) -> Iterator[tuple]:
+    """(row indices, whole-sequence batch) for embedding every user (export)."""
+    eligible = np.flatnonzero(rows.lengths >= 1)
+    for b in epoch_batches(rows.lengths[eligible], batch_size, [x for x in buckets if x < width], width,
+                           0, 0, shuffle=False):
+        idx = eligible[b]
+        w = bucket_width(int(min(rows.lengths[idx].max(), width)), [x for x in buckets if x < width], width)
+        yield idx, pad_batch(rows, idx, w, time_buckets=time_buckets)

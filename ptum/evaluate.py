@@ -1,0 +1,82 @@
+"""Next-item evaluation: full ranking over all items, batched.
+
+For each row with >= 2 behaviors, the history (all but the last behavior) gives the
+user embedding and the last behavior is the target. Headline metrics exclude the
+user's history items from the ranking (as S3-Rec's code, RecBole full-sort and
+RecTools' filter_viewed do); `*_unfiltered` keep them. The target itself is never
+excluded. Reserved token ids (padding, mask, OOV) are never ranked.
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import keras
+import numpy as np
+
+from ptum import contracts
+from ptum.data import Rows, eval_batches
+
+
+@keras.saving.register_keras_serializable(package="ptum")
+class UserEmbedder(keras.Model):
+    """The serving-facing model: behavior batch -> user embedding [B, d]."""
+
+    def __init__(self, encoder, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+
+    def call(self, inputs):
+        return self.encoder.user_embedding(inputs, training=False)
+
+    def get_config(self):
+        return {"encoder": keras.saving.serialize_keras_object(self.encoder), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["encoder"]), name=config.get("name"))
+
+
+def item_table_numpy(encoder) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(encoder.item_table(training=False)), dtype=np.float32)
+
+
+def rank_metrics(embedder: UserEmbedder, rows: Rows, width: int, buckets: Sequence[int], time_buckets: int,
+                 batch_size: int = 512, ks: Sequence[int] = (10, 20)) -> Dict[str, float]:
+    table = item_table_numpy(embedder.encoder)
+    n_items = table.shape[0]
+    n_real = n_items - contracts.FIRST_ITEM_ID
+    sums = {f"{m}@{k}{s}": 0.0 for m in ("ndcg", "recall") for k in ks for s in ("", "_unfiltered")}
+    top_items = set()
+    n = 0
+    kmax = max(ks)
+    for idx, batch in eval_batches(rows, batch_size, width, buckets, time_buckets):
+        users = np.asarray(keras.ops.convert_to_numpy(embedder.predict_on_batch(batch)), dtype=np.float32)
+        scores = users @ table.T
+        scores[:, : contracts.FIRST_ITEM_ID] = -np.inf
+        starts = rows.offsets[idx]
+        ends = rows.offsets[idx + 1]
+        targets = rows.items[ends - 1].astype(np.int64)
+        r = np.arange(len(idx))
+        valid = targets >= contracts.FIRST_ITEM_ID  # an OOV target cannot be ranked: a miss
+        target_scores = scores[r, np.where(valid, targets, 0)]
+        rank_unf = (scores > target_scores[:, None]).sum(axis=1)
+        # History filter: every earlier behavior of the user, except the target item itself.
+        lens = ends - 1 - starts
+        hist_rows = np.repeat(r, lens)
+        hist_items = rows.items[np.concatenate([np.arange(s, e - 1) for s, e in zip(starts, ends)])] \
+            if lens.sum() else np.zeros(0, np.int64)
+        keep = hist_items != targets[hist_rows]
+        scores[hist_rows[keep], hist_items[keep]] = -np.inf
+        rank = (scores > target_scores[:, None]).sum(axis=1)
+        top = np.argpartition(-scores, min(kmax, n_items - 1), axis=1)[:, :10]
+        top_items.update(np.unique(top).tolist())
+        for k in ks:
+            for suffix, rk in (("", rank), ("_unfiltered", rank_unf)):
+                hit = valid & (rk < k)
+                sums[f"recall@{k}{suffix}"] += float(hit.sum())
+                sums[f"ndcg@{k}{suffix}"] += float((hit / np.log2(rk + 2.0)).sum())
+        n += len(idx)
+    out = {k: (v / n if n else 0.0) for k, v in sums.items()}
+    out["coverage@10"] = len([i for i in top_items if i >= contracts.FIRST_ITEM_ID]) / max(n_real, 1)
+    out["users"] = n
+    return out

@@ -1,0 +1,365 @@
+"""The PTUM user model: a behavior encoder + user encoder backbone (`UserEncoder`)
+and the pre-training task (`PTUMPretrainer`: MBP + NBP task layers).
+
+keras.ops only, so the same code trains under KERAS_BACKEND=tensorflow and jax.
+Batches are dicts of int32 [batch, time] arrays, left-padded (the newest behavior
+is always the last column): item_ids, behavior_ids, time_buckets.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+import numpy as np
+from keras import ops
+
+from ptum import contracts
+from ptum.layers import AttentivePooling, TitleEncoder, TransformerBlock
+
+NEG_INF = -1e9
+
+
+@keras.saving.register_keras_serializable(package="ptum")
+class UserEncoder(keras.Model):
+    """Behavior sequence -> hidden states -> the user embedding.
+
+    The user embedding is the vector used for next-item scoring: the readout
+    (`user_vector`: attentive pooling or the last hidden state) plus the first
+    future-position embedding; scored by dot product with `item_table()`.
+    """
+
+    def __init__(self, num_items, embedding_dim=64, num_blocks=2, num_heads=2, ff_dim=0, dropout=0.2,
+                 max_len=50, attention="causal", user_vector="last", num_behaviors=0, time_buckets=0,
+                 num_words=0, text_max_words=16, text_heads=2, future_positions=2, title_words=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.num_items, self.embedding_dim, self.num_blocks = num_items, embedding_dim, num_blocks
+        self.num_heads, self.ff_dim = num_heads, ff_dim or 4 * embedding_dim
+        self.dropout_rate, self.max_len, self.attention = dropout, max_len, attention
+        self.user_vector, self.num_behaviors, self.time_buckets = user_vector, num_behaviors, time_buckets
+        self.num_words, self.text_max_words, self.text_heads = num_words, text_max_words, text_heads
+        self.future_positions = future_positions
+        init = keras.initializers.TruncatedNormal(stddev=0.02)
+        self.item_embedding = keras.layers.Embedding(num_items, embedding_dim, embeddings_initializer=init,
+                                                     name="item_embedding")
+        self.position_embedding = keras.layers.Embedding(max_len + 1, embedding_dim, embeddings_initializer=init,
+                                                         name="position_embedding")
+        self.behavior_embedding = (keras.layers.Embedding(num_behaviors, embedding_dim, embeddings_initializer=init,
+                                                          name="behavior_embedding") if num_behaviors else None)
+        self.time_embedding = (keras.layers.Embedding(time_buckets + 1, embedding_dim, embeddings_initializer=init,
+                                                      name="time_embedding") if time_buckets else None)
+        self.future_embedding = keras.layers.Embedding(future_positions, embedding_dim,
+                                                       embeddings_initializer="zeros", name="future_embedding")
+        self.title_encoder = (TitleEncoder(num_words, embedding_dim, text_max_words, text_heads, dropout,
+                                           name="title_encoder") if num_words else None)
+        self.input_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="input_norm")
+        self.blocks = [TransformerBlock(embedding_dim, num_heads, self.ff_dim, dropout, name=f"block_{i}")
+                       for i in range(num_blocks)]
+        self.final_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")
+        self.pool = AttentivePooling(embedding_dim, name="user_pool")
+        self.drop = keras.layers.Dropout(dropout)
+        self.title_words = None
+        if num_words:
+            self.title_words = self.add_weight(shape=(num_items, text_max_words), dtype="int32",
+                                               initializer="zeros", trainable=False, name="title_words")
+            if title_words is not None:
+                self.title_words.assign(np.asarray(title_words, dtype="int32"))
+        self.build(None)
+
+    def build(self, input_shape=None):
+        # Built eagerly: the item table is needed before the first sequence is encoded.
+        d = self.embedding_dim
+        self.item_embedding.build((None,))
+        self.position_embedding.build((None,))
+        self.future_embedding.build((None,))
+        for emb in (self.behavior_embedding, self.time_embedding):
+            if emb is not None:
+                emb.build((None,))
+        if self.title_encoder is not None:
+            self.title_encoder.build((self.num_items, self.text_max_words))
+        self.input_norm.build((None, None, d))
+        for block in self.blocks:
+            block.build((None, None, d))
+        self.final_norm.build((None, None, d))
+        self.pool.build((None, None, d))
+        self.built = True
+
+    # ---------------------------------------------------------------- items
+    def item_table(self, training=False):
+        """Encodings of every item token id [num_items, dim] (id embedding + title text)."""
+        table = self.item_embedding.embeddings
+        if self.title_encoder is not None:
+            table = table + self.title_encoder(self.title_words.value, training=training)
+        return table
+
+    def encode_titles(self, word_ids):
+        """Title encodings for items outside the vocabulary (catalog-only items)."""
+        if self.title_encoder is None:
+            raise ValueError("this model has no title encoder (model.use_text is off)")
+        return self.title_encoder(word_ids)
+
+    # ---------------------------------------------------------------- users
+    def call(self, inputs, training=False):
+        """Returns hidden states [B, T, d] and the validity mask [B, T]."""
+        ids = inputs["item_ids"]
+        mask = ops.not_equal(ids, contracts.PAD_ID)
+        table = self.item_table(training=training)
+        x = ops.take(table, ids, axis=0)
+        t = ops.shape(ids)[1]
+        # Positions count back from the newest behavior (left padding: the last column).
+        pos = ops.minimum(ops.arange(t - 1, -1, -1), self.max_len)
+        x = x + self.position_embedding(pos)[None]
+        if self.behavior_embedding is not None:
+            x = x + self.behavior_embedding(inputs["behavior_ids"])
+        if self.time_embedding is not None:
+            x = x + self.time_embedding(inputs["time_buckets"])
+        x = self.drop(self.input_norm(x), training=training)
+        att = ops.logical_and(mask[:, None, :], mask[:, :, None])
+        if self.attention == "causal":
+            causal = ops.greater_equal(ops.arange(t)[:, None], ops.arange(t)[None, :])
+            att = ops.logical_and(att, causal[None])
+        # Padding queries attend to themselves so that no softmax row is empty.
+        att = ops.logical_or(att, ops.eye(t, dtype="bool")[None])
+        for block in self.blocks:
+            x = block(x, att, training=training)
+        x = self.final_norm(x)
+        return {"hidden": x, "mask": mask}
+
+    def readout(self, hidden, mask):
+        if self.user_vector == "pooled":
+            return self.pool(hidden, mask)
+        return hidden[:, -1, :]
+
+    def query(self, vectors, k: int = 0):
+        """The scoring query for the k-th future behavior (k=0: the next one)."""
+        return vectors + self.future_embedding(ops.convert_to_tensor([k]))[0]
+
+    def user_embedding(self, inputs, training=False):
+        out = self(inputs, training=training)
+        return self.query(self.readout(out["hidden"], out["mask"]), 0)
+
+    def get_config(self):
+        return {"num_items": self.num_items, "embedding_dim": self.embedding_dim,
+                "num_blocks": self.num_blocks, "num_heads": self.num_heads, "ff_dim": self.ff_dim,
+                "dropout": self.dropout_rate, "max_len": self.max_len, "attention": self.attention,
+                "user_vector": self.user_vector, "num_behaviors": self.num_behaviors,
+                "time_buckets": self.time_buckets, "num_words": self.num_words,
+                "text_max_words": self.text_max_words, "text_heads": self.text_heads,
+                "future_positions": self.future_positions, "name": self.name, "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def scored_cross_entropy(logits, target_col=0):
+    """Softmax cross-entropy where the positive sits in column `target_col`."""
+    logits = ops.cast(logits, "float32")
+    return -ops.take(ops.log_softmax(logits, axis=-1), target_col, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="ptum")
+class CandidateScoring(keras.layers.Layer):
+    """Scores queries against their target item and negatives; returns the mean softmax
+    cross-entropy over valid targets. One place for PTUM's sampled candidates, shared
+    sampled softmax (uniform, logQ-corrected, accidental hits masked) and full softmax."""
+
+    def __init__(self, negatives="shared", num_negatives=256, logq_correction=True, temperature=1.0,
+                 seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.negatives, self.num_negatives = negatives, num_negatives
+        self.logq_correction, self.temperature = logq_correction, temperature
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, queries, targets, valid, table):
+        """queries [N, d], targets [N] int, valid [N] bool, table [V, d] -> scalar loss."""
+        num_items = ops.shape(table)[0]
+        q = ops.cast(queries, "float32") / self.temperature
+        table = ops.cast(table, "float32")
+        pos = ops.sum(q * ops.take(table, targets, axis=0), axis=-1, keepdims=True)
+        if self.negatives == "full":
+            logits = ops.matmul(q, ops.transpose(table))
+            reserved = ops.arange(num_items) < contracts.FIRST_ITEM_ID
+            logits = ops.where(reserved[None, :], NEG_INF, logits)
+            is_target = ops.equal(ops.arange(num_items)[None, :], targets[:, None])
+            logits = ops.where(is_target, NEG_INF, logits)
+            logits = ops.concatenate([pos, logits], axis=-1)
+        elif self.negatives == "shared":
+            neg = keras.random.randint((self.num_negatives,), contracts.FIRST_ITEM_ID, num_items,
+                                       seed=self.seed_generator)
+            logits = ops.matmul(q, ops.transpose(ops.take(table, neg, axis=0)))
+            if self.logq_correction:
+                # Uniform proposal: q(j) = S / (V - reserved) for each sampled negative.
+                n_real = ops.cast(num_items - contracts.FIRST_ITEM_ID, "float32")
+                logits = logits - ops.log(self.num_negatives / n_real)
+            logits = ops.where(ops.equal(neg[None, :], targets[:, None]), NEG_INF, logits)
+            logits = ops.concatenate([pos, logits], axis=-1)
+        else:  # PTUM: per-target sampled candidates
+            n = ops.shape(targets)[0]
+            neg = keras.random.randint((n, self.num_negatives), contracts.FIRST_ITEM_ID, num_items,
+                                       seed=self.seed_generator)
+            neg_vec = ops.take(table, neg, axis=0)
+            logits = ops.sum(q[:, None, :] * neg_vec, axis=-1)
+            logits = ops.where(ops.equal(neg, targets[:, None]), NEG_INF, logits)
+            logits = ops.concatenate([pos, logits], axis=-1)
+        ce = scored_cross_entropy(logits)
+        w = ops.cast(valid, "float32")
+        return ops.sum(ce * w) / ops.maximum(ops.sum(w), 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "negatives": self.negatives, "num_negatives": self.num_negatives,
+                "logq_correction": self.logq_correction, "temperature": self.temperature, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="ptum")
+class MaskedBehaviorPrediction(keras.layers.Layer):
+    """MBP: hide behaviors (MASK_ID), predict them from the pooled user vector (PTUM) or
+    from the hidden state at each masked position."""
+
+    def __init__(self, mask_rate=0.2, readout="position", seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_rate, self.readout, self.seed = mask_rate, readout, seed
+        self.seed_generator = keras.random.SeedGenerator(seed + 1)
+
+    def call(self, inputs, encoder=None, scoring=None, training=False):
+        ids = inputs["item_ids"]
+        valid = ops.not_equal(ids, contracts.PAD_ID)
+        u = keras.random.uniform(ops.shape(ids), seed=self.seed_generator)
+        masked = ops.logical_and(valid, u < self.mask_rate)
+        # At least one masked behavior per sequence (PTUM masks exactly one): the newest
+        # position with the highest draw among valid ones.
+        draw = ops.where(valid, u, 2.0)
+        first = ops.equal(draw, ops.min(draw, axis=1, keepdims=True))
+        masked = ops.logical_or(masked, ops.logical_and(first, valid))
+        masked_ids = ops.where(masked, contracts.MASK_ID, ids)
+        out = encoder({**inputs, "item_ids": masked_ids}, training=training)
+        table = encoder.item_table(training=training)
+        d = ops.shape(out["hidden"])[-1]
+        if self.readout == "position":
+            queries = ops.reshape(out["hidden"], (-1, d))
+        else:
+            pooled = encoder.pool(out["hidden"], ops.not_equal(masked_ids, contracts.PAD_ID))
+            t = ops.shape(ids)[1]
+            queries = ops.reshape(ops.repeat(pooled[:, None, :], t, axis=1), (-1, d))
+        targets = ops.reshape(ids, (-1,))
+        ok = ops.logical_and(ops.reshape(masked, (-1,)), ops.not_equal(targets, contracts.OOV_ID))
+        return scoring(queries, targets, ok, table)
+
+    def get_config(self):
+        return {**super().get_config(), "mask_rate": self.mask_rate, "readout": self.readout, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="ptum")
+class NextBehaviorsPrediction(keras.layers.Layer):
+    """NBP: predict each of the next K behaviors, with one future-position embedding per k,
+    from the last position only (PTUM: the last K behaviors are cut off the input) or
+    from every prefix (dense next-K; needs causal attention)."""
+
+    def __init__(self, k=1, nbp_from="every", **kwargs):
+        super().__init__(**kwargs)
+        self.k, self.nbp_from = k, nbp_from
+
+    def call(self, inputs, encoder=None, scoring=None, training=False):
+        ids = inputs["item_ids"]
+        t = ops.shape(ids)[1]
+        table = encoder.item_table(training=training)
+        losses = []
+        if self.nbp_from == "every":
+            cut = {name: v[:, :-1] for name, v in inputs.items()}
+            out = encoder(cut, training=training)
+            d = ops.shape(out["hidden"])[-1]
+            for k in range(self.k):
+                # Query at position i predicts behavior i + 1 + k.
+                h = out["hidden"][:, : t - 1 - k, :]
+                tgt = ids[:, 1 + k:]
+                src_ok = out["mask"][:, : t - 1 - k]
+                q = ops.reshape(encoder.query(h, k), (-1, d))
+                tgt = ops.reshape(tgt, (-1,))
+                ok = ops.logical_and(ops.reshape(src_ok, (-1,)), ops.not_equal(tgt, contracts.PAD_ID))
+                ok = ops.logical_and(ok, ops.not_equal(tgt, contracts.OOV_ID))
+                losses.append(scoring(q, tgt, ok, table))
+        else:
+            cut = {name: v[:, : t - self.k] for name, v in inputs.items()}
+            out = encoder(cut, training=training)
+            vec = encoder.readout(out["hidden"], out["mask"])
+            has_history = ops.any(out["mask"], axis=1)
+            for k in range(self.k):
+                tgt = ids[:, t - self.k + k]
+                ok = ops.logical_and(has_history, ops.not_equal(tgt, contracts.PAD_ID))
+                ok = ops.logical_and(ok, ops.not_equal(tgt, contracts.OOV_ID))
+                losses.append(scoring(encoder.query(vec, k), tgt, ok, table))
+        return ops.mean(ops.stack(losses))
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k, "nbp_from": self.nbp_from}
+
+
+@keras.saving.register_keras_serializable(package="ptum")
+class PTUMPretrainer(keras.Model):
+    """Backbone + the two self-supervised tasks. Loss = L_MBP + lambda * L_NBP."""
+
+    def __init__(self, encoder: UserEncoder, mbp=False, nbp=True, nbp_lambda=1.0, mask_rate=0.2,
+                 mbp_readout="position", k=1, nbp_from="every", negatives="shared", num_negatives=256,
+                 logq_correction=True, temperature=1.0, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.use_mbp, self.use_nbp, self.nbp_lambda = mbp, nbp, nbp_lambda
+        self._cfg = dict(mask_rate=mask_rate, mbp_readout=mbp_readout, k=k, nbp_from=nbp_from,
+                         negatives=negatives, num_negatives=num_negatives, logq_correction=logq_correction,
+                         temperature=temperature, seed=seed)
+        self.scoring = CandidateScoring(negatives, num_negatives, logq_correction, temperature, seed,
+                                        name="scoring")
+        self.mbp = MaskedBehaviorPrediction(mask_rate, mbp_readout, seed, name="mbp") if mbp else None
+        self.nbp = NextBehaviorsPrediction(k, nbp_from, name="nbp") if nbp else None
+
+    def call(self, inputs, training=False):
+        losses = {}
+        if self.nbp is not None:
+            losses["nbp"] = self.nbp(inputs, encoder=self.encoder, scoring=self.scoring, training=training)
+        if self.mbp is not None:
+            losses["mbp"] = self.mbp(inputs, encoder=self.encoder, scoring=self.scoring, training=training)
+        return losses
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        total = 0.0
+        if "mbp" in y_pred:
+            total = total + y_pred["mbp"]
+        if "nbp" in y_pred:
+            total = total + self.nbp_lambda * y_pred["nbp"]
+        return total
+
+    def get_config(self):
+        return {"encoder": keras.saving.serialize_keras_object(self.encoder), "mbp": self.use_mbp,
+                "nbp": self.use_nbp, "nbp_lambda": self.nbp_lambda, **self._cfg, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        return cls(**config)
+
+
+def build_encoder(model_cfg, title_words: Optional[np.ndarray] = None) -> UserEncoder:
+    m = model_cfg
+    return UserEncoder(
+        num_items=m.num_items, embedding_dim=m.embedding_dim, num_blocks=m.num_blocks, num_heads=m.num_heads,
+        ff_dim=m.ff_dim, dropout=m.dropout, max_len=m.max_len, attention=m.attention,
+        user_vector=m.user_vector, num_behaviors=m.num_behaviors if m.use_behavior else 0,
+        time_buckets=m.time_buckets if m.use_time else 0, num_words=m.num_words if m.use_text else 0,
+        text_max_words=m.text_max_words, text_heads=m.text_heads, future_positions=m.future_positions,
+        title_words=title_words if m.use_text else None, name="user_encoder")
+
+
+def build_pretrainer(cfg, encoder: UserEncoder) -> PTUMPretrainer:
+    o = cfg.objective
+    return PTUMPretrainer(encoder, mbp=o.mbp, nbp=o.nbp, nbp_lambda=o.nbp_lambda, mask_rate=o.mask_rate,
+                          mbp_readout=o.mbp_readout, k=o.k, nbp_from=o.nbp_from, negatives=o.negatives,
+                          num_negatives=o.num_negatives, logq_correction=o.logq_correction,
+                          temperature=o.temperature, seed=cfg.train.seed, name="ptum_pretrainer")
+
+
+def time_bucket_of(gaps: np.ndarray, buckets: int) -> np.ndarray:
+    """Gap in seconds -> 1 + min(buckets - 1, int(log2(gap + 1))); 0 stays for padding."""
+    b = np.floor(np.log2(np.maximum(gaps, 0).astype(np.float64) + 1.0)).astype(np.int32)
+    return 1 + np.minimum(b, buckets - 1)

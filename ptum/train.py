@@ -1,0 +1,310 @@
+"""Pre-training: dataset -> PTUM model directory (with resume after a kill).
+
+Model directory layout (`metadata.json` is written last: it marks the model finished;
+loaders refuse a directory without it):
+  encoder.keras            the UserEncoder (Keras native format), best validation weights
+  config.json              the PTUMConfig used (model sizes filled from the dataset)
+  metadata.json            vocab hash, which vector is the user embedding, metrics, data fingerprint, stack
+  history.json             per-epoch losses and validation metrics
+  vocab/                   the dataset's vocabulary files (for serving-time lookup)
+  checkpoints/             latest training state (pretrainer + optimizer + RNG) and state.json
+  tensorboard/             TensorBoard logs
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from ptum import contracts
+from ptum.config import PTUMConfig
+
+METADATA = "metadata.json"
+ENCODER_FILE = "encoder.keras"
+
+
+class TrainingError(Exception):
+    """Training cannot start or went wrong (bad data, NaN loss, vocab mismatch)."""
+
+
+def _versions() -> Dict[str, str]:
+    from importlib import metadata
+    out = {"python": platform.python_version()}
+    for pkg in ("keras", "tensorflow", "jax", "numpy", "pyarrow", "tfx"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def fill_from_dataset(cfg: PTUMConfig, ds: contracts.SequenceDataset) -> Optional[np.ndarray]:
+    """Set vocabulary sizes from the dataset; returns title word ids per token (or None)."""
+    m = cfg.model
+    m.num_items = ds.num_item_tokens
+    m.num_behaviors = ds.num_behavior_tokens
+    if not ds.has_time:
+        m.use_time = False
+    if not m.use_text:
+        return None
+    catalog = ds.read_vocab_table(contracts.CATALOG)
+    words = ds.read_vocab_table(contracts.WORDS_VOCAB)
+    if catalog is None or words is None:
+        raise TrainingError(f"{ds.root}: model.use_text needs an item catalog with titles "
+                            "(tokenize with --items, or the movielens format)")
+    m.num_words = words.num_rows + contracts.FIRST_WORD_ID
+    table = np.zeros((m.num_items, m.text_max_words), np.int32)
+    for tok, wids in zip(catalog.column("token_id").to_pylist(), catalog.column("word_ids").to_pylist()):
+        if tok is not None and 0 <= tok < m.num_items:
+            w = wids[: m.text_max_words]
+            table[tok, : len(w)] = w
+    return table
+
+
+def train_window(cfg: PTUMConfig) -> int:
+    o, m = cfg.objective, cfg.model
+    if not o.nbp:
+        return m.max_len
+    return m.max_len + (1 if o.nbp_from == "every" else o.k)
+
+
+def _set_precision(policy: str) -> None:
+    import keras
+    if policy == "bf16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    elif policy == "fp16":
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+
+def distribution_scope():
+    """tf.distribute strategy from the environment (TF backend), else a no-op scope.
+
+    TPU when TPU_NAME is set; MultiWorkerMirrored when TF_CONFIG names a cluster;
+    Mirrored when more than one GPU is visible; the default strategy otherwise. Under
+    JAX, keras.distribution.DataParallel over all devices when there is more than one.
+    """
+    import contextlib
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+        if len(jax.devices()) > 1:
+            keras.distribution.set_distribution(keras.distribution.DataParallel())
+        return contextlib.nullcontext()
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+    if os.environ.get("TPU_NAME"):
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ["TPU_NAME"])
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver).scope()
+    if os.environ.get("TF_CONFIG") and json.loads(os.environ["TF_CONFIG"]).get("cluster"):
+        return tf.distribute.MultiWorkerMirroredStrategy().scope()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy().scope()
+    return tf.distribute.get_strategy().scope()
+
+
+def _jit(cfg: PTUMConfig):
+    v = str(cfg.train.jit_compile).lower()
+    if v in ("true", "false"):
+        return v == "true"
+    return "auto"
+
+
+def _atomic_save_keras(model, path: str) -> None:
+    tmp = path + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _rng_states(model):
+    """Seed-generator states (dropout masks, MBP masks, negatives): saved with each
+    checkpoint so a resumed run draws exactly what the uninterrupted run would."""
+    return [v for v in model.non_trainable_variables if "seed_generator_state" in v.path]
+
+
+def pretrain(data_dir: str, output: str, cfg: PTUMConfig, log: Callable[[str], None] = print,
+             resume: bool = True) -> dict:
+    """Train the PTUM model; returns the metadata written to `output/metadata.json`."""
+    import keras
+
+    ds = contracts.open_dataset(data_dir)
+    for split in ("train", "valid"):
+        if split not in ds.splits:
+            raise TrainingError(f"{data_dir}: pre-training needs a {split!r} split "
+                                f"(this dataset has {list(ds.splits)}; tokenize with --split leave-one-out)")
+    from ptum.data import Rows, TrainBatches
+    from ptum.evaluate import UserEmbedder, rank_metrics
+    from ptum.model import build_encoder, build_pretrainer
+
+    train_rows = Rows.from_split(ds, "train")
+    valid_rows = Rows.from_split(ds, "valid")
+    if (train_rows.lengths >= 2).sum() == 0:
+        raise TrainingError(f"{data_dir}: the train split has no sequence with 2 or more behaviors")
+    title_words = fill_from_dataset(cfg, ds)
+    cfg.validate()
+    t = cfg.train
+    os.makedirs(output, exist_ok=True)
+    if os.path.exists(os.path.join(output, METADATA)):
+        os.remove(os.path.join(output, METADATA))  # the directory is unfinished from here on
+    ckpt_dir = os.path.join(output, "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    state_path = os.path.join(ckpt_dir, "state.json")
+    latest = os.path.join(ckpt_dir, "latest.keras")
+    best_path = os.path.join(ckpt_dir, "best.weights.h5")
+    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "wait": 0, "history": [], "train_seconds": 0.0,
+             "vocab_hash": ds.vocab_hash, "config": cfg.to_dict()}
+    keras.utils.set_random_seed(t.seed)
+    if t.deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
+    _set_precision(t.mixed_precision)
+    resumed = False
+    with distribution_scope():
+        if resume and os.path.exists(state_path) and os.path.exists(latest):
+            with open(state_path) as f:
+                saved = json.load(f)
+            if saved.get("vocab_hash") != ds.vocab_hash:
+                raise TrainingError(f"{output}: checkpoint was trained on vocabulary {saved.get('vocab_hash')}, "
+                                    f"dataset has {ds.vocab_hash}; use a new --output or --no-resume")
+            if saved.get("config") != cfg.to_dict():
+                log("checkpoint config differs from this run's: starting over")
+            else:
+                state = saved
+                pretrainer = keras.saving.load_model(latest, compile=True)
+                for var, value in zip(_rng_states(pretrainer), state.get("rng_states", [])):
+                    var.assign(np.asarray(value, dtype=var.dtype))
+                resumed = True
+                log(f"resuming from {latest} after epoch {state['epoch']}")
+        if not resumed:
+            encoder = build_encoder(cfg.model, title_words)
+            pretrainer = build_pretrainer(cfg, encoder)
+            optimizer = keras.optimizers.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+                                               clipnorm=t.clipnorm or None)
+            pretrainer.compile(optimizer=optimizer, jit_compile=_jit(cfg),
+                               steps_per_execution=t.steps_per_execution)
+    encoder = pretrainer.encoder
+    embedder = UserEmbedder(encoder, name="user_embedder")
+    width = train_window(cfg)
+    time_b = cfg.model.time_buckets if cfg.model.use_time else 0
+    data = TrainBatches(train_rows, t.batch_size, width, t.length_buckets, t.seed, time_b, epoch=state["epoch"])
+
+    class EpochEnd(keras.callbacks.Callback):
+        """Validation NDCG@10, best weights, early stopping, NaN guard and checkpoints."""
+
+        def __init__(self):
+            super().__init__()
+            self.t0 = time.perf_counter()
+            self.base_seconds = state["train_seconds"]
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            loss = float(logs.get("loss", float("nan")))
+            if not math.isfinite(loss):
+                raise TrainingError(f"loss is {loss} at epoch {epoch + 1}: lower the learning rate "
+                                    "or check the data; no model was written")
+            elapsed = self.base_seconds + time.perf_counter() - self.t0
+            entry = {"epoch": epoch + 1, "loss": loss, "seconds": round(elapsed, 2)}
+            if (epoch + 1) % t.eval_every == 0:
+                m = rank_metrics(embedder, valid_rows, cfg.model.max_len, t.length_buckets, time_b,
+                                 t.eval_batch_size, ks=(10,))
+                entry["valid_ndcg@10"] = m["ndcg@10"]
+                entry["valid_recall@10"] = m["recall@10"]
+                if m["ndcg@10"] > state["best"]:
+                    state.update(best=m["ndcg@10"], best_epoch=epoch + 1, wait=0)
+                    pretrainer.save_weights(best_path)
+                else:
+                    state["wait"] += 1
+            state["history"].append(entry)
+            state["epoch"] = epoch + 1
+            state["train_seconds"] = elapsed
+            log("epoch {epoch:>3}  loss {loss:.4f}  valid ndcg@10 {v}  ({seconds:.0f}s)".format(
+                v=f"{entry['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in entry else "-", **entry))
+            _atomic_save_keras(pretrainer, latest)
+            state["rng_states"] = [np.asarray(keras.ops.convert_to_numpy(v.value)).tolist()
+                                   for v in _rng_states(pretrainer)]
+            tmp = state_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(state, f)
+            os.replace(tmp, state_path)
+            over_time = t.max_train_seconds and elapsed > t.max_train_seconds
+            if state["wait"] >= t.patience or over_time:
+                self.model.stop_training = True
+
+    callbacks = [EpochEnd(), keras.callbacks.TensorBoard(os.path.join(output, "tensorboard"),
+                                                         write_graph=False, update_freq="epoch")]
+    if state["epoch"] < t.epochs and state["wait"] < t.patience:
+        pretrainer.fit(data, epochs=t.epochs, initial_epoch=state["epoch"], callbacks=callbacks,
+                       verbose=0, shuffle=False)
+    if state["best_epoch"] < 0:
+        raise TrainingError("no validation result was recorded; no model was written")
+    pretrainer.load_weights(best_path)
+    return _finish(output, ds, cfg, encoder, state, log)
+
+
+def _finish(output, ds, cfg, encoder, state, log) -> dict:
+    _atomic_save_keras(encoder, os.path.join(output, ENCODER_FILE))
+    vocab_out = os.path.join(output, "vocab")
+    os.makedirs(vocab_out, exist_ok=True)
+    for name in (contracts.ITEMS_VOCAB, contracts.BEHAVIORS_VOCAB, contracts.CATALOG, contracts.WORDS_VOCAB):
+        src = ds.path(contracts.VOCAB_DIR, name)
+        if os.path.exists(src):
+            shutil.copyfile(src, os.path.join(vocab_out, name))
+    with open(os.path.join(output, "config.json"), "w") as f:
+        f.write(cfg.dump_json())
+    with open(os.path.join(output, "history.json"), "w") as f:
+        json.dump(state["history"], f, indent=1)
+    metadata = {
+        "model": "ptum-user-encoder",
+        "vocab_hash": ds.vocab_hash,
+        "user_embedding": {
+            "readout": cfg.model.user_vector,
+            "definition": ("attentive pooling of the hidden states" if cfg.model.user_vector == "pooled"
+                           else "hidden state at the newest behavior") + " + future-position embedding k=1",
+            "dim": cfg.model.embedding_dim,
+            "scoring": "dot product with item_table()",
+        },
+        "max_len": cfg.model.max_len,
+        "time_buckets": cfg.model.time_buckets if cfg.model.use_time else 0,
+        "length_buckets": cfg.train.length_buckets,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "train_seconds": round(state["train_seconds"], 2),
+        "valid": {"ndcg@10": state["best"]},
+        "training_data": {"path": ds.root, "manifest_created": ds.manifest.get("created"),
+                          "inputs": ds.manifest.get("inputs"), "counts": ds.manifest.get("counts")},
+        "stack": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    contracts.write_json_atomic(os.path.join(output, METADATA), metadata)
+    log(f"model written to {output} (best epoch {state['best_epoch']}, valid ndcg@10 {state['best']:.4f})")
+    return metadata
+
+
+class ModelError(Exception):
+    pass
+
+
+def load_model_dir(path: str):
+    """(encoder, metadata, config) of a finished model directory."""
+    import keras
+    import ptum.evaluate  # noqa: F401  (registers serializable classes)
+    import ptum.model  # noqa: F401
+
+    meta_path = os.path.join(path, METADATA)
+    if not os.path.exists(meta_path):
+        raise ModelError(f"{path}: no {METADATA}: not a finished model (training failed, was killed or is running)")
+    with open(meta_path) as f:
+        metadata = json.load(f)
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = PTUMConfig.from_dict(json.load(f))
+    encoder = keras.saving.load_model(os.path.join(path, ENCODER_FILE), compile=False)
+    return encoder, metadata, cfg
