@@ -138,7 +138,20 @@ def _build(klass, d, section):
     unknown = set(d) - names
     if unknown:
         raise ConfigError(f"unknown key(s) in {section}: {sorted(unknown)}")
-    return klass(**d)
+    types = {f.name: f.type for f in fields(klass)}
+    out = {}
+    for k, v in d.items():
+        t = str(types[k])
+        try:
+            # YAML reads "1e-3" as a string (YAML 1.1): coerce scalars to the field's type.
+            if t == "float" and isinstance(v, (str, int)) and not isinstance(v, bool):
+                v = float(v)
+            elif t == "int" and isinstance(v, str):
+                v = int(v)
+        except ValueError:
+            raise ConfigError(f"{section}.{k}: expected {t}, got {v!r}") from None
+        out[k] = v
+    return klass(**out)
 
 
 def apply_override(d: Dict[str, Any], item: str) -> None:
