@@ -97,18 +97,33 @@ def _evaluate(a) -> int:
 
 
 def _demo(a, extra) -> int:
+    _keras_backend_default()
     from ptum.cli import format_tokenize_summary
+    from ptum.config import PTUMConfig
     from ptum.generate import generate
+    from ptum.train import pretrain
     from pipelines.tokenize import core, job
 
     logs = os.path.join(a.workdir, "logs")
     stats = generate(logs, users=a.users, items=a.items, seed=a.seed, malformed_rate=0.002)
-    print(f"[1/2] generated {stats.events:,} events for {stats.users:,} users in {logs}")
+    print(f"[1/4] generated {stats.events:,} events for {stats.users:,} users in {logs}")
     data = os.path.join(a.workdir, "sequences")
     manifest = job.run(core.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv",
                                             output=data, items_catalog=os.path.join(logs, "items.csv")),
                        extra)
-    print("[2/2] tokenized with Beam")
+    print("[2/4] tokenized with Beam")
     print(format_tokenize_summary(data, manifest))
-    print(json.dumps({"dataset": data, "manifest": os.path.join(data, "manifest.json")}))
+    model = os.path.join(a.workdir, "model")
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml")
+    cfg = PTUMConfig.load(config if os.path.exists(config) else None)
+    print("[3/4] pre-training (MBP + NBP)")
+    pretrain(data, model, cfg, log=lambda s: print("   ", s))
+    metrics = evaluate_model(model, data, "test")
+    metrics_path = os.path.join(a.workdir, "metrics.json")
+    from ptum.contracts import write_json_atomic
+    write_json_atomic(metrics_path, metrics)
+    print(f"[4/4] test ndcg@10 {metrics['ndcg@10']:.4f}  recall@10 {metrics['recall@10']:.4f}  "
+          f"(history-filtered, full ranking over {manifest['counts']['items']} items)")
+    print(json.dumps({"dataset": data, "dead_letters": os.path.join(data, "deadletter"),
+                      "model": model, "metrics": metrics_path}, indent=2))
     return 0

@@ -140,6 +140,7 @@ class TrainBatches(_keras_pydataset()):
         return pad_batch(self.rows, idx, w, time_buckets=self.time_buckets)
 
     def on_epoch_end(self):
+        # Keras calls this after every epoch (JAX path); the tf.data path sets epochs itself.
         self.set_epoch(self.epoch + 1)
 
 

@@ -241,8 +241,13 @@ def pretrain(data_dir: str, output: str, cfg: PTUMConfig, log: Callable[[str], N
 
     callbacks = [EpochEnd(), keras.callbacks.TensorBoard(os.path.join(output, "tensorboard"),
                                                          write_graph=False, update_freq="epoch")]
+    if keras.backend.backend() == "tensorflow":
+        from ptum.tf_input import train_dataset
+        fit_data = train_dataset(data)
+    else:
+        fit_data = data
     if state["epoch"] < t.epochs and state["wait"] < t.patience:
-        pretrainer.fit(data, epochs=t.epochs, initial_epoch=state["epoch"], callbacks=callbacks,
+        pretrainer.fit(fit_data, epochs=t.epochs, initial_epoch=state["epoch"], callbacks=callbacks,
                        verbose=0, shuffle=False)
     if state["best_epoch"] < 0:
         raise TrainingError("no validation result was recorded; no model was written")
