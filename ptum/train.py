@@ -119,6 +119,15 @@ def _jit(cfg: PTUMConfig):
     return "auto"
 
 
+def _tensorboard_available() -> bool:
+    """Keras' TensorBoard callback needs TensorFlow and the tensorboard package."""
+    import importlib.util
+
+    import keras
+    return (keras.backend.backend() == "tensorflow"
+            and importlib.util.find_spec("tensorboard") is not None)
+
+
 def _atomic_save_keras(model, path: str) -> None:
     tmp = path + ".tmp.keras"
     model.save(tmp)
@@ -239,8 +248,10 @@ def pretrain(data_dir: str, output: str, cfg: PTUMConfig, log: Callable[[str], N
             if state["wait"] >= t.patience or over_time:
                 self.model.stop_training = True
 
-    callbacks = [EpochEnd(), keras.callbacks.TensorBoard(os.path.join(output, "tensorboard"),
-                                                         write_graph=False, update_freq="epoch")]
+    callbacks = [EpochEnd()]
+    if _tensorboard_available():
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "tensorboard"),
+                                                     write_graph=False, update_freq="epoch"))
     if keras.backend.backend() == "tensorflow":
         from ptum.tf_input import train_dataset
         fit_data = train_dataset(data)
