@@ -12,8 +12,8 @@ from ptum.data import FEATURES, TrainBatches
 
 
 def train_dataset(batches: TrainBatches) -> tf.data.Dataset:
-    """A tf.data.Dataset that yields one epoch of `batches` per iteration, then advances
-    the epoch (Keras re-iterates a finite dataset at every epoch)."""
+    """An endless tf.data.Dataset: epoch after epoch of `batches` (the number of batches
+    per epoch is constant: fit with steps_per_epoch=len(batches))."""
     epoch = {"next": batches.epoch}
 
     def one_epoch():
@@ -23,4 +23,4 @@ def train_dataset(batches: TrainBatches) -> tf.data.Dataset:
             yield batches[i]
 
     signature = {k: tf.TensorSpec((None, None), tf.int32) for k in FEATURES}
-    return tf.data.Dataset.from_generator(one_epoch, output_signature=signature).prefetch(2)
+    return tf.data.Dataset.from_generator(one_epoch, output_signature=signature).repeat().prefetch(2)

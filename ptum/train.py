@@ -259,7 +259,7 @@ def pretrain(data_dir: str, output: str, cfg: PTUMConfig, log: Callable[[str], N
         fit_data = data
     if state["epoch"] < t.epochs and state["wait"] < t.patience:
         pretrainer.fit(fit_data, epochs=t.epochs, initial_epoch=state["epoch"], callbacks=callbacks,
-                       verbose=0, shuffle=False)
+                       steps_per_epoch=len(data), verbose=0, shuffle=False)
     if state["best_epoch"] < 0:
         raise TrainingError("no validation result was recorded; no model was written")
     pretrainer.load_weights(best_path)
