@@ -22,6 +22,20 @@ def add_subcommands(sub) -> None:
     e.add_argument("--split", default="test")
     e.add_argument("--output", default=None, help="also write the metrics JSON here")
 
+    x = sub.add_parser("export-model", help="write a versioned user-embedding SavedModel for TF Serving")
+    x.add_argument("--model", required=True, help="a finished model folder (from ptum pretrain)")
+    x.add_argument("--output", required=True, help="serving base folder: <output>/<version>/ is written")
+    x.add_argument("--version", type=int, default=None, help="default: the current epoch seconds")
+
+    b = sub.add_parser("export-embeddings", help="Beam job: embed every user of a dataset into Parquet",
+                       epilog="Pipeline options go after `--`.")
+    b.add_argument("--model", required=True, help="a model folder or a SavedModel version folder")
+    b.add_argument("--data", required=True)
+    b.add_argument("--output", required=True)
+    b.add_argument("--split", default=None, help="default: test (full histories) or the first split")
+    b.add_argument("--batch-rows", type=int, default=2048)
+    b.add_argument("--tfrecord", action="store_true", help="also write TFRecord files")
+
     d = sub.add_parser("demo", help="run the main job end to end on generated sample logs")
     d.add_argument("--workdir", default="demo-output")
     d.add_argument("--users", type=int, default=2000)
@@ -34,6 +48,10 @@ def dispatch(args, extra) -> int:
         return _pretrain(args)
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "export-model":
+        return _export_model(args)
+    if args.command == "export-embeddings":
+        return _export_embeddings(args, extra)
     if args.command == "demo":
         return _demo(args, extra)
     raise SystemExit(f"unknown command {args.command}")
@@ -93,6 +111,37 @@ def _evaluate(a) -> int:
         from ptum.contracts import write_json_atomic
         write_json_atomic(a.output, result)
     print(text)
+    return 0
+
+
+def _export_model(a) -> int:
+    _keras_backend_default()
+    from ptum.export import export_saved_model
+    from ptum.train import ModelError
+
+    try:
+        path = export_saved_model(a.model, a.output, version=a.version)
+    except (ModelError, FileExistsError) as e:
+        print(f"ptum export-model: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"saved_model": path}))
+    return 0
+
+
+def _export_embeddings(a, extra) -> int:
+    _keras_backend_default()
+    from ptum.contracts import DatasetError
+    from ptum.train import ModelError
+    from pipelines.export_embeddings import ExportError, run
+
+    try:
+        manifest = run(a.model, a.data, a.output, split=a.split, batch_rows=a.batch_rows, tfrecord=a.tfrecord,
+                       beam_args=extra)
+    except (ExportError, DatasetError, ModelError) as e:
+        print(f"ptum export-embeddings: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"output": a.output, "counts": manifest["counts"], "model_version": manifest["model_version"]},
+                     indent=2))
     return 0
 
 

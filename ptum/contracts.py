@@ -239,6 +239,7 @@ def write_json_atomic(path: str, obj: dict) -> None:
         with FileSystems.create(path) as f:
             f.write(data)
         return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)

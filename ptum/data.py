@@ -57,9 +57,10 @@ class Rows:
 
 
 def time_buckets_for(ts: np.ndarray, valid: np.ndarray, buckets: int) -> np.ndarray:
-    """log2 time-gap bucket per position (1-based; 0 = padding / first behavior gap 0 -> 1)."""
+    """log2 time-gap bucket per position: 1 + min(buckets - 1, int(log2(gap + 1))), where gap
+    is the time since the previous behavior (0 for the first one); 0 for padding."""
     gaps = np.zeros_like(ts)
-    gaps[:, 1:] = ts[:, 1:] - ts[:, :-1]
+    gaps[:, 1:] = np.where(valid[:, :-1], ts[:, 1:] - ts[:, :-1], 0)
     b = np.floor(np.log2(np.maximum(gaps, 0).astype(np.float64) + 1.0)).astype(np.int32)
     return np.where(valid, 1 + np.minimum(b, buckets - 1), 0).astype(np.int32)
 

@@ -99,11 +99,12 @@ class UserEncoder(keras.Model):
         return self.title_encoder(word_ids)
 
     # ---------------------------------------------------------------- users
-    def call(self, inputs, training=False):
-        """Returns hidden states [B, T, d] and the validity mask [B, T]."""
+    def call(self, inputs, training=False, item_table=None):
+        """Returns hidden states [B, T, d] and the validity mask [B, T]. `item_table`
+        replaces the item encodings (export: the table extended with catalog-only items)."""
         ids = inputs["item_ids"]
         mask = ops.not_equal(ids, contracts.PAD_ID)
-        table = self.item_table(training=training)
+        table = self.item_table(training=training) if item_table is None else item_table
         x = ops.take(table, ids, axis=0)
         t = ops.shape(ids)[1]
         # Positions count back from the newest behavior (left padding: the last column).
@@ -134,8 +135,8 @@ class UserEncoder(keras.Model):
         """The scoring query for the k-th future behavior (k=0: the next one)."""
         return vectors + self.future_embedding(ops.convert_to_tensor([k]))[0]
 
-    def user_embedding(self, inputs, training=False):
-        out = self(inputs, training=training)
+    def user_embedding(self, inputs, training=False, item_table=None):
+        out = self(inputs, training=training, item_table=item_table)
         return self.query(self.readout(out["hidden"], out["mask"]), 0)
 
     def get_config(self):
@@ -359,7 +360,3 @@ def build_pretrainer(cfg, encoder: UserEncoder) -> PTUMPretrainer:
                           temperature=o.temperature, seed=cfg.train.seed, name="ptum_pretrainer")
 
 
-def time_bucket_of(gaps: np.ndarray, buckets: int) -> np.ndarray:
-    """Gap in seconds -> 1 + min(buckets - 1, int(log2(gap + 1))); 0 stays for padding."""
-    b = np.floor(np.log2(np.maximum(gaps, 0).astype(np.float64) + 1.0)).astype(np.int32)
-    return 1 + np.minimum(b, buckets - 1)

@@ -1,0 +1,220 @@
+"""Beam job: a sequence dataset + a user-embedding SavedModel -> Parquet embedding table.
+
+  ListFiles -> ReadRowBatches -> Spread -> EmbedBatch (SavedModel loaded once per worker,
+  `embed_tokens` signature: the serving graph itself, so batch and serving agree)
+  -> WriteShards -> counts -> WriteManifest (last: the commit marker)
+
+Output rows: user_id, embedding (fixed-size list<float32>), model_version, vocab_hash,
+as_of (the newest behavior's timestamp), all_oov (every behavior was out of vocabulary).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import List, Optional
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+
+from ptum import contracts
+from pipelines.tokenize import core as tcore
+
+EMBEDDINGS_DIR = "embeddings"
+
+
+class ExportError(Exception):
+    pass
+
+
+def padded_tokens(batch: pa.RecordBatch, width: int):
+    """List columns -> right-padded int64 arrays of each row's newest `width` entries."""
+    import pyarrow.compute as pc
+
+    lens = np.asarray(pc.fill_null(pc.list_value_length(batch.column("item_ids")), 0), np.int64)
+    n = np.minimum(lens, width)
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    w = max(int(n.max()) if len(n) else 1, 1)
+    col = np.arange(w)[None, :]
+    valid = col < n[:, None]
+    src = np.where(valid, (offsets[1:] - n)[:, None] + col, 0)
+    out = {}
+    for name in ("item_ids", "behavior_ids", "timestamps"):
+        flat = np.asarray(pc.list_flatten(batch.column(name)), np.int64)
+        if len(flat) == 0:
+            flat = np.zeros(1, np.int64)
+        out[name] = np.where(valid, flat[src], 0).astype(np.int64)
+    return out, n.astype(np.int64), lens
+
+
+class ReadRowBatches(beam.DoFn):
+    """A Parquet file -> record batches; rows of users in `skip_users` are left out (they
+    are read from a file holding their fuller history)."""
+
+    def __init__(self, batch_rows: int):
+        self._rows = batch_rows
+
+    def process(self, element, skip_users=()):
+        import pyarrow.compute as pc
+
+        file_idx, path, skip = element
+        pf = pq.ParquetFile(tcore.open_input(path) if "://" in path else path)
+        for i, batch in enumerate(pf.iter_batches(batch_size=self._rows)):
+            if skip and len(skip_users):
+                keep = pc.invert(pc.is_in(batch.column("user_id"), value_set=pa.array(list(skip_users), pa.string())))
+                batch = batch.filter(keep)
+                if batch.num_rows == 0:
+                    continue
+            yield file_idx, i, batch
+
+
+class EmbedBatch(beam.DoFn):
+    """Loads the SavedModel once per worker (DoFn.setup) and embeds Arrow batches."""
+
+    def __init__(self, saved_model: str, output: str, width: int, model_version: str, vocab_hash: str,
+                 tfrecord: bool):
+        self._path, self._output, self._width = saved_model, output, width
+        self._version, self._vocab_hash, self._tfrecord = model_version, vocab_hash, tfrecord
+        self._users = Metrics.counter("export", "users")
+        self._oov = Metrics.counter("export", "users_all_oov")
+
+    def setup(self):
+        import tensorflow as tf
+
+        self._tf = tf
+        self._model = tf.saved_model.load(self._path)
+        self._fn = self._model.signatures["embed_tokens"]
+
+    def process(self, element):
+        file_idx, batch_idx, batch = element
+        tf = self._tf
+        tokens, n, lens = padded_tokens(batch, self._width)
+        emb = self._fn(item_ids=tf.constant(tokens["item_ids"]), behavior_ids=tf.constant(tokens["behavior_ids"]),
+                       timestamps=tf.constant(tokens["timestamps"]), lengths=tf.constant(n))["user_embedding"]
+        emb = emb.numpy().astype(np.float32)
+        d = emb.shape[1]
+        ids = tokens["item_ids"]
+        all_oov = ((ids == contracts.OOV_ID) | (np.arange(ids.shape[1])[None, :] >= n[:, None])).all(axis=1)
+        last_ts = tokens["timestamps"][np.arange(len(n)), np.maximum(n - 1, 0)]
+        table = pa.table({
+            "user_id": batch.column("user_id"),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), d),
+            "model_version": pa.array([self._version] * len(n), pa.string()),
+            "vocab_hash": pa.array([self._vocab_hash] * len(n), pa.string()),
+            "as_of": pa.array(last_ts, pa.int64()),
+            "all_oov": pa.array(all_oov),
+        })
+        name = f"embeddings-{file_idx:05d}-{batch_idx:05d}"
+        tcore.write_parquet(table, tcore.join(self._output, EMBEDDINGS_DIR, name + ".parquet"))
+        files = [name + ".parquet"]
+        if self._tfrecord:
+            files.append(self._write_tfrecord(table, emb, name))
+        self._users.inc(len(n))
+        self._oov.inc(int(all_oov.sum()))
+        yield {"users": int(len(n)), "users_all_oov": int(all_oov.sum()),
+               "users_without_behaviors": int((lens == 0).sum()), "files": files}
+
+    def _write_tfrecord(self, table, emb, name) -> str:
+        tf = self._tf
+        path = tcore.join(self._output, EMBEDDINGS_DIR, name + ".tfrecord")
+        tmp = path + ".tmp"
+        with tf.io.TFRecordWriter(tmp) as w:
+            for uid, vec in zip(table.column("user_id").to_pylist(), emb):
+                ex = tf.train.Example(features=tf.train.Features(feature={
+                    "user_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[uid.encode()])),
+                    "embedding": tf.train.Feature(float_list=tf.train.FloatList(value=vec.tolist()))}))
+                w.write(ex.SerializeToString())
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+        return name + ".tfrecord"
+
+
+def _sum(dicts):
+    out = {"users": 0, "users_all_oov": 0, "users_without_behaviors": 0, "files": []}
+    for d in dicts:
+        for k in ("users", "users_all_oov", "users_without_behaviors"):
+            out[k] += d[k]
+        out["files"] = out["files"] + d["files"]
+    return out
+
+
+def _write_manifest(_, output, counts, info):
+    manifest = {**info, "counts": {k: v for k, v in counts.items() if k != "files"},
+                "files": sorted(tcore.join(EMBEDDINGS_DIR, f) for f in counts["files"]),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    contracts.write_json_atomic(tcore.join(output, contracts.MANIFEST), manifest)
+    return manifest
+
+
+def resolve_saved_model(model: str, output: str) -> str:
+    """A SavedModel version dir as is; a pre-training model dir is exported first."""
+    if os.path.exists(os.path.join(model, "saved_model.pb")):
+        return model
+    if os.path.exists(os.path.join(model, "metadata.json")):
+        from ptum.export import export_saved_model
+        base = os.path.join(output, "saved_model")
+        versions = sorted(int(v) for v in os.listdir(base) if v.isdigit()) if os.path.isdir(base) else []
+        return export_saved_model(model, base, version=(versions[-1] + 1) if versions else 1)
+    raise ExportError(f"{model}: neither a SavedModel (saved_model.pb) nor a finished ptum model (metadata.json)")
+
+
+def run(model: str, data: str, output: str, split: Optional[str] = None, batch_rows: int = 2048,
+        tfrecord: bool = False, beam_args: Optional[List[str]] = None) -> dict:
+    from ptum.export import read_export_metadata
+    from pipelines.tokenize.job import make_pipeline
+
+    ds = contracts.open_dataset(data)
+    saved = resolve_saved_model(model, output)
+    meta = read_export_metadata(saved)
+    if meta["vocab_hash"] != ds.vocab_hash:
+        raise ExportError(f"{data}: vocabulary {ds.vocab_hash} does not match the model's {meta['vocab_hash']}; "
+                          "tokenize with --vocab-from the model's training dataset")
+    # (file, whether to skip users already read from a fuller split)
+    skip_users: list = []
+    if split is not None:
+        units = [(f, False) for f in ds.split_files(split)]
+    elif ds.manifest["split_scheme"] == "user-hash":
+        split = "pretrain+finetune"
+        units = [(f, False) for s in ("pretrain", "finetune") for f in ds.split_files(s)]
+    else:
+        # Newest history of every user: the test row where there is one, else the train row
+        # (leave-one-out users with fewer than 3 behaviors, time-cut users with no target).
+        split = "test+train"
+        skip_users = ds.read_split("test", columns=["user_id"]).column("user_id").to_pylist()
+        units = [(f, False) for f in ds.split_files("test")] + [(f, True) for f in ds.split_files("train")]
+    os.makedirs(output, exist_ok=True)
+    mpath = tcore.join(output, contracts.MANIFEST)
+    if os.path.exists(mpath):
+        os.remove(mpath)
+    import shutil
+    shutil.rmtree(os.path.join(output, EMBEDDINGS_DIR), ignore_errors=True)
+    info = {"model": os.path.abspath(saved), "model_version": str(meta["version"]), "vocab_hash": ds.vocab_hash,
+            "data": data, "split": split, "dim": meta["user_embedding"]["dim"],
+            "user_embedding": meta["user_embedding"], "tfrecord": tfrecord}
+    p, runner = make_pipeline(beam_args)
+    info["runner"] = runner
+    counts = (p
+              | "ListFiles" >> beam.Create([(i, f, skip) for i, (f, skip) in enumerate(units)])
+              | "ReadRowBatches" >> beam.ParDo(ReadRowBatches(batch_rows), skip_users=skip_users)
+              | "Spread" >> beam.Reshuffle()
+              | "EmbedBatch" >> beam.ParDo(EmbedBatch(saved, output, int(meta["max_len"]), str(meta["version"]),
+                                                      ds.vocab_hash, tfrecord))
+              | "SumCounts" >> beam.CombineGlobally(_sum))
+    _ = (p | "Commit" >> beam.Create([None])
+         | "WriteManifest" >> beam.Map(_write_manifest, output, beam.pvalue.AsSingleton(counts), info))
+    p.run().wait_until_finish()
+    import json
+    with open(mpath) as f:
+        return json.load(f)
+
+
+def read_embeddings(output: str) -> pa.Table:
+    """The committed embedding table (refuses an export without a manifest)."""
+    import json
+    mpath = os.path.join(output, contracts.MANIFEST)
+    if not os.path.exists(mpath):
+        raise ExportError(f"{output}: no manifest: the export did not finish")
+    with open(mpath) as f:
+        m = json.load(f)
+    return pa.concat_tables([pq.read_table(os.path.join(output, f)) for f in m["files"] if f.endswith(".parquet")])

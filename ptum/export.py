@@ -1,0 +1,231 @@
+"""User-embedding SavedModels for TF Serving (TensorFlow backend only).
+
+Signatures (all through keras.export.ExportArchive; no tf.keras):
+  serving_default(examples: string[None])                  -> user_embedding float[None, d]
+      serialized tf.Examples with the feature spec of schemas/sequence_features.json
+  embed_tokens(item_ids, behavior_ids, timestamps: int64[None, None], lengths: int64[None])
+                                                           -> user_embedding
+      token-id rows, right-padded (what the batch export feeds)
+  embed_sequences(item_ids: string[None, None], behaviors: string[None, None],
+                  timestamps: int64[None, None])           -> user_embedding
+      raw item ids, right-padded with "" (vocabulary lookup in the graph; unknown -> OOV)
+  top_k(item_ids, behaviors, timestamps, k: int32[])       -> item_ids string[None, k], scores
+      next items for raw sequences, excluding the user's history
+  item_embeddings()                                        -> item_ids string[V], embeddings float[V, d]
+assets.extra/: tf_serving_warmup_requests and ptum_metadata.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from ptum import contracts
+from ptum.features import row_to_example, tf_feature_spec
+
+METADATA_ASSET = "ptum_metadata.json"
+
+
+def _window(values, lengths, width: int):
+    """Right-padded [B, T] rows -> their newest `width` entries, left-padded; and the mask."""
+    values = tf.convert_to_tensor(values)
+    lengths = tf.cast(lengths, tf.int32)
+    col = tf.range(width)[None, :]
+    n = tf.minimum(lengths, width)[:, None]
+    valid = col >= width - n
+    src = tf.where(valid, lengths[:, None] - width + col, 0)
+    t = tf.shape(values)[1]
+    values = tf.cond(t > 0, lambda: values, lambda: tf.zeros([tf.shape(values)[0], 1], values.dtype))
+    src = tf.minimum(src, tf.maximum(t - 1, 0))
+    out = tf.gather(values, src, batch_dims=1)
+    return tf.where(valid, out, tf.zeros_like(out)), valid
+
+
+def _time_buckets(ts, valid, buckets: int):
+    """Same formula as ptum.data.time_buckets_for."""
+    if buckets <= 0:
+        return tf.zeros(tf.shape(ts), tf.int32)
+    prev_valid = tf.concat([tf.zeros_like(valid[:, :1]), valid[:, :-1]], axis=1)
+    diff = tf.concat([tf.zeros_like(ts[:, :1]), ts[:, 1:] - ts[:, :-1]], axis=1)
+    gaps = tf.where(tf.logical_and(prev_valid, valid), diff, tf.zeros_like(diff))
+    b = tf.cast(tf.floor(tf.math.log(tf.cast(tf.maximum(gaps, 0), tf.float64) + 1.0) / np.log(2.0)), tf.int32)
+    return tf.where(valid, 1 + tf.minimum(b, buckets - 1), 0)
+
+
+class _Exporter:
+    def __init__(self, encoder, metadata: dict, vocab_dir: str):
+        import pyarrow.parquet as pq
+
+        self.encoder = encoder
+        self.metadata = metadata
+        self.width = int(metadata["max_len"])
+        self.time_buckets = int(metadata.get("time_buckets", 0))
+        items = pq.read_table(os.path.join(vocab_dir, contracts.ITEMS_VOCAB))
+        item_keys = items.column("item_id").to_pylist()
+        item_ids = items.column("token_id").to_numpy().astype(np.int64)
+        table = np.asarray(encoder.item_table(training=False), np.float32)
+        self.num_items = table.shape[0]
+        # Catalog items without interactions: encoded from their titles (when the model has a
+        # title encoder) and appended after the trained vocabulary; otherwise they are OOV.
+        cat_path = os.path.join(vocab_dir, contracts.CATALOG)
+        self.catalog_only = 0
+        if encoder.title_encoder is not None and os.path.exists(cat_path):
+            cat = pq.read_table(cat_path)
+            tok = np.asarray(cat.column("token_id").to_numpy(), np.int64)
+            extra = np.flatnonzero(tok < 0)
+            if len(extra):
+                words = np.zeros((len(extra), encoder.text_max_words), np.int32)
+                for j, w in enumerate(cat.column("word_ids").take(extra).to_pylist()):
+                    w = w[: encoder.text_max_words]
+                    words[j, : len(w)] = w
+                vecs = np.asarray(encoder.encode_titles(words), np.float32)
+                vecs = vecs + np.asarray(encoder.item_embedding.embeddings[contracts.OOV_ID])[None]
+                keys = cat.column("item_id").take(extra).to_pylist()
+                item_keys = item_keys + keys
+                item_ids = np.concatenate([item_ids, np.arange(self.num_items, self.num_items + len(extra))])
+                table = np.concatenate([table, vecs])
+                self.catalog_only = len(extra)
+        self.extended = tf.Variable(table, trainable=False, name="item_table")
+        self.item_keys = tf.constant(item_keys, tf.string)
+        self.item_tokens = tf.constant(item_ids, tf.int64)
+        self.lookup = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(self.item_keys, self.item_tokens), default_value=contracts.OOV_ID)
+        beh = pq.read_table(os.path.join(vocab_dir, contracts.BEHAVIORS_VOCAB))
+        beh_keys = beh.column("behavior").to_pylist() or ["<none>"]
+        beh_ids = beh.column("behavior_id").to_numpy().astype(np.int64) if beh.num_rows else \
+            np.array([contracts.BEHAVIOR_UNKNOWN_ID], np.int64)
+        self.behavior_lookup = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(beh_keys, tf.string), tf.constant(beh_ids, tf.int64)),
+            default_value=contracts.BEHAVIOR_UNKNOWN_ID)
+        # Token id -> item id string, for top-k answers.
+        names = np.array(["<pad>", "<mask>", "<oov>"] + [""] * (len(table) - 3), dtype=object)
+        for k, t in zip(item_keys, item_ids):
+            names[t] = k
+        self.token_names = tf.constant(names.astype(str).tolist(), tf.string)
+
+    def _embed(self, item_ids, behavior_ids, timestamps, lengths):
+        ids, valid = _window(tf.cast(item_ids, tf.int64), lengths, self.width)
+        beh, _ = _window(tf.cast(behavior_ids, tf.int64), lengths, self.width)
+        ts, _ = _window(tf.cast(timestamps, tf.int64), lengths, self.width)
+        inputs = {"item_ids": tf.cast(ids, tf.int32), "behavior_ids": tf.cast(beh, tf.int32),
+                  "time_buckets": _time_buckets(ts, valid, self.time_buckets)}
+        return self.encoder.user_embedding(inputs, training=False, item_table=self.extended)
+
+    def serving_default(self, examples):
+        parsed = tf.io.parse_example(examples, tf_feature_spec())
+        lengths = _row_lengths(parsed["item_ids"])
+        ids = tf.sparse.to_dense(parsed["item_ids"])
+        beh = tf.sparse.to_dense(parsed["behavior_ids"])
+        ts = tf.sparse.to_dense(parsed["timestamps"])
+        return {"user_embedding": self._embed(ids, beh, ts, lengths)}
+
+    def embed_tokens(self, item_ids, behavior_ids, timestamps, lengths):
+        return {"user_embedding": self._embed(item_ids, behavior_ids, timestamps, lengths)}
+
+    def _raw(self, item_ids, behaviors, timestamps):
+        present = tf.not_equal(item_ids, "")
+        lengths = tf.reduce_sum(tf.cast(present, tf.int64), axis=1)
+        ids = tf.where(present, self.lookup.lookup(item_ids), tf.zeros_like(item_ids, tf.int64))
+        beh = tf.where(present, self.behavior_lookup.lookup(behaviors), tf.zeros_like(item_ids, tf.int64))
+        return ids, beh, tf.cast(timestamps, tf.int64), lengths
+
+    def embed_sequences(self, item_ids, behaviors, timestamps):
+        ids, beh, ts, lengths = self._raw(item_ids, behaviors, timestamps)
+        return {"user_embedding": self._embed(ids, beh, ts, lengths)}
+
+    def top_k(self, item_ids, behaviors, timestamps, k):
+        ids, beh, ts, lengths = self._raw(item_ids, behaviors, timestamps)
+        users = self._embed(ids, beh, ts, lengths)
+        scores = tf.matmul(users, self.extended, transpose_b=True)
+        n = tf.shape(scores)[1]
+        reserved = tf.range(n) < contracts.FIRST_ITEM_ID
+        seen = tf.reduce_max(tf.one_hot(ids, n, dtype=tf.float32), axis=1) > 0
+        blocked = tf.logical_or(reserved[None, :], seen)
+        scores = tf.where(blocked, tf.fill(tf.shape(scores), -np.inf), scores)
+        top = tf.math.top_k(scores, k=tf.minimum(k, n - contracts.FIRST_ITEM_ID))
+        return {"item_ids": tf.gather(self.token_names, top.indices), "scores": top.values}
+
+    def item_embeddings(self):
+        vecs = tf.gather(self.extended, self.item_tokens)
+        return {"item_ids": self.item_keys, "embeddings": vecs}
+
+
+def _row_lengths(sparse):
+    """Number of values per row of a 2-D SparseTensor."""
+    rows = sparse.indices[:, 0]
+    return tf.math.bincount(tf.cast(rows, tf.int32), minlength=tf.cast(sparse.dense_shape[0], tf.int32),
+                            dtype=tf.int64)
+
+
+def _warmup_requests(path: str, examples) -> None:
+    """TF Serving warmup file (assets.extra/tf_serving_warmup_requests)."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    with tf.io.TFRecordWriter(path) as w:
+        for batch in (examples[:1], examples[:8]):
+            req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name="serving_default"))
+            req.inputs["examples"].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
+            w.write(log.SerializeToString())
+
+
+def export_saved_model(model_dir: str, export_base: str, version: Optional[int] = None,
+                       sample_rows: Optional[list] = None) -> str:
+    """Write `export_base/<version>/` (the layout TF Serving watches); it appears whole or not at all.
+
+    Returns the version directory."""
+    import keras
+
+    from ptum.train import load_model_dir
+
+    encoder, metadata, cfg = load_model_dir(model_dir)
+    exp = _Exporter(encoder, metadata, os.path.join(model_dir, "vocab"))
+    archive = keras.export.ExportArchive()
+    archive.track(encoder)
+    for resource in (exp.lookup, exp.behavior_lookup):
+        archive.track(resource)
+    archive._tf_trackable.item_table = exp.extended  # noqa: SLF001 (the extended table is not a Keras variable)
+    i64 = tf.int64
+    archive.add_endpoint("serving_default", exp.serving_default,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    archive.add_endpoint("embed_tokens", exp.embed_tokens, input_signature=[
+        tf.TensorSpec([None, None], i64, name="item_ids"), tf.TensorSpec([None, None], i64, name="behavior_ids"),
+        tf.TensorSpec([None, None], i64, name="timestamps"), tf.TensorSpec([None], i64, name="lengths")])
+    raw = [tf.TensorSpec([None, None], tf.string, name="item_ids"),
+           tf.TensorSpec([None, None], tf.string, name="behaviors"),
+           tf.TensorSpec([None, None], i64, name="timestamps")]
+    archive.add_endpoint("embed_sequences", exp.embed_sequences, input_signature=raw)
+    archive.add_endpoint("top_k", exp.top_k, input_signature=raw + [tf.TensorSpec([], tf.int32, name="k")])
+    archive.add_endpoint("item_embeddings", exp.item_embeddings, input_signature=[])
+    version = int(version or time.time())
+    os.makedirs(export_base, exist_ok=True)
+    final = os.path.join(export_base, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} exists: model versions are immutable; choose another --version")
+    tmp = os.path.join(export_base, f".tmp-{version}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    archive.write_out(tmp, verbose=False) if "verbose" in archive.write_out.__code__.co_varnames \
+        else archive.write_out(tmp)
+    extra = os.path.join(tmp, "assets.extra")
+    os.makedirs(extra, exist_ok=True)
+    rows = sample_rows or [{"user_id": "warmup", "item_ids": [contracts.FIRST_ITEM_ID], "timestamps": [0],
+                            "behavior_ids": [contracts.BEHAVIOR_UNKNOWN_ID], "length": 1}]
+    _warmup_requests(os.path.join(extra, "tf_serving_warmup_requests"), [row_to_example(r) for r in rows])
+    meta = dict(metadata)
+    meta.update({"config": cfg.to_dict(), "version": version, "source_model": os.path.abspath(model_dir),
+                 "catalog_only_items": exp.catalog_only,
+                 "signatures": ["serving_default", "embed_tokens", "embed_sequences", "top_k", "item_embeddings"]})
+    with open(os.path.join(extra, METADATA_ASSET), "w") as f:
+        json.dump(meta, f, indent=2, default=str)
+    os.replace(tmp, final)
+    return final
+
+
+def read_export_metadata(saved_model_dir: str) -> dict:
+    with open(os.path.join(saved_model_dir, "assets.extra", METADATA_ASSET)) as f:
+        return json.load(f)
