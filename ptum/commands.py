@@ -36,6 +36,17 @@ def add_subcommands(sub) -> None:
     b.add_argument("--batch-rows", type=int, default=2048)
     b.add_argument("--tfrecord", action="store_true", help="also write TFRecord files")
 
+    f = sub.add_parser("finetune", help="fine-tune the pre-trained user model for a downstream task")
+    f.add_argument("--pretrained", required=True, help="model folder from ptum pretrain")
+    f.add_argument("--data", required=True, help="the sequence dataset (same vocabulary)")
+    f.add_argument("--labels", required=True, help="CSV/Parquet: user_id + labels, or impressions for ctr")
+    f.add_argument("--task", choices=["classify", "ctr"], required=True)
+    f.add_argument("--label-column", default=None)
+    f.add_argument("--mode", choices=["full", "frozen"], default="full")
+    f.add_argument("--output", required=True)
+    f.add_argument("--config", default=None, help="YAML with FinetuneConfig keys")
+    f.add_argument("--from-scratch", action="store_true", help="same network, no pre-trained weights")
+
     d = sub.add_parser("demo", help="run the main job end to end on generated sample logs")
     d.add_argument("--workdir", default="demo-output")
     d.add_argument("--users", type=int, default=2000)
@@ -52,6 +63,8 @@ def dispatch(args, extra) -> int:
         return _export_model(args)
     if args.command == "export-embeddings":
         return _export_embeddings(args, extra)
+    if args.command == "finetune":
+        return _finetune(args)
     if args.command == "demo":
         return _demo(args, extra)
     raise SystemExit(f"unknown command {args.command}")
@@ -142,6 +155,28 @@ def _export_embeddings(a, extra) -> int:
         return 2
     print(json.dumps({"output": a.output, "counts": manifest["counts"], "model_version": manifest["model_version"]},
                      indent=2))
+    return 0
+
+
+def _finetune(a) -> int:
+    _keras_backend_default()
+    from ptum.contracts import DatasetError
+    from ptum.finetune import FinetuneConfig, LabelError, run
+    from ptum.train import ModelError
+
+    d = {}
+    if a.config:
+        import yaml
+        with open(a.config) as fh:
+            d = yaml.safe_load(fh) or {}
+    try:
+        cfg = FinetuneConfig(**{**d, "task": a.task, "mode": a.mode})
+        out = run(a.pretrained, a.data, a.labels, a.output, cfg, label_column=a.label_column,
+                  from_scratch=a.from_scratch)
+    except (LabelError, DatasetError, ModelError, TypeError) as e:
+        print(f"ptum finetune: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"output": a.output, "valid": out["valid"], "labels": out["labels"]}, indent=2))
     return 0
 
 

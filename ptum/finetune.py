@@ -1,0 +1,332 @@
+"""Fine-tuning the pre-trained user model for downstream tasks.
+
+Tasks:
+  classify  user attribute (binary or multi-class) from a label table (user_id + label column)
+  ctr       user x candidate item -> clicked, from an impressions table (user_id, item_id, clicked)
+Modes:
+  full      encoder + head; the head is trained first on a frozen encoder (`head_epochs`),
+            then everything at `encoder_lr_scale` x the learning rate (gradual unfreezing)
+  frozen    head on fixed user embeddings (PTUM's "static" mode)
+The fine-tuned model keeps the user embedding and adds the task output.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ptum import contracts
+from ptum.data import Rows, pad_batch
+
+
+class LabelError(Exception):
+    """Labels that cannot give a meaningful run (one class left, no known users, ...)."""
+
+
+@dataclass
+class FinetuneConfig:
+    task: str = "classify"
+    mode: str = "full"
+    hidden: int = 128
+    dropout: float = 0.2
+    epochs: int = 20
+    head_epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    encoder_lr_scale: float = 0.1
+    class_weight: str = "balanced"     # balanced | none
+    patience: int = 4
+    valid_fraction: float = 0.2
+    seed: int = 0
+
+
+# ------------------------------------------------------------------ labels
+def read_table(path: str):
+    """A label or impressions table (CSV with a header, or Parquet); ids read as strings."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if not os.path.exists(path):
+        raise LabelError(f"{path}: label file not found")
+    if path.endswith(".parquet"):
+        return pq.read_table(path)
+    opts = pacsv.ConvertOptions(strings_can_be_null=True,
+                                column_types={"user_id": pa.string(), "item_id": pa.string()})
+    return pacsv.read_csv(path, convert_options=opts)
+
+
+def latest_rows(ds: contracts.SequenceDataset) -> Rows:
+    """Each user's newest full history: the test row where there is one, else the train row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if ds.manifest["split_scheme"] == "user-hash":
+        return Rows.from_table(pa.concat_tables([ds.read_split("pretrain"), ds.read_split("finetune")]))
+    test = ds.read_split("test")
+    train = ds.read_split("train")
+    extra = train.filter(pc.invert(pc.is_in(train.column("user_id"), value_set=test.column("user_id"))))
+    return Rows.from_table(pa.concat_tables([test, extra]))
+
+
+def join_labels(rows: Rows, labels, label_column: str) -> Tuple[np.ndarray, List[str], np.ndarray, dict]:
+    """(row index per labelled user, class names, label index per user, report)."""
+    if "user_id" not in labels.column_names:
+        raise LabelError(f"label table has no user_id column (columns: {labels.column_names})")
+    if label_column not in labels.column_names:
+        raise LabelError(f"label table has no {label_column!r} column (columns: {labels.column_names})")
+    users = [None if u is None else str(u) for u in labels.column("user_id").to_pylist()]
+    values = labels.column(label_column).to_pylist()
+    report = {"label_rows": len(users), "missing_values": 0, "duplicate_user_rows": 0,
+              "users_absent_from_dataset": 0}
+    row_of = {u: i for i, u in enumerate(rows.user_ids.tolist())}
+    seen, kept_u, kept_v = set(), [], []
+    for u, v in zip(users, values):
+        if u is None or v is None or (isinstance(v, str) and not v.strip()):
+            report["missing_values"] += 1
+            continue
+        if u in seen:
+            report["duplicate_user_rows"] += 1
+            continue
+        seen.add(u)
+        if u not in row_of:
+            report["users_absent_from_dataset"] += 1
+            continue
+        kept_u.append(row_of[u])
+        kept_v.append(str(v))
+    classes = sorted(set(kept_v))
+    report["users_labelled"] = len(kept_u)
+    report["class_counts"] = {c: kept_v.count(c) for c in classes}
+    if len(classes) < 2:
+        raise LabelError(f"{label_column}: {len(classes)} class(es) left after cleaning "
+                         f"({json.dumps(report)}); a classifier needs at least 2")
+    idx = {c: i for i, c in enumerate(classes)}
+    return np.array(kept_u, np.int64), classes, np.array([idx[v] for v in kept_v], np.int64), report
+
+
+def join_impressions(rows: Rows, imps, items_vocab) -> Tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(row index, candidate token id, clicked) per impression, and a report."""
+    for col in ("user_id", "item_id", "clicked"):
+        if col not in imps.column_names:
+            raise LabelError(f"impressions table has no {col!r} column (columns: {imps.column_names})")
+    row_of = {u: i for i, u in enumerate(rows.user_ids.tolist())}
+    tok = dict(zip(items_vocab.column("item_id").to_pylist(), items_vocab.column("token_id").to_pylist()))
+    report = {"impressions": imps.num_rows, "missing_values": 0, "users_absent_from_dataset": 0,
+              "unknown_items": 0, "bad_clicked_values": 0}
+    r, c, y = [], [], []
+    for u, it, cl in zip(imps.column("user_id").to_pylist(), imps.column("item_id").to_pylist(),
+                         imps.column("clicked").to_pylist()):
+        if u is None or it is None or cl is None:
+            report["missing_values"] += 1
+            continue
+        if str(cl) not in ("0", "1", "True", "False", "true", "false"):
+            report["bad_clicked_values"] += 1
+            continue
+        if str(u) not in row_of:
+            report["users_absent_from_dataset"] += 1
+            continue
+        t = tok.get(str(it))
+        if t is None:
+            report["unknown_items"] += 1
+            t = contracts.OOV_ID
+        r.append(row_of[str(u)])
+        c.append(t)
+        y.append(1 if str(cl) in ("1", "True", "true") else 0)
+    y = np.array(y, np.int64)
+    report["impressions_used"] = len(y)
+    report["class_counts"] = {"0": int((y == 0).sum()), "1": int((y == 1).sum())}
+    if len(y) == 0 or y.min() == y.max():
+        raise LabelError(f"impressions: need both clicked and not-clicked rows ({json.dumps(report)})")
+    return np.array(r, np.int64), np.array(c, np.int64), y, report
+
+
+# ------------------------------------------------------------------ metrics
+def classification_metrics(y: np.ndarray, prob: np.ndarray, n_classes: int) -> Dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+
+    prob = np.clip(prob, 1e-7, 1 - 1e-7)
+    prob = prob / prob.sum(axis=1, keepdims=True)
+    pred = prob.argmax(axis=1)
+    out = {"accuracy": float(accuracy_score(y, pred)),
+           "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(n_classes)), zero_division=0)),
+           "log_loss": float(log_loss(y, prob, labels=list(range(n_classes)))), "n": int(len(y))}
+    present = np.unique(y)
+    if n_classes == 2:
+        out["auc"] = float(roc_auc_score(y, prob[:, 1])) if len(present) == 2 else float("nan")
+    else:
+        aucs = [roc_auc_score(y == k, prob[:, k]) for k in range(n_classes) if 0 < (y == k).sum() < len(y)]
+        out["auc"] = float(np.mean(aucs)) if aucs else float("nan")
+    return out
+
+
+# ------------------------------------------------------------------ model
+def _stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    valid = []
+    for k in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == k))
+        n = int(round(len(members) * fraction))
+        if len(members) >= 2:
+            n = min(max(n, 1), len(members) - 1)
+        else:
+            n = 0
+        valid.extend(members[:n].tolist())
+    valid = np.array(sorted(valid), np.int64)
+    train = np.setdiff1d(np.arange(len(y)), valid)
+    return train, valid
+
+
+def build_finetune_model(encoder, n_outputs: int, cfg: FinetuneConfig, task: str):
+    """encoder + head. classify: softmax over classes; ctr: sigmoid(f(u, item))."""
+    from ptum.finetune_model import FinetuneModel
+    return FinetuneModel(encoder, task=task, n_outputs=n_outputs, hidden=cfg.hidden, dropout=cfg.dropout,
+                         name=f"ptum_{task}")
+
+
+def _batches(rows: Rows, idx: np.ndarray, cand: Optional[np.ndarray], width, buckets, time_buckets, size):
+    from ptum.data import bucket_width
+    order = np.argsort(rows.lengths[idx], kind="stable")
+    for s in range(0, len(order), size):
+        sel = order[s:s + size]
+        ridx = idx[sel]
+        w = bucket_width(int(min(rows.lengths[ridx].max(), width)), [b for b in buckets if b < width], width)
+        b = pad_batch(rows, ridx, w, time_buckets=time_buckets)
+        if cand is not None:
+            b["candidate"] = cand[sel].astype(np.int32)
+        yield sel, b
+
+
+class _FitData:
+    """Shuffled training batches (numpy), fresh order each epoch from (seed, epoch)."""
+
+    def __init__(self, rows, idx, cand, y, weights, width, buckets, time_buckets, size, seed):
+        self.args = (rows, idx, cand, y, weights, width, buckets, time_buckets, size, seed)
+
+    def epoch(self, e):
+        rows, idx, cand, y, weights, width, buckets, time_buckets, size, seed = self.args
+        rng = np.random.default_rng([seed, e])
+        perm = rng.permutation(len(idx))
+        for s in range(0, len(perm), size):
+            sel = perm[s:s + size]
+            b = pad_batch(rows, idx[sel], width, time_buckets=time_buckets)
+            if cand is not None:
+                b["candidate"] = cand[sel].astype(np.int32)
+            yield b, y[sel], weights[sel]
+
+
+def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.ndarray, y: np.ndarray,
+             n_classes: int, train: np.ndarray, valid: np.ndarray, cand: Optional[np.ndarray] = None,
+             log: Callable[[str], None] = print):
+    """Train the head (and the encoder in full mode); early-stop on validation log-loss.
+
+    Returns (model, validation metrics, history)."""
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    task = cfg.task
+    model = build_finetune_model(encoder, n_classes if task == "classify" else 1, cfg, task)
+    width, buckets, tb = meta["max_len"], meta["length_buckets"], meta["time_buckets"]
+    counts = np.bincount(y[train], minlength=n_classes if task == "classify" else 2).astype(np.float64)
+    if cfg.class_weight == "balanced":
+        cw = len(train) / (len(counts) * np.maximum(counts, 1))
+    else:
+        cw = np.ones(len(counts))
+    weights = cw[y].astype(np.float32)
+    c_train = cand[train] if cand is not None else None
+    data = _FitData(rows, row_idx[train], c_train, y[train], weights[train], width, buckets, tb,
+                    cfg.batch_size, cfg.seed)
+    loss = keras.losses.SparseCategoricalCrossentropy() if task == "classify" else keras.losses.BinaryCrossentropy()
+
+    def predict(idx):
+        out = np.zeros((len(idx), n_classes if task == "classify" else 2), np.float32)
+        c = cand[idx] if cand is not None else None
+        for sel, b in _batches(rows, row_idx[idx], c, width, buckets, tb, 256):
+            p = np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(b)), np.float32)
+            out[sel] = p if task == "classify" else np.concatenate([1 - p, p], axis=1)
+        return out
+
+    history = []
+    best, best_weights, wait = float("inf"), None, 0
+    phases = []
+    if cfg.mode == "frozen":
+        phases.append(("head", cfg.epochs, cfg.learning_rate, False))
+    else:
+        head = min(cfg.head_epochs, cfg.epochs)
+        if head:
+            phases.append(("head", head, cfg.learning_rate, False))
+        phases.append(("full", cfg.epochs - head, cfg.learning_rate * cfg.encoder_lr_scale, True))
+    epoch = 0
+    for name, n_epochs, lr, train_encoder in phases:
+        encoder.trainable = train_encoder
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+        for _ in range(n_epochs):
+            losses = [float(model.train_on_batch(b, yb if task == "classify" else yb.astype(np.float32)[:, None],
+                                                 sample_weight=wb))
+                      for b, yb, wb in data.epoch(epoch)]
+            epoch += 1
+            m = classification_metrics(y[valid], predict(valid), max(n_classes, 2)) if len(valid) else {}
+            history.append({"epoch": epoch, "phase": name, "loss": float(np.mean(losses)), **m})
+            if not np.isfinite(history[-1]["loss"]):
+                raise RuntimeError(f"fine-tuning loss is {history[-1]['loss']} at epoch {epoch}")
+            score = m.get("log_loss", -epoch)
+            if score < best - 1e-6:
+                best, wait = score, 0
+                best_weights = [np.array(v) for v in model.get_weights()]
+            else:
+                wait += 1
+            if wait >= cfg.patience:
+                break
+        wait = 0
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    encoder.trainable = True
+    final = classification_metrics(y[valid], predict(valid), max(n_classes, 2)) if len(valid) else {}
+    return model, final, history, predict
+
+
+# ------------------------------------------------------------------ the CLI's run
+def run(pretrained: str, data: str, labels_path: str, output: str, cfg: FinetuneConfig,
+        label_column: Optional[str] = None, from_scratch: bool = False,
+        log: Callable[[str], None] = print) -> dict:
+    """Fine-tune a pre-trained model directory; writes `output/` (metadata.json last)."""
+    from ptum.train import _atomic_save_keras, load_model_dir
+
+    encoder, meta, pcfg = load_model_dir(pretrained)
+    ds = contracts.open_dataset(data)
+    if ds.vocab_hash != meta["vocab_hash"]:
+        raise LabelError(f"{data}: vocabulary {ds.vocab_hash} does not match the pre-trained model's "
+                         f"{meta['vocab_hash']}")
+    if from_scratch:
+        encoder = type(encoder).from_config(encoder.get_config())
+    rows = latest_rows(ds)
+    table = read_table(labels_path)
+    cand = None
+    if cfg.task == "classify":
+        if not label_column:
+            raise LabelError("--task classify needs --label-column")
+        row_idx, classes, y, report = join_labels(rows, table, label_column)
+        n_classes = len(classes)
+    elif cfg.task == "ctr":
+        row_idx, cand, y, report = join_impressions(rows, table, ds.read_items_vocab())
+        classes, n_classes = ["0", "1"], 2
+    else:
+        raise LabelError(f"unknown task {cfg.task!r} (classify | ctr)")
+    log(f"labels: {json.dumps(report)}")
+    train, valid = _stratified_holdout(y, cfg.valid_fraction, cfg.seed)
+    model, metrics, history, _ = finetune(encoder, meta, rows, cfg, row_idx, y, n_classes, train, valid,
+                                          cand=cand, log=log)
+    os.makedirs(output, exist_ok=True)
+    if os.path.exists(os.path.join(output, "metadata.json")):
+        os.remove(os.path.join(output, "metadata.json"))
+    _atomic_save_keras(model, os.path.join(output, "model.keras"))
+    contracts.write_json_atomic(os.path.join(output, "metrics.json"), metrics)
+    out = {"task": cfg.task, "mode": cfg.mode, "label_column": label_column, "classes": classes,
+           "from_scratch": from_scratch, "pretrained": os.path.abspath(pretrained), "vocab_hash": ds.vocab_hash,
+           "user_embedding": meta["user_embedding"], "max_len": meta["max_len"],
+           "time_buckets": meta["time_buckets"], "length_buckets": meta["length_buckets"],
+           "labels": report, "valid": metrics, "history": history, "config": asdict(cfg)}
+    contracts.write_json_atomic(os.path.join(output, "metadata.json"), out)
+    return out
