@@ -143,19 +143,28 @@ def _rng_states(model):
 def pretrain(data_dir: str, output: str, cfg: PTUMConfig, log: Callable[[str], None] = print,
              resume: bool = True) -> dict:
     """Train the PTUM model; returns the metadata written to `output/metadata.json`."""
-    import keras
+    from ptum.data import Rows
 
     ds = contracts.open_dataset(data_dir)
     for split in ("train", "valid"):
         if split not in ds.splits:
             raise TrainingError(f"{data_dir}: pre-training needs a {split!r} split "
                                 f"(this dataset has {list(ds.splits)}; tokenize with --split leave-one-out)")
-    from ptum.data import Rows, TrainBatches
+    return pretrain_rows(ds, Rows.from_split(ds, "train"), Rows.from_split(ds, "valid"), output, cfg,
+                         log=log, resume=resume)
+
+
+def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output: str, cfg: PTUMConfig,
+                  log: Callable[[str], None] = print, resume: bool = True) -> dict:
+    """Train on given rows (the TFX Trainer reads them through its data accessor); `ds`
+    supplies the manifest and vocabulary."""
+    import keras
+
+    from ptum.data import TrainBatches
     from ptum.evaluate import UserEmbedder, rank_metrics
     from ptum.model import build_encoder, build_pretrainer
 
-    train_rows = Rows.from_split(ds, "train")
-    valid_rows = Rows.from_split(ds, "valid")
+    data_dir = ds.root
     if (train_rows.lengths >= 2).sum() == 0:
         raise TrainingError(f"{data_dir}: the train split has no sequence with 2 or more behaviors")
     title_words = fill_from_dataset(cfg, ds)
