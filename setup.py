@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["ptum", "ptum.*", "pipelines", "pipelines.*",
                                     "components", "components.*", "schemas"]),
-    package_data={"schemas": ["*.pbtxt", "*.json", "*.yaml"]},
+    package_data={"schemas": ["*.pbtxt", "*.json"]},
     include_package_data=True,
     install_requires=[
         "numpy>=1.24",

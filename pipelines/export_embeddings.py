@@ -160,13 +160,15 @@ def resolve_saved_model(model: str, output: str) -> str:
 
 
 def run(model: str, data: str, output: str, split: Optional[str] = None, batch_rows: int = 2048,
-        tfrecord: bool = False, beam_args: Optional[List[str]] = None) -> dict:
+        tfrecord: bool = False, beam_args: Optional[List[str]] = None, model_version: Optional[str] = None) -> dict:
     from ptum.export import read_export_metadata
     from pipelines.tokenize.job import make_pipeline
 
     ds = contracts.open_dataset(data)
     saved = resolve_saved_model(model, output)
     meta = read_export_metadata(saved)
+    if model_version is not None:
+        meta["version"] = model_version
     if meta["vocab_hash"] != ds.vocab_hash:
         raise ExportError(f"{data}: vocabulary {ds.vocab_hash} does not match the model's {meta['vocab_hash']}; "
                           "tokenize with --vocab-from the model's training dataset")

@@ -47,6 +47,12 @@ def add_subcommands(sub) -> None:
     f.add_argument("--config", default=None, help="YAML with FinetuneConfig keys")
     f.add_argument("--from-scratch", action="store_true", help="same network, no pre-trained weights")
 
+    pl = sub.add_parser("pipeline", help="the TFX pipeline (validate, pre-train, evaluate, push, export)")
+    pl_sub = pl.add_subparsers(dest="pipeline_command", required=True)
+    pr = pl_sub.add_parser("run", help="run once with LocalDagRunner (MLMD in SQLite)")
+    pr.add_argument("--config", required=True, help="pipeline YAML (see configs/pipeline.yaml)")
+    pr.add_argument("--span", type=int, default=None, help="default: the latest span")
+
     d = sub.add_parser("demo", help="run the main job end to end on generated sample logs")
     d.add_argument("--workdir", default="demo-output")
     d.add_argument("--users", type=int, default=2000)
@@ -65,6 +71,8 @@ def dispatch(args, extra) -> int:
         return _export_embeddings(args, extra)
     if args.command == "finetune":
         return _finetune(args)
+    if args.command == "pipeline":
+        return _pipeline(args)
     if args.command == "demo":
         return _demo(args, extra)
     raise SystemExit(f"unknown command {args.command}")
@@ -177,6 +185,23 @@ def _finetune(a) -> int:
         print(f"ptum finetune: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({"output": a.output, "valid": out["valid"], "labels": out["labels"]}, indent=2))
+    return 0
+
+
+def _pipeline(a) -> int:
+    _keras_backend_default()
+    from pipelines.tfx_pipeline import PipelineConfig, run_local, summarize
+
+    cfg = PipelineConfig.load(a.config)
+    if a.span is not None:
+        cfg.span = a.span
+    try:
+        out = run_local(cfg)
+    except RuntimeError as e:
+        print(f"ptum pipeline: the run stopped: {e}", file=sys.stderr)
+        print(json.dumps(summarize(cfg), indent=2))
+        return 3
+    print(json.dumps(out, indent=2))
     return 0
 
 

@@ -1,0 +1,277 @@
+"""Custom TFX components of the PTUM pipeline (Python function components).
+
+  SequenceIngestion   raw logs (a window of spans) -> sequence dataset + TFX Examples
+  ValidationGate      ExampleValidator anomalies + manifest thresholds -> stop or pass (report)
+  NextItemEvaluator   next-item metrics vs the latest blessed model -> ModelBlessing
+  VersionedPusher     blessed model -> <base>/<version>/ (atomic rename) -> PushedModel
+  EmbeddingExport     pushed SavedModel + dataset -> Parquet user embeddings
+"""
+# No `from __future__ import annotations`: TFX reads these type hints at runtime.
+
+import json
+import os
+import shutil
+import time
+
+from tfx import types
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+from tfx.types.artifact_utils import encode_split_names
+
+DATASET_SUBDIR = "ptum"
+
+
+class SequenceDataset(types.Artifact):
+    """The tokenizer's output: sequences/, vocab/, deadletter/, manifest.json."""
+
+    TYPE_NAME = "PtumSequenceDataset"
+
+
+class EmbeddingTable(types.Artifact):
+    """Exported user embeddings (Parquet + manifest)."""
+
+    TYPE_NAME = "PtumEmbeddingTable"
+
+
+class ValidationReport(types.Artifact):
+    TYPE_NAME = "PtumValidationReport"
+
+
+def _write_examples(dataset_dir: str, examples_uri: str) -> dict:
+    """train -> Split-train, valid -> Split-eval TFRecords (gzip), one tf.Example per row."""
+    import tensorflow as tf
+
+    from ptum import contracts
+    from ptum.features import row_to_example
+
+    ds = contracts.open_dataset(dataset_dir)
+    counts = {}
+    for split, name in (("train", "train"), ("valid", "eval")):
+        out_dir = os.path.join(examples_uri, f"Split-{name}")
+        os.makedirs(out_dir, exist_ok=True)
+        n = 0
+        with tf.io.TFRecordWriter(os.path.join(out_dir, "data_tfrecord-00000-of-00001.gz"),
+                                  options="GZIP") as w:
+            for batch in ds.read_split(split).to_batches(4096):
+                for row in batch.to_pylist():
+                    w.write(row_to_example(row))
+                    n += 1
+        counts[name] = n
+    # The Trainer reads rows from these Examples; it also needs the manifest and vocabulary.
+    meta_dir = os.path.join(examples_uri, DATASET_SUBDIR)
+    shutil.copytree(os.path.join(dataset_dir, contracts.VOCAB_DIR), os.path.join(meta_dir, contracts.VOCAB_DIR))
+    shutil.copyfile(os.path.join(dataset_dir, contracts.MANIFEST), os.path.join(meta_dir, contracts.MANIFEST))
+    return counts
+
+
+@component
+def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
+        dataset: OutputArtifact[SequenceDataset],
+        examples: OutputArtifact[standard_artifacts.Examples],
+        input_paths: Parameter[str],
+        input_format: Parameter[str],
+        span: Parameter[int],
+        items_catalog: Parameter[str] = "",
+        vocab_from: Parameter[str] = "",
+        beam_args: Parameter[str] = "[]",
+        tokenize_options: Parameter[str] = "{}"):
+    """Tokenize a window of spans with the Beam job; emit the dataset and TFX Examples."""
+    from pipelines.tokenize import core, job
+
+    opts = core.TokenizeOptions(inputs=json.loads(input_paths), format=input_format,
+                                output=os.path.join(dataset.uri, DATASET_SUBDIR),
+                                items_catalog=items_catalog or None, vocab_from=vocab_from or None,
+                                **json.loads(tokenize_options))
+    manifest = job.run(opts, json.loads(beam_args))
+    counts = _write_examples(opts.output, examples.uri)
+    examples.split_names = encode_split_names(["train", "eval"])
+    examples.span = span
+    for art in (dataset, examples):
+        art.set_string_custom_property("vocab_hash", manifest["vocab_hash"])
+        art.set_int_custom_property("span", span)
+    dataset.set_string_custom_property("counts", json.dumps(manifest["counts"]))
+    examples.set_string_custom_property("rows", json.dumps(counts))
+
+
+@component
+def ValidationGate(  # noqa: N802
+        anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
+        dataset: InputArtifact[SequenceDataset],
+        report: OutputArtifact[ValidationReport],
+        max_deadletter_rate: Parameter[float] = 0.05,
+        max_oov_rate: Parameter[float] = 0.2):
+    """Stops the run (raises) when the data is not fit to train on; writes a readable report."""
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    from ptum import contracts
+
+    problems = []
+    for split in ("train", "eval"):
+        path = os.path.join(anomalies.uri, f"Split-{split}", "SchemaDiff.pb")
+        if not os.path.exists(path):
+            continue
+        with open(path, "rb") as f:
+            a = anomalies_pb2.Anomalies.FromString(f.read())
+        for feature, info in a.anomaly_info.items():
+            problems.append({"kind": "schema", "split": split, "feature": feature,
+                             "description": info.description or info.short_description})
+    manifest = contracts.open_dataset(os.path.join(dataset.uri, DATASET_SUBDIR)).manifest
+    c = manifest["counts"]
+    read = max(c["events_read"], 1)
+    dl_rate = c["events_dead_lettered"]["total"] / read
+    oov_rate = c["oov_events"] / max(c["events_accepted"], 1)
+    if dl_rate > max_deadletter_rate:
+        problems.append({"kind": "dead_letters", "rate": dl_rate, "threshold": max_deadletter_rate,
+                         "by_reason": {k: v for k, v in c["events_dead_lettered"]["by_reason"].items() if v}})
+    if oov_rate > max_oov_rate:
+        problems.append({"kind": "oov", "rate": oov_rate, "threshold": max_oov_rate})
+    text = {"passed": not problems, "problems": problems, "deadletter_rate": dl_rate, "oov_rate": oov_rate,
+            "counts": c, "dataset": dataset.uri}
+    os.makedirs(report.uri, exist_ok=True)
+    with open(os.path.join(report.uri, "validation_report.json"), "w") as f:
+        json.dump(text, f, indent=2)
+    lines = [f"validation {'passed' if not problems else 'FAILED'} for {dataset.uri}",
+             f"  dead-letter rate {dl_rate:.4f} (max {max_deadletter_rate}), OOV rate {oov_rate:.4f} (max {max_oov_rate})"]
+    lines += [f"  - {json.dumps(p)}" for p in problems]
+    with open(os.path.join(report.uri, "validation_report.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    report.set_int_custom_property("passed", int(not problems))
+    if problems:
+        raise RuntimeError("data validation failed; the run stops before training:\n" + "\n".join(lines) +
+                           f"\nreport: {os.path.join(report.uri, 'validation_report.txt')}")
+
+
+def _model_dir(model_artifact) -> str:
+    return os.path.join(model_artifact.uri, "Format-Serving", "ptum_model")
+
+
+@component
+def NextItemEvaluator(  # noqa: N802
+        model: InputArtifact[standard_artifacts.Model],
+        dataset: InputArtifact[SequenceDataset],
+        evaluation: OutputArtifact[standard_artifacts.ModelEvaluation],
+        blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+        baseline_model: InputArtifact[standard_artifacts.Model] = None,
+        min_ndcg_at_10: Parameter[float] = 0.0,
+        max_regression: Parameter[float] = 0.0):
+    """Next-item metrics on the eval (valid) split; blesses only if the absolute threshold
+    holds and the model is not worse than the latest blessed one. Also reports how much
+    users' nearest neighbours move between the baseline's and this model's embeddings."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from ptum import contracts
+    from ptum.commands import evaluate_model
+
+    data_dir = os.path.join(dataset.uri, DATASET_SUBDIR)
+    ds = contracts.open_dataset(data_dir)
+    cur = evaluate_model(_model_dir(model), data_dir, "valid")
+    result = {"candidate": cur, "thresholds": {"min_ndcg_at_10": min_ndcg_at_10, "max_regression": max_regression}}
+    reasons = []
+    if cur["ndcg@10"] < min_ndcg_at_10:
+        reasons.append(f"ndcg@10 {cur['ndcg@10']:.4f} < threshold {min_ndcg_at_10}")
+    if baseline_model is not None:
+        import json as _json
+        with open(os.path.join(_model_dir(baseline_model), "metadata.json")) as f:
+            base_meta = _json.load(f)
+        if base_meta["vocab_hash"] == ds.vocab_hash:
+            base = evaluate_model(_model_dir(baseline_model), data_dir, "valid")
+            result["baseline"] = base
+            if cur["ndcg@10"] < base["ndcg@10"] - max_regression:
+                reasons.append(f"ndcg@10 {cur['ndcg@10']:.4f} < blessed model's {base['ndcg@10']:.4f} "
+                               f"- {max_regression}")
+            result["embedding_stability"] = _neighbour_overlap(_model_dir(baseline_model), _model_dir(model), ds)
+        else:
+            result["baseline"] = {"skipped": "the blessed model has another vocabulary"}
+    blessed = not reasons
+    result["blessed"] = blessed
+    result["reasons"] = reasons
+    os.makedirs(evaluation.uri, exist_ok=True)
+    with open(os.path.join(evaluation.uri, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    blessing.set_int_custom_property("blessed", int(blessed))
+    name = "BLESSED" if blessed else "NOT_BLESSED"
+    with open(os.path.join(blessing.uri, name), "w") as f:
+        f.write("\n".join(reasons))
+    blessing.set_string_custom_property("current_model", model.uri)
+    blessing.set_int_custom_property("current_model_id", model.id)
+    if baseline_model is not None:
+        blessing.set_string_custom_property("baseline_model", baseline_model.uri)
+        blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
+    evaluation.set_string_custom_property("ndcg_at_10", f"{cur['ndcg@10']:.6f}")
+
+
+def _neighbour_overlap(base_dir: str, cur_dir: str, ds, k: int = 10, max_users: int = 2000) -> dict:
+    """Mean overlap of each user's k nearest users (cosine) under the two models."""
+    import keras
+    import numpy as np
+
+    from ptum.data import Rows, user_batches
+    from ptum.train import load_model_dir
+
+    rows = Rows.from_split(ds, "valid")
+    idx_all = np.arange(min(len(rows), max_users))
+    embs = []
+    for d in (base_dir, cur_dir):
+        enc, meta, _ = load_model_dir(d)
+        out = np.zeros((len(rows), meta["user_embedding"]["dim"]), np.float32)
+        for idx, batch in user_batches(rows, 256, meta["max_len"], meta["length_buckets"], meta["time_buckets"]):
+            out[idx] = keras.ops.convert_to_numpy(enc.user_embedding(batch))
+        e = out[idx_all]
+        embs.append(e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9))
+    k = min(k, len(idx_all) - 1)
+    if k < 1:
+        return {"users": int(len(idx_all)), "knn_overlap": None}
+    nn = []
+    for e in embs:
+        sim = e @ e.T
+        np.fill_diagonal(sim, -np.inf)
+        nn.append(np.argpartition(-sim, k, axis=1)[:, :k])
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(nn[0], nn[1])])
+    return {"users": int(len(idx_all)), "k": k, "knn_overlap": float(overlap)}
+
+
+@component
+def VersionedPusher(  # noqa: N802
+        model: InputArtifact[standard_artifacts.Model],
+        model_blessing: InputArtifact[standard_artifacts.ModelBlessing],
+        pushed_model: OutputArtifact[standard_artifacts.PushedModel],
+        base_directory: Parameter[str]):
+    """Copies a blessed model's SavedModel to <base>/<version>/ (TF Serving's layout): the
+    version is written beside and renamed into place, so it appears whole or not at all."""
+    if not model_blessing.get_int_custom_property("blessed"):
+        pushed_model.set_int_custom_property("pushed", 0)
+        return
+    src = os.path.join(model.uri, "Format-Serving", "saved_model")
+    os.makedirs(base_directory, exist_ok=True)
+    existing = [int(v) for v in os.listdir(base_directory) if v.isdigit()]
+    version = max([int(time.time())] + [v + 1 for v in existing])
+    tmp = os.path.join(base_directory, f".tmp-{version}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    os.replace(tmp, os.path.join(base_directory, str(version)))
+    dest = os.path.join(base_directory, str(version))
+    pushed_model.set_int_custom_property("pushed", 1)
+    pushed_model.set_string_custom_property("pushed_destination", dest)
+    pushed_model.set_int_custom_property("pushed_version", version)
+    pushed_model.set_string_custom_property("pushed_model", model.uri)
+    pushed_model.set_int_custom_property("pushed_model_id", model.id)
+
+
+@component
+def EmbeddingExport(  # noqa: N802
+        pushed_model: InputArtifact[standard_artifacts.PushedModel],
+        dataset: InputArtifact[SequenceDataset],
+        embeddings: OutputArtifact[EmbeddingTable],
+        beam_args: Parameter[str] = "[]"):
+    """User embeddings of every user of the dataset from the model just pushed."""
+    if not pushed_model.get_int_custom_property("pushed"):
+        embeddings.set_int_custom_property("exported", 0)
+        return
+    from pipelines.export_embeddings import run
+
+    manifest = run(pushed_model.get_string_custom_property("pushed_destination"),
+                   os.path.join(dataset.uri, DATASET_SUBDIR), embeddings.uri, beam_args=json.loads(beam_args),
+                   model_version=str(pushed_model.get_int_custom_property("pushed_version")))
+    embeddings.set_int_custom_property("exported", 1)
+    embeddings.set_int_custom_property("users", manifest["counts"]["users"])
+    embeddings.set_string_custom_property("model_version", manifest["model_version"])

@@ -1,0 +1,131 @@
+"""The TFX pipeline end to end with LocalDagRunner and MLMD in SQLite, on tiny generated spans.
+
+One module-scoped fixture runs the scenario once; the tests read its artifacts:
+  run 1  span 1                        -> trained, blessed, pushed, embeddings exported
+  run 2  span 1 again                  -> every component hits the cache
+  run 3  span 1, a much weaker model   -> evaluated against the blessed model, not blessed, nothing pushed
+  run 4  span 2 (new logs)             -> ingests and trains again
+  run 5  span 3, 20% malformed rows    -> stopped by validation before training, nothing pushed
+"""
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+pytest.importorskip("tfx")
+
+
+def _node_executions(metadata_path):
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2
+
+    conn = metadata_store_pb2.ConnectionConfig()
+    conn.sqlite.filename_uri = metadata_path
+    store = mlmd.MetadataStore(conn)
+    out = {}
+    for ctx in store.get_contexts_by_type("node"):
+        node = ctx.name.split(".", 1)[-1]
+        out[node] = [metadata_store_pb2.Execution.State.Name(e.last_known_state)
+                     for e in sorted(store.get_executions_by_context(ctx.id), key=lambda e: e.id)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    from ptum.generate import generate
+    from pipelines.tfx_pipeline import PipelineConfig, run_local, summarize
+
+    root = tmp_path_factory.mktemp("tfx")
+    for span, seed, bad in ((1, 1, 0.0), (2, 2, 0.0), (3, 3, 0.2)):
+        generate(str(root / "logs" / f"span-{span}"), users=120, items=50, seed=seed, mean_events=10,
+                 malformed_rate=bad)
+    base = dict(pipeline_root=str(root / "pipeline"), input_pattern=str(root / "logs" / "span-{SPAN}" / "events.csv"),
+                serving_dir=str(root / "serving" / "user_model"), model_config="",
+                items_catalog=str(root / "logs" / "span-1" / "items.csv"),
+                model_overrides=["model.embedding_dim=16", "model.num_blocks=1", "model.num_heads=1",
+                                 "model.max_len=16", "train.epochs=4", "objective.num_negatives=16"])
+    cfg = PipelineConfig(**base)
+    meta = cfg.metadata_path or os.path.join(cfg.pipeline_root, "metadata.sqlite")
+    result = {"root": root, "metadata": meta}
+
+    cfg.span = 1
+    result["run1"] = run_local(cfg)
+    result["execs1"] = _node_executions(meta)
+    result["run2"] = run_local(cfg)
+    result["execs2"] = _node_executions(meta)
+    weak = PipelineConfig(**{**base, "model_overrides": base["model_overrides"] + [
+        "train.epochs=1", "train.learning_rate=1e-6"]})
+    weak.span = 1
+    result["run3"] = run_local(weak)
+    result["execs3"] = _node_executions(meta)
+    cfg.span = 2
+    result["run4"] = run_local(cfg)
+    result["execs4"] = _node_executions(meta)
+    cfg.span = 3
+    with pytest.raises(RuntimeError) as err:
+        run_local(cfg)
+    result["run5_error"] = str(err.value)
+    result["run5"] = summarize(cfg)
+    result["execs5"] = _node_executions(meta)
+    return result
+
+
+def test_first_run_pushes_a_servable_model_and_exports_embeddings(scenario):
+    run = scenario["run1"]
+    assert run["blessing"]["blessed"] == 1 and run["pushed_model"]["pushed"] == 1
+    dest = run["pushed_model"]["pushed_destination"]
+    assert os.path.basename(dest).isdigit() and os.path.exists(os.path.join(dest, "saved_model.pb"))
+    import tensorflow as tf
+    m = tf.saved_model.load(dest)
+    assert "serving_default" in m.signatures
+    emb = run["embeddings"]
+    assert emb["exported"] == 1 and emb["users"] == 120
+    assert emb["model_version"] == str(run["pushed_model"]["pushed_version"])
+    assert json.load(open(os.path.join(emb["uri"], "manifest.json")))["counts"]["users"] == 120
+    report = json.load(open(os.path.join(run["validation_report"]["uri"], "validation_report.json")))
+    assert report["passed"] is True
+
+
+def test_mlmd_records_every_execution(scenario):
+    execs = scenario["execs1"]
+    for node in ("SequenceIngestion", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
+                 "Trainer", "NextItemEvaluator", "VersionedPusher", "EmbeddingExport"):
+        assert execs.get(node) == ["COMPLETE"], (node, execs.get(node))
+
+
+def test_same_span_hits_the_cache(scenario):
+    execs = scenario["execs2"]
+    for node in ("SequenceIngestion", "StatisticsGen", "Trainer", "NextItemEvaluator"):
+        assert execs[node][-1] == "CACHED", (node, execs[node])
+
+
+def test_worse_model_is_not_blessed_and_not_pushed(scenario):
+    execs = scenario["execs3"]
+    assert execs["SequenceIngestion"][-1] == "CACHED" and execs["Trainer"][-1] == "COMPLETE"
+    run = scenario["run3"]
+    assert run["blessing"]["blessed"] == 0 and run["pushed_model"]["pushed"] == 0
+    ev = json.load(open(os.path.join(run["evaluation"]["uri"], "metrics.json")))
+    assert "baseline" in ev and ev["reasons"] and "embedding_stability" in ev
+    serving = os.path.dirname(scenario["run1"]["pushed_model"]["pushed_destination"])
+    assert len([v for v in os.listdir(serving) if v.isdigit()]) == 1
+
+
+def test_new_span_trains_again(scenario):
+    execs = scenario["execs4"]
+    assert execs["SequenceIngestion"][-1] == "COMPLETE" and execs["Trainer"][-1] == "COMPLETE"
+    assert scenario["run4"]["evaluation"]["uri"] != scenario["run3"]["evaluation"]["uri"]
+
+
+def test_corrupted_span_is_stopped_by_validation(scenario):
+    assert "data validation failed" in scenario["run5_error"]
+    report_uri = scenario["run5"]["validation_report"]["uri"]
+    report = json.load(open(os.path.join(report_uri, "validation_report.json")))
+    assert report["passed"] is False and report["problems"][0]["kind"] == "dead_letters"
+    assert os.path.exists(os.path.join(report_uri, "validation_report.txt"))
+    execs = scenario["execs5"]
+    assert len(execs["Trainer"]) == len(scenario["execs4"]["Trainer"])
+    serving = os.path.dirname(scenario["run1"]["pushed_model"]["pushed_destination"])
+    pushed = [v for v in os.listdir(serving) if v.isdigit()]
+    assert len(pushed) == 1 + int(scenario["run4"]["pushed_model"]["pushed"])
+    assert not [v for v in os.listdir(serving) if v.startswith(".tmp")]
