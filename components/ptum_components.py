@@ -100,8 +100,10 @@ def ValidationGate(  # noqa: N802
         dataset: InputArtifact[SequenceDataset],
         report: OutputArtifact[ValidationReport],
         max_deadletter_rate: Parameter[float] = 0.05,
-        max_oov_rate: Parameter[float] = 0.2):
-    """Stops the run (raises) when the data is not fit to train on; writes a readable report."""
+        max_oov_rate: Parameter[float] = 0.2,
+        report_dir: Parameter[str] = ""):
+    """Stops the run (raises) when the data is not fit to train on; writes a readable report
+    (also to `report_dir`: TFX removes the outputs of a failed execution)."""
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
     from ptum import contracts
@@ -128,18 +130,25 @@ def ValidationGate(  # noqa: N802
         problems.append({"kind": "oov", "rate": oov_rate, "threshold": max_oov_rate})
     text = {"passed": not problems, "problems": problems, "deadletter_rate": dl_rate, "oov_rate": oov_rate,
             "counts": c, "dataset": dataset.uri}
-    os.makedirs(report.uri, exist_ok=True)
-    with open(os.path.join(report.uri, "validation_report.json"), "w") as f:
-        json.dump(text, f, indent=2)
-    lines = [f"validation {'passed' if not problems else 'FAILED'} for {dataset.uri}",
+    span = dataset.get_int_custom_property("span")
+    lines = [f"validation {'passed' if not problems else 'FAILED'} for span {span} ({dataset.uri})",
              f"  dead-letter rate {dl_rate:.4f} (max {max_deadletter_rate}), OOV rate {oov_rate:.4f} (max {max_oov_rate})"]
     lines += [f"  - {json.dumps(p)}" for p in problems]
-    with open(os.path.join(report.uri, "validation_report.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    targets = [(report.uri, "validation_report")]
+    if report_dir:
+        targets.append((report_dir, f"span-{span}-{stamp}"))
+    for folder, stem in targets:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, stem + ".json"), "w") as f:
+            json.dump(text, f, indent=2)
+        with open(os.path.join(folder, stem + ".txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
     report.set_int_custom_property("passed", int(not problems))
     if problems:
+        folder, stem = targets[-1]
         raise RuntimeError("data validation failed; the run stops before training:\n" + "\n".join(lines) +
-                           f"\nreport: {os.path.join(report.uri, 'validation_report.txt')}")
+                           f"\nreport: {os.path.join(folder, stem + '.txt')}")
 
 
 def _model_dir(model_artifact) -> str:
@@ -230,6 +239,14 @@ def _neighbour_overlap(base_dir: str, cur_dir: str, ds, k: int = 10, max_users: 
     return {"users": int(len(idx_all)), "k": k, "knn_overlap": float(overlap)}
 
 
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 @component
 def VersionedPusher(  # noqa: N802
         model: InputArtifact[standard_artifacts.Model],
@@ -243,12 +260,21 @@ def VersionedPusher(  # noqa: N802
         return
     src = os.path.join(model.uri, "Format-Serving", "saved_model")
     os.makedirs(base_directory, exist_ok=True)
-    existing = [int(v) for v in os.listdir(base_directory) if v.isdigit()]
-    version = max([int(time.time())] + [v + 1 for v in existing])
-    tmp = os.path.join(base_directory, f".tmp-{version}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    os.replace(tmp, os.path.join(base_directory, str(version)))
+    existing = sorted(int(v) for v in os.listdir(base_directory) if v.isdigit())
+    marker = os.path.join("assets.extra", "ptum_pushed_from.txt")
+    same = [v for v in existing if _read(os.path.join(base_directory, str(v), marker)) == model.uri]
+    if same:
+        # Re-running a span re-blesses the same model: it is served already, no new version.
+        version = same[-1]
+        pushed_model.set_int_custom_property("already_pushed", 1)
+    else:
+        version = max([int(time.time())] + [v + 1 for v in existing])
+        tmp = os.path.join(base_directory, f".tmp-{version}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        with open(os.path.join(tmp, marker), "w") as f:
+            f.write(model.uri)
+        os.replace(tmp, os.path.join(base_directory, str(version)))
     dest = os.path.join(base_directory, str(version))
     pushed_model.set_int_custom_property("pushed", 1)
     pushed_model.set_string_custom_property("pushed_destination", dest)

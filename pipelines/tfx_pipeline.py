@@ -96,7 +96,8 @@ def create_pipeline(cfg: PipelineConfig):
     validator = tfx.components.ExampleValidator(statistics=statistics.outputs["statistics"],
                                                 schema=schema.outputs["schema"])
     gate = ValidationGate(anomalies=validator.outputs["anomalies"], dataset=ingestion.outputs["dataset"],
-                          max_deadletter_rate=cfg.max_deadletter_rate, max_oov_rate=cfg.max_oov_rate)
+                          max_deadletter_rate=cfg.max_deadletter_rate, max_oov_rate=cfg.max_oov_rate,
+                          report_dir=os.path.join(cfg.pipeline_root, "validation_reports"))
     ptum_cfg = PTUMConfig.load(cfg.model_config or None, cfg.model_overrides)
     trainer = tfx.components.Trainer(
         run_fn="components.trainer_module.run_fn",

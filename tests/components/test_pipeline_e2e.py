@@ -96,8 +96,14 @@ def test_mlmd_records_every_execution(scenario):
 
 def test_same_span_hits_the_cache(scenario):
     execs = scenario["execs2"]
-    for node in ("SequenceIngestion", "StatisticsGen", "Trainer", "NextItemEvaluator"):
+    for node in ("SequenceIngestion", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
+                 "Trainer"):
         assert execs[node][-1] == "CACHED", (node, execs[node])
+    # The evaluator runs again (its baseline is now the blessed model), re-blesses the same
+    # model, and the pusher serves it without a second version.
+    run = scenario["run2"]
+    assert run["pushed_model"]["already_pushed"] == 1
+    assert run["pushed_model"]["pushed_version"] == scenario["run1"]["pushed_model"]["pushed_version"]
 
 
 def test_worse_model_is_not_blessed_and_not_pushed(scenario):
@@ -108,7 +114,9 @@ def test_worse_model_is_not_blessed_and_not_pushed(scenario):
     ev = json.load(open(os.path.join(run["evaluation"]["uri"], "metrics.json")))
     assert "baseline" in ev and ev["reasons"] and "embedding_stability" in ev
     serving = os.path.dirname(scenario["run1"]["pushed_model"]["pushed_destination"])
-    assert len([v for v in os.listdir(serving) if v.isdigit()]) == 1
+    sources = [open(os.path.join(serving, v, "assets.extra", "ptum_pushed_from.txt")).read()
+               for v in os.listdir(serving) if v.isdigit()]
+    assert run["blessing"]["current_model"] not in sources
 
 
 def test_new_span_trains_again(scenario):
@@ -119,10 +127,11 @@ def test_new_span_trains_again(scenario):
 
 def test_corrupted_span_is_stopped_by_validation(scenario):
     assert "data validation failed" in scenario["run5_error"]
-    report_uri = scenario["run5"]["validation_report"]["uri"]
-    report = json.load(open(os.path.join(report_uri, "validation_report.json")))
+    # A failed execution publishes no artifact: the error names the report's path.
+    txt = scenario["run5_error"].split("report: ")[-1].strip()
+    assert os.path.exists(txt) and "dead_letters" in open(txt).read()
+    report = json.load(open(txt[:-4] + ".json"))
     assert report["passed"] is False and report["problems"][0]["kind"] == "dead_letters"
-    assert os.path.exists(os.path.join(report_uri, "validation_report.txt"))
     execs = scenario["execs5"]
     assert len(execs["Trainer"]) == len(scenario["execs4"]["Trainer"])
     serving = os.path.dirname(scenario["run1"]["pushed_model"]["pushed_destination"])
