@@ -206,33 +206,46 @@ def _pipeline(a) -> int:
 
 
 def _demo(a, extra) -> int:
+    """The whole pipeline on generated logs: generate -> TFX (ingest, validate, pre-train,
+    evaluate, push, export embeddings) with LocalDagRunner and MLMD in SQLite."""
     _keras_backend_default()
-    from ptum.cli import format_tokenize_summary
-    from ptum.config import PTUMConfig
-    from ptum.generate import generate
-    from ptum.train import pretrain
-    from pipelines.tokenize import core, job
+    import yaml
 
-    logs = os.path.join(a.workdir, "logs")
+    from ptum.generate import generate
+    from pipelines.tfx_pipeline import PipelineConfig, run_local
+
+    workdir = os.path.abspath(a.workdir)
+    logs = os.path.join(workdir, "logs", "span-1")
     stats = generate(logs, users=a.users, items=a.items, seed=a.seed, malformed_rate=0.002)
-    print(f"[1/4] generated {stats.events:,} events for {stats.users:,} users in {logs}")
-    data = os.path.join(a.workdir, "sequences")
-    manifest = job.run(core.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv",
-                                            output=data, items_catalog=os.path.join(logs, "items.csv")),
-                       extra)
-    print("[2/4] tokenized with Beam")
-    print(format_tokenize_summary(data, manifest))
-    model = os.path.join(a.workdir, "model")
-    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml")
-    cfg = PTUMConfig.load(config if os.path.exists(config) else None)
-    print("[3/4] pre-training (MBP + NBP)")
-    pretrain(data, model, cfg, log=lambda s: print("   ", s))
-    metrics = evaluate_model(model, data, "test")
-    metrics_path = os.path.join(a.workdir, "metrics.json")
-    from ptum.contracts import write_json_atomic
-    write_json_atomic(metrics_path, metrics)
-    print(f"[4/4] test ndcg@10 {metrics['ndcg@10']:.4f}  recall@10 {metrics['recall@10']:.4f}  "
-          f"(history-filtered, full ranking over {manifest['counts']['items']} items)")
-    print(json.dumps({"dataset": data, "dead_letters": os.path.join(data, "deadletter"),
-                      "model": model, "metrics": metrics_path}, indent=2))
+    print(f"[1/2] generated {stats.events:,} events ({stats.malformed} malformed) for {stats.users:,} users in {logs}")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = {"pipeline_root": os.path.join(workdir, "pipeline"),
+              "input_pattern": os.path.join(workdir, "logs", "span-{SPAN}", "events.csv"),
+              "items_catalog": os.path.join(logs, "items.csv"),
+              "serving_dir": os.path.join(workdir, "serving", "user_model"),
+              "model_config": os.path.join(here, "configs", "demo.yaml"),
+              "beam_args": ["--direct_running_mode=in_memory"] + list(extra)}
+    config_path = os.path.join(workdir, "pipeline.yaml")
+    with open(config_path, "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    print(f"[2/2] running the TFX pipeline ({config_path}); a few minutes on 2 cores")
+    try:
+        out = run_local(PipelineConfig.load(config_path))
+    except RuntimeError as e:
+        print(f"ptum demo: the pipeline stopped: {e}", file=sys.stderr)
+        return 3
+    metrics_path = os.path.join(out["evaluation"]["uri"], "metrics.json")
+    with open(metrics_path) as f:
+        metrics = json.load(f)["candidate"]
+    print(f"next-item (valid split, history-filtered, full ranking): ndcg@10 {metrics['ndcg@10']:.4f}  "
+          f"recall@10 {metrics['recall@10']:.4f}")
+    where = {
+        "pushed_model": out.get("pushed_model", {}).get("pushed_destination"),
+        "embeddings": out.get("embeddings", {}).get("uri"),
+        "validation_report": os.path.join(out["validation_report"]["uri"], "validation_report.txt"),
+        "metrics": metrics_path,
+        "mlmd": out["metadata"],
+        "rerun": f"ptum pipeline run --config {config_path}",
+    }
+    print(json.dumps(where, indent=2))
     return 0
