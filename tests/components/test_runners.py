@@ -39,7 +39,8 @@ def test_span_resolution(tmp_path):
         (tmp_path / f"span-{s}").mkdir()
         (tmp_path / f"span-{s}" / "e.csv").write_text("x")
     pattern = str(tmp_path / "span-{SPAN}" / "e.csv")
-    span, paths = resolve_spans(pattern, None, 2)
+    # The window counts span numbers back from the chosen span (e.g. the last 8 days).
+    span, paths = resolve_spans(pattern, None, 8)
     assert span == 10 and [os.path.basename(os.path.dirname(p)) for p in paths] == ["span-3", "span-10"]
     span, paths = resolve_spans(pattern, 2, 1)
     assert span == 2 and len(paths) == 1
