@@ -30,15 +30,15 @@ class LabelError(Exception):
 class FinetuneConfig:
     task: str = "classify"
     mode: str = "full"
-    hidden: int = 128
+    hidden: int = 64
     dropout: float = 0.2
-    epochs: int = 20
-    head_epochs: int = 3
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    epochs: int = 30
+    head_epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 3e-3
     encoder_lr_scale: float = 0.1
     class_weight: str = "balanced"     # balanced | none
-    patience: int = 4
+    patience: int = 8
     valid_fraction: float = 0.2
     seed: int = 0
 

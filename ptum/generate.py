@@ -77,9 +77,10 @@ def generate(output: str, users: int = 1000, items: int = 500, seed: int = 0,
     # Labels correlate with interests: cluster halves lean to a gender; cluster
     # quarters to an age group; short, bursty histories to churn.
     female_score = interests[:, : n_clusters // 2].sum(axis=1)
-    gender = np.where(rng.random(users) < 0.15 + 0.7 * female_score, "F", "M")
+    p_female = 1.0 / (1.0 + np.exp(-12.0 * (female_score - 0.5)))
+    gender = np.where(rng.random(users) < p_female, "F", "M")
     age_logits = np.stack([interests[:, np.arange(n_clusters) % 4 == g].sum(axis=1)
-                           for g in range(4)], axis=1) * 4.0
+                           for g in range(4)], axis=1) * 8.0
     age_p = np.exp(age_logits) / np.exp(age_logits).sum(axis=1, keepdims=True)
     age_group = np.array([AGE_GROUPS[rng.choice(4, p=p)] for p in age_p])
     churn = (rng.random(users) < 1 / (1 + np.exp((lengths - mean_events) / (mean_events / 3)))).astype(int)

@@ -23,7 +23,7 @@ def pretrained(clean_dataset, tmp_path_factory):
     return out, data, logs
 
 
-SMALL_FT = "epochs: 6\nhead_epochs: 2\npatience: 3\nhidden: 32\n"
+SMALL_FT = "epochs: 20\nhead_epochs: 8\npatience: 20\nlearning_rate: 0.003\n"
 
 
 def cli(*args):
@@ -55,8 +55,9 @@ def test_finetune_tasks_and_modes(pretrained, tmp_path, task, mode, column):
         assert np.isfinite(m[k]), k
     if task == "classify" and column == "gender":
         assert meta["classes"] == ["F", "M"]
-        # Labels follow the latent interests of the generated users: pre-trained features carry signal.
-        assert m["auc"] > 0.55
+        # Labels follow the latent interests of the generated users (a bag-of-items logistic
+        # regression reaches ~0.95 AUC here): the fine-tuned user model must find the signal.
+        assert m["auc"] > 0.65
     if column == "age_group":
         assert len(meta["classes"]) == 4
     # The fine-tuned model reloads and still exposes the user embedding.
