@@ -633,6 +633,46 @@ def write_parquet(table: pa.Table, path: str) -> None:
     os.replace(tmp, path)
 
 
+def write_arrow(table: pa.Table, path: str) -> None:
+    """Stage a table as an Arrow IPC file (the tokenizer's shuffle through files)."""
+    import pyarrow.ipc as ipc
+
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+        sink = pa.BufferOutputStream()
+        with ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+        with FileSystems.create(path) as f:
+            f.write(sink.getvalue().to_pybytes())
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with pa.OSFile(tmp, "wb") as sink, ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    os.replace(tmp, path)
+
+
+def read_arrow(path: str) -> pa.Table:
+    import pyarrow.ipc as ipc
+
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+        with FileSystems.open(path) as f:
+            return ipc.open_file(pa.py_buffer(f.read())).read_all()
+    with pa.memory_map(path) as source:
+        return ipc.open_file(source).read_all()
+
+
+def remove_tree(path: str) -> None:
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+        return
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def shard_name(prefix: str, shard: int, num_shards: int) -> str:
     return f"{prefix}-{shard:05d}-of-{num_shards:05d}.parquet"
 
@@ -645,7 +685,7 @@ def reset_output(output: str) -> None:
         if FileSystems.exists(mpath):
             FileSystems.delete([mpath])
         for sub in (contracts.SEQUENCES_DIR, contracts.VOCAB_DIR, contracts.DEADLETTER_DIR,
-                    contracts.LABELS_DIR):
+                    contracts.LABELS_DIR, ".staging"):
             d = join(output, sub)
             if FileSystems.exists(d):
                 FileSystems.delete([d])
@@ -653,7 +693,8 @@ def reset_output(output: str) -> None:
     if os.path.exists(mpath):
         os.remove(mpath)
     import shutil
-    for sub in (contracts.SEQUENCES_DIR, contracts.VOCAB_DIR, contracts.DEADLETTER_DIR, contracts.LABELS_DIR):
+    for sub in (contracts.SEQUENCES_DIR, contracts.VOCAB_DIR, contracts.DEADLETTER_DIR, contracts.LABELS_DIR,
+                ".staging"):
         shutil.rmtree(os.path.join(output, sub), ignore_errors=True)
     os.makedirs(output, exist_ok=True)
 

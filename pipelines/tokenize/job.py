@@ -2,7 +2,7 @@
 
 Arrow record batches flow through the pipeline, never one element per event:
 
-  ListInputs -> ReadChunks -> Spread -> ParseAndBucket ---------------> dead letters
+  ListInputs -> Spread -> ReadAndParse -------------------------------> dead letters
                                               | (bucket, events table)
                                        GroupByUserBucket -> BuildHistories -> item/behavior counts
                                               |                                 | CombineGlobally
@@ -28,43 +28,46 @@ from ptum import contracts
 from pipelines.tokenize import core, formats
 
 log = logging.getLogger(__name__)
-# Main outputs are (bucket, Arrow table); tagged outputs carry other types.
+STAGING = ".staging"
+# Main outputs are (bucket, staged file path or Arrow table); tagged outputs carry other types.
 _KV = beam.typehints.KV[int, beam.typehints.Any]
 
 
-class ReadChunks(beam.DoFn):
-    """A file -> units of whole lines (or Parquet record batches)."""
+class ReadAndParse(beam.DoFn):
+    """A file -> (user bucket, events table) pairs; dead letters and counts tagged.
 
-    def __init__(self, opts: core.TokenizeOptions):
-        self._opts = opts
-
-    def process(self, spec):
-        yield from core.read_units(spec, self._opts)
-
-
-class ParseAndBucket(beam.DoFn):
-    """A unit -> (user bucket, events table) pairs; dead letters and counts tagged."""
+    Reading and parsing are fused: raw bytes never travel through the runner (only
+    Arrow tables of parsed events do); files are the unit of parallelism."""
 
     DEADLETTER = "deadletter"
     COUNTS = "counts"
 
-    def __init__(self, max_line_bytes: int, num_shards: int, deadletter_shards: int):
-        self._max_line_bytes = max_line_bytes
+    def __init__(self, opts: core.TokenizeOptions, num_shards: int, deadletter_shards: int):
+        self._opts = opts
         self._num_shards = num_shards
         self._dl_shards = deadletter_shards
         self._read = Metrics.counter("tokenize", "events_read")
         self._dead = Metrics.counter("tokenize", "events_dead_lettered")
 
-    def process(self, unit):
-        events, dl, read = core.parse_input_unit(unit, self._max_line_bytes)
-        self._read.inc(read)
-        yield beam.pvalue.TaggedOutput(self.COUNTS, {"events_read": read})
-        if dl.num_rows:
-            self._dead.inc(dl.num_rows)
-            key = int(dl.column("row")[0].as_py() or 0) % self._dl_shards
-            yield beam.pvalue.TaggedOutput(self.DEADLETTER, (key, dl))
-        for bucket, table in formats.split_by_bucket(events, self._num_shards):
-            yield bucket, table
+    def process(self, spec):
+        pending = {}
+        for unit in core.read_units(spec, self._opts):
+            events, dl, read = core.parse_input_unit(unit, self._opts.max_line_bytes)
+            self._read.inc(read)
+            yield beam.pvalue.TaggedOutput(self.COUNTS, {"events_read": read})
+            if dl.num_rows:
+                self._dead.inc(dl.num_rows)
+                key = int(dl.column("row")[0].as_py() or 0) % self._dl_shards
+                yield beam.pvalue.TaggedOutput(self.DEADLETTER, (key, dl))
+            for bucket, table in formats.split_by_bucket(events, self._num_shards):
+                pending.setdefault(bucket, []).append(table)
+        # The shuffle goes through files: events are staged as Arrow IPC files per user
+        # bucket and only their paths are grouped (runners copy small elements cheaply).
+        for bucket, tables in pending.items():
+            path = core.join(self._opts.output, STAGING, f"bucket-{bucket:05d}",
+                             f"file-{spec.file_idx:05d}.arrow")
+            core.write_arrow(pa.concat_tables(tables), path)
+            yield bucket, path
 
 
 class BuildHistories(beam.DoFn):
@@ -78,8 +81,9 @@ class BuildHistories(beam.DoFn):
         self._dups = Metrics.counter("tokenize", "duplicates_dropped")
 
     def process(self, element):
-        bucket, tables = element
-        histories, counts = core.build_histories(list(tables), self._max_history)
+        bucket, paths = element
+        histories, counts = core.build_histories([core.read_arrow(p) for p in sorted(paths)],
+                                                 self._max_history)
         self._dups.inc(counts["duplicates_dropped"])
         yield beam.pvalue.TaggedOutput(self.COUNTS, counts)
         yield beam.pvalue.TaggedOutput(self.STATS, core.history_stats(histories))
@@ -150,6 +154,7 @@ def _write_manifest(_, opts, counts, files, items_vocab, behavior_vocab, items_s
     manifest = core.make_manifest(opts, total, list(files), items_vocab, behavior_vocab,
                                   fingerprints, has_time, runner, written)
     contracts.write_json_atomic(core.join(opts.output, contracts.MANIFEST), manifest)
+    core.remove_tree(core.join(opts.output, STAGING))
     return manifest
 
 
@@ -161,10 +166,9 @@ def build(p: beam.Pipeline, opts: core.TokenizeOptions, specs: List[formats.File
     parsed = (
         p
         | "ListInputs" >> beam.Create(specs)
-        | "ReadChunks" >> beam.ParDo(ReadChunks(opts))
         | "Spread" >> beam.Reshuffle()
-        | "ParseAndBucket" >> beam.ParDo(ParseAndBucket(opts.max_line_bytes, num_shards, dl_shards))
-        .with_output_types(_KV).with_outputs(ParseAndBucket.DEADLETTER, ParseAndBucket.COUNTS, main="events"))
+        | "ReadAndParse" >> beam.ParDo(ReadAndParse(opts, num_shards, dl_shards))
+        .with_output_types(_KV).with_outputs(ReadAndParse.DEADLETTER, ReadAndParse.COUNTS, main="events"))
     histories = (
         parsed.events
         | "GroupByUserBucket" >> beam.GroupByKey()
