@@ -9,7 +9,7 @@ import glob
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "schema.pbtxt")
@@ -160,7 +160,3 @@ def summarize(cfg: PipelineConfig) -> dict:
             out[key] = {"uri": a.uri, **{k: (v.int_value if v.HasField("int_value") else v.string_value)
                                          for k, v in a.custom_properties.items()}}
     return out
-
-
-def config_dict(cfg: PipelineConfig) -> dict:
-    return asdict(cfg)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 # Reserved item token ids. Real items start at FIRST_ITEM_ID, in vocabulary order
 # (descending count, then item id), so the ids are stable for a given vocabulary.

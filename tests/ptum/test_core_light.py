@@ -25,7 +25,7 @@ def test_generate_is_deterministic(tmp_path):
 
     a = generate(str(tmp_path / "a"), users=50, items=40, seed=5, malformed_rate=0.05)
     b = generate(str(tmp_path / "b"), users=50, items=40, seed=5, malformed_rate=0.05)
-    c = generate(str(tmp_path / "c"), users=50, items=40, seed=6)
+    generate(str(tmp_path / "c"), users=50, items=40, seed=6)
     assert a == b
     for f in ("events.csv", "items.csv", "users.csv", "impressions.csv"):
         assert filecmp.cmp(tmp_path / "a" / f, tmp_path / "b" / f, shallow=False)

@@ -221,7 +221,7 @@ def test_trains_under_jax(clean_dataset, tmp_path):
             "            raise ImportError('blocked ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
             "from ptum.cli import main\n"
-            f"sys.exit(main(sys.argv[1:]))\n")
+            "sys.exit(main(sys.argv[1:]))\n")
     r = subprocess.run([sys.executable, "-c", code, "pretrain", "--data", data, "--output", out, "--epochs", "2",
                         *sets(SMALL)], capture_output=True, text=True,
                        env=dict(os.environ, KERAS_BACKEND="jax"))
