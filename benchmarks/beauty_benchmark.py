@@ -94,8 +94,7 @@ def plot(runs) -> None:
     ax.set_title("Amazon Beauty: validation NDCG@10 during training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(common.RESULTS, "beauty.png"), dpi=110)
+    common.save_plot(fig, "beauty")
 
 
 if __name__ == "__main__":

@@ -70,3 +70,9 @@ def write_result(name: str, result: dict, columns: Sequence[str], rows: List[dic
     with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print(f"wrote {RESULTS}/{name}.json and .md", file=sys.stderr)
+
+
+def save_plot(fig, name: str) -> None:
+    """Finish a matplotlib figure and write it beside the results as <name>.png."""
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)

@@ -200,8 +200,7 @@ def plot(out, tasks, fractions):
         ax.set_title(f"ML-100K {t}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(common.RESULTS, "finetune_ml100k.png"), dpi=110)
+    common.save_plot(fig, "finetune_ml100k")
 
 
 if __name__ == "__main__":

@@ -60,10 +60,11 @@ class ReadRowBatches(beam.DoFn):
         import pyarrow.compute as pc
 
         file_idx, path, skip = element
+        skip_set = pa.array(list(skip_users), pa.string()) if skip and len(skip_users) else None
         pf = pq.ParquetFile(tcore.open_input(path) if "://" in path else path)
         for i, batch in enumerate(pf.iter_batches(batch_size=self._rows)):
-            if skip and len(skip_users):
-                keep = pc.invert(pc.is_in(batch.column("user_id"), value_set=pa.array(list(skip_users), pa.string())))
+            if skip_set is not None:
+                keep = pc.invert(pc.is_in(batch.column("user_id"), value_set=skip_set))
                 batch = batch.filter(keep)
                 if batch.num_rows == 0:
                     continue

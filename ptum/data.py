@@ -85,11 +85,14 @@ def pad_batch(rows: Rows, idx: np.ndarray, width: int, ends: Optional[np.ndarray
     return out
 
 
+def bucket_widths(lengths: np.ndarray, buckets: Sequence[int], max_width: int) -> np.ndarray:
+    """Padded width per length: the smallest bucket that holds it, else max_width."""
+    edges = np.array(sorted(b for b in buckets if b < max_width) + [max_width], np.int64)
+    return edges[np.searchsorted(edges, np.minimum(lengths, max_width))]
+
+
 def bucket_width(length: int, buckets: Sequence[int], max_width: int) -> int:
-    for w in sorted(buckets):
-        if length <= w < max_width:
-            return w
-    return max_width
+    return int(bucket_widths(np.array([length]), buckets, max_width)[0])
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, buckets: Sequence[int], max_width: int,
@@ -97,7 +100,7 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, buckets: Sequence[int], 
     """Batches of row indices grouped by length bucket; a pure function of (seed, epoch)."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))
-    widths = np.array([bucket_width(int(min(l, max_width)), buckets, max_width) for l in lengths[order]])
+    widths = bucket_widths(lengths[order], buckets, max_width)
     batches = []
     for w in np.unique(widths):
         members = order[widths == w]
