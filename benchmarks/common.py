@@ -72,6 +72,14 @@ def write_result(name: str, result: dict, columns: Sequence[str], rows: List[dic
     print(f"wrote {RESULTS}/{name}.json and .md", file=sys.stderr)
 
 
+def write_json(path: str, obj) -> None:
+    """Write JSON atomically (a benchmark's intermediate results survive a kill whole or not at all)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
 def save_plot(fig, name: str) -> None:
     """Finish a matplotlib figure and write it beside the results as <name>.png."""
     fig.tight_layout()

@@ -2,49 +2,25 @@
 
     python benchmarks/ml100k_benchmark.py --ml100k ../shared/data/ml-100k --recbole-python PATH/bin/python
 
-RecBole 1.2.1 needs its own venv (Python 3.11, `pip install torch==2.13.0 recbole==1.2.1 "numpy<2"
-"pandas<2.3" "scipy<1.14" "setuptools<70"`). It gets our sequences as an atomic .inter file with
-ordinal timestamps, so its leave-one-out split (order TO, LS valid_and_test) equals ours. Same
-max length (50) and embedding size (64); full ranking with history excluded on both sides.
-Writes benchmarks/results/ml100k.{json,md}.
+RecBole runs in its own venv (benchmarks/recbole_peer.py) on our sequences as an atomic .inter
+file with ordinal timestamps, so its leave-one-out split (order TO, LS valid_and_test) equals
+ours. Same max length (50) and embedding size (64); full ranking with history excluded on both
+sides. `--parallel` trains the peers side by side (one torch thread each); each peer's result
+is kept in --work, so an interrupted benchmark resumes with the peers it lacks.
+Writes benchmarks/results/ml100k.{json,md,png}.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from benchmarks import common  # noqa: E402
-
-RUNNER = r'''
-import json, os, sys, time
-import numpy as np
-np.float = float  # RecBole's NDCG code uses the removed alias on some paths
-os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-from recbole.quick_start import run_recbole
-work, model = sys.argv[1], sys.argv[2]
-cfg = {"data_path": work, "dataset": "ml100kptum", "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id",
-       "TIME_FIELD": "timestamp", "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-       "MAX_ITEM_LIST_LENGTH": 50, "hidden_size": 64, "inner_size": 256, "n_layers": 2, "n_heads": 2,
-       "hidden_dropout_prob": 0.2, "attn_dropout_prob": 0.2, "train_batch_size": 256, "learning_rate": 1e-3,
-       "epochs": 200, "stopping_step": 10, "loss_type": "CE", "train_neg_sample_args": None,
-       "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
-       "metrics": ["Recall", "NDCG"], "topk": [10], "valid_metric": "NDCG@10", "seed": 0,
-       "reproducibility": True, "device": "cpu", "use_gpu": False, "show_progress": False,
-       "checkpoint_dir": os.path.join(work, "saved")}
-t = time.time()
-res = run_recbole(model=model, config_dict=cfg)
-out = {"train_seconds": round(time.time() - t, 1), "best_valid": {k: float(v) for k, v in res["best_valid_result"].items()},
-       "test": {k: float(v) for k, v in res["test_result"].items()}}
-print("RESULT " + json.dumps(out))
-'''
-
+from benchmarks import common, recbole_peer  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -53,7 +29,12 @@ def main() -> None:
     ap.add_argument("--recbole-python", default="benchmarks/work/recbole-venv/bin/python")
     ap.add_argument("--config", default="configs/ml100k-nextitem.yaml")
     ap.add_argument("--models", nargs="+", default=["SASRec", "BERT4Rec"])
+    ap.add_argument("--recbole-max-epochs", type=int, default=200)
+    ap.add_argument("--recbole-stopping-step", type=int, default=10)
+    ap.add_argument("--parallel", action="store_true", help="train the peers at the same time, 1 thread each")
     args = ap.parse_args()
+    from concurrent.futures import ThreadPoolExecutor
+
     from ptum.commands import evaluate_model
     from ptum.config import PTUMConfig
     from ptum.contracts import open_dataset
@@ -64,44 +45,82 @@ def main() -> None:
     if not os.path.exists(os.path.join(data, "manifest.json")):
         reference.run(core.TokenizeOptions(inputs=[args.ml100k], format="movielens", output=data))
     ds = open_dataset(data)
-    rb = os.path.join(args.work, "recbole", "ml100kptum")
-    os.makedirs(rb, exist_ok=True)
-    test = ds.read_split("test").to_pylist()
-    with open(os.path.join(rb, "ml100kptum.inter"), "w") as f:
-        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        for r in test:
-            for pos, item in enumerate(r["item_ids"]):
-                f.write(f"{r['user_id']}\t{item}\t{pos}\n")
+    rb = os.path.join(args.work, "recbole")
+    recbole_peer.write_inter(ds, rb, "ml100kptum")
+    settings = {"MAX_ITEM_LIST_LENGTH": 50, "hidden_size": 64, "inner_size": 256, "n_layers": 2, "n_heads": 2,
+                "hidden_dropout_prob": 0.2, "attn_dropout_prob": 0.2, "train_batch_size": 256,
+                "learning_rate": 1e-3, "epochs": args.recbole_max_epochs, "stopping_step": args.recbole_stopping_step}
+    if args.parallel:
+        os.environ["RECBOLE_THREADS"] = "1"
+
+    def peer(m):
+        cache = os.path.join(rb, f"{m}_result.json")
+        if os.path.exists(cache):
+            cached = json.load(open(cache))
+            if cached.get("settings") == settings:
+                return m, cached
+        try:
+            r = recbole_peer.run(args.recbole_python, m, rb, "ml100kptum", settings, log_prefix=m)
+        except RuntimeError as e:
+            return m, {"error": str(e)[-2000:]}
+        r["settings"] = settings
+        common.write_json(cache, r)
+        return m, r
+
     results = {}
-    for m in args.models:
-        proc = subprocess.run([args.recbole_python, "-c", RUNNER, os.path.join(args.work, "recbole"), m],
-                              capture_output=True, text=True)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode != 0 or not line:
-            results[f"recbole_{m}"] = {"error": proc.stderr[-2000:]}
-            print(m, "failed", proc.stderr[-2000:], flush=True)
-            continue
-        r = json.loads(line[0][7:])
-        results[f"recbole_{m}"] = {"ndcg@10": r["test"]["ndcg@10"], "recall@10": r["test"]["recall@10"],
-                                   "valid_ndcg@10": r["best_valid"]["ndcg@10"], "train_seconds": r["train_seconds"]}
-        print(m, results[f"recbole_{m}"], flush=True)
+    with ThreadPoolExecutor(max_workers=len(args.models) if args.parallel else 1) as pool:
+        for m, r in pool.map(peer, args.models):
+            if "error" in r:
+                results[f"recbole_{m}"] = r
+                print(m, "failed", r["error"], flush=True)
+                continue
+            best_epoch = max(r["curve"], key=lambda e: e["valid_ndcg@10"])["epoch"] if r["curve"] else None
+            results[f"recbole_{m}"] = {
+                "ndcg@10": r["test"]["ndcg@10"], "recall@10": r["test"]["recall@10"],
+                "valid_ndcg@10": r["best_valid"]["ndcg@10"], "train_seconds": r["fit_seconds"],
+                "epochs": r["epochs"], "best_epoch": best_epoch,
+                "stopped_by": "early stopping" if r["epochs"] < args.recbole_max_epochs else "epoch cap",
+                "curve": r["curve"]}
+            print(m, {k: v for k, v in results[f"recbole_{m}"].items() if k != "curve"}, flush=True)
     out_model = os.path.join(args.work, "ptum_model")
     t0 = time.time()
     if not os.path.exists(os.path.join(out_model, "metadata.json")):
         pretrain(data, out_model, PTUMConfig.load(args.config), log=print)
     meta = json.load(open(os.path.join(out_model, "metadata.json")))
     m = evaluate_model(out_model, data, "test")
+    history = json.load(open(os.path.join(out_model, "history.json")))
     results["ptum"] = {"ndcg@10": m["ndcg@10"], "recall@10": m["recall@10"],
                        "ndcg@10_unfiltered": m["ndcg@10_unfiltered"], "valid_ndcg@10": meta["valid"]["ndcg@10"],
-                       "train_seconds": meta["train_seconds"], "wall_seconds_incl_eval": round(time.time() - t0, 1)}
+                       "train_seconds": meta["train_seconds"], "wall_seconds_incl_eval": round(time.time() - t0, 1),
+                       "epochs": meta["epochs_run"], "best_epoch": meta["best_epoch"], "stopped_by": "early stopping"
+                       if meta["epochs_run"] < PTUMConfig.load(args.config).train.epochs else "epoch cap",
+                       "curve": [{"epoch": h["epoch"], "seconds": round(h["seconds"] + h.get("valid_seconds", 0), 2),
+                                  "valid_ndcg@10": h.get("valid_ndcg@10")} for h in history]}
     out = common.envelope(" ".join(["python"] + sys.argv))
     out.update({"models": results, "config_files": [args.config],
                 "protocol": "our leave-one-out split of ML-100K fed to RecBole as ordinal timestamps; max len 50, "
-                            "dim 64, 2 layers, 2 heads, CE over all items, full ranking, history excluded"})
-    rows = [{"model": k, **{c: (f"{v[c]:.4f}" if isinstance(v.get(c), float) else v.get(c, ""))
-                            for c in ("ndcg@10", "recall@10", "valid_ndcg@10", "train_seconds")}}
-            for k, v in results.items()]
-    common.write_result("ml100k", out, ["model", "ndcg@10", "recall@10", "valid_ndcg@10", "train_seconds"], rows)
+                            "dim 64, 2 layers, 2 heads, CE over all items, full ranking, history excluded",
+                "recbole_limits": {"max_epochs": args.recbole_max_epochs, "stopping_step": args.recbole_stopping_step,
+                                   "parallel_one_thread_each": args.parallel}})
+    cols = ["model", "ndcg@10", "recall@10", "valid_ndcg@10", "epochs", "best_epoch", "stopped_by", "train_seconds"]
+    rows = [{"model": k, **{c: (f"{v[c]:.4f}" if isinstance(v.get(c), float) and c != "train_seconds"
+                                else v.get(c, "")) for c in cols[1:]}} for k, v in results.items()]
+    common.write_result("ml100k", out, cols, rows)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, r in results.items():
+            if r.get("curve"):
+                ax.plot([e["epoch"] for e in r["curve"]], [e["valid_ndcg@10"] for e in r["curve"]], label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("valid NDCG@10 (full ranking, history filtered)")
+        ax.set_title("ML-100K next-item: training curves")
+        ax.legend()
+        common.save_plot(fig, "ml100k")
+    except ImportError:
+        pass
 
 
 if __name__ == "__main__":

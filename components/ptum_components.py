@@ -65,6 +65,22 @@ def _write_examples(dataset_dir: str, examples_uri: str) -> dict:
     return counts
 
 
+def _vocab_source(baseline_model) -> tuple:
+    """(dataset dir whose item vocabulary the blessed model was trained on, or None; why)."""
+    if baseline_model is None:
+        return None, "no blessed model from an earlier span: new vocabulary"
+    meta_path = os.path.join(_model_dir(baseline_model), "metadata.json")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        src = meta["training_data"]["path"]
+    except (OSError, KeyError, ValueError) as e:
+        return None, f"blessed model {baseline_model.uri} has no readable training data record ({e}): new vocabulary"
+    if not os.path.exists(os.path.join(src, "manifest.json")):
+        return None, f"the blessed model's training data {src} is gone: new vocabulary"
+    return src, f"reused from blessed model {baseline_model.uri} (vocab {meta.get('vocab_hash')})"
+
+
 @component
 def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
         dataset: OutputArtifact[SequenceDataset],
@@ -72,52 +88,103 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
         input_paths: Parameter[str],
         input_format: Parameter[str],
         span: Parameter[int],
+        baseline_model: InputArtifact[standard_artifacts.Model] = None,
         items_catalog: Parameter[str] = "",
-        vocab_from: Parameter[str] = "",
+        reuse_vocab: Parameter[int] = 1,
+        vocab_rebuild_oov_rate: Parameter[float] = 0.05,
         beam_args: Parameter[str] = "[]",
         tokenize_options: Parameter[str] = "{}"):
-    """Tokenize a window of spans with the Beam job; emit the dataset and TFX Examples."""
+    """Tokenize a window of spans with the Beam job; emit the dataset and TFX Examples.
+
+    The item vocabulary of the blessed model of an earlier span is reused (same token ids, so
+    the model can warm-start and embeddings stay comparable; new items map to OOV) unless a
+    rebuild is due: the share of this window's events whose item is out of that vocabulary
+    exceeds `vocab_rebuild_oov_rate`, or `reuse_vocab` is 0."""
     from pipelines.tokenize import core, job
 
-    opts = core.TokenizeOptions(inputs=json.loads(input_paths), format=input_format,
-                                output=os.path.join(dataset.uri, DATASET_SUBDIR),
-                                items_catalog=items_catalog or None, vocab_from=vocab_from or None,
-                                **json.loads(tokenize_options))
-    manifest = job.run(opts, json.loads(beam_args))
-    counts = _write_examples(opts.output, examples.uri)
+    output = os.path.join(dataset.uri, DATASET_SUBDIR)
+    source, why = _vocab_source(baseline_model) if reuse_vocab else (None, "reuse_vocab is off: new vocabulary")
+
+    def tokenize(vocab_from):
+        opts = core.TokenizeOptions(inputs=json.loads(input_paths), format=input_format, output=output,
+                                    items_catalog=items_catalog or None, vocab_from=vocab_from,
+                                    **json.loads(tokenize_options))
+        return job.run(opts, json.loads(beam_args))
+
+    manifest = tokenize(source)
+    if source:
+        c = manifest["counts"]
+        oov = c["oov_events"] / max(c["events_accepted"], 1)
+        if oov > vocab_rebuild_oov_rate:
+            why = (f"rebuilt: {oov:.4f} of the events are out of the blessed model's vocabulary "
+                   f"(rebuild above {vocab_rebuild_oov_rate})")
+            source = None
+            manifest = tokenize(None)
+    print(f"vocabulary {manifest['vocab_hash']}: {why}", flush=True)
+    counts = _write_examples(output, examples.uri)
     examples.split_names = encode_split_names(["train", "eval"])
     examples.span = span
     for art in (dataset, examples):
         art.set_string_custom_property("vocab_hash", manifest["vocab_hash"])
         art.set_int_custom_property("span", span)
+        art.set_int_custom_property("vocab_reused", int(source is not None))
+        art.set_string_custom_property("vocab_source", why)
     dataset.set_string_custom_property("counts", json.dumps(manifest["counts"]))
     examples.set_string_custom_property("rows", json.dumps(counts))
+
+
+def _drift(statistics, baseline_statistics, schema, features, threshold) -> tuple:
+    """TFDV drift (Jensen-Shannon divergence per feature, train split) of this span's statistics
+    against the last validated earlier span's; returns (measurements, problems)."""
+    import tensorflow_data_validation as tfdv
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+    from tfx.components.statistics_gen import stats_artifact_utils
+    from tfx.utils import io_utils
+
+    schema_proto = io_utils.SchemaReader().read(io_utils.get_only_uri_in_dir(schema.uri))
+    for f in schema_proto.feature:
+        if f.name in features:
+            f.drift_comparator.jensen_shannon_divergence.threshold = threshold
+    cur = stats_artifact_utils.load_statistics(statistics, "train").proto()
+    prev = stats_artifact_utils.load_statistics(baseline_statistics, "train").proto()
+    a = tfdv.validate_statistics(cur, schema_proto, previous_statistics=prev)
+    measured = {}
+    for info in a.drift_skew_info:
+        name = ".".join(info.path.step)
+        for m in info.drift_measurements:
+            measured[name] = {"jensen_shannon_divergence": round(m.value, 6), "threshold": m.threshold}
+    problems = []
+    for feature, info in a.anomaly_info.items():
+        kinds = [anomalies_pb2.AnomalyInfo.Type.Name(r.type) for r in info.reason]
+        if any(k.startswith("COMPARATOR_") for k in kinds):
+            problems.append({"kind": "drift", "feature": feature, "against_span": baseline_statistics.span,
+                             "description": info.description or info.short_description,
+                             **measured.get(feature, {})})
+    return measured, problems
 
 
 @component
 def ValidationGate(  # noqa: N802
         anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
+        statistics: InputArtifact[standard_artifacts.ExampleStatistics],
+        schema: InputArtifact[standard_artifacts.Schema],
         dataset: InputArtifact[SequenceDataset],
         report: OutputArtifact[ValidationReport],
+        baseline_statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None,
         max_deadletter_rate: Parameter[float] = 0.05,
         max_oov_rate: Parameter[float] = 0.2,
+        max_drift: Parameter[float] = 0.3,
+        drift_features: Parameter[str] = '["item_ids", "behavior_ids", "length"]',
         report_dir: Parameter[str] = ""):
-    """Stops the run (raises) when the data is not fit to train on; writes a readable report
-    (also to `report_dir`: TFX removes the outputs of a failed execution)."""
+    """Stops the run (raises) when the data is not fit to train on: schema anomalies, the
+    manifest's dead-letter or OOV rate past its threshold, or drift against the last validated
+    earlier span past `max_drift` (0 turns drift off). Writes a readable report (also to
+    `report_dir`: TFX removes the outputs of a failed execution)."""
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
     from ptum import contracts
 
     problems = []
-    for split in ("train", "eval"):
-        path = os.path.join(anomalies.uri, f"Split-{split}", "SchemaDiff.pb")
-        if not os.path.exists(path):
-            continue
-        with open(path, "rb") as f:
-            a = anomalies_pb2.Anomalies.FromString(f.read())
-        for feature, info in a.anomaly_info.items():
-            problems.append({"kind": "schema", "split": split, "feature": feature,
-                             "description": info.description or info.short_description})
     manifest = contracts.open_dataset(os.path.join(dataset.uri, DATASET_SUBDIR)).manifest
     c = manifest["counts"]
     read = max(c["events_read"], 1)
@@ -128,11 +195,34 @@ def ValidationGate(  # noqa: N802
                          "by_reason": {k: v for k, v in c["events_dead_lettered"]["by_reason"].items() if v}})
     if oov_rate > max_oov_rate:
         problems.append({"kind": "oov", "rate": oov_rate, "threshold": max_oov_rate})
-    text = {"passed": not problems, "problems": problems, "deadletter_rate": dl_rate, "oov_rate": oov_rate,
-            "counts": c, "dataset": dataset.uri}
+    for split in ("train", "eval"):
+        path = os.path.join(anomalies.uri, f"Split-{split}", "SchemaDiff.pb")
+        if not os.path.exists(path):
+            continue
+        with open(path, "rb") as f:
+            a = anomalies_pb2.Anomalies.FromString(f.read())
+        for feature, info in a.anomaly_info.items():
+            problems.append({"kind": "schema", "split": split, "feature": feature,
+                             "description": info.description or info.short_description})
+    drift = {"checked": False}
+    if baseline_statistics is not None and max_drift > 0:
+        measured, drift_problems = _drift(statistics, baseline_statistics, schema, json.loads(drift_features),
+                                          max_drift)
+        drift = {"checked": True, "against_span": baseline_statistics.span, "threshold": max_drift,
+                 "features": measured}
+        problems += drift_problems
+    elif max_drift > 0:
+        drift["why_not"] = "no validated earlier span"
     span = dataset.get_int_custom_property("span")
+    text = {"passed": not problems, "problems": problems, "deadletter_rate": dl_rate, "oov_rate": oov_rate,
+            "drift": drift, "counts": c, "dataset": dataset.uri, "span": span,
+            "vocabulary": dataset.get_string_custom_property("vocab_source")}
     lines = [f"validation {'passed' if not problems else 'FAILED'} for span {span} ({dataset.uri})",
-             f"  dead-letter rate {dl_rate:.4f} (max {max_deadletter_rate}), OOV rate {oov_rate:.4f} (max {max_oov_rate})"]
+             f"  dead-letter rate {dl_rate:.4f} (max {max_deadletter_rate}), OOV rate {oov_rate:.4f} (max {max_oov_rate})",
+             f"  vocabulary: {text['vocabulary']}"]
+    if drift["checked"]:
+        lines.append(f"  drift vs span {drift['against_span']} (Jensen-Shannon, max {max_drift}): " +
+                     ", ".join(f"{k} {v['jensen_shannon_divergence']:.4f}" for k, v in sorted(drift["features"].items())))
     lines += [f"  - {json.dumps(p)}" for p in problems]
     stamp = time.strftime("%Y%m%dT%H%M%S")
     targets = [(report.uri, "validation_report")]
@@ -145,6 +235,8 @@ def ValidationGate(  # noqa: N802
         with open(os.path.join(folder, stem + ".txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
     report.set_int_custom_property("passed", int(not problems))
+    report.set_int_custom_property("span", span)
+    report.set_int_custom_property("statistics_id", statistics.id)
     if problems:
         folder, stem = targets[-1]
         raise RuntimeError("data validation failed; the run stops before training:\n" + "\n".join(lines) +
@@ -201,6 +293,7 @@ def NextItemEvaluator(  # noqa: N802
     name = "BLESSED" if blessed else "NOT_BLESSED"
     with open(os.path.join(blessing.uri, name), "w") as f:
         f.write("\n".join(reasons))
+    blessing.set_int_custom_property("span", dataset.get_int_custom_property("span"))
     blessing.set_string_custom_property("current_model", model.uri)
     blessing.set_int_custom_property("current_model_id", model.id)
     if baseline_model is not None:

@@ -54,7 +54,8 @@ def run_fn(fn_args) -> None:
     train = _rows_from_examples(fn_args, fn_args.train_files)
     valid = _rows_from_examples(fn_args, fn_args.eval_files)
     model_dir = os.path.join(fn_args.serving_model_dir, "ptum_model")
-    pretrain_rows(ds, train, valid, model_dir, cfg, log=print)
+    base = os.path.join(fn_args.base_model, "ptum_model") if fn_args.base_model else None
+    pretrain_rows(ds, train, valid, model_dir, cfg, log=print, warm_start=base)
     tmp_base = os.path.join(fn_args.model_run_dir, "export")
     shutil.rmtree(tmp_base, ignore_errors=True)
     version_dir = export_saved_model(model_dir, tmp_base, version=1)

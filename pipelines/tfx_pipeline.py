@@ -20,7 +20,7 @@ class PipelineConfig:
     """One YAML file (see configs/pipeline.yaml)."""
 
     pipeline_root: str
-    input_pattern: str                    # may contain {SPAN}, e.g. logs/span-{SPAN}/events.csv
+    input_pattern: str                    # {SPAN} (logs/span-{SPAN}/events.csv) or {YYYY}/{MM}/{DD}
     serving_dir: str                      # models are pushed to <serving_dir>/<version>/
     pipeline_name: str = "ptum"
     metadata_path: str = ""               # default: <pipeline_root>/metadata.sqlite
@@ -36,6 +36,12 @@ class PipelineConfig:
     max_regression: float = 0.0
     max_deadletter_rate: float = 0.05
     max_oov_rate: float = 0.2
+    max_drift: float = 0.3                # Jensen-Shannon vs the last validated earlier span; 0 = off
+    drift_features: List[str] = field(default_factory=lambda: ["item_ids", "behavior_ids", "length"])
+    reuse_vocab: bool = True              # the earlier span's blessed model's item vocabulary
+    vocab_rebuild_oov_rate: float = 0.05  # ... unless more events than this are out of it
+    warm_start: bool = True               # from that model, when vocabulary and model config match
+    finetune_tasks: List[dict] = field(default_factory=list)  # see configs/pipeline.yaml
     export_embeddings: bool = True
     beam_args: List[str] = field(default_factory=lambda: ["--direct_running_mode=in_memory"])
     enable_cache: bool = True
@@ -48,24 +54,49 @@ class PipelineConfig:
             d = yaml.safe_load(f) or {}
         base = os.path.dirname(os.path.abspath(path))
         cfg = cls(**d)
+        def absolute(v):
+            return os.path.normpath(os.path.join(base, v)) if v and not os.path.isabs(v) and "://" not in v else v
+
         for name in ("pipeline_root", "input_pattern", "serving_dir", "metadata_path", "items_catalog",
                      "model_config"):
-            v = getattr(cfg, name)
-            if v and not os.path.isabs(v) and "://" not in v:
-                setattr(cfg, name, os.path.normpath(os.path.join(base, v)))
+            setattr(cfg, name, absolute(getattr(cfg, name)))
+        for task in cfg.finetune_tasks:
+            task["labels"] = absolute(task.get("labels", ""))
         return cfg
 
 
+_SPAN_PARTS = {"{SPAN}": r"(?P<span>\d+)", "{YYYY}": r"(?P<yyyy>\d{4})", "{MM}": r"(?P<mm>\d{2})",
+               "{DD}": r"(?P<dd>\d{2})"}
+
+
+def _span_of(m: "re.Match") -> int:
+    d = m.groupdict()
+    if d.get("span") is not None:
+        return int(d["span"])
+    # Date patterns: the span is the day number since 1970-01-01 (TFX ExampleGen's convention).
+    import datetime
+    return (datetime.date(int(d["yyyy"]), int(d["mm"]), int(d["dd"])) - datetime.date(1970, 1, 1)).days
+
+
 def resolve_spans(pattern: str, span: Optional[int], window: int):
-    """({SPAN} pattern, requested span or latest, window) -> (span, input paths)."""
-    if "{SPAN}" not in pattern:
+    """(pattern with {SPAN} or {YYYY}/{MM}/{DD}, requested span or latest, window) ->
+    (span, input paths of the spans in (span - window, span]). With a date pattern the span
+    is the day number since 1970-01-01, so the window counts days."""
+    parts = [p for p in _SPAN_PARTS if p in pattern]
+    if not parts:
         return 0, [pattern]
-    regex = re.compile(re.escape(pattern).replace(re.escape("{SPAN}"), r"(\d+)") + "$")
+    if "{SPAN}" in parts and len(parts) > 1 or "{SPAN}" not in parts and len(parts) != 3:
+        raise ValueError(f"{pattern}: use either {{SPAN}} or all of {{YYYY}}, {{MM}}, {{DD}}")
+    regex, wildcard = re.escape(pattern), pattern
+    for p in parts:
+        regex = regex.replace(re.escape(p), _SPAN_PARTS[p], 1)
+        wildcard = wildcard.replace(p, "*")
+    regex = re.compile(regex + "$")
     found = {}
-    for path in glob.glob(pattern.replace("{SPAN}", "*")):
+    for path in glob.glob(wildcard):
         m = regex.match(path)
         if m:
-            found.setdefault(int(m.group(1)), []).append(path)
+            found.setdefault(_span_of(m), []).append(path)
     if not found:
         raise FileNotFoundError(f"no input matches {pattern}")
     span = max(found) if span is None else span
@@ -75,17 +106,47 @@ def resolve_spans(pattern: str, span: Optional[int], window: int):
     return span, paths
 
 
-def create_pipeline(cfg: PipelineConfig):
+def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
+    """`resolvers`: "earlier-span" (the vocabulary / warm-start model and the drift baseline come
+    from spans before this one; re-runs of a span hit the cache) or "latest" (the latest blessed
+    model and the latest statistics, with TFX's stock strategies: Kubeflow V2 / Vertex compile
+    only those)."""
     from tfx import v1 as tfx
     from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 
     from components.ptum_components import (EmbeddingExport, NextItemEvaluator, SequenceIngestion,
-                                            ValidationGate, VersionedPusher)
+                                            ValidationGate, ValidationReport, VersionedPusher)
+    from components.resolvers import EarlierSpanBlessedModelStrategy, EarlierSpanStatisticsStrategy
     from ptum.config import PTUMConfig
 
     span, paths = resolve_spans(cfg.input_pattern, cfg.span, cfg.span_window)
+    std = tfx.types.standard_artifacts
+    # What this span builds on: the latest blessed model and the last validated statistics of
+    # an *earlier* span (a re-run of this span then sees the same inputs and hits the cache).
+    if resolvers == "earlier-span":
+        earlier_model = tfx.dsl.Resolver(
+            strategy_class=EarlierSpanBlessedModelStrategy, config={"span": span},
+            model=tfx.dsl.Channel(type=std.Model), model_blessing=tfx.dsl.Channel(type=std.ModelBlessing),
+        ).with_id("earlier_span_blessed_model_resolver")
+        earlier_stats = tfx.dsl.Resolver(
+            strategy_class=EarlierSpanStatisticsStrategy, config={"span": span},
+            statistics=tfx.dsl.Channel(type=std.ExampleStatistics), report=tfx.dsl.Channel(type=ValidationReport),
+        ).with_id("earlier_span_statistics_resolver")
+    elif resolvers == "latest":
+        earlier_model = tfx.dsl.Resolver(
+            strategy_class=LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=std.Model), model_blessing=tfx.dsl.Channel(type=std.ModelBlessing),
+        ).with_id("previous_blessed_model_resolver")
+        earlier_stats = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+            statistics=tfx.dsl.Channel(type=std.ExampleStatistics),
+        ).with_id("previous_statistics_resolver")
+    else:
+        raise ValueError(f"resolvers must be 'earlier-span' or 'latest', not {resolvers!r}")
     ingestion = SequenceIngestion(
         input_paths=json.dumps(paths), input_format=cfg.input_format, span=span,
+        baseline_model=earlier_model.outputs["model"] if cfg.reuse_vocab else None,
+        reuse_vocab=int(cfg.reuse_vocab), vocab_rebuild_oov_rate=cfg.vocab_rebuild_oov_rate,
         items_catalog=cfg.items_catalog, beam_args=json.dumps(cfg.beam_args),
         tokenize_options=json.dumps(cfg.tokenize_options))
     statistics = tfx.components.StatisticsGen(examples=ingestion.outputs["examples"])
@@ -95,16 +156,29 @@ def create_pipeline(cfg: PipelineConfig):
         schema = tfx.components.ImportSchemaGen(schema_file=SCHEMA_FILE)
     validator = tfx.components.ExampleValidator(statistics=statistics.outputs["statistics"],
                                                 schema=schema.outputs["schema"])
-    gate = ValidationGate(anomalies=validator.outputs["anomalies"], dataset=ingestion.outputs["dataset"],
+    gate = ValidationGate(anomalies=validator.outputs["anomalies"], statistics=statistics.outputs["statistics"],
+                          schema=schema.outputs["schema"], dataset=ingestion.outputs["dataset"],
+                          baseline_statistics=earlier_stats.outputs["statistics"],
                           max_deadletter_rate=cfg.max_deadletter_rate, max_oov_rate=cfg.max_oov_rate,
+                          max_drift=cfg.max_drift, drift_features=json.dumps(cfg.drift_features),
                           report_dir=os.path.join(cfg.pipeline_root, "validation_reports"))
     ptum_cfg = PTUMConfig.load(cfg.model_config or None, cfg.model_overrides)
     trainer = tfx.components.Trainer(
         run_fn="components.trainer_module.run_fn",
         examples=ingestion.outputs["examples"], schema=schema.outputs["schema"],
+        base_model=earlier_model.outputs["model"] if cfg.warm_start else None,
         train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
         custom_config={"ptum_config": ptum_cfg.to_dict()})
     trainer.add_upstream_node(gate)
+    finetuners = []
+    for task in cfg.finetune_tasks:
+        ft = tfx.components.Trainer(
+            run_fn="components.finetune_module.run_fn",
+            examples=ingestion.outputs["examples"], schema=schema.outputs["schema"],
+            base_model=trainer.outputs["model"],
+            train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
+            custom_config={"task": task}).with_id(f"Finetune_{task['name']}")
+        finetuners.append(ft)
     latest_blessed = tfx.dsl.Resolver(
         strategy_class=LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -115,7 +189,8 @@ def create_pipeline(cfg: PipelineConfig):
                                   min_ndcg_at_10=cfg.min_ndcg_at_10, max_regression=cfg.max_regression)
     pusher = VersionedPusher(model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
                              base_directory=cfg.serving_dir)
-    components = [ingestion, statistics, schema, validator, gate, trainer, latest_blessed, evaluator, pusher]
+    components = [earlier_model, earlier_stats, ingestion, statistics, schema, validator, gate, trainer,
+                  *finetuners, latest_blessed, evaluator, pusher]
     if cfg.export_embeddings:
         components.append(EmbeddingExport(pushed_model=pusher.outputs["pushed_model"],
                                           dataset=ingestion.outputs["dataset"],
@@ -152,11 +227,23 @@ def summarize(cfg: PipelineConfig) -> dict:
         arts = store.get_artifacts_by_type(type_name)
         return max(arts, key=lambda a: a.id) if arts else None
 
-    for key, type_name in (("validation_report", "PtumValidationReport"), ("evaluation", "ModelEvaluation"),
+    for key, type_name in (("dataset", "PtumSequenceDataset"),
+                           ("validation_report", "PtumValidationReport"), ("evaluation", "ModelEvaluation"),
                            ("blessing", "ModelBlessing"), ("pushed_model", "PushedModel"),
                            ("embeddings", "PtumEmbeddingTable")):
         a = latest(type_name)
         if a is not None:
             out[key] = {"uri": a.uri, **{k: (v.int_value if v.HasField("int_value") else v.string_value)
                                          for k, v in a.custom_properties.items()}}
+    # The newest model of each fine-tune Trainer (node id Finetune_<task>) and its metrics.
+    for ctx in store.get_contexts_by_type("node"):
+        node = ctx.name.rsplit(".", 1)[-1]
+        if not node.startswith("Finetune_"):
+            continue
+        models = [a for a in store.get_artifacts_by_context(ctx.id) if f"/{node}/model/" in a.uri]
+        if models:
+            uri = max(models, key=lambda a: a.id).uri
+            metrics = os.path.join(uri, "Format-Serving", "finetuned", "metrics.json")
+            out.setdefault("finetune", {})[node[len("Finetune_"):]] = {
+                "uri": uri, "metrics": json.load(open(metrics)) if os.path.exists(metrics) else None}
     return out

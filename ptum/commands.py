@@ -15,6 +15,9 @@ def add_subcommands(sub) -> None:
                    help="override a config value, e.g. --set model.num_blocks=1 (repeatable)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--warm-start", metavar="MODEL_DIR",
+                   help="initialise from a finished model trained on the same vocabulary and model config "
+                        "(tokenize with --vocab-from that model's dataset)")
 
     e = sub.add_parser("evaluate", help="next-item metrics (full ranking) of a model on a split")
     e.add_argument("--model", required=True)
@@ -91,12 +94,12 @@ def _pretrain(a) -> int:
     try:
         overrides = list(a.set) + ([f"train.epochs={a.epochs}"] if a.epochs is not None else [])
         cfg = PTUMConfig.load(a.config, overrides)
-        meta = pretrain(a.data, a.output, cfg, resume=not a.no_resume)
+        meta = pretrain(a.data, a.output, cfg, resume=not a.no_resume, warm_start=a.warm_start)
     except (ConfigError, DatasetError, TrainingError) as e:
         print(f"ptum pretrain: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({"model": a.output, "valid": meta["valid"], "best_epoch": meta["best_epoch"],
-                      "train_seconds": meta["train_seconds"]}))
+                      "train_seconds": meta["train_seconds"], "warm_start": meta["warm_start"]}))
     return 0
 
 
@@ -224,7 +227,11 @@ def _demo(a, extra) -> int:
               "items_catalog": os.path.join(logs, "items.csv"),
               "serving_dir": os.path.join(workdir, "serving", "user_model"),
               "model_config": os.path.join(here, "configs", "demo.yaml"),
-              "beam_args": ["--direct_running_mode=in_memory"] + list(extra)}
+              "beam_args": ["--direct_running_mode=in_memory"] + list(extra),
+              # A downstream task fine-tuned by a second Trainer: gender from users.csv.
+              "finetune_tasks": [{"name": "gender", "task": "classify", "label_column": "gender",
+                                  "labels": os.path.join(logs, "users.csv"),
+                                  "config": {"epochs": 10, "head_epochs": 4, "patience": 4}}]}
     config_path = os.path.join(workdir, "pipeline.yaml")
     with open(config_path, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
@@ -239,11 +246,16 @@ def _demo(a, extra) -> int:
         metrics = json.load(f)["candidate"]
     print(f"next-item (valid split, history-filtered, full ranking): ndcg@10 {metrics['ndcg@10']:.4f}  "
           f"recall@10 {metrics['recall@10']:.4f}")
+    for name, ft in out.get("finetune", {}).items():
+        if ft.get("metrics"):
+            print(f"fine-tuned {name} (held-out users): auc {ft['metrics'].get('auc', float('nan')):.4f}  "
+                  f"accuracy {ft['metrics'].get('accuracy', float('nan')):.4f}")
     where = {
         "pushed_model": out.get("pushed_model", {}).get("pushed_destination"),
         "embeddings": out.get("embeddings", {}).get("uri"),
         "validation_report": os.path.join(out["validation_report"]["uri"], "validation_report.txt"),
         "metrics": metrics_path,
+        "finetuned_models": {k: v["uri"] for k, v in out.get("finetune", {}).items()},
         "mlmd": out["metadata"],
         "rerun": f"ptum pipeline run --config {config_path}",
     }

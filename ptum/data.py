@@ -55,6 +55,19 @@ class Rows:
     def from_split(cls, dataset: contracts.SequenceDataset, split: str) -> "Rows":
         return cls.from_table(dataset.read_split(split))
 
+    def newest_with(self, older: "Rows") -> "Rows":
+        """These rows plus the rows of `older` whose user is not among them (e.g. each user's
+        newest history: valid rows, then train rows of users too short for a valid row)."""
+        keep = np.flatnonzero(~np.isin(older.user_ids.astype(str), self.user_ids.astype(str)))
+        spans = [np.arange(older.offsets[i], older.offsets[i + 1]) for i in keep]
+        pos = np.concatenate(spans) if spans else np.zeros(0, np.int64)
+        lens = np.concatenate([self.lengths, older.lengths[keep]])
+        return Rows(user_ids=np.concatenate([self.user_ids, older.user_ids[keep]]),
+                    offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+                    items=np.concatenate([self.items, older.items[pos]]),
+                    behaviors=np.concatenate([self.behaviors, older.behaviors[pos]]),
+                    timestamps=np.concatenate([self.timestamps, older.timestamps[pos]]))
+
 
 def time_buckets_for(ts: np.ndarray, valid: np.ndarray, buckets: int) -> np.ndarray:
     """log2 time-gap bucket per position: 1 + min(buckets - 1, int(log2(gap + 1))), where gap
@@ -120,19 +133,27 @@ class TrainBatches(_keras_pydataset()):
     """Training batches for `model.fit` (windows of width max_len + extra columns)."""
 
     def __init__(self, rows: Rows, batch_size: int, width: int, buckets: Sequence[int], seed: int,
-                 time_buckets: int, epoch: int = 0, **kwargs):
+                 time_buckets: int, epoch: int = 0, skip: int = 0, **kwargs):
+        """`skip`: leave out the first `skip` batches of the first epoch (resuming mid-epoch
+        from a step checkpoint: the data position is (epoch, batches done))."""
         super().__init__(**kwargs)
         self.rows, self.batch_size, self.width = rows, batch_size, width
         self.buckets = [b for b in buckets if b < width]
         self.seed, self.time_buckets = seed, time_buckets
         keep = rows.lengths >= 2
         self.index = np.flatnonzero(keep)
+        self.first_epoch, self.first_skip = epoch, skip
         self.set_epoch(epoch)
+
+    def epoch_plan(self, epoch: int) -> List[np.ndarray]:
+        return epoch_batches(self.rows.lengths[self.index], self.batch_size, self.buckets, self.width,
+                             self.seed, epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.batches = epoch_batches(self.rows.lengths[self.index], self.batch_size, self.buckets,
-                                     self.width, self.seed, epoch)
+        self.batches = self.epoch_plan(epoch)
+        if epoch == self.first_epoch and self.first_skip:
+            self.batches = self.batches[self.first_skip:]
 
     def __len__(self) -> int:
         return len(self.batches)

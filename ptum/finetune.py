@@ -292,16 +292,23 @@ def run(pretrained: str, data: str, labels_path: str, output: str, cfg: Finetune
         label_column: Optional[str] = None, from_scratch: bool = False,
         log: Callable[[str], None] = print) -> dict:
     """Fine-tune a pre-trained model directory; writes `output/` (metadata.json last)."""
+    ds = contracts.open_dataset(data)
+    return run_rows(pretrained, ds, latest_rows(ds), labels_path, output, cfg, label_column=label_column,
+                    from_scratch=from_scratch, log=log)
+
+
+def run_rows(pretrained: str, ds: contracts.SequenceDataset, rows: Rows, labels_path: str, output: str,
+             cfg: FinetuneConfig, label_column: Optional[str] = None, from_scratch: bool = False,
+             log: Callable[[str], None] = print) -> dict:
+    """`run` on given rows (each user's newest history; the TFX Trainer reads them from Examples)."""
     from ptum.train import _atomic_save_keras, load_model_dir
 
     encoder, meta, pcfg = load_model_dir(pretrained)
-    ds = contracts.open_dataset(data)
     if ds.vocab_hash != meta["vocab_hash"]:
-        raise LabelError(f"{data}: vocabulary {ds.vocab_hash} does not match the pre-trained model's "
+        raise LabelError(f"{ds.root}: vocabulary {ds.vocab_hash} does not match the pre-trained model's "
                          f"{meta['vocab_hash']}")
     if from_scratch:
         encoder = type(encoder).from_config(encoder.get_config())
-    rows = latest_rows(ds)
     table = read_table(labels_path)
     cand = None
     if cfg.task == "classify":

@@ -141,7 +141,7 @@ def _rng_states(model):
 
 
 def pretrain(data_dir: str, output: str, cfg: PTUMConfig, log: Callable[[str], None] = print,
-             resume: bool = True) -> dict:
+             resume: bool = True, warm_start: Optional[str] = None) -> dict:
     """Train the PTUM model; returns the metadata written to `output/metadata.json`."""
     from ptum.data import Rows
 
@@ -151,13 +151,41 @@ def pretrain(data_dir: str, output: str, cfg: PTUMConfig, log: Callable[[str], N
             raise TrainingError(f"{data_dir}: pre-training needs a {split!r} split "
                                 f"(this dataset has {list(ds.splits)}; tokenize with --split leave-one-out)")
     return pretrain_rows(ds, Rows.from_split(ds, "train"), Rows.from_split(ds, "valid"), output, cfg,
-                         log=log, resume=resume)
+                         log=log, resume=resume, warm_start=warm_start)
+
+
+def _warm_start_encoder(base_dir: str, ds, cfg: PTUMConfig, title_words, log):
+    """(the base model's trained encoder, or None; what happened) for warm-starting.
+
+    Only when the base was trained on the same item vocabulary (hash) and has the same model
+    config: token ids then mean the same items, and every weight has the same shape."""
+    info = {"from": base_dir, "used": False}
+    try:
+        base, base_meta, base_cfg = load_model_dir(base_dir)
+    except (ModelError, OSError, ValueError) as e:
+        info["reason"] = f"base model unreadable: {e}"
+    else:
+        if base_meta.get("vocab_hash") != ds.vocab_hash:
+            info["reason"] = f"vocabulary changed ({base_meta.get('vocab_hash')} -> {ds.vocab_hash})"
+        elif base_cfg.model.to_dict() != cfg.model.to_dict():
+            diff = sorted(k for k, v in cfg.model.to_dict().items() if base_cfg.model.to_dict().get(k) != v)
+            info["reason"] = f"model config differs in {diff}"
+        else:
+            if base.title_words is not None and title_words is not None:
+                base.title_words.assign(np.asarray(title_words, dtype="int32"))  # this dataset's catalog
+            info.update(used=True, reason="same vocabulary and model config")
+            log(f"warm start from {base_dir}")
+            return base, info
+    log(f"no warm start from {base_dir}: {info['reason']}")
+    return None, info
 
 
 def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output: str, cfg: PTUMConfig,
-                  log: Callable[[str], None] = print, resume: bool = True) -> dict:
+                  log: Callable[[str], None] = print, resume: bool = True,
+                  warm_start: Optional[str] = None) -> dict:
     """Train on given rows (the TFX Trainer reads them through its data accessor); `ds`
-    supplies the manifest and vocabulary."""
+    supplies the manifest and vocabulary. `warm_start`: a finished model directory whose
+    encoder weights initialise this model when vocabulary and model config match."""
     import keras
 
     from ptum.data import TrainBatches
@@ -203,7 +231,11 @@ def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output:
                 resumed = True
                 log(f"resuming from {latest} after epoch {state['epoch']}")
         if not resumed:
-            encoder = build_encoder(cfg.model, title_words)
+            encoder = None
+            if warm_start:
+                encoder, state["warm_start"] = _warm_start_encoder(warm_start, ds, cfg, title_words, log)
+            if encoder is None:
+                encoder = build_encoder(cfg.model, title_words)
             pretrainer = build_pretrainer(cfg, encoder)
             optimizer = keras.optimizers.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay,
                                                clipnorm=t.clipnorm or None)
@@ -213,27 +245,64 @@ def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output:
     embedder = UserEmbedder(encoder, name="user_embedder")
     width = train_window(cfg)
     time_b = cfg.model.time_buckets if cfg.model.use_time else 0
-    data = TrainBatches(train_rows, t.batch_size, width, t.length_buckets, t.seed, time_b, epoch=state["epoch"])
+    skip = int(state.get("step", 0))  # batches of state["epoch"] already done (step checkpoint)
+    data = TrainBatches(train_rows, t.batch_size, width, t.length_buckets, t.seed, time_b, epoch=state["epoch"],
+                        skip=skip)
+    full_len = len(data) + skip
+
+    def save_checkpoint():
+        _atomic_save_keras(pretrainer, latest)
+        state["rng_states"] = [np.asarray(keras.ops.convert_to_numpy(v.value)).tolist()
+                               for v in _rng_states(pretrainer)]
+        tmp = state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, state_path)
 
     class EpochEnd(keras.callbacks.Callback):
-        """Validation NDCG@10, best weights, early stopping, NaN guard and checkpoints."""
+        """Validation NDCG@10, best weights, early stopping, NaN guard and checkpoints (every
+        epoch, and every `checkpoint_every_steps` batches with the data position)."""
 
         def __init__(self):
             super().__init__()
             self.t0 = time.perf_counter()
             self.base_seconds = state["train_seconds"]
+            self.offset = skip  # batches of the current epoch done before this fit call
+
+        def _epoch_loss(self, epoch, done, mean_here):
+            """Mean loss over the epoch so far, joining the part before a resume (Keras
+            weights each batch's loss by its number of sequences)."""
+            if not self.offset:
+                return mean_here
+            sizes = [len(b) for b in data.epoch_plan(epoch)]
+            w_before, w_here = sum(sizes[:self.offset]), sum(sizes[self.offset:done])
+            return (state["step_loss"] * w_before + mean_here * w_here) / max(w_before + w_here, 1)
+
+        def on_train_batch_end(self, batch, logs=None):
+            n = t.checkpoint_every_steps
+            done = self.offset + batch + 1
+            if not n or done % n or done >= full_len:
+                return
+            loss = self._epoch_loss(state["epoch"], done, float((logs or {}).get("loss", float("nan"))))
+            state.update(step=done, step_loss=loss,
+                         train_seconds=self.base_seconds + time.perf_counter() - self.t0)
+            save_checkpoint()  # the weights, then the state file that points at them
 
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
-            loss = float(logs.get("loss", float("nan")))
+            loss = self._epoch_loss(epoch, full_len, float(logs.get("loss", float("nan"))))
+            self.offset = 0
+            state.update(step=0, step_loss=0.0)
             if not math.isfinite(loss):
                 raise TrainingError(f"loss is {loss} at epoch {epoch + 1}: lower the learning rate "
                                     "or check the data; no model was written")
             elapsed = self.base_seconds + time.perf_counter() - self.t0
             entry = {"epoch": epoch + 1, "loss": loss, "seconds": round(elapsed, 2)}
             if (epoch + 1) % t.eval_every == 0:
+                v0 = time.perf_counter()
                 m = rank_metrics(embedder, valid_rows, cfg.model.max_len, t.length_buckets, time_b,
                                  t.eval_batch_size, ks=(10,))
+                entry["valid_seconds"] = round(time.perf_counter() - v0, 2)
                 entry["valid_ndcg@10"] = m["ndcg@10"]
                 entry["valid_recall@10"] = m["recall@10"]
                 if m["ndcg@10"] > state["best"]:
@@ -246,13 +315,7 @@ def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output:
             state["train_seconds"] = elapsed
             log("epoch {epoch:>3}  loss {loss:.4f}  valid ndcg@10 {v}  ({seconds:.0f}s)".format(
                 v=f"{entry['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in entry else "-", **entry))
-            _atomic_save_keras(pretrainer, latest)
-            state["rng_states"] = [np.asarray(keras.ops.convert_to_numpy(v.value)).tolist()
-                                   for v in _rng_states(pretrainer)]
-            tmp = state_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(state, f)
-            os.replace(tmp, state_path)
+            save_checkpoint()
             over_time = t.max_train_seconds and elapsed > t.max_train_seconds
             if state["wait"] >= t.patience or over_time:
                 self.model.stop_training = True
@@ -261,14 +324,25 @@ def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output:
     if _tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "tensorboard"),
                                                      write_graph=False, update_freq="epoch"))
-    if keras.backend.backend() == "tensorflow":
-        from ptum.tf_input import train_dataset
-        fit_data = train_dataset(data)
-    else:
-        fit_data = data
-    if state["epoch"] < t.epochs and state["wait"] < t.patience:
-        pretrainer.fit(fit_data, epochs=t.epochs, initial_epoch=state["epoch"], callbacks=callbacks,
-                       steps_per_epoch=len(data), verbose=0, shuffle=False)
+    def fit(batches, epochs):
+        if keras.backend.backend() == "tensorflow":
+            from ptum.tf_input import train_dataset
+            fit_data = train_dataset(batches)
+        else:
+            fit_data = batches
+        pretrainer.fit(fit_data, epochs=epochs, initial_epoch=state["epoch"], callbacks=callbacks,
+                       steps_per_epoch=len(batches), verbose=0, shuffle=False)
+
+    def go_on():
+        over_time = t.max_train_seconds and state["train_seconds"] > t.max_train_seconds
+        return state["epoch"] < t.epochs and state["wait"] < t.patience and not over_time
+
+    if skip and go_on():
+        log(f"resuming at batch {skip} of {full_len} in epoch {state['epoch'] + 1}")
+        fit(data, state["epoch"] + 1)  # the rest of the interrupted epoch
+        data = TrainBatches(train_rows, t.batch_size, width, t.length_buckets, t.seed, time_b, epoch=state["epoch"])
+    if go_on():
+        fit(data, t.epochs)
     if state["best_epoch"] < 0:
         raise TrainingError("no validation result was recorded; no model was written")
     pretrainer.load_weights(best_path)
@@ -304,6 +378,7 @@ def _finish(output, ds, cfg, encoder, state, log) -> dict:
         "epochs_run": state["epoch"],
         "train_seconds": round(state["train_seconds"], 2),
         "valid": {"ndcg@10": state["best"]},
+        "warm_start": state.get("warm_start", {"used": False, "reason": "not requested"}),
         "training_data": {"path": ds.root, "manifest_created": ds.manifest.get("created"),
                           "inputs": ds.manifest.get("inputs"), "counts": ds.manifest.get("counts")},
         "stack": _versions(),

@@ -20,7 +20,8 @@ def compile_pipeline(config_path: str, image: str, output: str) -> str:
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
         output_filename=output)
-    runner.run(create_pipeline(PipelineConfig.load(config_path)), write_out=True)
+    # Kubeflow V2 compiles TFX's stock resolver strategies only (see create_pipeline).
+    runner.run(create_pipeline(PipelineConfig.load(config_path), resolvers="latest"), write_out=True)
     return output
 
 

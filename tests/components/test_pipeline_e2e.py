@@ -6,6 +6,8 @@ One module-scoped fixture runs the scenario once; the tests read its artifacts:
   run 3  span 1, a much weaker model   -> evaluated against the blessed model, not blessed, nothing pushed
   run 4  span 2 (new logs)             -> ingests and trains again
   run 5  span 3, 20% malformed rows    -> stopped by validation before training, nothing pushed
+  run 6  span 4, items collapsed       -> stopped by drift against span 2 (the last validated span)
+Every run also fine-tunes a gender classifier (a second Trainer) on the pre-trained model.
 """
 import json
 import os
@@ -44,7 +46,10 @@ def scenario(tmp_path_factory):
                 serving_dir=str(root / "serving" / "user_model"), model_config="",
                 items_catalog=str(root / "logs" / "span-1" / "items.csv"),
                 model_overrides=["model.embedding_dim=16", "model.num_blocks=1", "model.num_heads=1",
-                                 "model.max_len=16", "train.epochs=4", "objective.num_negatives=16"])
+                                 "model.max_len=16", "train.epochs=4", "objective.num_negatives=16"],
+                finetune_tasks=[{"name": "gender", "task": "classify", "label_column": "gender",
+                                 "labels": str(root / "logs" / "span-1" / "users.csv"),
+                                 "config": {"mode": "frozen", "epochs": 3, "patience": 2}}])
     cfg = PipelineConfig(**base)
     meta = cfg.metadata_path or os.path.join(cfg.pipeline_root, "metadata.sqlite")
     result = {"root": root, "metadata": meta}
@@ -68,6 +73,22 @@ def scenario(tmp_path_factory):
     result["run5_error"] = str(err.value)
     result["run5"] = summarize(cfg)
     result["execs5"] = _node_executions(meta)
+    # Span 4: span 2's events with every item folded onto 5 items (a popularity collapse).
+    import csv
+    (root / "logs" / "span-4").mkdir()
+    with open(root / "logs" / "span-2" / "events.csv", newline="") as src, \
+            open(root / "logs" / "span-4" / "events.csv", "w", newline="") as dst:
+        rows = csv.DictReader(src)
+        w = csv.DictWriter(dst, fieldnames=rows.fieldnames)
+        w.writeheader()
+        for r in rows:
+            r["item_id"] = f"item_{int(r['item_id'].split('_')[1]) % 5:06d}"
+            w.writerow(r)
+    cfg.span = 4
+    with pytest.raises(RuntimeError) as err:
+        run_local(cfg)
+    result["run6_error"] = str(err.value)
+    result["execs6"] = _node_executions(meta)
     return result
 
 
@@ -90,8 +111,23 @@ def test_first_run_pushes_a_servable_model_and_exports_embeddings(scenario):
 def test_mlmd_records_every_execution(scenario):
     execs = scenario["execs1"]
     for node in ("SequenceIngestion", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
-                 "Trainer", "NextItemEvaluator", "VersionedPusher", "EmbeddingExport"):
+                 "Trainer", "Finetune_gender", "NextItemEvaluator", "VersionedPusher", "EmbeddingExport"):
         assert execs.get(node) == ["COMPLETE"], (node, execs.get(node))
+
+
+def test_finetune_trainer_fits_the_downstream_task(scenario):
+    ft = scenario["run1"]["finetune"]["gender"]
+    m = ft["metrics"]
+    assert m and 0.0 <= m["auc"] <= 1.0 and m["n"] > 0
+    meta = json.load(open(os.path.join(ft["uri"], "Format-Serving", "finetuned", "metadata.json")))
+    assert meta["task"] == "classify" and sorted(meta["classes"]) == ["F", "M"]
+
+
+def test_first_span_builds_its_vocabulary_and_trains_from_scratch(scenario):
+    ds = scenario["run1"]["dataset"]
+    assert ds["vocab_reused"] == 0 and "no blessed model" in ds["vocab_source"]
+    report = json.load(open(os.path.join(scenario["run1"]["validation_report"]["uri"], "validation_report.json")))
+    assert report["drift"]["checked"] is False
 
 
 def test_same_span_hits_the_cache(scenario):
@@ -123,6 +159,32 @@ def test_new_span_trains_again(scenario):
     execs = scenario["execs4"]
     assert execs["SequenceIngestion"][-1] == "COMPLETE" and execs["Trainer"][-1] == "COMPLETE"
     assert scenario["run4"]["evaluation"]["uri"] != scenario["run3"]["evaluation"]["uri"]
+
+
+def test_new_span_reuses_the_vocabulary_and_warm_starts(scenario):
+    run1, run4 = scenario["run1"], scenario["run4"]
+    ds = run4["dataset"]
+    assert ds["vocab_reused"] == 1 and ds["vocab_hash"] == run1["dataset"]["vocab_hash"], ds
+    blessed_model = run1["blessing"]["current_model"]
+    assert blessed_model in ds["vocab_source"]
+    model_dir = os.path.join(run4["blessing"]["current_model"], "Format-Serving", "ptum_model")
+    warm = json.load(open(os.path.join(model_dir, "metadata.json")))["warm_start"]
+    assert warm["used"] is True and warm["from"].startswith(blessed_model), warm
+    report = json.load(open(os.path.join(run4["validation_report"]["uri"], "validation_report.json")))
+    assert report["drift"]["checked"] is True and report["drift"]["against_span"] == 1
+    assert set(report["drift"]["features"]) == {"item_ids", "behavior_ids", "length"}
+    assert all(v["jensen_shannon_divergence"] <= 0.3 for v in report["drift"]["features"].values())
+
+
+def test_drifted_span_is_stopped_against_the_last_validated_span(scenario):
+    err = scenario["run6_error"]
+    assert "data validation failed" in err and "drift" in err
+    report = json.load(open(err.split("report: ")[-1].strip()[:-4] + ".json"))
+    # Span 3 failed validation, so span 4 is compared with span 2.
+    assert report["drift"]["against_span"] == 2
+    kinds = {(p["kind"], p.get("feature")) for p in report["problems"]}
+    assert ("drift", "item_ids") in kinds, report["problems"]
+    assert len(scenario["execs6"]["Trainer"]) == len(scenario["execs5"]["Trainer"])
 
 
 def test_corrupted_span_is_stopped_by_validation(scenario):

@@ -46,3 +46,17 @@ def test_span_resolution(tmp_path):
     assert span == 2 and len(paths) == 1
     with pytest.raises(FileNotFoundError):
         resolve_spans(pattern, 5, 1)
+
+
+def test_date_span_patterns(tmp_path):
+    from pipelines.tfx_pipeline import resolve_spans
+
+    for day in ("2026-11-20", "2026-11-23", "2026-11-24", "2026-11-25"):
+        (tmp_path / day).mkdir()
+        (tmp_path / day / "events.csv").write_text("x")
+    pattern = str(tmp_path / "{YYYY}-{MM}-{DD}" / "events.csv")
+    span, paths = resolve_spans(pattern, None, 3)  # the latest day and the two before it
+    assert span == 20782  # days since 1970-01-01 for 2026-11-25
+    assert [os.path.basename(os.path.dirname(p)) for p in paths] == ["2026-11-23", "2026-11-24", "2026-11-25"]
+    with pytest.raises(ValueError):
+        resolve_spans(str(tmp_path / "{YYYY}-{MM}" / "events.csv"), None, 1)
