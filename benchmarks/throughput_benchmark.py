@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--recbole-max-epochs", type=int, default=30)
     ap.add_argument("--ours-max-epochs", type=int, default=30)
     ap.add_argument("--reuse-recbole", action="store_true", help="reuse the peer's last result in --work")
+    ap.add_argument("--reuse-ours", action="store_true", help="reuse our last finished model in --work")
+    ap.add_argument("--note", default="", help="how the run went (added to the result's notes)")
     args = ap.parse_args()
     from ptum.config import PTUMConfig
     from ptum.contracts import open_dataset
@@ -64,12 +66,16 @@ def main() -> None:
             "stopping_step": args.recbole_stopping_step}, log_prefix="recbole")
         common.write_json(rb_cache, rb)
     rb_best = rb["best_valid"]["ndcg@10"]
+    rb_samples = rb.get("train_samples") or targets_per_epoch  # RecBole's CE recipe: one sample per target
     rb_time = recbole_peer.time_to(rb["curve"], rb_best)
 
     out_model = os.path.join(args.work, "ptum_model")
-    shutil.rmtree(out_model, ignore_errors=True)
     cfg = PTUMConfig.load(args.config, [f"train.epochs={args.ours_max_epochs}"])
-    meta = pretrain(data, out_model, cfg, log=lambda s: print(f"[ours] {s}", flush=True))
+    if args.reuse_ours and os.path.exists(os.path.join(out_model, "metadata.json")):
+        meta = json.load(open(os.path.join(out_model, "metadata.json")))
+    else:
+        shutil.rmtree(out_model, ignore_errors=True)
+        meta = pretrain(data, out_model, cfg, log=lambda s: print(f"[ours] {s}", flush=True))
     history = json.load(open(os.path.join(out_model, "history.json")))
     curve = [{"epoch": h["epoch"], "seconds": round(h["seconds"] + h.get("valid_seconds", 0.0), 2),
               "valid_ndcg@10": h.get("valid_ndcg@10"), "loss": h["loss"]} for h in history]
@@ -78,6 +84,7 @@ def main() -> None:
     rb_epoch_train = None
     if rb["curve"]:
         rb_epoch_train = rb["fit_seconds"] / len(rb["curve"])  # per epoch incl. its validation
+    rb_stop = rb.get("stopped_by") or ("early stopping" if rb["epochs"] < args.recbole_max_epochs else "epoch cap")
     out = common.envelope(" ".join(["python"] + sys.argv))
     out.update({
         "device": out["machine"]["gpu"] or f"CPU ({out['machine']['cores']} cores, {out['machine']['cpu']})",
@@ -95,10 +102,14 @@ def main() -> None:
                                     "sequence) per second; ours: training time only, RecBole: per epoch "
                                     "including its validation (its fit loop does not report them apart)",
         },
+        "time_to_quality": [{"valid_ndcg@10": q, "recbole_seconds": recbole_peer.time_to(rb["curve"], q),
+                             "ours_seconds": recbole_peer.time_to(curve, q)}
+                            for q in sorted({0.03, 0.04, 0.045, 0.048, rb_best})],
         "targets_per_epoch": targets_per_epoch,
         "recbole": {"model": "SASRec", "best_valid_ndcg@10": rb_best, "test": rb["test"],
-                    "epochs": rb["epochs"], "fit_seconds": rb["fit_seconds"], "train_samples": rb["train_samples"],
-                    "sequences_per_second": round(rb["train_samples"] / rb_epoch_train, 1) if rb_epoch_train else None,
+                    "epochs": rb["epochs"], "stopped_by": rb_stop, "fit_seconds": rb["fit_seconds"],
+                    "train_samples": rb_samples,
+                    "sequences_per_second": round(rb_samples / rb_epoch_train, 1) if rb_epoch_train else None,
                     "curve": rb["curve"]},
         "ours": {"config_file": args.config, "best_valid_ndcg@10": meta["valid"]["ndcg@10"],
                  "epochs": meta["epochs_run"], "train_seconds": meta["train_seconds"],
@@ -112,7 +123,8 @@ def main() -> None:
             {"side": "ours (" + args.config + ")", "best valid ndcg@10": f"{meta['valid']['ndcg@10']:.4f}",
              "seconds to target": ours_time, "epochs": meta["epochs_run"],
              "targets/s": out["ours"]["sequences_per_second"]}]
-    out["notes"] = f"ratio {out['ratio']} (RecBole time to its best valid NDCG@10 / ours to the same value)"
+    out["notes"] = (f"ratio {out['ratio']} (RecBole time to its best valid NDCG@10 / ours to the same value); "
+                    f"RecBole stopped by: {rb_stop}" + (f"; {args.note}" if args.note else ""))
     common.write_result("throughput", out, ["side", "best valid ndcg@10", "seconds to target", "epochs", "targets/s"],
                         rows)
     try:

@@ -25,7 +25,7 @@ def run_fn(fn_args) -> None:
     examples_root = os.path.dirname(fn_args.train_files[0].rstrip("*").rstrip("/"))
     ds = contracts.open_dataset(os.path.join(examples_root, "ptum"))
     rows = _rows_from_examples(fn_args, fn_args.eval_files).newest_with(_rows_from_examples(fn_args, fn_args.train_files))
-    cfg = FinetuneConfig(**{k: v for k, v in task.get("config", {}).items()}, task=task.get("task", "classify"))
+    cfg = FinetuneConfig(**{**task.get("config", {}), "task": task.get("task", "classify")})
     out = run_rows(os.path.join(fn_args.base_model, "ptum_model"), ds, rows, task["labels"],
                    os.path.join(fn_args.serving_model_dir, "finetuned"), cfg,
                    label_column=task.get("label_column"), log=print)

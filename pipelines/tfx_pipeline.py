@@ -106,6 +106,33 @@ def resolve_spans(pattern: str, span: Optional[int], window: int):
     return span, paths
 
 
+def _check_finetune_tasks(tasks: List[dict]) -> None:
+    """Fail at pipeline construction (not hours later in a Trainer) on a malformed task."""
+    from dataclasses import fields
+
+    from ptum.finetune import FinetuneConfig
+
+    known = {f.name for f in fields(FinetuneConfig)}
+    names = set()
+    for i, task in enumerate(tasks):
+        where = f"finetune_tasks[{i}]"
+        for key in ("name", "labels"):
+            if not task.get(key):
+                raise ValueError(f"{where}: needs {key!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_]+", task["name"]) or task["name"] in names:
+            raise ValueError(f"{where}: name {task['name']!r} must be unique and [A-Za-z0-9_]+")
+        names.add(task["name"])
+        if task.get("task", "classify") not in ("classify", "ctr"):
+            raise ValueError(f"{where}: task must be classify or ctr, not {task.get('task')!r}")
+        if task.get("task", "classify") == "classify" and not task.get("label_column"):
+            raise ValueError(f"{where}: a classify task needs label_column")
+        unknown = set(task.get("config", {})) - known
+        if unknown:
+            raise ValueError(f"{where}: unknown config keys {sorted(unknown)} (known: {sorted(known)})")
+        if "://" not in task["labels"] and not os.path.exists(task["labels"]):
+            raise FileNotFoundError(f"{where}: labels {task['labels']} not found")
+
+
 def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
     """`resolvers`: "earlier-span" (the vocabulary / warm-start model and the drift baseline come
     from spans before this one; re-runs of a span hit the cache) or "latest" (the latest blessed
@@ -171,6 +198,7 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
         custom_config={"ptum_config": ptum_cfg.to_dict()})
     trainer.add_upstream_node(gate)
     finetuners = []
+    _check_finetune_tasks(cfg.finetune_tasks)
     for task in cfg.finetune_tasks:
         ft = tfx.components.Trainer(
             run_fn="components.finetune_module.run_fn",

@@ -60,3 +60,20 @@ def test_date_span_patterns(tmp_path):
     assert [os.path.basename(os.path.dirname(p)) for p in paths] == ["2026-11-23", "2026-11-24", "2026-11-25"]
     with pytest.raises(ValueError):
         resolve_spans(str(tmp_path / "{YYYY}-{MM}" / "events.csv"), None, 1)
+
+
+def test_malformed_finetune_tasks_fail_before_running(tmp_path):
+    from pipelines.tfx_pipeline import _check_finetune_tasks
+
+    labels = tmp_path / "users.csv"
+    labels.write_text("user_id,gender\nu,F\n")
+    good = {"name": "gender", "labels": str(labels), "label_column": "gender", "config": {"epochs": 2}}
+    _check_finetune_tasks([good])
+    for bad, msg in (({**good, "config": {"epochz": 2}}, "unknown config keys"),
+                     ({**good, "labels": str(tmp_path / "nope.csv")}, "not found"),
+                     ({k: v for k, v in good.items() if k != "label_column"}, "label_column"),
+                     ({**good, "name": "a b"}, "name")):
+        with pytest.raises((ValueError, FileNotFoundError), match=msg):
+            _check_finetune_tasks([bad])
+    with pytest.raises(ValueError, match="unique"):
+        _check_finetune_tasks([good, good])
