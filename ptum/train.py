@@ -167,8 +167,9 @@ def _warm_start_encoder(base_dir: str, ds, cfg: PTUMConfig, title_words, log):
     else:
         if base_meta.get("vocab_hash") != ds.vocab_hash:
             info["reason"] = f"vocabulary changed ({base_meta.get('vocab_hash')} -> {ds.vocab_hash})"
-        elif base_cfg.model.to_dict() != cfg.model.to_dict():
-            diff = sorted(k for k, v in cfg.model.to_dict().items() if base_cfg.model.to_dict().get(k) != v)
+        elif base_cfg.to_dict()["model"] != cfg.to_dict()["model"]:
+            old, new = base_cfg.to_dict()["model"], cfg.to_dict()["model"]
+            diff = sorted(k for k, v in new.items() if old.get(k) != v)
             info["reason"] = f"model config differs in {diff}"
         else:
             if base.title_words is not None and title_words is not None:
@@ -269,30 +270,30 @@ def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output:
             self.base_seconds = state["train_seconds"]
             self.offset = skip  # batches of the current epoch done before this fit call
 
-        def _epoch_loss(self, epoch, done, mean_here):
-            """Mean loss over the epoch so far, joining the part before a resume (Keras
-            weights each batch's loss by its number of sequences)."""
-            if not self.offset:
-                return mean_here
-            sizes = [len(b) for b in data.epoch_plan(epoch)]
-            w_before, w_here = sum(sizes[:self.offset]), sum(sizes[self.offset:done])
-            return (state["step_loss"] * w_before + mean_here * w_here) / max(w_before + w_here, 1)
+        def on_epoch_begin(self, epoch, logs=None):
+            # Resuming mid-epoch: Keras has just reset its running loss mean; put back the
+            # part of the epoch done before the checkpoint so the epoch's loss is unchanged.
+            tracker = getattr(pretrainer, "_loss_tracker", None)
+            if self.offset and tracker is not None and state.get("loss_tracker"):
+                for var, value in zip(tracker.variables, state["loss_tracker"]):
+                    var.assign(value)
 
         def on_train_batch_end(self, batch, logs=None):
             n = t.checkpoint_every_steps
             done = self.offset + batch + 1
             if not n or done % n or done >= full_len:
                 return
-            loss = self._epoch_loss(state["epoch"], done, float((logs or {}).get("loss", float("nan"))))
-            state.update(step=done, step_loss=loss,
-                         train_seconds=self.base_seconds + time.perf_counter() - self.t0)
+            tracker = getattr(pretrainer, "_loss_tracker", None)
+            state.update(step=done, train_seconds=self.base_seconds + time.perf_counter() - self.t0,
+                         loss_tracker=[float(keras.ops.convert_to_numpy(v.value)) for v in tracker.variables]
+                         if tracker is not None else [])
             save_checkpoint()  # the weights, then the state file that points at them
 
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
-            loss = self._epoch_loss(epoch, full_len, float(logs.get("loss", float("nan"))))
+            loss = float(logs.get("loss", float("nan")))
             self.offset = 0
-            state.update(step=0, step_loss=0.0)
+            state.update(step=0, loss_tracker=[])
             if not math.isfinite(loss):
                 raise TrainingError(f"loss is {loss} at epoch {epoch + 1}: lower the learning rate "
                                     "or check the data; no model was written")

@@ -105,6 +105,28 @@ def test_pretrain_then_evaluate_cli(clean_dataset, tmp_path):
     assert m["recall@10"] > 5 * (10 / n_items)
 
 
+def test_warm_start_only_from_a_compatible_model(clean_dataset, tmp_path):
+    from ptum.train import load_model_dir, pretrain
+
+    data, _ = clean_dataset
+    base = str(tmp_path / "base")
+    pretrain(data, base, small_cfg("train.epochs=2"), log=lambda s: None)
+    # One epoch at a learning rate too small to move the weights: the model starts (and so
+    # stays) where the base model ended.
+    warm = str(tmp_path / "warm")
+    meta = pretrain(data, warm, small_cfg("train.epochs=1", "train.learning_rate=1e-9"), log=lambda s: None,
+                    warm_start=base)
+    assert meta["warm_start"]["used"] is True
+    a, b = load_model_dir(base)[0], load_model_dir(warm)[0]
+    assert len(a.get_weights()) == len(b.get_weights())
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, atol=1e-5)
+    # Another model config: trains from scratch and says why.
+    other = pretrain(data, str(tmp_path / "other"), small_cfg("train.epochs=1", "model.embedding_dim=8"),
+                     log=lambda s: None, warm_start=base)
+    assert other["warm_start"]["used"] is False and "embedding_dim" in other["warm_start"]["reason"]
+
+
 def test_reloaded_model_gives_identical_embeddings(clean_dataset, tmp_path):
     import keras
 
