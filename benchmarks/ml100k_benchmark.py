@@ -102,6 +102,12 @@ def main() -> None:
                             "dim 64, 2 layers, 2 heads, CE over all items, full ranking, history excluded",
                 "recbole_limits": {"max_epochs": args.recbole_max_epochs, "stopping_step": args.recbole_stopping_step,
                                    "parallel_one_thread_each": args.parallel}})
+    at_cap = [e for e in results["ptum"]["curve"] if e["epoch"] == args.recbole_max_epochs]
+    out["notes"] = (f"RecBole peers capped at {args.recbole_max_epochs} epochs"
+                    + (", trained side by side with one torch thread each" if args.parallel else "")
+                    + "; train_seconds are wall times measured while other jobs (test suites) may share the"
+                      " machine: read them as rough" + (f"; ours at epoch {args.recbole_max_epochs}: valid ndcg@10 "
+                                                 f"{at_cap[0]['valid_ndcg@10']:.4f}" if at_cap else ""))
     cols = ["model", "ndcg@10", "recall@10", "valid_ndcg@10", "epochs", "best_epoch", "stopped_by", "train_seconds"]
     rows = [{"model": k, **{c: (f"{v[c]:.4f}" if isinstance(v.get(c), float) and c != "train_seconds"
                                 else v.get(c, "")) for c in cols[1:]}} for k, v in results.items()]
