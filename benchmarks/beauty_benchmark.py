@@ -77,24 +77,8 @@ def main() -> None:
     rows += [{"run": f"{k} (published)", "test ndcg@10": f"{v:.4f}"} for k, v in ANCHORS.items()]
     common.write_result("beauty", result, ["run", "test ndcg@10", "test recall@10", "test ndcg@10 unfiltered",
                                            "valid ndcg@10", "epochs", "train s"], rows)
-    plot(runs)
-
-
-def plot(runs) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, r in runs.items():
-        pts = [(c["seconds"], c["valid_ndcg@10"]) for c in r["curve"] if c["valid_ndcg@10"] is not None]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=name)
-    ax.set_xlabel("training wall time (s), 2 CPU cores")
-    ax.set_ylabel("valid NDCG@10 (history-filtered)")
-    ax.set_title("Amazon Beauty: validation NDCG@10 during training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    common.save_plot(fig, "beauty")
+    common.plot_curves("beauty", {n: r["curve"] for n, r in runs.items()}, "seconds",
+                       "training wall time (s), 2 CPU cores", "Amazon Beauty: validation NDCG@10 during training")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 import platform
 import subprocess
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -78,6 +78,36 @@ def write_json(path: str, obj) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
     os.replace(tmp, path)
+
+
+def ptum_curve(model_dir: str) -> List[dict]:
+    """Our validation curve from a model folder's history.json: `seconds` is the wall time
+    after that epoch's validation (training + every validation so far)."""
+    with open(os.path.join(model_dir, "history.json")) as f:
+        history = json.load(f)
+    return [{"epoch": h["epoch"], "seconds": round(h["seconds"] + h.get("valid_seconds", 0.0), 2),
+             "valid_ndcg@10": h.get("valid_ndcg@10"), "loss": h["loss"]} for h in history]
+
+
+def plot_curves(name: str, curves: Dict[str, List[dict]], x: str, xlabel: str, title: str,
+                target: Optional[float] = None) -> None:
+    """Validation NDCG@10 curves (one line per label, x = "epoch" or "seconds") -> <name>.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, curve in curves.items():
+        pts = [(e[x], e["valid_ndcg@10"]) for e in curve if e.get("valid_ndcg@10") is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label="target")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("valid NDCG@10 (full ranking, history filtered)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_plot(fig, name)
 
 
 def save_plot(fig, name: str) -> None:

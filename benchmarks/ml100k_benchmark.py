@@ -88,14 +88,12 @@ def main() -> None:
         pretrain(data, out_model, PTUMConfig.load(args.config), log=print)
     meta = json.load(open(os.path.join(out_model, "metadata.json")))
     m = evaluate_model(out_model, data, "test")
-    history = json.load(open(os.path.join(out_model, "history.json")))
     results["ptum"] = {"ndcg@10": m["ndcg@10"], "recall@10": m["recall@10"],
                        "ndcg@10_unfiltered": m["ndcg@10_unfiltered"], "valid_ndcg@10": meta["valid"]["ndcg@10"],
                        "train_seconds": meta["train_seconds"], "wall_seconds_incl_eval": round(time.time() - t0, 1),
                        "epochs": meta["epochs_run"], "best_epoch": meta["best_epoch"], "stopped_by": "early stopping"
                        if meta["epochs_run"] < PTUMConfig.load(args.config).train.epochs else "epoch cap",
-                       "curve": [{"epoch": h["epoch"], "seconds": round(h["seconds"] + h.get("valid_seconds", 0), 2),
-                                  "valid_ndcg@10": h.get("valid_ndcg@10")} for h in history]}
+                       "curve": common.ptum_curve(out_model)}
     out = common.envelope(" ".join(["python"] + sys.argv))
     out.update({"models": results, "config_files": [args.config],
                 "protocol": "our leave-one-out split of ML-100K fed to RecBole as ordinal timestamps; max len 50, "
@@ -112,21 +110,8 @@ def main() -> None:
     rows = [{"model": k, **{c: (f"{v[c]:.4f}" if isinstance(v.get(c), float) and c != "train_seconds"
                                 else v.get(c, "")) for c in cols[1:]}} for k, v in results.items()]
     common.write_result("ml100k", out, cols, rows)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, r in results.items():
-            if r.get("curve"):
-                ax.plot([e["epoch"] for e in r["curve"]], [e["valid_ndcg@10"] for e in r["curve"]], label=name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("valid NDCG@10 (full ranking, history filtered)")
-        ax.set_title("ML-100K next-item: training curves")
-        ax.legend()
-        common.save_plot(fig, "ml100k")
-    except ImportError:
-        pass
+    common.plot_curves("ml100k", {k: r["curve"] for k, r in results.items() if r.get("curve")}, "epoch", "epoch",
+                       "ML-100K next-item: training curves")
 
 
 if __name__ == "__main__":

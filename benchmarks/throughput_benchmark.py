@@ -77,8 +77,7 @@ def main() -> None:
         shutil.rmtree(out_model, ignore_errors=True)
         meta = pretrain(data, out_model, cfg, log=lambda s: print(f"[ours] {s}", flush=True))
     history = json.load(open(os.path.join(out_model, "history.json")))
-    curve = [{"epoch": h["epoch"], "seconds": round(h["seconds"] + h.get("valid_seconds", 0.0), 2),
-              "valid_ndcg@10": h.get("valid_ndcg@10"), "loss": h["loss"]} for h in history]
+    curve = common.ptum_curve(out_model)
     ours_time = recbole_peer.time_to(curve, rb_best)
     ours_train_only = history[-1]["seconds"] - sum(h.get("valid_seconds", 0.0) for h in history[:-1])
     rb_epoch_train = None
@@ -127,21 +126,8 @@ def main() -> None:
                     f"RecBole stopped by: {rb_stop}" + (f"; {args.note}" if args.note else ""))
     common.write_result("throughput", out, ["side", "best valid ndcg@10", "seconds to target", "epochs", "targets/s"],
                         rows)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, c in (("RecBole SASRec", rb["curve"]), ("ours", curve)):
-            ax.plot([e["seconds"] for e in c], [e["valid_ndcg@10"] for e in c], marker="o", label=name)
-        ax.axhline(rb_best, color="grey", linestyle="--", linewidth=1, label="target")
-        ax.set_xlabel("wall seconds since training start")
-        ax.set_ylabel("valid NDCG@10 (full ranking)")
-        ax.set_title("Beauty: time to quality, " + out["device"])
-        ax.legend()
-        common.save_plot(fig, "throughput")
-    except ImportError:
-        pass
+    common.plot_curves("throughput", {"RecBole SASRec": rb["curve"], "ours": curve}, "seconds",
+                       "wall seconds since training start", "Beauty: time to quality, " + out["device"], target=rb_best)
 
 
 if __name__ == "__main__":

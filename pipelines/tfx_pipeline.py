@@ -271,7 +271,10 @@ def summarize(cfg: PipelineConfig) -> dict:
         models = [a for a in store.get_artifacts_by_context(ctx.id) if f"/{node}/model/" in a.uri]
         if models:
             uri = max(models, key=lambda a: a.id).uri
-            metrics = os.path.join(uri, "Format-Serving", "finetuned", "metrics.json")
-            out.setdefault("finetune", {})[node[len("Finetune_"):]] = {
-                "uri": uri, "metrics": json.load(open(metrics)) if os.path.exists(metrics) else None}
+            metrics = None
+            path = os.path.join(uri, "Format-Serving", "finetuned", "metrics.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    metrics = json.load(f)
+            out.setdefault("finetune", {})[node[len("Finetune_"):]] = {"uri": uri, "metrics": metrics}
     return out

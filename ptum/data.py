@@ -59,9 +59,11 @@ class Rows:
         """These rows plus the rows of `older` whose user is not among them (e.g. each user's
         newest history: valid rows, then train rows of users too short for a valid row)."""
         keep = np.flatnonzero(~np.isin(older.user_ids.astype(str), self.user_ids.astype(str)))
-        spans = [np.arange(older.offsets[i], older.offsets[i + 1]) for i in keep]
-        pos = np.concatenate(spans) if spans else np.zeros(0, np.int64)
-        lens = np.concatenate([self.lengths, older.lengths[keep]])
+        kept_lens = older.lengths[keep]
+        # Value positions of the kept rows: each row's start, repeated, plus 0..len-1.
+        starts = np.repeat(older.offsets[keep], kept_lens)
+        pos = starts + np.arange(len(starts)) - np.repeat(np.cumsum(kept_lens) - kept_lens, kept_lens)
+        lens = np.concatenate([self.lengths, kept_lens])
         return Rows(user_ids=np.concatenate([self.user_ids, older.user_ids[keep]]),
                     offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
                     items=np.concatenate([self.items, older.items[pos]]),
@@ -145,13 +147,10 @@ class TrainBatches(_keras_pydataset()):
         self.first_epoch, self.first_skip = epoch, skip
         self.set_epoch(epoch)
 
-    def epoch_plan(self, epoch: int) -> List[np.ndarray]:
-        return epoch_batches(self.rows.lengths[self.index], self.batch_size, self.buckets, self.width,
-                             self.seed, epoch)
-
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.batches = self.epoch_plan(epoch)
+        self.batches = epoch_batches(self.rows.lengths[self.index], self.batch_size, self.buckets,
+                                     self.width, self.seed, epoch)
         if epoch == self.first_epoch and self.first_skip:
             self.batches = self.batches[self.first_skip:]
 

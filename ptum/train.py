@@ -167,10 +167,9 @@ def _warm_start_encoder(base_dir: str, ds, cfg: PTUMConfig, title_words, log):
     else:
         if base_meta.get("vocab_hash") != ds.vocab_hash:
             info["reason"] = f"vocabulary changed ({base_meta.get('vocab_hash')} -> {ds.vocab_hash})"
-        elif base_cfg.to_dict()["model"] != cfg.to_dict()["model"]:
+        elif base_cfg.model != cfg.model:
             old, new = base_cfg.to_dict()["model"], cfg.to_dict()["model"]
-            diff = sorted(k for k, v in new.items() if old.get(k) != v)
-            info["reason"] = f"model config differs in {diff}"
+            info["reason"] = f"model config differs in {sorted(k for k, v in new.items() if old.get(k) != v)}"
         else:
             if base.title_words is not None and title_words is not None:
                 base.title_words.assign(np.asarray(title_words, dtype="int32"))  # this dataset's catalog

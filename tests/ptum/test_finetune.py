@@ -113,3 +113,22 @@ def test_metrics_match_definitions():
     p3 = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.6, 0.2, 0.2]])
     m3 = classification_metrics(y3, p3, 3)
     assert 0.5 < m3["auc"] <= 1.0 and m3["macro_f1"] < 1.0
+
+
+def test_newest_rows_prefer_the_newer_split():
+    import numpy as np
+
+    from ptum.data import Rows
+
+    def rows(users, seqs):
+        lens = [len(s) for s in seqs]
+        flat = np.array([x for s in seqs for x in s], np.int32)
+        return Rows(np.array(users, object), np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), flat, flat,
+                    flat.astype(np.int64))
+
+    newer = rows(["u1", "u2"], [[1, 2], [3, 4, 5]])
+    older = rows(["u1", "u3", "u4"], [[1], [6, 7], [8, 9, 10]])
+    r = newer.newest_with(older)
+    assert list(r.user_ids) == ["u1", "u2", "u3", "u4"]
+    assert [list(r.items[a:b]) for a, b in zip(r.offsets[:-1], r.offsets[1:])] == [[1, 2], [3, 4, 5], [6, 7],
+                                                                                 [8, 9, 10]]
