@@ -262,13 +262,22 @@ def NextItemEvaluator(  # noqa: N802
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from ptum import contracts
     from ptum.commands import evaluate_model
+    from ptum.evaluate import NonFiniteScores
 
     data_dir = os.path.join(dataset.uri, DATASET_SUBDIR)
     ds = contracts.open_dataset(data_dir)
-    cur = evaluate_model(_model_dir(model), data_dir, "valid")
-    result = {"candidate": cur, "thresholds": {"min_ndcg_at_10": min_ndcg_at_10, "max_regression": max_regression}}
     reasons = []
-    if cur["ndcg@10"] < min_ndcg_at_10:
+    try:
+        cur = evaluate_model(_model_dir(model), data_dir, "valid")
+    except NonFiniteScores as e:
+        # A broken model is never blessed (NaN scores would otherwise rank every target first).
+        cur = {"error": str(e), "ndcg@10": float("nan")}
+        reasons.append(f"evaluation failed: {e}")
+        baseline_model = None
+    result = {"candidate": cur, "thresholds": {"min_ndcg_at_10": min_ndcg_at_10, "max_regression": max_regression}}
+    if reasons:
+        pass
+    elif cur["ndcg@10"] < min_ndcg_at_10:
         reasons.append(f"ndcg@10 {cur['ndcg@10']:.4f} < threshold {min_ndcg_at_10}")
     if baseline_model is not None:
         import json as _json
@@ -351,10 +360,13 @@ def VersionedPusher(  # noqa: N802
     if not model_blessing.get_int_custom_property("blessed"):
         pushed_model.set_int_custom_property("pushed", 0)
         return
+    from ptum.export import PUSHED_FROM_ASSET, stamp_version, verify_saved_model
+
     src = os.path.join(model.uri, "Format-Serving", "saved_model")
+    digest = verify_saved_model(src)["saved_model_sha256"]  # the Trainer's export, unmodified
     os.makedirs(base_directory, exist_ok=True)
     existing = sorted(int(v) for v in os.listdir(base_directory) if v.isdigit())
-    marker = os.path.join("assets.extra", "ptum_pushed_from.txt")
+    marker = os.path.join("assets.extra", PUSHED_FROM_ASSET)
     same = [v for v in existing if _read(os.path.join(base_directory, str(v), marker)) == model.uri]
     if same:
         # Re-running a span re-blesses the same model: it is served already, no new version.
@@ -367,6 +379,7 @@ def VersionedPusher(  # noqa: N802
         shutil.copytree(src, tmp)
         with open(os.path.join(tmp, marker), "w") as f:
             f.write(model.uri)
+        stamp_version(tmp, version)  # one version: the directory's, in the metadata too
         os.replace(tmp, os.path.join(base_directory, str(version)))
     dest = os.path.join(base_directory, str(version))
     pushed_model.set_int_custom_property("pushed", 1)
@@ -374,6 +387,8 @@ def VersionedPusher(  # noqa: N802
     pushed_model.set_int_custom_property("pushed_version", version)
     pushed_model.set_string_custom_property("pushed_model", model.uri)
     pushed_model.set_int_custom_property("pushed_model_id", model.id)
+    # The trust anchor for loaders: MLMD's record of what was pushed.
+    pushed_model.set_string_custom_property("saved_model_sha256", digest)
 
 
 @component
@@ -390,7 +405,7 @@ def EmbeddingExport(  # noqa: N802
 
     manifest = run(pushed_model.get_string_custom_property("pushed_destination"),
                    os.path.join(dataset.uri, DATASET_SUBDIR), embeddings.uri, beam_args=json.loads(beam_args),
-                   model_version=str(pushed_model.get_int_custom_property("pushed_version")))
+                   expected_sha256=pushed_model.get_string_custom_property("saved_model_sha256"))
     embeddings.set_int_custom_property("exported", 1)
     embeddings.set_int_custom_property("users", manifest["counts"]["users"])
     embeddings.set_string_custom_property("model_version", manifest["model_version"])

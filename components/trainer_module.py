@@ -45,7 +45,7 @@ def run_fn(fn_args) -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from ptum import contracts
     from ptum.config import PTUMConfig
-    from ptum.export import export_saved_model
+    from ptum.export import export_saved_model, stamp_version
     from ptum.train import pretrain_rows
 
     cfg = PTUMConfig.from_dict(fn_args.custom_config["ptum_config"])
@@ -59,4 +59,6 @@ def run_fn(fn_args) -> None:
     tmp_base = os.path.join(fn_args.model_run_dir, "export")
     shutil.rmtree(tmp_base, ignore_errors=True)
     version_dir = export_saved_model(model_dir, tmp_base, version=1)
-    shutil.move(version_dir, os.path.join(fn_args.serving_model_dir, "saved_model"))
+    dest = os.path.join(fn_args.serving_model_dir, "saved_model")
+    shutil.move(version_dir, dest)
+    stamp_version(dest, None)  # not served yet: the pusher gives it its version

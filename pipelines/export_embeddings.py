@@ -148,28 +148,38 @@ def _write_manifest(_, output, counts, info):
     return manifest
 
 
-def resolve_saved_model(model: str, output: str) -> str:
-    """A SavedModel version dir as is; a pre-training model dir is exported first."""
+def resolve_saved_model(model: str, output: str):
+    """(SavedModel version dir, digest to expect or None): a SavedModel dir as is; a
+    pre-training model dir is exported first (to output/saved_model/<version>/, the version
+    a timestamp as `ptum export-model` gives), and the digest of that export is trusted."""
     if os.path.exists(os.path.join(model, "saved_model.pb")):
-        return model
+        return model, None
     if os.path.exists(os.path.join(model, "metadata.json")):
-        from ptum.export import export_saved_model
+        import time
+
+        from ptum.export import export_saved_model, read_export_metadata
         base = os.path.join(output, "saved_model")
         versions = sorted(int(v) for v in os.listdir(base) if v.isdigit()) if os.path.isdir(base) else []
-        return export_saved_model(model, base, version=(versions[-1] + 1) if versions else 1)
+        saved = export_saved_model(model, base, version=max([int(time.time())] + [v + 1 for v in versions]))
+        return saved, read_export_metadata(saved)["saved_model_sha256"]
     raise ExportError(f"{model}: neither a SavedModel (saved_model.pb) nor a finished ptum model (metadata.json)")
 
 
 def run(model: str, data: str, output: str, split: Optional[str] = None, batch_rows: int = 2048,
-        tfrecord: bool = False, beam_args: Optional[List[str]] = None, model_version: Optional[str] = None) -> dict:
-    from ptum.export import read_export_metadata
+        tfrecord: bool = False, beam_args: Optional[List[str]] = None,
+        expected_sha256: Optional[str] = None) -> dict:
+    """`expected_sha256`: the SavedModel's digest from a trusted record (the pusher's MLMD
+    property, `ptum export-model`'s output); without it the model is checked against the
+    digest in its own metadata only (integrity, not trust)."""
+    from ptum.export import UntrustedModel, verify_saved_model
     from pipelines.tokenize.job import make_pipeline
 
     ds = contracts.open_dataset(data)
-    saved = resolve_saved_model(model, output)
-    meta = read_export_metadata(saved)
-    if model_version is not None:
-        meta["version"] = model_version
+    saved, exported_digest = resolve_saved_model(model, output)
+    try:
+        meta = verify_saved_model(saved, expected_sha256 or exported_digest)
+    except UntrustedModel as e:
+        raise ExportError(str(e)) from e
     if meta["vocab_hash"] != ds.vocab_hash:
         raise ExportError(f"{data}: vocabulary {ds.vocab_hash} does not match the model's {meta['vocab_hash']}; "
                           "tokenize with --vocab-from the model's training dataset")
@@ -192,7 +202,9 @@ def run(model: str, data: str, output: str, split: Optional[str] = None, batch_r
         os.remove(mpath)
     import shutil
     shutil.rmtree(os.path.join(output, EMBEDDINGS_DIR), ignore_errors=True)
-    info = {"model": os.path.abspath(saved), "model_version": str(meta["version"]), "vocab_hash": ds.vocab_hash,
+    info = {"model": os.path.abspath(saved), "model_version": str(meta["version"]),
+            "saved_model_sha256": meta["saved_model_sha256"], "model_verified": meta["verified"],
+            "vocab_hash": ds.vocab_hash,
             "data": data, "split": split, "dim": meta["user_embedding"]["dim"],
             "user_embedding": meta["user_embedding"], "tfrecord": tfrecord}
     p, runner = make_pipeline(beam_args)

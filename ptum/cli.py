@@ -36,7 +36,7 @@ def tokenize_options(a):
         delimiter=a.delimiter, header=not a.no_header,
         names=tuple(a.names.split(",")) if a.names else (), encoding=a.encoding,
         items_catalog=a.items, split=a.split, time_cut=a.time_cut,
-        finetune_fraction=a.finetune_fraction, min_item_count=a.min_item_count,
+        finetune_fraction=a.finetune_fraction, window=a.window, min_item_count=a.min_item_count,
         max_history=a.max_history, max_line_bytes=a.max_line_bytes, num_shards=a.num_shards,
         min_word_count=a.min_word_count, vocab_from=a.vocab_from)
 
@@ -87,7 +87,10 @@ def _add_tokenize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--names", default=None, help="comma-separated column names (with --no-header)")
     p.add_argument("--encoding", default="utf-8")
     p.add_argument("--items", default=None, help="item catalog CSV: item_id,title[,categories]")
-    p.add_argument("--split", default="leave-one-out", help="leave-one-out | time | user-hash")
+    p.add_argument("--split", default="leave-one-out", help="leave-one-out | time | user-hash | window")
+    p.add_argument("--window", type=int, default=10,
+                   help="for --split window: the last W behaviors are the test window, the W before "
+                        "them the validation window")
     p.add_argument("--time-cut", default=None, help="for --split time: epoch seconds or ISO-8601")
     p.add_argument("--finetune-fraction", type=float, default=0.2, help="for --split user-hash")
     p.add_argument("--min-item-count", type=int, default=1, help="rarer items map to OOV")

@@ -38,6 +38,22 @@ def add_subcommands(sub) -> None:
     b.add_argument("--split", default=None, help="default: test (full histories) or the first split")
     b.add_argument("--batch-rows", type=int, default=2048)
     b.add_argument("--tfrecord", action="store_true", help="also write TFRecord files")
+    b.add_argument("--expected-sha256", default=None,
+                   help="refuse a SavedModel whose digest differs (as printed by export-model, or the "
+                        "pipeline's pushed model); without it only its own metadata is checked")
+
+    q = sub.add_parser("evaluate-embeddings", help="quality report of an exported user-embedding table")
+    q.add_argument("--embeddings", required=True, help="an export-embeddings output folder")
+    q.add_argument("--data", default=None, help="the dataset (bag-of-items baselines, future windows)")
+    q.add_argument("--labels", default=None, help="user labels (CSV/Parquet with user_id)")
+    q.add_argument("--label-column", action="append", default=[], help="repeat for several labels")
+    q.add_argument("--model", default=None, help="the model folder: untrained baseline and future windows")
+    q.add_argument("--folds", type=int, default=5)
+    q.add_argument("--repeats", type=int, default=5)
+    q.add_argument("--fractions", default="1.0", help="label fractions, e.g. 0.1,1.0")
+    q.add_argument("--window", type=int, default=None, help="future window W (default: the dataset's, or 10)")
+    q.add_argument("--no-recompute", action="store_true", help="skip the frozen vs recomputed comparison")
+    q.add_argument("--output", default=None, help="report folder: report.json, report.md, projection.png")
 
     f = sub.add_parser("finetune", help="fine-tune the pre-trained user model for a downstream task")
     f.add_argument("--pretrained", required=True, help="model folder from ptum pretrain")
@@ -74,6 +90,8 @@ def dispatch(args, extra) -> int:
         return _export_embeddings(args, extra)
     if args.command == "finetune":
         return _finetune(args)
+    if args.command == "evaluate-embeddings":
+        return _evaluate_embeddings(args)
     if args.command == "pipeline":
         return _pipeline(args)
     if args.command == "demo":
@@ -123,11 +141,12 @@ def evaluate_model(model_dir: str, data_dir: str, split: str) -> dict:
 def _evaluate(a) -> int:
     _keras_backend_default()
     from ptum.contracts import DatasetError
+    from ptum.evaluate import NonFiniteScores
     from ptum.train import ModelError
 
     try:
         result = evaluate_model(a.model, a.data, a.split)
-    except (DatasetError, ModelError) as e:
+    except (DatasetError, ModelError, NonFiniteScores) as e:
         print(f"ptum evaluate: error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(result, indent=2)
@@ -148,7 +167,34 @@ def _export_model(a) -> int:
     except (ModelError, FileExistsError) as e:
         print(f"ptum export-model: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"saved_model": path}))
+    from ptum.export import read_export_metadata
+    print(json.dumps({"saved_model": path, "saved_model_sha256": read_export_metadata(path)["saved_model_sha256"]}))
+    return 0
+
+
+def _evaluate_embeddings(a) -> int:
+    from ptum.embedding_eval import EmbeddingEvalError, evaluate_embeddings
+
+    try:
+        fractions = [float(x) for x in a.fractions.split(",") if x.strip()]
+    except ValueError:
+        print(f"ptum evaluate-embeddings: error: --fractions {a.fractions!r}: numbers like 0.1,1.0", file=sys.stderr)
+        return 2
+    if a.model:
+        _keras_backend_default()
+    from ptum.contracts import DatasetError
+    try:
+        from ptum.train import ModelError
+    except ImportError:  # pragma: no cover
+        ModelError = DatasetError  # noqa: N806
+    try:
+        report = evaluate_embeddings(a.embeddings, a.data, a.labels, a.label_column, a.model, a.folds, a.repeats,
+                                     fractions, a.window, not a.no_recompute, a.output)
+    except (EmbeddingEvalError, DatasetError, ModelError) as e:
+        print(f"ptum evaluate-embeddings: error: {e}", file=sys.stderr)
+        return 2
+    from ptum.embedding_eval import markdown
+    print(markdown(report))
     return 0
 
 
@@ -160,7 +206,7 @@ def _export_embeddings(a, extra) -> int:
 
     try:
         manifest = run(a.model, a.data, a.output, split=a.split, batch_rows=a.batch_rows, tfrecord=a.tfrecord,
-                       beam_args=extra)
+                       beam_args=extra, expected_sha256=a.expected_sha256)
     except (ExportError, DatasetError, ModelError) as e:
         print(f"ptum export-embeddings: error: {e}", file=sys.stderr)
         return 2

@@ -40,6 +40,9 @@ class ModelConfig:
     num_behaviors: int = 0
     num_words: int = 0
     future_positions: int = 2      # NBP's K (one future-position embedding per k)
+    # The exported user embedding: "query" (the next-item query: readout + future-position
+    # embedding) or "profile" (its own attentive pooling, trained by objective.bag).
+    user_embedding: str = "query"
 
 
 @dataclass
@@ -55,6 +58,9 @@ class ObjectiveConfig:
     num_negatives: int = 256
     logq_correction: bool = True
     temperature: float = 1.0
+    bag: bool = False              # set-level: the profile predicts the user's item bag (full softmax)
+    bag_weight: float = 1.0
+    bag_dropout: float = 0.5       # share of behaviors hidden from the encoder in the bag pass
 
 
 @dataclass
@@ -75,6 +81,10 @@ class TrainConfig:
     steps_per_execution: int = 1
     max_train_seconds: float = 0.0    # 0: no limit
     deterministic: bool = False       # TF op determinism (exact resume; slower)
+    # Early stopping / model selection: ndcg@10 (next item on valid), window_recall@10 (the
+    # user embedding retrieves the valid window: needs a `window` split), auto (window_recall@10
+    # for profile embeddings on window-split data, else ndcg@10).
+    select_metric: str = "auto"
 
 
 @dataclass
@@ -91,7 +101,12 @@ class PTUMConfig:
             (o.mbp_readout in READOUTS, f"objective.mbp_readout must be one of {READOUTS}"),
             (o.nbp_from in NBP_FROM, f"objective.nbp_from must be one of {NBP_FROM}"),
             (o.negatives in NEGATIVES, f"objective.negatives must be one of {NEGATIVES}"),
-            (o.mbp or o.nbp, "enable at least one objective (mbp, nbp)"),
+            (o.mbp or o.nbp or o.bag, "enable at least one objective (mbp, nbp, bag)"),
+            (m.user_embedding in ("query", "profile"), "model.user_embedding must be query or profile"),
+            (not o.bag or m.user_embedding == "profile", "objective.bag trains the profile: set model.user_embedding=profile"),
+            (0.0 <= o.bag_dropout < 1.0, "objective.bag_dropout must be in [0, 1)"),
+            (self.train.select_metric in ("auto", "ndcg@10", "window_recall@10"),
+             "train.select_metric must be auto, ndcg@10 or window_recall@10"),
             (m.embedding_dim % m.num_heads == 0, "embedding_dim must divide by num_heads"),
             (0.0 < o.mask_rate < 1.0, "objective.mask_rate must be in (0, 1)"),
             (1 <= o.k <= m.future_positions, "objective.k must be <= model.future_positions"),

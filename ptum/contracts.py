@@ -31,6 +31,9 @@ WORD_OOV_ID = 1
 FIRST_WORD_ID = 2
 
 MANIFEST = "manifest.json"
+# 2: the vocab hash covers items, behaviors and title words (1: items only); format-1
+# datasets must be tokenized again (their hash cannot be compared with a model's).
+FORMAT_VERSION = 2
 SEQUENCES_DIR = "sequences"
 VOCAB_DIR = "vocab"
 DEADLETTER_DIR = "deadletter"
@@ -44,6 +47,7 @@ SPLIT_SCHEMES = {
     "leave-one-out": ("train", "valid", "test"),
     "time": ("train", "test"),
     "user-hash": ("pretrain", "finetune"),
+    "window": ("train", "valid", "test"),
 }
 
 # Dead-letter reasons, in one place so tests and docs enumerate the same set.
@@ -101,6 +105,18 @@ def vocab_hash(item_ids: Sequence[str], token_ids: Sequence[int]) -> str:
         h.update(item.encode("utf-8"))
         h.update(b"\x1e")
     return h.hexdigest()[:32]
+
+
+def dataset_vocab_hash(item_ids: Sequence[str], token_ids: Sequence[int], behaviors: Sequence[str] = (),
+                       behavior_ids: Sequence[int] = (), words: Sequence[str] = (),
+                       word_ids: Sequence[int] = ()) -> Tuple[str, Dict[str, str]]:
+    """(the dataset's vocab hash, per-vocabulary hashes). The dataset hash covers every
+    vocabulary a model depends on (items, behavior types, title words), ids only, so that
+    the same ids mean the same things wherever the hash matches (format version 2)."""
+    parts = {"items": vocab_hash(item_ids, token_ids), "behaviors": vocab_hash(behaviors, behavior_ids),
+             "words": vocab_hash(words, word_ids)}
+    h = hashlib.sha256("|".join(f"{k}={v}" for k, v in sorted(parts.items())).encode())
+    return h.hexdigest()[:32], parts
 
 
 def stable_user_hash(user_id: str) -> float:
@@ -180,6 +196,21 @@ class SequenceDataset:
         return pq.read_table(_open_binary(path))
 
 
+def read_bytes(path: str) -> bytes:
+    """A whole file, local or on any Beam filesystem (gs://, s3://, hdfs://, ...)."""
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(path) as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def exists(path: str) -> bool:
+    return _exists(path)
+
+
 def _exists(path: str) -> bool:
     if "://" in path:
         from apache_beam.io.filesystems import FileSystems  # only for remote paths
@@ -213,6 +244,11 @@ def open_dataset(root: str) -> SequenceDataset:
     else:
         with open(mpath, encoding="utf-8") as f:
             manifest = json.load(f)
+    version = int(manifest.get("format_version", 1))
+    if version < FORMAT_VERSION:
+        raise DatasetError(
+            f"{root}: dataset format {version} is older than {FORMAT_VERSION} (its vocab hash covers items "
+            "only); run ptum tokenize again (with --vocab-from for a frozen vocabulary)")
     return SequenceDataset(root=root, manifest=manifest)
 
 

@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from ptum import contracts
+from ptum import contracts, transforms
 
 FEATURES = ("item_ids", "behavior_ids", "time_buckets")
 
@@ -72,12 +72,9 @@ class Rows:
 
 
 def time_buckets_for(ts: np.ndarray, valid: np.ndarray, buckets: int) -> np.ndarray:
-    """log2 time-gap bucket per position: 1 + min(buckets - 1, int(log2(gap + 1))), where gap
-    is the time since the previous behavior (0 for the first one); 0 for padding."""
-    gaps = np.zeros_like(ts)
-    gaps[:, 1:] = np.where(valid[:, :-1], ts[:, 1:] - ts[:, :-1], 0)
-    b = np.floor(np.log2(np.maximum(gaps, 0).astype(np.float64) + 1.0)).astype(np.int32)
-    return np.where(valid, 1 + np.minimum(b, buckets - 1), 0).astype(np.int32)
+    """log2 time-gap bucket per position (ptum.transforms.time_buckets, the definition the
+    serving graph uses too): 1 + min(buckets - 1, floor(log2(gap + 1))), 0 for padding."""
+    return np.asarray(transforms.time_buckets(ts, valid, buckets, np), np.int32)
 
 
 def pad_batch(rows: Rows, idx: np.ndarray, width: int, ends: Optional[np.ndarray] = None,

@@ -17,16 +17,20 @@ from ptum import contracts
 from ptum.data import Rows, eval_batches
 
 
+class NonFiniteScores(ValueError):
+    """The model produced NaN or infinite scores: it fails evaluation (and is never blessed)."""
+
+
 @keras.saving.register_keras_serializable(package="ptum")
 class UserEmbedder(keras.Model):
-    """The serving-facing model: behavior batch -> user embedding [B, d]."""
+    """Behavior batch -> the next-item query [B, d] (what next-item ranking scores)."""
 
     def __init__(self, encoder, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
 
     def call(self, inputs):
-        return self.encoder.user_embedding(inputs, training=False)
+        return self.encoder.next_item_query(inputs, training=False)
 
     def get_config(self):
         return {"encoder": keras.saving.serialize_keras_object(self.encoder), "name": self.name}
@@ -48,10 +52,15 @@ def rank_metrics(embedder: UserEmbedder, rows: Rows, width: int, buckets: Sequen
     sums = {f"{m}@{k}{s}": 0.0 for m in ("ndcg", "recall") for k in ks for s in ("", "_unfiltered")}
     top_items = set()
     n = 0
-    kmax = max(ks)
     for idx, batch in eval_batches(rows, batch_size, width, buckets, time_buckets):
         users = np.asarray(keras.ops.convert_to_numpy(embedder.predict_on_batch(batch)), dtype=np.float32)
         scores = users @ table.T
+        bad = ~np.isfinite(scores[:, contracts.FIRST_ITEM_ID:]).all(axis=1)
+        if bad.any():
+            # NaN compares false with everything: every rank would be 0 and the model "perfect".
+            raise NonFiniteScores(
+                f"{int(bad.sum())} of {len(idx)} users in a batch get non-finite scores (first: "
+                f"{rows.user_ids[idx[np.flatnonzero(bad)[0]]]!r}); the model cannot be evaluated")
         scores[:, : contracts.FIRST_ITEM_ID] = -np.inf
         starts = rows.offsets[idx]
         ends = rows.offsets[idx + 1]
@@ -68,7 +77,7 @@ def rank_metrics(embedder: UserEmbedder, rows: Rows, width: int, buckets: Sequen
         keep = hist_items != targets[hist_rows]
         scores[hist_rows[keep], hist_items[keep]] = -np.inf
         rank = (scores > target_scores[:, None]).sum(axis=1)
-        top = np.argpartition(-scores, min(kmax, n_items - 1), axis=1)[:, :10]
+        top = np.argpartition(-scores, min(9, n_items - 1), axis=1)[:, :10]
         top_items.update(np.unique(top).tolist())
         for k in ks:
             for suffix, rk in (("", rank), ("_unfiltered", rank_unf)):

@@ -25,10 +25,79 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from ptum import contracts
+import keras
+
+from ptum import contracts, transforms
 from ptum.features import row_to_example, tf_feature_spec
 
 METADATA_ASSET = "ptum_metadata.json"
+PUSHED_FROM_ASSET = "ptum_pushed_from.txt"
+# Files outside the digest: the metadata that records it, and the pusher's provenance note.
+_UNDIGESTED = {os.path.join("assets.extra", METADATA_ASSET), os.path.join("assets.extra", PUSHED_FROM_ASSET)}
+
+
+class UntrustedModel(Exception):
+    """A SavedModel whose files do not match the digest it was exported (or pushed) with.
+    A SavedModel is code: loading one runs its graph, so it is verified first."""
+
+
+def saved_model_digest(saved_model_dir: str) -> str:
+    """sha256 over every file of a SavedModel folder (relative path + content), except the
+    ptum metadata asset that records the digest."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(saved_model_dir):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, saved_model_dir)
+            if rel in _UNDIGESTED:
+                continue
+            fh = hashlib.sha256()
+            with open(full, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    fh.update(block)
+            h.update(rel.replace(os.sep, "/").encode() + b"\0" + fh.hexdigest().encode() + b"\n")
+    return h.hexdigest()
+
+
+def verify_saved_model(saved_model_dir: str, expected_sha256: Optional[str] = None) -> dict:
+    """Check a SavedModel before anything loads it: its ptum metadata must exist and its
+    files must match the digest recorded at export (integrity), and `expected_sha256`
+    when given (trust: a digest from a source the caller trusts, e.g. the pipeline's MLMD
+    record of the push). Returns the metadata, with how it was verified."""
+    if not os.path.exists(os.path.join(saved_model_dir, "saved_model.pb")):
+        raise UntrustedModel(f"{saved_model_dir}: not a SavedModel (no saved_model.pb)")
+    try:
+        meta = read_export_metadata(saved_model_dir)
+    except (OSError, ValueError) as e:
+        raise UntrustedModel(f"{saved_model_dir}: no readable assets.extra/{METADATA_ASSET} ({e}); "
+                             "only SavedModels written by ptum export-model are loaded") from e
+    recorded = meta.get("saved_model_sha256")
+    actual = saved_model_digest(saved_model_dir)
+    if not recorded:
+        raise UntrustedModel(f"{saved_model_dir}: its metadata records no saved_model_sha256; export it again")
+    if actual != recorded:
+        raise UntrustedModel(f"{saved_model_dir}: files do not match the digest recorded at export "
+                             f"({actual[:16]} != {recorded[:16]}): modified or incomplete, not loaded")
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise UntrustedModel(f"{saved_model_dir}: digest {actual[:16]} is not the expected {expected_sha256[:16]}; "
+                             "not loaded")
+    meta["verified"] = "expected digest" if expected_sha256 else "export metadata only"
+    return meta
+
+
+def stamp_version(saved_model_dir: str, version) -> None:
+    """Record `version` (the directory name TF Serving serves it as) in the metadata asset."""
+    path = os.path.join(saved_model_dir, "assets.extra", METADATA_ASSET)
+    with open(path) as f:
+        meta = json.load(f)
+    meta["version"] = version
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2, default=str)
+    os.replace(tmp, path)
 
 
 def _window(values, lengths, width: int):
@@ -47,14 +116,10 @@ def _window(values, lengths, width: int):
 
 
 def _time_buckets(ts, valid, buckets: int):
-    """Same formula as ptum.data.time_buckets_for."""
+    """ptum.transforms.time_buckets in the graph (integer arithmetic, as in training)."""
     if buckets <= 0:
         return tf.zeros(tf.shape(ts), tf.int32)
-    prev_valid = tf.concat([tf.zeros_like(valid[:, :1]), valid[:, :-1]], axis=1)
-    diff = tf.concat([tf.zeros_like(ts[:, :1]), ts[:, 1:] - ts[:, :-1]], axis=1)
-    gaps = tf.where(tf.logical_and(prev_valid, valid), diff, tf.zeros_like(diff))
-    b = tf.cast(tf.floor(tf.math.log(tf.cast(tf.maximum(gaps, 0), tf.float64) + 1.0) / np.log(2.0)), tf.int32)
-    return tf.where(valid, 1 + tf.minimum(b, buckets - 1), 0)
+    return tf.cast(transforms.time_buckets(ts, valid, buckets, keras.ops), tf.int32)
 
 
 class _Exporter:
@@ -91,6 +156,7 @@ class _Exporter:
                 table = np.concatenate([table, vecs])
                 self.catalog_only = len(extra)
         self.extended = tf.Variable(table, trainable=False, name="item_table")
+        self.table_size = int(table.shape[0])
         self.item_keys = tf.constant(item_keys, tf.string)
         self.item_tokens = tf.constant(item_ids, tf.int64)
         self.lookup = tf.lookup.StaticHashTable(
@@ -99,6 +165,8 @@ class _Exporter:
         beh_keys = beh.column("behavior").to_pylist() or ["<none>"]
         beh_ids = beh.column("behavior_id").to_numpy().astype(np.int64) if beh.num_rows else \
             np.array([contracts.BEHAVIOR_UNKNOWN_ID], np.int64)
+        # Valid behavior ids: padding, unknown and the vocabulary (frozen with the model's).
+        self.num_behaviors = max(int(beh_ids.max()) + 1, contracts.FIRST_BEHAVIOR_ID)
         self.behavior_lookup = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(beh_keys, tf.string), tf.constant(beh_ids, tf.int64)),
             default_value=contracts.BEHAVIOR_UNKNOWN_ID)
@@ -108,17 +176,47 @@ class _Exporter:
             names[t] = k
         self.token_names = tf.constant(names.astype(str).tolist(), tf.string)
 
-    def _embed(self, item_ids, behavior_ids, timestamps, lengths):
+    def _check_tokens(self, item_ids, behavior_ids, timestamps, lengths):
+        """Refuse (InvalidArgument) what would otherwise be clamped, broadcast or wrapped."""
+        shape = tf.shape(item_ids, out_type=tf.int64)
+        checks = [
+            tf.debugging.assert_equal(tf.shape(behavior_ids, out_type=tf.int64), shape,
+                                      message="behavior_ids must have the shape of item_ids"),
+            tf.debugging.assert_equal(tf.shape(timestamps, out_type=tf.int64), shape,
+                                      message="timestamps must have the shape of item_ids"),
+            tf.debugging.assert_equal(tf.shape(lengths, out_type=tf.int64)[0], shape[0],
+                                      message="lengths must have one entry per row"),
+            tf.debugging.assert_non_negative(lengths, message="lengths must be >= 0"),
+            tf.debugging.assert_less_equal(tf.cast(lengths, tf.int64), shape[1],
+                                           message="a length exceeds the row width"),
+            tf.debugging.assert_non_negative(item_ids, message="item token ids must be >= 0"),
+            tf.debugging.assert_less(tf.cast(item_ids, tf.int64), tf.cast(self.table_size, tf.int64),
+                                     message="item token id outside the vocabulary"),
+            tf.debugging.assert_non_negative(behavior_ids, message="behavior ids must be >= 0"),
+            tf.debugging.assert_less(tf.cast(behavior_ids, tf.int64), tf.cast(self.num_behaviors, tf.int64),
+                                     message="behavior id outside the behavior vocabulary"),
+        ]
+        return checks
+
+    def _embed(self, item_ids, behavior_ids, timestamps, lengths, vector="user"):
+        with tf.control_dependencies(self._check_tokens(item_ids, behavior_ids, timestamps, lengths)):
+            item_ids = tf.identity(item_ids)
         ids, valid = _window(tf.cast(item_ids, tf.int64), lengths, self.width)
         beh, _ = _window(tf.cast(behavior_ids, tf.int64), lengths, self.width)
         ts, _ = _window(tf.cast(timestamps, tf.int64), lengths, self.width)
         inputs = {"item_ids": tf.cast(ids, tf.int32), "behavior_ids": tf.cast(beh, tf.int32),
                   "time_buckets": _time_buckets(ts, valid, self.time_buckets)}
-        return self.encoder.user_embedding(inputs, training=False, item_table=self.extended)
+        fn = self.encoder.user_embedding if vector == "user" else self.encoder.next_item_query
+        return fn(inputs, training=False, item_table=self.extended)
 
     def serving_default(self, examples):
         parsed = tf.io.parse_example(examples, tf_feature_spec())
         lengths = _row_lengths(parsed["item_ids"])
+        checks = [tf.debugging.assert_equal(_row_lengths(parsed[name]), lengths,
+                                            message=f"{name} must have as many values as item_ids")
+                  for name in ("behavior_ids", "timestamps")]
+        with tf.control_dependencies(checks):
+            lengths = tf.identity(lengths)
         ids = tf.sparse.to_dense(parsed["item_ids"])
         beh = tf.sparse.to_dense(parsed["behavior_ids"])
         ts = tf.sparse.to_dense(parsed["timestamps"])
@@ -129,6 +227,17 @@ class _Exporter:
 
     def _raw(self, item_ids, behaviors, timestamps):
         present = tf.not_equal(item_ids, "")
+        shape = tf.shape(item_ids)
+        checks = [
+            tf.debugging.assert_equal(tf.shape(behaviors), shape, message="behaviors must have the shape of item_ids"),
+            tf.debugging.assert_equal(tf.shape(timestamps), shape, message="timestamps must have the shape of item_ids"),
+            # Right padding only: no item after an empty one.
+            tf.debugging.assert_equal(
+                tf.reduce_any(tf.logical_and(present[:, 1:], tf.logical_not(present[:, :-1]))), False,
+                message='item_ids are right-padded with "": no item may follow an empty one'),
+        ]
+        with tf.control_dependencies(checks):
+            present = tf.identity(present)
         lengths = tf.reduce_sum(tf.cast(present, tf.int64), axis=1)
         ids = tf.where(present, self.lookup.lookup(item_ids), tf.zeros_like(item_ids, tf.int64))
         beh = tf.where(present, self.behavior_lookup.lookup(behaviors), tf.zeros_like(item_ids, tf.int64))
@@ -140,15 +249,21 @@ class _Exporter:
 
     def top_k(self, item_ids, behaviors, timestamps, k):
         ids, beh, ts, lengths = self._raw(item_ids, behaviors, timestamps)
-        users = self._embed(ids, beh, ts, lengths)
+        users = self._embed(ids, beh, ts, lengths, vector="query")  # top_k scores the next-item query
         scores = tf.matmul(users, self.extended, transpose_b=True)
         n = tf.shape(scores)[1]
         reserved = tf.range(n) < contracts.FIRST_ITEM_ID
         seen = tf.reduce_max(tf.one_hot(ids, n, dtype=tf.float32), axis=1) > 0
         blocked = tf.logical_or(reserved[None, :], seen)
         scores = tf.where(blocked, tf.fill(tf.shape(scores), -np.inf), scores)
+        with tf.control_dependencies([tf.debugging.assert_non_negative(k, message="k must be >= 0")]):
+            k = tf.identity(k)
         top = tf.math.top_k(scores, k=tf.minimum(k, n - contracts.FIRST_ITEM_ID))
-        return {"item_ids": tf.gather(self.token_names, top.indices), "scores": top.values}
+        # Fewer than k unseen items: the rest are marked (item id "", score -inf, ok False),
+        # never a reserved or already-seen id.
+        ok = tf.math.is_finite(top.values)
+        names = tf.where(ok, tf.gather(self.token_names, top.indices), tf.fill(tf.shape(top.indices), ""))
+        return {"item_ids": names, "scores": top.values, "ok": ok}
 
     def item_embeddings(self):
         vecs = tf.gather(self.extended, self.item_tokens)
@@ -220,6 +335,7 @@ def export_saved_model(model_dir: str, export_base: str, version: Optional[int] 
     meta.update({"config": cfg.to_dict(), "version": version, "source_model": os.path.abspath(model_dir),
                  "catalog_only_items": exp.catalog_only,
                  "signatures": ["serving_default", "embed_tokens", "embed_sequences", "top_k", "item_embeddings"]})
+    meta["saved_model_sha256"] = saved_model_digest(tmp)
     with open(os.path.join(extra, METADATA_ASSET), "w") as f:
         json.dump(meta, f, indent=2, default=str)
     os.replace(tmp, final)
@@ -227,5 +343,10 @@ def export_saved_model(model_dir: str, export_base: str, version: Optional[int] 
 
 
 def read_export_metadata(saved_model_dir: str) -> dict:
+    """The metadata asset; `version` is the directory's (TF Serving's) when it is a number."""
     with open(os.path.join(saved_model_dir, "assets.extra", METADATA_ASSET)) as f:
-        return json.load(f)
+        meta = json.load(f)
+    base = os.path.basename(os.path.normpath(saved_model_dir))
+    if base.isdigit():
+        meta["version"] = int(base)
+    return meta

@@ -31,7 +31,7 @@ class UserEncoder(keras.Model):
     def __init__(self, num_items, embedding_dim=64, num_blocks=2, num_heads=2, ff_dim=0, dropout=0.2,
                  max_len=50, attention="causal", user_vector="last", num_behaviors=0, time_buckets=0,
                  num_words=0, text_max_words=16, text_heads=2, future_positions=2, title_words=None,
-                 **kwargs):
+                 embedding_vector="query", **kwargs):
         super().__init__(**kwargs)
         self.num_items, self.embedding_dim, self.num_blocks = num_items, embedding_dim, num_blocks
         self.num_heads, self.ff_dim = num_heads, ff_dim or 4 * embedding_dim
@@ -39,6 +39,7 @@ class UserEncoder(keras.Model):
         self.user_vector, self.num_behaviors, self.time_buckets = user_vector, num_behaviors, time_buckets
         self.num_words, self.text_max_words, self.text_heads = num_words, text_max_words, text_heads
         self.future_positions = future_positions
+        self.embedding_vector = embedding_vector
         init = keras.initializers.TruncatedNormal(stddev=0.02)
         self.item_embedding = keras.layers.Embedding(num_items, embedding_dim, embeddings_initializer=init,
                                                      name="item_embedding")
@@ -57,6 +58,10 @@ class UserEncoder(keras.Model):
                        for i in range(num_blocks)]
         self.final_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")
         self.pool = AttentivePooling(embedding_dim, name="user_pool")
+        # The profile: a second attentive pooling, the exported user embedding when
+        # embedding_vector == "profile" (trained by the bag objective), apart from the query.
+        self.profile_pool = (AttentivePooling(embedding_dim, name="profile_pool")
+                             if embedding_vector == "profile" else None)
         self.drop = keras.layers.Dropout(dropout)
         self.title_words = None
         if num_words:
@@ -82,6 +87,8 @@ class UserEncoder(keras.Model):
             block.build((None, None, d))
         self.final_norm.build((None, None, d))
         self.pool.build((None, None, d))
+        if self.profile_pool is not None:
+            self.profile_pool.build((None, None, d))
         self.built = True
 
     # ---------------------------------------------------------------- items
@@ -135,9 +142,23 @@ class UserEncoder(keras.Model):
         """The scoring query for the k-th future behavior (k=0: the next one)."""
         return vectors + self.future_embedding(ops.convert_to_tensor([k]))[0]
 
-    def user_embedding(self, inputs, training=False, item_table=None):
+    def profile(self, hidden, mask):
+        """The user profile vector (attentive pooling over every position)."""
+        if self.profile_pool is None:
+            raise ValueError("this model has no profile vector (model.user_embedding is 'query')")
+        return self.profile_pool(hidden, mask)
+
+    def next_item_query(self, inputs, training=False, item_table=None):
+        """The vector scored against item_table() for the next behavior (top_k, next-item metrics)."""
         out = self(inputs, training=training, item_table=item_table)
         return self.query(self.readout(out["hidden"], out["mask"]), 0)
+
+    def user_embedding(self, inputs, training=False, item_table=None):
+        """The exported user embedding: the profile vector, or the next-item query."""
+        if self.profile_pool is None:
+            return self.next_item_query(inputs, training=training, item_table=item_table)
+        out = self(inputs, training=training, item_table=item_table)
+        return self.profile(out["hidden"], out["mask"])
 
     def get_config(self):
         return {"num_items": self.num_items, "embedding_dim": self.embedding_dim,
@@ -146,7 +167,8 @@ class UserEncoder(keras.Model):
                 "user_vector": self.user_vector, "num_behaviors": self.num_behaviors,
                 "time_buckets": self.time_buckets, "num_words": self.num_words,
                 "text_max_words": self.text_max_words, "text_heads": self.text_heads,
-                "future_positions": self.future_positions, "name": self.name, "trainable": self.trainable}
+                "future_positions": self.future_positions, "embedding_vector": self.embedding_vector,
+                "name": self.name, "trainable": self.trainable}
 
     @classmethod
     def from_config(cls, config):
@@ -297,25 +319,68 @@ class NextBehaviorsPrediction(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="ptum")
+class BagPrediction(keras.layers.Layer):
+    """Set-level objective (Mult-DAE style): drop a share of the behaviors (as padding),
+    encode what is left, and predict the user's whole item bag from the profile vector as
+    a multinomial over the catalog (full softmax). It makes the profile describe the user's
+    tastes rather than the next behavior only."""
+
+    def __init__(self, dropout=0.5, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.dropout, self.seed = dropout, seed
+        self.seed_generator = keras.random.SeedGenerator(seed + 2)
+
+    def call(self, inputs, encoder=None, training=False):
+        ids = inputs["item_ids"]
+        valid = ops.not_equal(ids, contracts.PAD_ID)
+        kept = ids
+        if training and self.dropout > 0:
+            u = keras.random.uniform(ops.shape(ids), seed=self.seed_generator)
+            newest = ops.equal(ops.arange(ops.shape(ids)[1]), ops.shape(ids)[1] - 1)[None, :]
+            drop = ops.logical_and(ops.logical_and(valid, u < self.dropout), ops.logical_not(newest))
+            kept = ops.where(drop, contracts.PAD_ID, ids)
+        out = encoder({**inputs, "item_ids": kept}, training=training)
+        p = ops.cast(encoder.profile(out["hidden"], out["mask"]), "float32")
+        table = ops.cast(encoder.item_table(training=training), "float32")
+        logits = ops.matmul(p, ops.transpose(table))
+        reserved = ops.arange(ops.shape(table)[0]) < contracts.FIRST_ITEM_ID
+        logp = ops.log_softmax(ops.where(reserved[None, :], NEG_INF, logits), axis=-1)
+        picked = ops.take_along_axis(logp, ops.cast(ids, "int32"), axis=1)
+        w = ops.cast(ops.logical_and(valid, ops.not_equal(ids, contracts.OOV_ID)), "float32")
+        n = ops.sum(w, axis=1)
+        per_user = -ops.sum(picked * w, axis=1) / ops.maximum(n, 1.0)
+        has = ops.cast(n > 0, "float32")
+        return ops.sum(per_user * has) / ops.maximum(ops.sum(has), 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "dropout": self.dropout, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="ptum")
 class PTUMPretrainer(keras.Model):
     """Backbone + the two self-supervised tasks. Loss = L_MBP + lambda * L_NBP."""
 
     def __init__(self, encoder: UserEncoder, mbp=False, nbp=True, nbp_lambda=1.0, mask_rate=0.2,
                  mbp_readout="position", k=1, nbp_from="every", negatives="shared", num_negatives=256,
-                 logq_correction=True, temperature=1.0, seed=0, **kwargs):
+                 logq_correction=True, temperature=1.0, seed=0, bag=False, bag_weight=1.0, bag_dropout=0.5,
+                 **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.use_mbp, self.use_nbp, self.nbp_lambda = mbp, nbp, nbp_lambda
+        self.use_bag, self.bag_weight = bag, bag_weight
         self._cfg = dict(mask_rate=mask_rate, mbp_readout=mbp_readout, k=k, nbp_from=nbp_from,
                          negatives=negatives, num_negatives=num_negatives, logq_correction=logq_correction,
-                         temperature=temperature, seed=seed)
+                         temperature=temperature, seed=seed, bag_dropout=bag_dropout)
         self.scoring = CandidateScoring(negatives, num_negatives, logq_correction, temperature, seed,
                                         name="scoring")
         self.mbp = MaskedBehaviorPrediction(mask_rate, mbp_readout, seed, name="mbp") if mbp else None
         self.nbp = NextBehaviorsPrediction(k, nbp_from, name="nbp") if nbp else None
+        self.bag = BagPrediction(bag_dropout, seed, name="bag") if bag else None
 
     def call(self, inputs, training=False):
         losses = {}
+        if self.bag is not None:
+            losses["bag"] = self.bag(inputs, encoder=self.encoder, training=training)
         if self.nbp is not None:
             losses["nbp"] = self.nbp(inputs, encoder=self.encoder, scoring=self.scoring, training=training)
         if self.mbp is not None:
@@ -328,11 +393,14 @@ class PTUMPretrainer(keras.Model):
             total = total + y_pred["mbp"]
         if "nbp" in y_pred:
             total = total + self.nbp_lambda * y_pred["nbp"]
+        if "bag" in y_pred:
+            total = total + self.bag_weight * y_pred["bag"]
         return total
 
     def get_config(self):
         return {"encoder": keras.saving.serialize_keras_object(self.encoder), "mbp": self.use_mbp,
-                "nbp": self.use_nbp, "nbp_lambda": self.nbp_lambda, **self._cfg, "name": self.name}
+                "nbp": self.use_nbp, "nbp_lambda": self.nbp_lambda, "bag": self.use_bag,
+                "bag_weight": self.bag_weight, **self._cfg, "name": self.name}
 
     @classmethod
     def from_config(cls, config):
@@ -349,7 +417,8 @@ def build_encoder(model_cfg, title_words: Optional[np.ndarray] = None) -> UserEn
         user_vector=m.user_vector, num_behaviors=m.num_behaviors if m.use_behavior else 0,
         time_buckets=m.time_buckets if m.use_time else 0, num_words=m.num_words if m.use_text else 0,
         text_max_words=m.text_max_words, text_heads=m.text_heads, future_positions=m.future_positions,
-        title_words=title_words if m.use_text else None, name="user_encoder")
+        title_words=title_words if m.use_text else None, embedding_vector=m.user_embedding,
+        name="user_encoder")
 
 
 def build_pretrainer(cfg, encoder: UserEncoder) -> PTUMPretrainer:
@@ -357,6 +426,7 @@ def build_pretrainer(cfg, encoder: UserEncoder) -> PTUMPretrainer:
     return PTUMPretrainer(encoder, mbp=o.mbp, nbp=o.nbp, nbp_lambda=o.nbp_lambda, mask_rate=o.mask_rate,
                           mbp_readout=o.mbp_readout, k=o.k, nbp_from=o.nbp_from, negatives=o.negatives,
                           num_negatives=o.num_negatives, logq_correction=o.logq_correction,
-                          temperature=o.temperature, seed=cfg.train.seed, name="ptum_pretrainer")
+                          temperature=o.temperature, seed=cfg.train.seed, bag=o.bag, bag_weight=o.bag_weight,
+                          bag_dropout=o.bag_dropout, name="ptum_pretrainer")
 
 

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import time
 from typing import Callable, Dict, Optional
 
@@ -65,6 +64,38 @@ def fill_from_dataset(cfg: PTUMConfig, ds: contracts.SequenceDataset) -> Optiona
             w = wids[: m.text_max_words]
             table[tok, : len(w)] = w
     return table
+
+
+def _query_definition(cfg: PTUMConfig) -> str:
+    return ("attentive pooling of the hidden states" if cfg.model.user_vector == "pooled"
+            else "hidden state at the newest behavior") + " + future-position embedding k=1"
+
+
+def _embedding_definition(cfg: PTUMConfig) -> dict:
+    """Which vector is the exported user embedding (recorded in every model's metadata)."""
+    if cfg.model.user_embedding == "profile":
+        return {"readout": "profile", "vector": "profile",
+                "definition": "profile: attentive pooling of the hidden states, trained to predict the user's "
+                              "item bag (objective.bag)",
+                "dim": cfg.model.embedding_dim, "scoring": "dot product with item_table()"}
+    return {"readout": cfg.model.user_vector, "vector": "next_item_query", "definition": _query_definition(cfg),
+            "dim": cfg.model.embedding_dim, "scoring": "dot product with item_table()"}
+
+
+def dataset_window(ds: contracts.SequenceDataset) -> int:
+    return int(ds.manifest.get("parameters", {}).get("window") or 10)
+
+
+def selection_metric(cfg: PTUMConfig, ds: contracts.SequenceDataset) -> str:
+    """What early stopping and model selection watch (train.select_metric)."""
+    sel = cfg.train.select_metric
+    windowed = ds.manifest.get("split_scheme") == "window"
+    if sel == "auto":
+        return "window_recall@10" if windowed and cfg.model.user_embedding == "profile" else "ndcg@10"
+    if sel == "window_recall@10" and not windowed:
+        raise TrainingError(f"{ds.root}: train.select_metric=window_recall@10 needs a dataset tokenized with "
+                            "--split window (its valid rows end in a window never trained on)")
+    return sel
 
 
 def train_window(cfg: PTUMConfig) -> int:
@@ -189,7 +220,7 @@ def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output:
     import keras
 
     from ptum.data import TrainBatches
-    from ptum.evaluate import UserEmbedder, rank_metrics
+    from ptum.evaluate import NonFiniteScores, UserEmbedder, rank_metrics
     from ptum.model import build_encoder, build_pretrainer
 
     data_dir = ds.root
@@ -243,6 +274,26 @@ def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output:
                                steps_per_execution=t.steps_per_execution)
     encoder = pretrainer.encoder
     embedder = UserEmbedder(encoder, name="user_embedder")
+    select = selection_metric(cfg, ds)
+    state["select_metric"] = select
+
+    def window_metrics():
+        """Valid rows of a window split: the train part is the input, their last W the window."""
+        from ptum.data import bucket_width, pad_batch
+        from ptum.embedding_eval import window_retrieval
+        from ptum.evaluate import item_table_numpy
+
+        def embed(rows, idx, ends):
+            out = []
+            for b in range(0, len(idx), t.eval_batch_size):
+                i, e = idx[b:b + t.eval_batch_size], ends[b:b + t.eval_batch_size]
+                w = bucket_width(int(min(max(int(e.max()), 1), cfg.model.max_len)),
+                                 [x for x in t.length_buckets if x < cfg.model.max_len], cfg.model.max_len)
+                batch = pad_batch(rows, i, w, ends=e, time_buckets=time_b)
+                out.append(np.asarray(keras.ops.convert_to_numpy(encoder.user_embedding(batch)), np.float32))
+            return np.concatenate(out)
+
+        return window_retrieval(embed, valid_rows, item_table_numpy(encoder), dataset_window(ds))
     width = train_window(cfg)
     time_b = cfg.model.time_buckets if cfg.model.use_time else 0
     skip = int(state.get("step", 0))  # batches of state["epoch"] already done (step checkpoint)
@@ -300,21 +351,31 @@ def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output:
             entry = {"epoch": epoch + 1, "loss": loss, "seconds": round(elapsed, 2)}
             if (epoch + 1) % t.eval_every == 0:
                 v0 = time.perf_counter()
-                m = rank_metrics(embedder, valid_rows, cfg.model.max_len, t.length_buckets, time_b,
-                                 t.eval_batch_size, ks=(10,))
+                try:
+                    m = rank_metrics(embedder, valid_rows, cfg.model.max_len, t.length_buckets, time_b,
+                                     t.eval_batch_size, ks=(10,))
+                    if select == "window_recall@10":
+                        w = window_metrics()
+                        m["window_recall@10"] = w["window_recall@10"]
+                        entry["valid_window_recall@10"] = w["window_recall@10"]
+                        entry["valid_window_ndcg@10"] = w["window_ndcg@10"]
+                except NonFiniteScores as e:
+                    raise TrainingError(f"epoch {epoch + 1}: {e}; no model was written") from e
                 entry["valid_seconds"] = round(time.perf_counter() - v0, 2)
                 entry["valid_ndcg@10"] = m["ndcg@10"]
                 entry["valid_recall@10"] = m["recall@10"]
-                if m["ndcg@10"] > state["best"]:
-                    state.update(best=m["ndcg@10"], best_epoch=epoch + 1, wait=0)
+                if m[select] > state["best"]:
+                    state.update(best=m[select], best_epoch=epoch + 1, wait=0)
                     pretrainer.save_weights(best_path)
                 else:
                     state["wait"] += 1
             state["history"].append(entry)
             state["epoch"] = epoch + 1
             state["train_seconds"] = elapsed
-            log("epoch {epoch:>3}  loss {loss:.4f}  valid ndcg@10 {v}  ({seconds:.0f}s)".format(
-                v=f"{entry['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in entry else "-", **entry))
+            extra = (f"  window recall@10 {entry['valid_window_recall@10']:.4f}"
+                     if "valid_window_recall@10" in entry else "")
+            log("epoch {epoch:>3}  loss {loss:.4f}  valid ndcg@10 {v}{extra}  ({seconds:.0f}s)".format(
+                v=f"{entry['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in entry else "-", extra=extra, **entry))
             save_checkpoint()
             over_time = t.max_train_seconds and elapsed > t.max_train_seconds
             if state["wait"] >= t.patience or over_time:
@@ -355,8 +416,10 @@ def _finish(output, ds, cfg, encoder, state, log) -> dict:
     os.makedirs(vocab_out, exist_ok=True)
     for name in (contracts.ITEMS_VOCAB, contracts.BEHAVIORS_VOCAB, contracts.CATALOG, contracts.WORDS_VOCAB):
         src = ds.path(contracts.VOCAB_DIR, name)
-        if os.path.exists(src):
-            shutil.copyfile(src, os.path.join(vocab_out, name))
+        if contracts.exists(src):  # the dataset may live on gs://, s3://, ...
+            data = contracts.read_bytes(src)
+            with open(os.path.join(vocab_out, name), "wb") as f:
+                f.write(data)
     with open(os.path.join(output, "config.json"), "w") as f:
         f.write(cfg.dump_json())
     with open(os.path.join(output, "history.json"), "w") as f:
@@ -364,20 +427,20 @@ def _finish(output, ds, cfg, encoder, state, log) -> dict:
     metadata = {
         "model": "ptum-user-encoder",
         "vocab_hash": ds.vocab_hash,
-        "user_embedding": {
+        "user_embedding": _embedding_definition(cfg),
+        "next_item_query": {
             "readout": cfg.model.user_vector,
-            "definition": ("attentive pooling of the hidden states" if cfg.model.user_vector == "pooled"
-                           else "hidden state at the newest behavior") + " + future-position embedding k=1",
-            "dim": cfg.model.embedding_dim,
-            "scoring": "dot product with item_table()",
+            "definition": _query_definition(cfg),
+            "used_by": ["top_k", "ptum evaluate (next-item metrics)"],
         },
+        "select_metric": state.get("select_metric", "ndcg@10"),
         "max_len": cfg.model.max_len,
         "time_buckets": cfg.model.time_buckets if cfg.model.use_time else 0,
         "length_buckets": cfg.train.length_buckets,
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
         "train_seconds": round(state["train_seconds"], 2),
-        "valid": {"ndcg@10": state["best"]},
+        "valid": {state.get("select_metric", "ndcg@10"): state["best"]},
         "warm_start": state.get("warm_start", {"used": False, "reason": "not requested"}),
         "training_data": {"path": ds.root, "manifest_created": ds.manifest.get("created"),
                           "inputs": ds.manifest.get("inputs"), "counts": ds.manifest.get("counts")},
@@ -385,7 +448,8 @@ def _finish(output, ds, cfg, encoder, state, log) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     contracts.write_json_atomic(os.path.join(output, METADATA), metadata)
-    log(f"model written to {output} (best epoch {state['best_epoch']}, valid ndcg@10 {state['best']:.4f})")
+    log(f"model written to {output} (best epoch {state['best_epoch']}, valid "
+        f"{state.get('select_metric', 'ndcg@10')} {state['best']:.4f})")
     return metadata
 
 

@@ -53,6 +53,7 @@ class TokenizeOptions:
     min_word_count: int = 1
     max_title_words: int = 30
     vocab_from: Optional[str] = None
+    window: int = 10               # for split "window": behaviors per future window
 
     def manifest_params(self) -> dict:
         d = asdict(self)
@@ -471,6 +472,35 @@ def build_behavior_vocab(behavior_counts: pa.Table) -> pa.Table:
     })
 
 
+def frozen_behavior_vocab(dataset_dir: str, behavior_counts: pa.Table) -> pa.Table:
+    """Reuse another dataset's behavior vocabulary: behavior types it lacks map to
+    BEHAVIOR_UNKNOWN_ID (counted as oov_behavior_events), never to new ids."""
+    v = contracts.open_dataset(dataset_dir).read_vocab_table(contracts.BEHAVIORS_VOCAB)
+    if v is None:
+        v = build_behavior_vocab(behavior_counts.schema.empty_table())
+    idx = pc.index_in(v.column("behavior"), value_set=behavior_counts.column("key"))
+    c = (pc.take(behavior_counts.column("count"), idx) if behavior_counts.num_rows
+         else pa.nulls(v.num_rows, pa.int64()))
+    return pa.table({"behavior": v.column("behavior"), "behavior_id": v.column("behavior_id"),
+                     "count": pc.fill_null(c, 0)})
+
+
+def behavior_vocab_for(behavior_counts: pa.Table, opts: "TokenizeOptions") -> pa.Table:
+    if opts.vocab_from:
+        return frozen_behavior_vocab(opts.vocab_from, behavior_counts)
+    return build_behavior_vocab(behavior_counts)
+
+
+def frozen_word_ids(dataset_dir: Optional[str]) -> Optional[Dict[str, int]]:
+    """The title-word vocabulary of another dataset (word -> id), or None."""
+    if not dataset_dir:
+        return None
+    v = contracts.open_dataset(dataset_dir).read_vocab_table(contracts.WORDS_VOCAB)
+    if v is None:
+        return {}
+    return dict(zip(v.column("word").to_pylist(), v.column("word_id").to_pylist()))
+
+
 def frozen_vocab(dataset_dir: str, item_counts: pa.Table) -> pa.Table:
     """Reuse another dataset's item vocabulary (same ids -> same vocab hash); counts are this run's."""
     ds = contracts.open_dataset(dataset_dir)
@@ -486,8 +516,10 @@ def tokenize_words(titles: Sequence[str]) -> List[List[str]]:
 
 
 def build_catalog(catalog: Optional[pa.Table], items_vocab: pa.Table, min_word_count: int,
-                  max_title_words: int) -> Tuple[Optional[pa.Table], Optional[pa.Table]]:
-    """(catalog with token ids and title word ids, word vocabulary) or (None, None)."""
+                  max_title_words: int, frozen_words: Optional[Dict[str, int]] = None
+                  ) -> Tuple[Optional[pa.Table], Optional[pa.Table]]:
+    """(catalog with token ids and title word ids, word vocabulary) or (None, None).
+    `frozen_words` (word -> id, from --vocab-from): reuse those ids; other words are OOV."""
     if catalog is None or catalog.num_rows == 0:
         return None, None
     words = tokenize_words(catalog.column("title").to_pylist())
@@ -495,8 +527,12 @@ def build_catalog(catalog: Optional[pa.Table], items_vocab: pa.Table, min_word_c
     for ws in words:
         for w in ws:
             counts[w] = counts.get(w, 0) + 1
-    kept = sorted((w for w, c in counts.items() if c >= min_word_count), key=lambda w: (-counts[w], w))
-    word_id = {w: i + contracts.FIRST_WORD_ID for i, w in enumerate(kept)}
+    if frozen_words is not None:
+        word_id = dict(frozen_words)
+        kept = sorted(word_id, key=lambda w: word_id[w])
+    else:
+        kept = sorted((w for w, c in counts.items() if c >= min_word_count), key=lambda w: (-counts[w], w))
+        word_id = {w: i + contracts.FIRST_WORD_ID for i, w in enumerate(kept)}
     word_ids = [[word_id.get(w, contracts.WORD_OOV_ID) for w in ws[:max_title_words]] for ws in words]
     idx = pc.index_in(catalog.column("item_id"), value_set=items_vocab.column("item_id"))
     token = pc.fill_null(pc.take(items_vocab.column("token_id"), idx), -1)
@@ -509,7 +545,7 @@ def build_catalog(catalog: Optional[pa.Table], items_vocab: pa.Table, min_word_c
     })
     vocab = pa.table({"word": pa.array(kept, pa.string()),
                       "word_id": pa.array([word_id[w] for w in kept], pa.int32()),
-                      "count": pa.array([counts[w] for w in kept], pa.int64())})
+                      "count": pa.array([counts.get(w, 0) for w in kept], pa.int64())})
     return cat, vocab
 
 
@@ -519,6 +555,7 @@ class SplitSpec:
     scheme: str
     time_cut: Optional[int] = None
     finetune_fraction: float = 0.2
+    window: int = 10
 
     @staticmethod
     def from_options(opts: TokenizeOptions) -> "SplitSpec":
@@ -528,7 +565,9 @@ class SplitSpec:
             if parsed is None:
                 raise InputError(f"--time-cut {opts.time_cut!r}: not epoch seconds or ISO-8601")
             cut = int(parsed)
-        return SplitSpec(opts.split, cut, opts.finetune_fraction)
+        if opts.split == "window" and opts.window < 1:
+            raise InputError(f"--window {opts.window}: must be >= 1")
+        return SplitSpec(opts.split, cut, opts.finetune_fraction, opts.window)
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -566,7 +605,7 @@ def tokenize_histories(histories: pa.Table, items_vocab: pa.Table, behavior_voca
                        split: SplitSpec) -> Tuple[Dict[str, pa.Table], dict]:
     """Sorted histories of some users -> sequence rows per split (+ counts)."""
     names = contracts.SPLIT_SCHEMES[split.scheme]
-    counts = {"users": 0, "events_in_sequences": 0, "oov_events": 0,
+    counts = {"users": 0, "events_in_sequences": 0, "oov_events": 0, "oov_behavior_events": 0,
               "users_train_only": 0, "events_after_target": 0}
     if histories.num_rows == 0:
         return {n: contracts.sequence_schema().empty_table() for n in names}, counts
@@ -575,6 +614,9 @@ def tokenize_histories(histories: pa.Table, items_vocab: pa.Table, behavior_voca
     tokens = np.asarray(pc.fill_null(tok, contracts.OOV_ID)).astype(np.int32)
     counts["oov_events"] = int(pc.sum(pc.is_null(idx)).as_py() or 0)
     bidx = pc.index_in(histories.column("behavior"), value_set=behavior_vocab.column("behavior"))
+    named = pc.and_(pc.is_valid(histories.column("behavior")),
+                    pc.greater(pc.utf8_length(pc.fill_null(histories.column("behavior"), "")), 0))
+    counts["oov_behavior_events"] = int(pc.sum(pc.and_(named, pc.is_null(bidx))).as_py() or 0)
     beh = np.asarray(pc.fill_null(pc.take(behavior_vocab.column("behavior_id"), bidx),
                                   contracts.BEHAVIOR_UNKNOWN_ID)).astype(np.int32)
     ucodes = _codes(histories.column("user_id"))
@@ -605,6 +647,16 @@ def tokenize_histories(histories: pa.Table, items_vocab: pa.Table, behavior_voca
         ev = np.flatnonzero(has_target)
         out["test"] = _rows(histories, tokens, beh, users, starts, starts + n_before + 1, ev)
         counts["events_after_target"] = int(np.maximum(lens - n_before - 1, 0)[has_target].sum())
+    elif split.scheme == "window":
+        # Future windows of W behaviors: train = all but the last 2W (what pre-training
+        # sees), valid = all but the last W (its own last W are the validation window, never
+        # trained on), test = all (the last W are the test window).
+        w = split.window
+        has_train = lens - 2 * w >= 1
+        counts["users_train_only"] = int((lens <= w).sum())
+        out["train"] = _rows(histories, tokens, beh, users, starts, ends - 2 * w, np.flatnonzero(has_train))
+        out["valid"] = _rows(histories, tokens, beh, users, starts, ends - w, np.flatnonzero(lens - w >= 1))
+        out["test"] = _rows(histories, tokens, beh, users, starts, ends, np.flatnonzero(lens - w >= 1))
     else:
         h = np.array([contracts.stable_user_hash(u) for u in users.to_pylist()])
         fine = h < split.finetune_fraction
@@ -740,8 +792,12 @@ def make_manifest(opts: TokenizeOptions, counts: dict, files: List[Tuple[str, st
         s["files"].append(name)
         s["rows"] += rows
         s["events"] += events
-    vhash = contracts.vocab_hash(items_vocab.column("item_id").to_pylist(),
-                                 items_vocab.column("token_id").to_pylist())
+    extras = dict(extras)
+    words = extras.pop(WORDS_KEY, {})
+    vhash, vhashes = contracts.dataset_vocab_hash(
+        items_vocab.column("item_id").to_pylist(), items_vocab.column("token_id").to_pylist(),
+        behavior_vocab.column("behavior").to_pylist(), behavior_vocab.column("behavior_id").to_pylist(),
+        list(words), list(words.values()))
     c = {
         "events_read": int(counts.get("events_read", 0)),
         "events_accepted": int(counts.get("events_accepted", 0)),
@@ -756,15 +812,18 @@ def make_manifest(opts: TokenizeOptions, counts: dict, files: List[Tuple[str, st
         "items_seen": int(counts.get("items_seen", items_vocab.num_rows)),
         "behaviors": int(behavior_vocab.num_rows),
         "oov_events": int(counts.get("oov_events", 0)),
+        "oov_behavior_events": int(counts.get("oov_behavior_events", 0)),
     }
     manifest = {
-        "format_version": 1,
+        "format_version": contracts.FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "counts": c,
         "splits": splits,
         "split_scheme": opts.split,
         "deadletter_files": [join(contracts.DEADLETTER_DIR, f) for f in deadletter_files],
         "vocab_hash": vhash,
+        "vocab_hashes": vhashes,
+        "vocab_frozen_from": opts.vocab_from,
         "has_time": has_time,
         "reserved_item_ids": {"pad": contracts.PAD_ID, "mask": contracts.MASK_ID, "oov": contracts.OOV_ID,
                               "first_item": contracts.FIRST_ITEM_ID},
@@ -820,8 +879,13 @@ def write_bucket(bucket: int, num_shards: int, histories: pa.Table, items_vocab:
     return files, counts
 
 
+# write_vocab_and_tables hands the word vocabulary to make_manifest (for the vocab hash) under
+# this key of its result; make_manifest takes it out before recording the written files.
+WORDS_KEY = "__words__"
+
+
 def write_vocab_and_tables(output: str, items_vocab: pa.Table, behavior_vocab: pa.Table,
-                           extra: dict, opts: TokenizeOptions) -> Dict[str, str]:
+                           extra: dict, opts: TokenizeOptions) -> Dict[str, object]:
     """Vocabulary files, the item catalog (title words) and label tables; returns their paths."""
     written = {}
     write_parquet(items_vocab, join(output, contracts.VOCAB_DIR, contracts.ITEMS_VOCAB))
@@ -829,7 +893,9 @@ def write_vocab_and_tables(output: str, items_vocab: pa.Table, behavior_vocab: p
     write_parquet(behavior_vocab, join(output, contracts.VOCAB_DIR, contracts.BEHAVIORS_VOCAB))
     written["behaviors_vocab"] = join(contracts.VOCAB_DIR, contracts.BEHAVIORS_VOCAB)
     catalog, words = build_catalog(extra.get("catalog"), items_vocab, opts.min_word_count,
-                                   opts.max_title_words)
+                                   opts.max_title_words, frozen_word_ids(opts.vocab_from))
+    if words is not None:
+        written[WORDS_KEY] = dict(zip(words.column("word").to_pylist(), words.column("word_id").to_pylist()))
     if catalog is not None:
         write_parquet(catalog, join(output, contracts.VOCAB_DIR, contracts.CATALOG))
         write_parquet(words, join(output, contracts.VOCAB_DIR, contracts.WORDS_VOCAB))

@@ -181,7 +181,7 @@ def build(p: beam.Pipeline, opts: core.TokenizeOptions, specs: List[formats.File
                        | "BehaviorCounts" >> beam.Map(lambda s: s[1])
                        | "CombineBehaviorCounts" >> beam.CombineGlobally(MergeCountTables()))
     items_vocab = item_counts | "BuildItemVocab" >> beam.Map(core.items_vocab_for, opts)
-    behavior_vocab = behavior_counts | "BuildBehaviorVocab" >> beam.Map(core.build_behavior_vocab)
+    behavior_vocab = behavior_counts | "BuildBehaviorVocab" >> beam.Map(core.behavior_vocab_for, opts)
     items_seen = item_counts | "ItemsSeen" >> beam.Map(lambda t: t.num_rows)
     written = (
         histories.histories

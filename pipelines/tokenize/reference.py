@@ -37,7 +37,7 @@ def run(opts: core.TokenizeOptions) -> dict:
         beh_counts.append(bc)
     merged_items = core.merge_counts(item_counts)
     items_vocab = core.items_vocab_for(merged_items, opts)
-    behavior_vocab = core.build_behavior_vocab(core.merge_counts(beh_counts))
+    behavior_vocab = core.behavior_vocab_for(core.merge_counts(beh_counts), opts)
     files = []
     for b in sorted(histories):
         f, c = core.write_bucket(b, num_shards, histories[b], items_vocab, behavior_vocab, split, opts.output)

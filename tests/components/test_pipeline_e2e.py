@@ -103,7 +103,14 @@ def test_first_run_pushes_a_servable_model_and_exports_embeddings(scenario):
     emb = run["embeddings"]
     assert emb["exported"] == 1 and emb["users"] == 120
     assert emb["model_version"] == str(run["pushed_model"]["pushed_version"])
-    assert json.load(open(os.path.join(emb["uri"], "manifest.json")))["counts"]["users"] == 120
+    manifest = json.load(open(os.path.join(emb["uri"], "manifest.json")))
+    assert manifest["counts"]["users"] == 120
+    # One version: the directory's, in the SavedModel's metadata, the table and the manifest.
+    meta = json.load(open(os.path.join(dest, "assets.extra", "ptum_metadata.json")))
+    assert str(meta["version"]) == os.path.basename(dest) == manifest["model_version"]
+    # The export verified the model against the digest MLMD recorded at push.
+    assert manifest["model_verified"] == "expected digest"
+    assert manifest["saved_model_sha256"] == run["pushed_model"]["saved_model_sha256"]
     report = json.load(open(os.path.join(run["validation_report"]["uri"], "validation_report.json")))
     assert report["passed"] is True
 
