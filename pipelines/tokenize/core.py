@@ -892,8 +892,17 @@ def write_vocab_and_tables(output: str, items_vocab: pa.Table, behavior_vocab: p
     written["items_vocab"] = join(contracts.VOCAB_DIR, contracts.ITEMS_VOCAB)
     write_parquet(behavior_vocab, join(output, contracts.VOCAB_DIR, contracts.BEHAVIORS_VOCAB))
     written["behaviors_vocab"] = join(contracts.VOCAB_DIR, contracts.BEHAVIORS_VOCAB)
+    frozen_words = frozen_word_ids(opts.vocab_from)
     catalog, words = build_catalog(extra.get("catalog"), items_vocab, opts.min_word_count,
-                                   opts.max_title_words, frozen_word_ids(opts.vocab_from))
+                                   opts.max_title_words, frozen_words)
+    if words is None and frozen_words:
+        # No catalog in this run: the frozen word vocabulary still belongs to the dataset
+        # (it is part of the vocab hash the model was trained with).
+        words = pa.table({"word": pa.array(list(frozen_words), pa.string()),
+                          "word_id": pa.array(list(frozen_words.values()), pa.int32()),
+                          "count": pa.array([0] * len(frozen_words), pa.int64())})
+        write_parquet(words, join(output, contracts.VOCAB_DIR, contracts.WORDS_VOCAB))
+        written["words_vocab"] = join(contracts.VOCAB_DIR, contracts.WORDS_VOCAB)
     if words is not None:
         written[WORDS_KEY] = dict(zip(words.column("word").to_pylist(), words.column("word_id").to_pylist()))
     if catalog is not None:

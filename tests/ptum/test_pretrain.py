@@ -252,9 +252,12 @@ def test_trains_under_jax(clean_dataset, tmp_path):
             "sys.meta_path.insert(0, Block())\n"
             "from ptum.cli import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
+    # The profile vector and the bag objective train under JAX too (keras.ops only).
     r = subprocess.run([sys.executable, "-c", code, "pretrain", "--data", data, "--output", out, "--epochs", "2",
-                        *sets(SMALL)], capture_output=True, text=True,
+                        *sets(SMALL + ["model.user_embedding=profile", "objective.bag=true"])],
+                       capture_output=True, text=True,
                        env=dict(os.environ, KERAS_BACKEND="jax"))
     assert r.returncode == 0, r.stderr[-3000:]
     meta = json.load(open(os.path.join(out, "metadata.json")))
     assert meta["stack"].get("jax") and meta["valid"]["ndcg@10"] > 0
+    assert meta["user_embedding"]["vector"] == "profile"

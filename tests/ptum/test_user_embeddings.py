@@ -1,0 +1,156 @@
+"""User embeddings worth exporting: the window split, the profile + bag objective, and
+`ptum evaluate-embeddings` (probes, future windows, health) on the exported table."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from ptum import contracts  # noqa: E402
+from ptum.data import Rows  # noqa: E402
+
+
+def _cli(*args):
+    r = subprocess.run([sys.executable, "-m", "ptum.cli", *args], capture_output=True, text=True,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return r
+
+
+def test_window_split_rows(tmp_path):
+    from pipelines.tokenize import core, reference
+
+    csv = tmp_path / "e.csv"
+    lines = ["user_id,item_id,timestamp"]
+    for u, n in (("a", 9), ("b", 5), ("c", 3)):
+        lines += [f"{u},i{j},{j}" for j in range(n)]
+    csv.write_text("\n".join(lines) + "\n")
+    reference.run(core.TokenizeOptions(inputs=[str(csv)], format="csv", output=str(tmp_path / "d"),
+                                       split="window", window=3))
+    ds = contracts.open_dataset(str(tmp_path / "d"))
+    lens = {s: dict(zip(*[ds.read_split(s).column(c).to_pylist() for c in ("user_id", "length")]))
+            for s in ("train", "valid", "test")}
+    # train = all but the last 2W, valid = all but the last W, test = all (users with more than W).
+    assert lens["train"] == {"a": 3}
+    assert lens["valid"] == {"a": 6, "b": 2}
+    assert lens["test"] == {"a": 9, "b": 5}
+    assert ds.manifest["parameters"]["window"] == 3
+
+
+def test_future_window_metric_by_hand():
+    from ptum.embedding_eval import window_retrieval
+
+    # Two users; items 3..8. User 0: history [3, 4], window [5, 6]; user 1: history [7], window [3, 8].
+    rows = Rows(user_ids=np.array(["u0", "u1"], dtype=object), offsets=np.array([0, 4, 7]),
+                items=np.array([3, 4, 5, 6, 7, 3, 8], np.int32), behaviors=np.ones(7, np.int32),
+                timestamps=np.arange(7, dtype=np.int64))
+    table = np.eye(9, dtype=np.float32)
+    scores = {0: [0, 0, 0, 9, 8, 7, 1, 6, 0], 1: [0, 0, 0, 1, 0, 0, 0, 9, 8]}
+
+    def embed(r, idx, ends):  # fixed user vectors (dot with the identity table = the scores)
+        return np.array([scores[int(i)] for i in idx], np.float32)
+
+    out = window_retrieval(embed, rows, table, window=2, k=2, recompute=False)
+    # u0: history {3, 4} filtered -> ranking 5 (7), 7 (6), 6 (1): top-2 = [5, 7]; window {5, 6}
+    #   recall 1/2, DCG = 1, IDCG = 1 + 1/log2(3).
+    # u1: history {7} filtered -> ranking 8 (8), 3 (1): top-2 = [8, 3]; window {3, 8}: recall 1, NDCG 1.
+    assert out["users"] == 2
+    assert out["window_recall@2"] == pytest.approx((0.5 + 1.0) / 2)
+    assert out["window_ndcg@2"] == pytest.approx((1 / (1 + 1 / np.log2(3)) + 1.0) / 2)
+
+
+def test_health_names_non_finite_users_and_measures_rank():
+    from ptum.embedding_eval import EmbeddingEvalError, health
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    h = health(np.array([f"u{i}" for i in range(50)], dtype=object), emb)
+    assert 6 < h["effective_rank"] <= 8 and h["norm"]["min"] > 0
+    low = np.outer(rng.normal(size=50), rng.normal(size=8)).astype(np.float32)
+    assert health(np.array([f"u{i}" for i in range(50)], dtype=object), low)["effective_rank"] < 1.5
+    emb[7, 3] = np.nan
+    with pytest.raises(EmbeddingEvalError, match="u7"):
+        health(np.array([f"u{i}" for i in range(50)], dtype=object), emb)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Generated logs (labels planted from interests) -> window split -> profile + bag model
+    -> export-embeddings: the product path, through the CLI."""
+    from ptum.generate import generate
+
+    root = tmp_path_factory.mktemp("ue")
+    logs = str(root / "logs")
+    generate(logs, users=600, items=200, seed=4)
+    data, model, emb = (str(root / x) for x in ("data", "model", "emb"))
+    for args in (["tokenize", "--input", os.path.join(logs, "events.csv"), "--format", "csv", "--output", data,
+                  "--split", "window", "--window", "5"],
+                 ["pretrain", "--data", data, "--output", model, "--config", "configs/user-embeddings.yaml",
+                  "--set", "train.epochs=3", "--set", "model.max_len=30", "--set", "model.embedding_dim=32"],
+                 ["export-embeddings", "--model", model, "--data", data, "--output", emb]):
+        r = _cli(*args)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return {"root": root, "logs": logs, "data": data, "model": model, "emb": emb}
+
+
+def test_profile_model_selects_by_window_recall_and_exports_the_profile(exported):
+    from ptum.embedding_eval import model_embedder, read_embedding_table
+
+    meta = json.load(open(os.path.join(exported["model"], "metadata.json")))
+    assert meta["select_metric"] == "window_recall@10" and "window_recall@10" in meta["valid"]
+    assert meta["user_embedding"]["vector"] == "profile"
+    history = json.load(open(os.path.join(exported["model"], "history.json")))
+    assert all("valid_window_recall@10" in h for h in history)
+    # The exported table (SavedModel embed_tokens) is the profile the training path computes.
+    users, emb, _ = read_embedding_table(exported["emb"])
+    rows = Rows.from_split(contracts.open_dataset(exported["data"]), "test")
+    rows = rows.newest_with(Rows.from_split(contracts.open_dataset(exported["data"]), "train"))
+    embed, _, _ = model_embedder(exported["model"])
+    pos = {u: i for i, u in enumerate(rows.user_ids)}
+    idx = np.array([pos[u] for u in users])
+    np.testing.assert_allclose(emb, embed(rows, idx, rows.lengths[idx]), atol=1e-5)
+
+
+def test_evaluate_embeddings_planted_and_shuffled_labels(exported):
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    out = str(exported["root"] / "report")
+    r = _cli("evaluate-embeddings", "--embeddings", exported["emb"], "--data", exported["data"], "--labels",
+             os.path.join(exported["logs"], "users.csv"), "--label-column", "gender", "--model", exported["model"],
+             "--repeats", "2", "--output", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.load(open(os.path.join(out, "report.json")))
+    res = rep["probes"]["gender"]["by_fraction"]["1.0"]
+    assert res["embeddings"]["auc"]["mean"] >= 0.8, res
+    assert {"tfidf_bag", "tfidf_svd32", "tfidf_random_projection32", "untrained_same_architecture"} <= set(res)
+    assert "embeddings - tfidf_svd32" in res["paired_auc_difference"]
+    fw = rep["future_window"]
+    assert fw["clean"] and fw["window"] == 5 and 0 < fw["window_recall@10"] <= 1
+    assert "next_action_recall@10_recomputed" in fw
+    assert os.path.getsize(os.path.join(out, "projection.png")) > 1000
+    assert "| 1.0 | embeddings |" in open(os.path.join(out, "report.md")).read()
+
+    # Shuffled labels carry no signal: the same probe sits at chance.
+    t = pcsv.read_csv(os.path.join(exported["logs"], "users.csv"))
+    g = np.asarray(t.column("gender").to_pylist(), dtype=object)
+    shuffled = str(exported["root"] / "shuffled.csv")
+    pcsv.write_csv(pa.table({"user_id": t.column("user_id"),
+                             "gender": np.random.default_rng(0).permutation(g).astype(str)}), shuffled)
+    from ptum.embedding_eval import evaluate_embeddings
+    rep = evaluate_embeddings(exported["emb"], exported["data"], shuffled, ["gender"], repeats=4)
+    assert abs(rep["probes"]["gender"]["by_fraction"]["1.0"]["embeddings"]["auc"]["mean"] - 0.5) <= 0.05
+
+
+def test_evaluate_embeddings_bad_input(exported, tmp_path):
+    one = tmp_path / "one.csv"
+    one.write_text("user_id,gender\n" + "".join(f"user_{i:07d},F\n" for i in range(50)) + "ghost,M\n")
+    r = _cli("evaluate-embeddings", "--embeddings", exported["emb"], "--labels", str(one), "--label-column", "gender")
+    assert r.returncode == 2 and "one class" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("evaluate-embeddings", "--embeddings", str(tmp_path), "--labels", str(one), "--label-column", "gender")
+    assert r.returncode == 2 and "manifest" in r.stderr
+    r = _cli("evaluate-embeddings", "--embeddings", exported["emb"], "--labels", str(one), "--label-column", "age")
+    assert r.returncode == 2 and "--label-column age" in r.stderr
