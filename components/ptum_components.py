@@ -275,9 +275,7 @@ def NextItemEvaluator(  # noqa: N802
         reasons.append(f"evaluation failed: {e}")
         baseline_model = None
     result = {"candidate": cur, "thresholds": {"min_ndcg_at_10": min_ndcg_at_10, "max_regression": max_regression}}
-    if reasons:
-        pass
-    elif cur["ndcg@10"] < min_ndcg_at_10:
+    if not reasons and cur["ndcg@10"] < min_ndcg_at_10:
         reasons.append(f"ndcg@10 {cur['ndcg@10']:.4f} < threshold {min_ndcg_at_10}")
     if baseline_model is not None:
         import json as _json

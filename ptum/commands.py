@@ -183,10 +183,8 @@ def _evaluate_embeddings(a) -> int:
     if a.model:
         _keras_backend_default()
     from ptum.contracts import DatasetError
-    try:
-        from ptum.train import ModelError
-    except ImportError:  # pragma: no cover
-        ModelError = DatasetError  # noqa: N806
+    from ptum.train import ModelError
+
     try:
         report = evaluate_embeddings(a.embeddings, a.data, a.labels, a.label_column, a.model, a.folds, a.repeats,
                                      fractions, a.window, not a.no_recompute, a.output)

@@ -331,29 +331,37 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def model_embedder(model_dir: str, untrained: bool = False, vector: str = "user"):
-    """(embed(rows, idx, ends) -> vectors, item table [V, d], metadata) from a model folder.
-    `untrained`: the same architecture with fresh weights (the probe baseline)."""
+def embed_prefixes(fn: Callable, rows, idx: np.ndarray, ends: np.ndarray, width: int, buckets: Sequence[int],
+                   time_buckets: int, batch_size: int = 256) -> np.ndarray:
+    """`fn(batch)` (a user vector of the encoder) for rows `idx`, each cut at `ends`, in
+    batches padded as training pads them."""
     import keras
 
     from ptum.data import bucket_width, pad_batch
+
+    small = [x for x in buckets if x < width]
+    out = []
+    for b in range(0, len(idx), batch_size):
+        i, e = idx[b:b + batch_size], ends[b:b + batch_size]
+        w = bucket_width(int(min(max(int(e.max()), 1), width)), small, width)
+        batch = pad_batch(rows, i, w, ends=e, time_buckets=time_buckets)
+        out.append(np.asarray(keras.ops.convert_to_numpy(fn(batch)), np.float32))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def model_embedder(model_dir: str, untrained: bool = False, vector: str = "user"):
+    """(embed(rows, idx, ends) -> vectors, item table [V, d], metadata) from a model folder.
+    `untrained`: the same architecture with fresh weights (the probe baseline)."""
     from ptum.evaluate import item_table_numpy
     from ptum.train import load_model_dir
 
     encoder, meta, _ = load_model_dir(model_dir)
     if untrained:
         encoder = encoder.__class__.from_config(encoder.get_config())
-    width, buckets, tb = meta["max_len"], meta["length_buckets"], meta["time_buckets"]
+    fn = encoder.user_embedding if vector == "user" else encoder.next_item_query
 
     def embed(rows, idx, ends):
-        out = []
-        for b in range(0, len(idx), 256):
-            i, e = idx[b:b + 256], ends[b:b + 256]
-            w = bucket_width(int(min(max(int(e.max()), 1), width)), [x for x in buckets if x < width], width)
-            batch = pad_batch(rows, i, w, ends=e, time_buckets=tb)
-            fn = encoder.user_embedding if vector == "user" else encoder.next_item_query
-            out.append(np.asarray(keras.ops.convert_to_numpy(fn(batch)), np.float32))
-        return np.concatenate(out) if out else np.zeros((0, meta["user_embedding"]["dim"]), np.float32)
+        return embed_prefixes(fn, rows, idx, ends, meta["max_len"], meta["length_buckets"], meta["time_buckets"])
 
     return embed, item_table_numpy(encoder), meta
 

@@ -279,19 +279,12 @@ def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output:
 
     def window_metrics():
         """Valid rows of a window split: the train part is the input, their last W the window."""
-        from ptum.data import bucket_width, pad_batch
-        from ptum.embedding_eval import window_retrieval
+        from ptum.embedding_eval import embed_prefixes, window_retrieval
         from ptum.evaluate import item_table_numpy
 
         def embed(rows, idx, ends):
-            out = []
-            for b in range(0, len(idx), t.eval_batch_size):
-                i, e = idx[b:b + t.eval_batch_size], ends[b:b + t.eval_batch_size]
-                w = bucket_width(int(min(max(int(e.max()), 1), cfg.model.max_len)),
-                                 [x for x in t.length_buckets if x < cfg.model.max_len], cfg.model.max_len)
-                batch = pad_batch(rows, i, w, ends=e, time_buckets=time_b)
-                out.append(np.asarray(keras.ops.convert_to_numpy(encoder.user_embedding(batch)), np.float32))
-            return np.concatenate(out)
+            return embed_prefixes(encoder.user_embedding, rows, idx, ends, cfg.model.max_len, t.length_buckets,
+                                  time_b, t.eval_batch_size)
 
         return window_retrieval(embed, valid_rows, item_table_numpy(encoder), dataset_window(ds))
     width = train_window(cfg)

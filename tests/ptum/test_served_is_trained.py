@@ -153,13 +153,13 @@ def test_behavior_and_word_vocabularies_are_frozen_and_hashed(timed, tmp_path):
 
 
 def test_frozen_title_words(tmp_path):
+    import pyarrow as pa
+
     from pipelines.tokenize import core
 
-    cat = __import__("pyarrow").table({"item_id": ["a", "b"], "title": ["red shoe", "blue hat"],
-                                       "categories": ["x", "y"]})
-    items = __import__("pyarrow").table({"item_id": ["a", "b"], "token_id": [3, 4], "count": [1, 1]})
-    _, words = core.build_catalog(cat, items, 1, 8, frozen_words={"red": 2, "hat": 3})
-    catalog, _ = core.build_catalog(cat, items, 1, 8, frozen_words={"red": 2, "hat": 3})
+    cat = pa.table({"item_id": ["a", "b"], "title": ["red shoe", "blue hat"], "categories": ["x", "y"]})
+    items = pa.table({"item_id": ["a", "b"], "token_id": [3, 4], "count": [1, 1]})
+    catalog, words = core.build_catalog(cat, items, 1, 8, frozen_words={"red": 2, "hat": 3})
     assert dict(zip(words.column("word").to_pylist(), words.column("word_id").to_pylist())) == {"red": 2, "hat": 3}
     assert catalog.column("word_ids").to_pylist() == [[2, contracts.WORD_OOV_ID], [contracts.WORD_OOV_ID, 3]]
 
