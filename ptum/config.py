@@ -41,7 +41,9 @@ class ModelConfig:
     num_words: int = 0
     future_positions: int = 2      # NBP's K (one future-position embedding per k)
     # The exported user embedding: "query" (the next-item query: readout + future-position
-    # embedding) or "profile" (its own attentive pooling, trained by objective.bag).
+    # embedding) or "profile" (the history's item bag through its own item embeddings + a
+    # projection of the mean hidden state; scored against its own item table + bias; trained
+    # by objective.bag).
     user_embedding: str = "query"
 
 

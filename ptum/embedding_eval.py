@@ -205,15 +205,16 @@ def linear_probes(features: Dict[str, object], labels: np.ndarray, folds: int = 
 
 # ------------------------------------------------------------------ future windows
 def window_retrieval(embed: Callable, rows, table: np.ndarray, window: int, k: int = 10,
-                     recompute: bool = False, batch_size: int = 256) -> dict:
+                     recompute: bool = False, batch_size: int = 256, bias: Optional[np.ndarray] = None) -> dict:
     """Future-window retrieval over the rows with more than `window` behaviors.
 
     `embed(rows, idx, ends) -> [len(idx), d]` embeds each row's behaviors before `ends`.
     Recall@k = |top-k ∩ window items| / |window items|, NDCG@k with binary gains (ideal DCG
     over min(|window items|, k)); items of the input history are never ranked nor counted.
     With `recompute`: next-action Recall@k within the window, with the embedding frozen at
-    the cut vs recomputed after every action."""
+    the cut vs recomputed after every action. Scores: embedding . table[i] + bias[i]."""
     n_items = table.shape[0]
+    bias = np.zeros(n_items, np.float32) if bias is None else np.asarray(bias, np.float32)
     lens = rows.lengths
     eligible = np.flatnonzero(lens > window)
     sums = {"recall": 0.0, "ndcg": 0.0, "users": 0}
@@ -223,7 +224,7 @@ def window_retrieval(embed: Callable, rows, table: np.ndarray, window: int, k: i
         idx = eligible[b:b + batch_size]
         cut = lens[idx] - window
         users = np.asarray(embed(rows, idx, cut), np.float32)
-        scores = users @ table.T
+        scores = users @ table.T + bias
         scores[:, :contracts.FIRST_ITEM_ID] = -np.inf
         for r, i in enumerate(idx):
             s0 = rows.offsets[i]
@@ -243,7 +244,7 @@ def window_retrieval(embed: Callable, rows, table: np.ndarray, window: int, k: i
             sums["ndcg"] += (hit * discount).sum() / discount[:min(len(target), k)].sum()
             sums["users"] += 1
         if recompute:
-            f, g, a = _next_action_hits(embed, rows, idx, cut, users, table, window, k)
+            f, g, a = _next_action_hits(embed, rows, idx, cut, users, table, bias, window, k)
             frozen_hits, fresh_hits, actions = frozen_hits + f, fresh_hits + g, actions + a
     n = max(sums["users"], 1)
     out = {f"window_recall@{k}": sums["recall"] / n, f"window_ndcg@{k}": sums["ndcg"] / n,
@@ -255,14 +256,14 @@ def window_retrieval(embed: Callable, rows, table: np.ndarray, window: int, k: i
     return out
 
 
-def _next_action_hits(embed, rows, idx, cut, frozen, table, window, k):
+def _next_action_hits(embed, rows, idx, cut, frozen, table, bias, window, k):
     """Hits@k of each window action, from the embedding at the cut vs after the actions before it."""
     f = g = a = 0
     for j in range(window):
         ends = cut + j
         fresh = np.asarray(embed(rows, idx, ends), np.float32) if j else frozen
         for name, users in (("frozen", frozen), ("fresh", fresh)):
-            scores = users @ table.T
+            scores = users @ table.T + bias
             scores[:, :contracts.FIRST_ITEM_ID] = -np.inf
             for r, i in enumerate(idx):
                 s0 = rows.offsets[i]
@@ -350,9 +351,10 @@ def embed_prefixes(fn: Callable, rows, idx: np.ndarray, ends: np.ndarray, width:
 
 
 def model_embedder(model_dir: str, untrained: bool = False, vector: str = "user"):
-    """(embed(rows, idx, ends) -> vectors, item table [V, d], metadata) from a model folder.
-    `untrained`: the same architecture with fresh weights (the probe baseline)."""
-    from ptum.evaluate import item_table_numpy
+    """(embed(rows, idx, ends) -> vectors, (item table [V, d], item bias [V]), metadata) from a
+    model folder: the space the vector is scored in. `untrained`: the same architecture with
+    fresh weights (the probe baseline)."""
+    from ptum.evaluate import embedding_space_numpy, item_table_numpy
     from ptum.train import load_model_dir
 
     encoder, meta, _ = load_model_dir(model_dir)
@@ -363,7 +365,11 @@ def model_embedder(model_dir: str, untrained: bool = False, vector: str = "user"
     def embed(rows, idx, ends):
         return embed_prefixes(fn, rows, idx, ends, meta["max_len"], meta["length_buckets"], meta["time_buckets"])
 
-    return embed, item_table_numpy(encoder), meta
+    if vector == "user":
+        space = embedding_space_numpy(encoder)
+    else:
+        space = (item_table_numpy(encoder), None)
+    return embed, space, meta
 
 
 def evaluate_embeddings(embeddings: str, data: Optional[str] = None, labels: Optional[str] = None,
@@ -426,8 +432,8 @@ def evaluate_embeddings(embeddings: str, data: Optional[str] = None, labels: Opt
     if model and rows is not None:
         w = window or int(ds.manifest.get("parameters", {}).get("window") or 10)
         test_rows = Rows.from_split(ds, "test") if "test" in ds.splits else rows
-        embed, table_, _ = model_embedder(model)
-        report["future_window"] = window_retrieval(embed, test_rows, table_, w, recompute=recompute)
+        embed, (table_, bias_), _ = model_embedder(model)
+        report["future_window"] = window_retrieval(embed, test_rows, table_, w, recompute=recompute, bias=bias_)
         report["future_window"]["split"] = "test"
         report["future_window"]["clean"] = ds.manifest.get("split_scheme") == "window" and \
             int(ds.manifest["parameters"].get("window", -1)) == w

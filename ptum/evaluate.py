@@ -44,6 +44,13 @@ def item_table_numpy(encoder) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(encoder.item_table(training=False)), dtype=np.float32)
 
 
+def embedding_space_numpy(encoder):
+    """(table [V, d], bias [V]) the user embedding is scored against, as numpy."""
+    table, bias = encoder.embedding_space()
+    return (np.asarray(keras.ops.convert_to_numpy(table), np.float32),
+            np.asarray(keras.ops.convert_to_numpy(bias), np.float32))
+
+
 def rank_metrics(embedder: UserEmbedder, rows: Rows, width: int, buckets: Sequence[int], time_buckets: int,
                  batch_size: int = 512, ks: Sequence[int] = (10, 20)) -> Dict[str, float]:
     table = item_table_numpy(embedder.encoder)

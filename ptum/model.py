@@ -21,11 +21,12 @@ NEG_INF = -1e9
 
 @keras.saving.register_keras_serializable(package="ptum")
 class UserEncoder(keras.Model):
-    """Behavior sequence -> hidden states -> the user embedding.
+    """Behavior sequence -> hidden states -> the user vectors.
 
-    The user embedding is the vector used for next-item scoring: the readout
-    (`user_vector`: attentive pooling or the last hidden state) plus the first
-    future-position embedding; scored by dot product with `item_table()`.
+    The next-item query is the readout (`user_vector`: attentive pooling or the last hidden
+    state) plus the first future-position embedding, scored by dot product with
+    `item_table()`. The exported user embedding is that query, or (embedding_vector
+    "profile") the profile vector, scored in `embedding_space()`.
     """
 
     def __init__(self, num_items, embedding_dim=64, num_blocks=2, num_heads=2, ff_dim=0, dropout=0.2,
@@ -58,10 +59,19 @@ class UserEncoder(keras.Model):
                        for i in range(num_blocks)]
         self.final_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")
         self.pool = AttentivePooling(embedding_dim, name="user_pool")
-        # The profile: a second attentive pooling, the exported user embedding when
-        # embedding_vector == "profile" (trained by the bag objective), apart from the query.
-        self.profile_pool = (AttentivePooling(embedding_dim, name="profile_pool")
-                             if embedding_vector == "profile" else None)
+        # The profile (embedding_vector == "profile"): the exported user embedding, apart from
+        # the next-item query. The whole history's item bag (sum of its own input item
+        # embeddings / sqrt(n)) plus a projection of the mean hidden state (zero at start),
+        # scored against its own output item table and per-item bias (trained by the bag
+        # objective: a Mult-DAE encoder/decoder over the transformer).
+        self.has_profile = embedding_vector == "profile"
+        if self.has_profile:
+            self.profile_inputs = keras.layers.Embedding(num_items, embedding_dim, embeddings_initializer=init,
+                                                         name="profile_inputs")
+            self.profile_proj = keras.layers.Dense(embedding_dim, kernel_initializer="zeros", name="profile_proj")
+            self.profile_items = keras.layers.Embedding(num_items, embedding_dim, embeddings_initializer=init,
+                                                        name="profile_items")
+            self.profile_bias = self.add_weight(shape=(num_items,), initializer="zeros", name="profile_bias")
         self.drop = keras.layers.Dropout(dropout)
         self.title_words = None
         if num_words:
@@ -87,8 +97,10 @@ class UserEncoder(keras.Model):
             block.build((None, None, d))
         self.final_norm.build((None, None, d))
         self.pool.build((None, None, d))
-        if self.profile_pool is not None:
-            self.profile_pool.build((None, None, d))
+        if self.has_profile:
+            self.profile_inputs.build((None,))
+            self.profile_proj.build((None, d))
+            self.profile_items.build((None,))
         self.built = True
 
     # ---------------------------------------------------------------- items
@@ -131,7 +143,7 @@ class UserEncoder(keras.Model):
         for block in self.blocks:
             x = block(x, att, training=training)
         x = self.final_norm(x)
-        return {"hidden": x, "mask": mask}
+        return {"hidden": x, "mask": mask, "item_ids": ids}
 
     def readout(self, hidden, mask):
         if self.user_vector == "pooled":
@@ -142,11 +154,25 @@ class UserEncoder(keras.Model):
         """The scoring query for the k-th future behavior (k=0: the next one)."""
         return vectors + self.future_embedding(ops.convert_to_tensor([k]))[0]
 
-    def profile(self, hidden, mask):
-        """The user profile vector (attentive pooling over every position)."""
-        if self.profile_pool is None:
+    def profile(self, out):
+        """The user profile vector from the encoder's output: the item bag (sum of the
+        history's profile input embeddings / sqrt(n)) + a projection of the mean hidden state."""
+        if not self.has_profile:
             raise ValueError("this model has no profile vector (model.user_embedding is 'query')")
-        return self.profile_pool(hidden, mask)
+        m = ops.cast(out["mask"], "float32")[:, :, None]
+        n = ops.maximum(ops.sum(m, axis=1), 1.0)
+        items = ops.cast(self.profile_inputs(out["item_ids"]), "float32")
+        bag = ops.sum(items * m, axis=1) / ops.sqrt(n)
+        mean = ops.sum(ops.cast(out["hidden"], "float32") * m, axis=1) / n
+        return bag + ops.cast(self.profile_proj(mean), "float32")
+
+    def embedding_space(self, training=False):
+        """(item table [V, d], item bias [V]) that the exported user embedding is scored
+        against: the profile's own table and bias, or item_table() and zeros for the query."""
+        if self.has_profile:
+            return self.profile_items.embeddings, self.profile_bias.value
+        table = self.item_table(training=training)
+        return table, ops.zeros((ops.shape(table)[0],), table.dtype)
 
     def next_item_query(self, inputs, training=False, item_table=None):
         """The vector scored against item_table() for the next behavior (top_k, next-item metrics)."""
@@ -155,10 +181,9 @@ class UserEncoder(keras.Model):
 
     def user_embedding(self, inputs, training=False, item_table=None):
         """The exported user embedding: the profile vector, or the next-item query."""
-        if self.profile_pool is None:
+        if not self.has_profile:
             return self.next_item_query(inputs, training=training, item_table=item_table)
-        out = self(inputs, training=training, item_table=item_table)
-        return self.profile(out["hidden"], out["mask"])
+        return self.profile(self(inputs, training=training, item_table=item_table))
 
     def get_config(self):
         return {"num_items": self.num_items, "embedding_dim": self.embedding_dim,
@@ -322,8 +347,8 @@ class NextBehaviorsPrediction(keras.layers.Layer):
 class BagPrediction(keras.layers.Layer):
     """Set-level objective (Mult-DAE style): drop a share of the behaviors (as padding),
     encode what is left, and predict the user's whole item bag from the profile vector as
-    a multinomial over the catalog (full softmax). It makes the profile describe the user's
-    tastes rather than the next behavior only."""
+    a multinomial over the catalog (full softmax over the profile's own item table + bias).
+    It makes the profile describe the user's tastes rather than the next behavior only."""
 
     def __init__(self, dropout=0.5, seed=0, **kwargs):
         super().__init__(**kwargs)
@@ -339,10 +364,9 @@ class BagPrediction(keras.layers.Layer):
             newest = ops.equal(ops.arange(ops.shape(ids)[1]), ops.shape(ids)[1] - 1)[None, :]
             drop = ops.logical_and(ops.logical_and(valid, u < self.dropout), ops.logical_not(newest))
             kept = ops.where(drop, contracts.PAD_ID, ids)
-        out = encoder({**inputs, "item_ids": kept}, training=training)
-        p = ops.cast(encoder.profile(out["hidden"], out["mask"]), "float32")
-        table = ops.cast(encoder.item_table(training=training), "float32")
-        logits = ops.matmul(p, ops.transpose(table))
+        p = ops.cast(encoder.profile(encoder({**inputs, "item_ids": kept}, training=training)), "float32")
+        table, bias = encoder.embedding_space(training=training)
+        logits = ops.matmul(p, ops.transpose(ops.cast(table, "float32"))) + ops.cast(bias, "float32")[None, :]
         reserved = ops.arange(ops.shape(table)[0]) < contracts.FIRST_ITEM_ID
         logp = ops.log_softmax(ops.where(reserved[None, :], NEG_INF, logits), axis=-1)
         picked = ops.take_along_axis(logp, ops.cast(ids, "int32"), axis=1)

@@ -75,9 +75,10 @@ def _embedding_definition(cfg: PTUMConfig) -> dict:
     """Which vector is the exported user embedding (recorded in every model's metadata)."""
     if cfg.model.user_embedding == "profile":
         return {"readout": "profile", "vector": "profile",
-                "definition": "profile: attentive pooling of the hidden states, trained to predict the user's "
-                              "item bag (objective.bag)",
-                "dim": cfg.model.embedding_dim, "scoring": "dot product with item_table()"}
+                "definition": "profile: projection of the history's item bag (sum of item encodings / sqrt(n)) "
+                              "and the mean hidden state, trained to predict the user's item bag (objective.bag)",
+                "dim": cfg.model.embedding_dim,
+                "scoring": "dot product with the profile item table + per-item bias (embedding_space())"}
     return {"readout": cfg.model.user_vector, "vector": "next_item_query", "definition": _query_definition(cfg),
             "dim": cfg.model.embedding_dim, "scoring": "dot product with item_table()"}
 
@@ -280,13 +281,14 @@ def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output:
     def window_metrics():
         """Valid rows of a window split: the train part is the input, their last W the window."""
         from ptum.embedding_eval import embed_prefixes, window_retrieval
-        from ptum.evaluate import item_table_numpy
+        from ptum.evaluate import embedding_space_numpy
 
         def embed(rows, idx, ends):
             return embed_prefixes(encoder.user_embedding, rows, idx, ends, cfg.model.max_len, t.length_buckets,
                                   time_b, t.eval_batch_size)
 
-        return window_retrieval(embed, valid_rows, item_table_numpy(encoder), dataset_window(ds))
+        table, bias = embedding_space_numpy(encoder)
+        return window_retrieval(embed, valid_rows, table, dataset_window(ds), bias=bias)
     width = train_window(cfg)
     time_b = cfg.model.time_buckets if cfg.model.use_time else 0
     skip = int(state.get("step", 0))  # batches of state["epoch"] already done (step checkpoint)

@@ -60,6 +60,15 @@ def test_future_window_metric_by_hand():
     assert out["users"] == 2
     assert out["window_recall@2"] == pytest.approx((0.5 + 1.0) / 2)
     assert out["window_ndcg@2"] == pytest.approx((1 / (1 + 1 / np.log2(3)) + 1.0) / 2)
+    # A per-item bias (the profile's scoring space) is added to every score: a large bias on
+    # item 6 ranks it first for both users. u0: top-2 = [6, 5], window {5, 6}: recall 1, NDCG 1.
+    # u1: top-2 = [6, 8], window {3, 8}: recall 1/2, DCG 1/log2(3), IDCG 1 + 1/log2(3).
+    bias = np.zeros(9, np.float32)
+    bias[6] = 10.0
+    out = window_retrieval(embed, rows, table, window=2, k=2, recompute=False, bias=bias)
+    assert out["window_recall@2"] == pytest.approx((1.0 + 0.5) / 2)
+    g = 1 / np.log2(3)
+    assert out["window_ndcg@2"] == pytest.approx((1.0 + g / (1 + g)) / 2)
 
 
 def test_health_names_non_finite_users_and_measures_rank():
