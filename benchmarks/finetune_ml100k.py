@@ -1,11 +1,14 @@
 """Does pre-training pay? Label efficiency of user-attribute prediction on MovieLens-100K.
 
     python benchmarks/finetune_ml100k.py --ml100k ../shared/data/ml-100k [--folds 5] [--fractions 5 10 25 50 100]
+    python benchmarks/finetune_ml100k.py --config configs/user-embeddings.yaml --variants config \
+        --split window --fractions 10 100          # the user-embedding config as it ships
 
 Pre-training uses every user's behaviors (PTUM's setting); labels come only from the
 training folds. Methods: (a) logistic regression on a bag of items, (b) the same network
 from scratch, (c) PTUM pre-trained + frozen encoder, (d) PTUM pre-trained + full fine-tune.
-Ablation at 10% labels: (d) with MBP-only / NBP-only / both pre-training.
+Ablation at 10% labels: (d) with MBP-only / NBP-only / both pre-training (`--variants`: the
+first is the model of (c)/(d); `config` = the config file as it is, no objective overrides).
 5-fold CV over users, label fractions of the training fold (stratified, >= 1 per class),
 fixed epochs (no validation carve-out from tiny label sets). Writes
 benchmarks/results/finetune_ml100k.{json,md,png}.
@@ -25,6 +28,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from benchmarks import common  # noqa: E402
 
 PRETRAIN = {
+    "config": [],
     "both": ["objective.mbp=true", "objective.nbp=true"],
     "mbp": ["objective.mbp=true", "objective.nbp=false"],
     "nbp": ["objective.mbp=false", "objective.nbp=true"],
@@ -86,6 +90,11 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["gender", "age_group"])
     ap.add_argument("--config", default="configs/ml100k.yaml")
     ap.add_argument("--finetune-epochs", type=int, default=12)
+    ap.add_argument("--variants", nargs="+", default=["both", "mbp", "nbp"], choices=sorted(PRETRAIN),
+                    help="pre-training variants; the first is the model of (c) and (d), the others the ablation")
+    ap.add_argument("--split", default="leave-one-out", choices=["leave-one-out", "window"],
+                    help="tokenizer split (window: model selection by future-window recall, for profile configs)")
+    ap.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch size")
     args = ap.parse_args()
 
     from ptum.config import PTUMConfig
@@ -97,10 +106,13 @@ def main() -> None:
     t_start = time.time()
     data = os.path.join(args.work, "data")
     if not os.path.exists(os.path.join(data, "manifest.json")):
-        reference.run(core.TokenizeOptions(inputs=[args.ml100k], format="movielens", output=data))
+        extra = {"split": "window", "window": 10} if args.split == "window" else {}
+        reference.run(core.TokenizeOptions(inputs=[args.ml100k], format="movielens", output=data, **extra))
     ds = open_dataset(data)
     models = {}
-    for name, overrides in PRETRAIN.items():
+    main_variant = args.variants[0]
+    for name in args.variants:
+        overrides = PRETRAIN[name]
         out = os.path.join(args.work, f"pretrained_{name}")
         if not os.path.exists(os.path.join(out, "metadata.json")):
             pretrain(data, out, PTUMConfig.load(args.config, overrides), log=lambda s: print(f"[{name}] {s}"))
@@ -110,7 +122,7 @@ def main() -> None:
     n_items = ds.num_item_tokens
     results = {"tasks": {}, "ablation": {}}
     ft_cfg = FinetuneConfig(epochs=args.finetune_epochs, head_epochs=3, patience=10 ** 6, hidden=64,
-                            batch_size=32, learning_rate=1e-3, encoder_lr_scale=0.3, valid_fraction=0.0)
+                            batch_size=args.batch_size, learning_rate=1e-3, encoder_lr_scale=0.3, valid_fraction=0.0)
     empty = np.zeros(0, np.int64)
 
     def network_auc(model_dir, mode, scratch, row_idx, y, n_classes, train, test, seed):
@@ -128,22 +140,22 @@ def main() -> None:
         x_bag = bag_of_items(rows, row_idx, n_items)
         fold = folds_of(y, args.folds, seed=0)
         table = {m: {} for m in ("a_logreg_bag_of_items", "b_scratch", "c_ptum_frozen", "d_ptum_full")}
-        ablation = {v: [] for v in PRETRAIN}
+        ablation = {v: [] for v in args.variants}
         for frac in args.fractions:
             scores = {m: [] for m in table}
             for f in range(args.folds):
                 test = np.flatnonzero(fold == f)
                 train = subsample(np.flatnonzero(fold != f), y, frac / 100.0, seed=f)
                 scores["a_logreg_bag_of_items"].append(lr_auc(x_bag, y, train, test, n_classes))
-                scores["b_scratch"].append(network_auc(models["both"], "full", True, row_idx, y, n_classes,
-                                                       train, test, f))
-                scores["c_ptum_frozen"].append(network_auc(models["both"], "frozen", False, row_idx, y, n_classes,
+                main = models[main_variant]
+                scores["b_scratch"].append(network_auc(main, "full", True, row_idx, y, n_classes, train, test, f))
+                scores["c_ptum_frozen"].append(network_auc(main, "frozen", False, row_idx, y, n_classes,
                                                            train, test, f))
-                scores["d_ptum_full"].append(network_auc(models["both"], "full", False, row_idx, y, n_classes,
+                scores["d_ptum_full"].append(network_auc(main, "full", False, row_idx, y, n_classes,
                                                          train, test, f))
-                if frac == 10:
-                    ablation["both"].append(scores["d_ptum_full"][-1])
-                    for v in ("mbp", "nbp"):
+                if frac == 10 and len(args.variants) > 1:
+                    ablation[main_variant].append(scores["d_ptum_full"][-1])
+                    for v in args.variants[1:]:
                         ablation[v].append(network_auc(models[v], "full", False, row_idx, y, n_classes,
                                                        train, test, f))
                 print(task, frac, f, {k: round(v[-1], 4) for k, v in scores.items()}, flush=True)
@@ -157,6 +169,8 @@ def main() -> None:
     out = common.envelope(" ".join(["python"] + sys.argv))
     out.update(results)
     out["config_files"] = [args.config]
+    out["variants"] = {v: PRETRAIN[v] for v in args.variants}
+    out["split"] = args.split
     out["protocol"] = (f"{args.folds}-fold CV over users, stratified label fractions of the training fold "
                        f"(>=1 per class), one seed; fine-tune {args.finetune_epochs} epochs (3 head-only), "
                        "no early stopping; pre-training on all users' behaviors (no labels)")

@@ -30,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {
     # name: (config file, overrides)
     "user-embeddings": ("configs/user-embeddings.yaml", []),
+    "user-embeddings-future": ("configs/user-embeddings.yaml", ["objective.bag_future=10"]),
     "ml100k-nextitem": ("configs/ml100k-nextitem.yaml", []),
     "ml100k": ("configs/ml100k.yaml", []),
     "bag-only": ("configs/user-embeddings.yaml", ["objective.nbp=false"]),

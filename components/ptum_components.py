@@ -255,10 +255,15 @@ def NextItemEvaluator(  # noqa: N802
         blessing: OutputArtifact[standard_artifacts.ModelBlessing],
         baseline_model: InputArtifact[standard_artifacts.Model] = None,
         min_ndcg_at_10: Parameter[float] = 0.0,
-        max_regression: Parameter[float] = 0.0):
+        max_regression: Parameter[float] = 0.0,
+        probe_labels: Parameter[str] = "",
+        probe_label_column: Parameter[str] = "",
+        min_probe_auc: Parameter[float] = 0.0):
     """Next-item metrics on the eval (valid) split; blesses only if the absolute threshold
     holds and the model is not worse than the latest blessed one. Also reports how much
-    users' nearest neighbours move between the baseline's and this model's embeddings."""
+    users' nearest neighbours move between the baseline's and this model's embeddings.
+    With `probe_labels`: a linear probe of the user embeddings for `probe_label_column`
+    (5-fold, with the item-bag SVD baseline); not blessed below `min_probe_auc`."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from ptum import contracts
     from ptum.commands import evaluate_model
@@ -277,6 +282,18 @@ def NextItemEvaluator(  # noqa: N802
     result = {"candidate": cur, "thresholds": {"min_ndcg_at_10": min_ndcg_at_10, "max_regression": max_regression}}
     if not reasons and cur["ndcg@10"] < min_ndcg_at_10:
         reasons.append(f"ndcg@10 {cur['ndcg@10']:.4f} < threshold {min_ndcg_at_10}")
+    if probe_labels and not reasons:
+        from ptum.embedding_eval import EmbeddingEvalError, probe_model
+        result["thresholds"]["min_probe_auc"] = min_probe_auc
+        try:
+            probe = probe_model(_model_dir(model), data_dir, probe_labels, probe_label_column)
+            result["embedding_probe"] = probe
+            if probe["auc"] < min_probe_auc:
+                reasons.append(f"embedding probe AUC ({probe_label_column}) {probe['auc']:.4f} < threshold "
+                               f"{min_probe_auc}")
+        except EmbeddingEvalError as e:
+            result["embedding_probe"] = {"error": str(e)}
+            reasons.append(f"embedding probe failed: {e}")
     if baseline_model is not None:
         import json as _json
         with open(os.path.join(_model_dir(baseline_model), "metadata.json")) as f:
@@ -307,6 +324,8 @@ def NextItemEvaluator(  # noqa: N802
         blessing.set_string_custom_property("baseline_model", baseline_model.uri)
         blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
     evaluation.set_string_custom_property("ndcg_at_10", f"{cur['ndcg@10']:.6f}")
+    if "auc" in result.get("embedding_probe", {}):
+        evaluation.set_string_custom_property("embedding_probe_auc", f"{result['embedding_probe']['auc']:.6f}")
 
 
 def _neighbour_overlap(base_dir: str, cur_dir: str, ds, k: int = 10, max_users: int = 2000) -> dict:

@@ -42,6 +42,8 @@ class PipelineConfig:
     vocab_rebuild_oov_rate: float = 0.05  # ... unless more events than this are out of it
     warm_start: bool = True               # from that model, when vocabulary and model config match
     finetune_tasks: List[dict] = field(default_factory=list)  # see configs/pipeline.yaml
+    # Gate the blessing on a linear probe of the user embeddings: {labels, label_column, min_auc}.
+    embedding_probe: dict = field(default_factory=dict)
     export_embeddings: bool = True
     beam_args: List[str] = field(default_factory=lambda: ["--direct_running_mode=in_memory"])
     enable_cache: bool = True
@@ -62,6 +64,8 @@ class PipelineConfig:
             setattr(cfg, name, absolute(getattr(cfg, name)))
         for task in cfg.finetune_tasks:
             task["labels"] = absolute(task.get("labels", ""))
+        if cfg.embedding_probe:
+            cfg.embedding_probe["labels"] = absolute(cfg.embedding_probe.get("labels", ""))
         return cfg
 
 
@@ -131,6 +135,19 @@ def _check_finetune_tasks(tasks: List[dict]) -> None:
             raise ValueError(f"{where}: unknown config keys {sorted(unknown)} (known: {sorted(known)})")
         if "://" not in task["labels"] and not os.path.exists(task["labels"]):
             raise FileNotFoundError(f"{where}: labels {task['labels']} not found")
+
+
+def _probe_parameters(probe: dict) -> dict:
+    """The evaluator's probe gate from `embedding_probe` ({} = no probe)."""
+    if not probe:
+        return {}
+    unknown = set(probe) - {"labels", "label_column", "min_auc"}
+    if unknown:
+        raise ValueError(f"embedding_probe: unknown keys {sorted(unknown)} (known: labels, label_column, min_auc)")
+    if not probe.get("labels") or not probe.get("label_column"):
+        raise ValueError("embedding_probe: needs labels and label_column (min_auc is optional)")
+    return {"probe_labels": probe["labels"], "probe_label_column": probe["label_column"],
+            "min_probe_auc": float(probe.get("min_auc", 0.0))}
 
 
 def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
@@ -214,7 +231,8 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
     ).with_id("latest_blessed_model_resolver")
     evaluator = NextItemEvaluator(model=trainer.outputs["model"], dataset=ingestion.outputs["dataset"],
                                   baseline_model=latest_blessed.outputs["model"],
-                                  min_ndcg_at_10=cfg.min_ndcg_at_10, max_regression=cfg.max_regression)
+                                  min_ndcg_at_10=cfg.min_ndcg_at_10, max_regression=cfg.max_regression,
+                                  **_probe_parameters(cfg.embedding_probe))
     pusher = VersionedPusher(model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
                              base_directory=cfg.serving_dir)
     components = [earlier_model, earlier_stats, ingestion, statistics, schema, validator, gate, trainer,

@@ -63,6 +63,7 @@ class ObjectiveConfig:
     bag: bool = False              # set-level: the profile predicts the user's item bag (full softmax)
     bag_weight: float = 1.0
     bag_dropout: float = 0.5       # share of behaviors hidden from the encoder in the bag pass
+    bag_future: int = 0            # W > 0: also cut the newest 1..W behaviors off and predict them (future window)
 
 
 @dataclass
@@ -107,6 +108,7 @@ class PTUMConfig:
             (m.user_embedding in ("query", "profile"), "model.user_embedding must be query or profile"),
             (not o.bag or m.user_embedding == "profile", "objective.bag trains the profile: set model.user_embedding=profile"),
             (0.0 <= o.bag_dropout < 1.0, "objective.bag_dropout must be in [0, 1)"),
+            (o.bag_future >= 0, "objective.bag_future must be >= 0 (0: off)"),
             (self.train.select_metric in ("auto", "ndcg@10", "window_recall@10"),
              "train.select_metric must be auto, ndcg@10 or window_recall@10"),
             (m.embedding_dim % m.num_heads == 0, "embedding_dim must divide by num_heads"),

@@ -372,6 +372,41 @@ def model_embedder(model_dir: str, untrained: bool = False, vector: str = "user"
     return embed, space, meta
 
 
+def newest_rows(ds):
+    """Each user's newest history (the rows the embedding export embeds)."""
+    from ptum.data import Rows
+
+    split = "test" if "test" in ds.splits else ds.splits[0]
+    rows = Rows.from_split(ds, split)
+    if "train" in ds.splits and split != "train":
+        rows = rows.newest_with(Rows.from_split(ds, "train"))
+    return rows
+
+
+def probe_model(model_dir: str, data: str, labels: str, label_column: str, folds: int = 5, repeats: int = 1,
+                seed: int = 0) -> dict:
+    """Linear probe of a model's user embeddings (each user's newest history in `data`) for
+    one label column, with the 64-d-style SVD baseline on the same folds: what the pipeline's
+    evaluator gates the blessing on. AUC at all labels."""
+    ds = contracts.open_dataset(data)
+    rows = newest_rows(ds)
+    embed, _, meta = model_embedder(model_dir)
+    lab = read_labels(labels, [label_column])[label_column]
+    users = np.array([u for u in rows.user_ids if u in lab], dtype=object)
+    pos = {u: i for i, u in enumerate(rows.user_ids)}
+    idx = np.array([pos[u] for u in users], np.int64)
+    if len(idx) == 0:
+        raise EmbeddingEvalError(f"{labels}: no labelled user is in {data}")
+    emb = np.asarray(embed(rows, idx, rows.lengths[idx]), np.float32)
+    y = np.array([lab[u] for u in users], dtype=object).astype(str)
+    svd = f"tfidf_svd{emb.shape[1]}"
+    base = bag_features(item_bags(rows, users), emb.shape[1], seed)
+    res = linear_probes({"embeddings": emb, svd: base[svd]}, y, folds, repeats, (1.0,), seed)["by_fraction"]["1.0"]
+    return {"label_column": label_column, "labelled_users": int(len(idx)),
+            "users_without_label": int(len(rows.user_ids) - len(idx)), "auc": res["embeddings"]["auc"]["mean"],
+            f"{svd}_auc": res[svd]["auc"]["mean"], "folds": folds, "repeats": repeats}
+
+
 def evaluate_embeddings(embeddings: str, data: Optional[str] = None, labels: Optional[str] = None,
                         label_columns: Sequence[str] = (), model: Optional[str] = None, folds: int = 5,
                         repeats: int = 5, fractions: Sequence[float] = (1.0,), window: Optional[int] = None,
@@ -395,13 +430,7 @@ def evaluate_embeddings(embeddings: str, data: Optional[str] = None, labels: Opt
                                      f"{meta['vocab_hash']}")
     if ds is not None and manifest.get("vocab_hash") and manifest["vocab_hash"] != ds.vocab_hash:
         raise EmbeddingEvalError(f"{embeddings}: vocabulary {manifest['vocab_hash']} is not --data's {ds.vocab_hash}")
-    rows = None
-    if ds is not None:
-        # Each user's newest history (the rows the export embedded).
-        split = "test" if "test" in ds.splits else ds.splits[0]
-        rows = Rows.from_split(ds, split)
-        if "train" in ds.splits and split != "train":
-            rows = rows.newest_with(Rows.from_split(ds, "train"))
+    rows = newest_rows(ds) if ds is not None else None
     if labels and label_columns:
         table = read_labels(labels, label_columns)
         base = {}

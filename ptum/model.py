@@ -99,7 +99,7 @@ class UserEncoder(keras.Model):
         self.pool.build((None, None, d))
         if self.has_profile:
             self.profile_inputs.build((None,))
-            self.profile_proj.build((None, d))
+            self.profile_proj.build((None, 2 * d))
             self.profile_items.build((None,))
         self.built = True
 
@@ -163,8 +163,10 @@ class UserEncoder(keras.Model):
         n = ops.maximum(ops.sum(m, axis=1), 1.0)
         items = ops.cast(self.profile_inputs(out["item_ids"]), "float32")
         bag = ops.sum(items * m, axis=1) / ops.sqrt(n)
-        mean = ops.sum(ops.cast(out["hidden"], "float32") * m, axis=1) / n
-        return bag + ops.cast(self.profile_proj(mean), "float32")
+        hidden = ops.cast(out["hidden"], "float32")
+        mean = ops.sum(hidden * m, axis=1) / n
+        state = ops.concatenate([mean, hidden[:, -1, :]], axis=-1)
+        return bag + ops.cast(self.profile_proj(state), "float32")
 
     def embedding_space(self, training=False):
         """(item table [V, d], item bias [V]) that the exported user embedding is scored
@@ -348,36 +350,68 @@ class BagPrediction(keras.layers.Layer):
     """Set-level objective (Mult-DAE style): drop a share of the behaviors (as padding),
     encode what is left, and predict the user's whole item bag from the profile vector as
     a multinomial over the catalog (full softmax over the profile's own item table + bias).
-    It makes the profile describe the user's tastes rather than the next behavior only."""
+    It makes the profile describe the user's tastes rather than the next behavior only.
 
-    def __init__(self, dropout=0.5, seed=0, **kwargs):
+    With `future` = W > 0 (dense future window, PinnerFormer-style): each user's newest s
+    behaviors (s uniform in 1..W) are cut off the input as well, and a second multinomial
+    term asks the profile of what is left for exactly those s future behaviors."""
+
+    def __init__(self, dropout=0.5, seed=0, future=0, **kwargs):
         super().__init__(**kwargs)
-        self.dropout, self.seed = dropout, seed
+        self.dropout, self.seed, self.future = dropout, seed, future
         self.seed_generator = keras.random.SeedGenerator(seed + 2)
+
+    def _cut_future(self, inputs, valid):
+        """Shift each row right by s (1..min(W, n - 1)) so that its newest s behaviors leave the
+        input; returns (shifted inputs, mask [B, T] of the cut-off future positions)."""
+        t = ops.shape(valid)[1]
+        n = ops.sum(ops.cast(valid, "int32"), axis=1)
+        most = ops.clip(n - 1, 0, self.future)
+        u = keras.random.uniform(ops.shape(n), seed=self.seed_generator)
+        s = ops.where(most > 0, ops.cast(ops.floor(u * ops.cast(most, "float32")), "int32") + 1, 0)
+        col = ops.arange(t)[None, :]
+        src = col - s[:, None]
+        inside = src >= 0
+        src = ops.maximum(src, 0)
+        shifted = {name: ops.where(inside, ops.take_along_axis(x, src, axis=1), ops.zeros_like(x))
+                   for name, x in inputs.items()}
+        future = ops.logical_and(valid, col >= t - s[:, None])
+        return shifted, future
+
+    def _nll(self, logp, ids, weight):
+        """Mean over users (with any weight) of the mean -log p of their weighted items."""
+        picked = ops.take_along_axis(logp, ops.cast(ids, "int32"), axis=1)
+        n = ops.sum(weight, axis=1)
+        per_user = -ops.sum(picked * weight, axis=1) / ops.maximum(n, 1.0)
+        has = ops.cast(n > 0, "float32")
+        return ops.sum(per_user * has) / ops.maximum(ops.sum(has), 1.0)
 
     def call(self, inputs, encoder=None, training=False):
         ids = inputs["item_ids"]
         valid = ops.not_equal(ids, contracts.PAD_ID)
-        kept = ids
+        known = ops.cast(ops.logical_and(valid, ops.not_equal(ids, contracts.OOV_ID)), "float32")
+        seen, future = inputs, None
+        if training and self.future > 0:
+            seen, future = self._cut_future(inputs, valid)
+        kept = seen["item_ids"]
         if training and self.dropout > 0:
             u = keras.random.uniform(ops.shape(ids), seed=self.seed_generator)
             newest = ops.equal(ops.arange(ops.shape(ids)[1]), ops.shape(ids)[1] - 1)[None, :]
-            drop = ops.logical_and(ops.logical_and(valid, u < self.dropout), ops.logical_not(newest))
-            kept = ops.where(drop, contracts.PAD_ID, ids)
-        p = ops.cast(encoder.profile(encoder({**inputs, "item_ids": kept}, training=training)), "float32")
+            drop = ops.logical_and(ops.logical_and(ops.not_equal(kept, contracts.PAD_ID), u < self.dropout),
+                                   ops.logical_not(newest))
+            kept = ops.where(drop, contracts.PAD_ID, kept)
+        p = ops.cast(encoder.profile(encoder({**seen, "item_ids": kept}, training=training)), "float32")
         table, bias = encoder.embedding_space(training=training)
         logits = ops.matmul(p, ops.transpose(ops.cast(table, "float32"))) + ops.cast(bias, "float32")[None, :]
         reserved = ops.arange(ops.shape(table)[0]) < contracts.FIRST_ITEM_ID
         logp = ops.log_softmax(ops.where(reserved[None, :], NEG_INF, logits), axis=-1)
-        picked = ops.take_along_axis(logp, ops.cast(ids, "int32"), axis=1)
-        w = ops.cast(ops.logical_and(valid, ops.not_equal(ids, contracts.OOV_ID)), "float32")
-        n = ops.sum(w, axis=1)
-        per_user = -ops.sum(picked * w, axis=1) / ops.maximum(n, 1.0)
-        has = ops.cast(n > 0, "float32")
-        return ops.sum(per_user * has) / ops.maximum(ops.sum(has), 1.0)
+        loss = self._nll(logp, ids, known)
+        if future is not None:
+            loss = loss + self._nll(logp, ids, known * ops.cast(future, "float32"))
+        return loss
 
     def get_config(self):
-        return {**super().get_config(), "dropout": self.dropout, "seed": self.seed}
+        return {**super().get_config(), "dropout": self.dropout, "seed": self.seed, "future": self.future}
 
 
 @keras.saving.register_keras_serializable(package="ptum")
@@ -387,19 +421,19 @@ class PTUMPretrainer(keras.Model):
     def __init__(self, encoder: UserEncoder, mbp=False, nbp=True, nbp_lambda=1.0, mask_rate=0.2,
                  mbp_readout="position", k=1, nbp_from="every", negatives="shared", num_negatives=256,
                  logq_correction=True, temperature=1.0, seed=0, bag=False, bag_weight=1.0, bag_dropout=0.5,
-                 **kwargs):
+                 bag_future=0, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.use_mbp, self.use_nbp, self.nbp_lambda = mbp, nbp, nbp_lambda
         self.use_bag, self.bag_weight = bag, bag_weight
         self._cfg = dict(mask_rate=mask_rate, mbp_readout=mbp_readout, k=k, nbp_from=nbp_from,
                          negatives=negatives, num_negatives=num_negatives, logq_correction=logq_correction,
-                         temperature=temperature, seed=seed, bag_dropout=bag_dropout)
+                         temperature=temperature, seed=seed, bag_dropout=bag_dropout, bag_future=bag_future)
         self.scoring = CandidateScoring(negatives, num_negatives, logq_correction, temperature, seed,
                                         name="scoring")
         self.mbp = MaskedBehaviorPrediction(mask_rate, mbp_readout, seed, name="mbp") if mbp else None
         self.nbp = NextBehaviorsPrediction(k, nbp_from, name="nbp") if nbp else None
-        self.bag = BagPrediction(bag_dropout, seed, name="bag") if bag else None
+        self.bag = BagPrediction(bag_dropout, seed, bag_future, name="bag") if bag else None
 
     def call(self, inputs, training=False):
         losses = {}
@@ -451,6 +485,6 @@ def build_pretrainer(cfg, encoder: UserEncoder) -> PTUMPretrainer:
                           mbp_readout=o.mbp_readout, k=o.k, nbp_from=o.nbp_from, negatives=o.negatives,
                           num_negatives=o.num_negatives, logq_correction=o.logq_correction,
                           temperature=o.temperature, seed=cfg.train.seed, bag=o.bag, bag_weight=o.bag_weight,
-                          bag_dropout=o.bag_dropout, name="ptum_pretrainer")
+                          bag_dropout=o.bag_dropout, bag_future=o.bag_future, name="ptum_pretrainer")
 
 

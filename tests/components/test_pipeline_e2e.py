@@ -49,7 +49,9 @@ def scenario(tmp_path_factory):
                                  "model.max_len=16", "train.epochs=4", "objective.num_negatives=16"],
                 finetune_tasks=[{"name": "gender", "task": "classify", "label_column": "gender",
                                  "labels": str(root / "logs" / "span-1" / "users.csv"),
-                                 "config": {"mode": "frozen", "epochs": 3, "patience": 2}}])
+                                 "config": {"mode": "frozen", "epochs": 3, "patience": 2}}],
+                embedding_probe={"labels": str(root / "logs" / "span-1" / "users.csv"), "label_column": "gender",
+                                 "min_auc": 0.0})
     cfg = PipelineConfig(**base)
     meta = cfg.metadata_path or os.path.join(cfg.pipeline_root, "metadata.sqlite")
     result = {"root": root, "metadata": meta}
@@ -113,6 +115,11 @@ def test_first_run_pushes_a_servable_model_and_exports_embeddings(scenario):
     assert manifest["saved_model_sha256"] == run["pushed_model"]["saved_model_sha256"]
     report = json.load(open(os.path.join(run["validation_report"]["uri"], "validation_report.json")))
     assert report["passed"] is True
+    # The evaluator probed the user embeddings for gender (labels of span 1's users).
+    metrics = json.load(open(os.path.join(run["evaluation"]["uri"], "metrics.json")))
+    probe = metrics["embedding_probe"]
+    assert probe["labelled_users"] == 120 and 0.0 <= probe["auc"] <= 1.0 and "tfidf_svd16_auc" in probe
+    assert metrics["thresholds"]["min_probe_auc"] == 0.0
 
 
 def test_mlmd_records_every_execution(scenario):

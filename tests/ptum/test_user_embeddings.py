@@ -163,3 +163,25 @@ def test_evaluate_embeddings_bad_input(exported, tmp_path):
     assert r.returncode == 2 and "manifest" in r.stderr
     r = _cli("evaluate-embeddings", "--embeddings", exported["emb"], "--labels", str(one), "--label-column", "age")
     assert r.returncode == 2 and "--label-column age" in r.stderr
+
+
+def test_probe_gate_on_planted_labels(exported):
+    """What the pipeline's evaluator gates the blessing on: a probe of the model's embeddings."""
+    from pipelines.tfx_pipeline import _probe_parameters
+    from ptum.embedding_eval import EmbeddingEvalError, probe_model
+
+    users_csv = os.path.join(exported["logs"], "users.csv")
+    probe = probe_model(exported["model"], exported["data"], users_csv, "gender")
+    assert probe["labelled_users"] > 500 and probe["auc"] >= 0.8, probe
+    assert 0.5 < probe["tfidf_svd32_auc"] <= 1.0
+    with pytest.raises(EmbeddingEvalError, match="no labelled user"):
+        ghost = exported["root"] / "ghost.csv"
+        ghost.write_text("user_id,gender\nghost,F\nghost2,M\n")
+        probe_model(exported["model"], exported["data"], str(ghost), "gender")
+    assert _probe_parameters({}) == {}
+    assert _probe_parameters({"labels": users_csv, "label_column": "gender", "min_auc": 0.7}) == {
+        "probe_labels": users_csv, "probe_label_column": "gender", "min_probe_auc": 0.7}
+    with pytest.raises(ValueError, match="unknown keys"):
+        _probe_parameters({"labels": users_csv, "label_column": "gender", "min_aucc": 0.7})
+    with pytest.raises(ValueError, match="label_column"):
+        _probe_parameters({"labels": users_csv})
