@@ -30,7 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {
     # name: (config file, overrides)
     "user-embeddings": ("configs/user-embeddings.yaml", []),
-    "user-embeddings-future": ("configs/user-embeddings.yaml", ["objective.bag_future=10"]),
+    "user-embeddings-future": ("configs/user-embeddings.yaml", ["objective.bag_future=10",
+                                                                 "model.profile_newest=true"]),
     "ml100k-nextitem": ("configs/ml100k-nextitem.yaml", []),
     "ml100k": ("configs/ml100k.yaml", []),
     "bag-only": ("configs/user-embeddings.yaml", ["objective.nbp=false"]),
@@ -84,8 +85,11 @@ def main(argv=None) -> int:
         done = os.path.join(run_dir, "result.json")
         if a.reuse and os.path.exists(done):
             with open(done) as f:
-                results[name] = json.load(f)
-            continue
+                stored = json.load(f)
+            # Reused only when it was made by the same config file and overrides.
+            if stored.get("config") == cfg and stored.get("overrides") == sets + a.set:
+                results[name] = stored
+                continue
         os.makedirs(run_dir, exist_ok=True)
         overrides = [x for s in sets + a.set for x in ("--set", s)]
         _, train_s = ptum("pretrain", "--data", data, "--output", model, "--config", os.path.join(ROOT, cfg),

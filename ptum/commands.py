@@ -293,6 +293,12 @@ def _demo(a, extra) -> int:
         metrics = json.load(f)["candidate"]
     print(f"next-item (valid split, history-filtered, full ranking): ndcg@10 {metrics['ndcg@10']:.4f}  "
           f"recall@10 {metrics['recall@10']:.4f}")
+    with open(metrics_path) as f:
+        probe = json.load(f).get("embedding_probe", {})
+    if "auc" in probe:
+        svd = next((v for k, v in probe.items() if k.startswith("tfidf_svd")), float("nan"))
+        print(f"user-embedding probe ({probe['label_column']}, 5-fold LR on the frozen embeddings): "
+              f"auc {probe['auc']:.4f} (item-bag SVD of the same size: {svd:.4f})")
     for name, ft in out.get("finetune", {}).items():
         if ft.get("metrics"):
             print(f"fine-tuned {name} (held-out users): auc {ft['metrics'].get('auc', float('nan')):.4f}  "

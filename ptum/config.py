@@ -45,6 +45,7 @@ class ModelConfig:
     # projection of the mean hidden state; scored against its own item table + bias; trained
     # by objective.bag).
     user_embedding: str = "query"
+    profile_newest: bool = False   # the profile also sees the newest hidden state (recency)
 
 
 @dataclass

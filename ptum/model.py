@@ -32,7 +32,7 @@ class UserEncoder(keras.Model):
     def __init__(self, num_items, embedding_dim=64, num_blocks=2, num_heads=2, ff_dim=0, dropout=0.2,
                  max_len=50, attention="causal", user_vector="last", num_behaviors=0, time_buckets=0,
                  num_words=0, text_max_words=16, text_heads=2, future_positions=2, title_words=None,
-                 embedding_vector="query", **kwargs):
+                 embedding_vector="query", profile_newest=False, **kwargs):
         super().__init__(**kwargs)
         self.num_items, self.embedding_dim, self.num_blocks = num_items, embedding_dim, num_blocks
         self.num_heads, self.ff_dim = num_heads, ff_dim or 4 * embedding_dim
@@ -40,7 +40,7 @@ class UserEncoder(keras.Model):
         self.user_vector, self.num_behaviors, self.time_buckets = user_vector, num_behaviors, time_buckets
         self.num_words, self.text_max_words, self.text_heads = num_words, text_max_words, text_heads
         self.future_positions = future_positions
-        self.embedding_vector = embedding_vector
+        self.embedding_vector, self.profile_newest = embedding_vector, profile_newest
         init = keras.initializers.TruncatedNormal(stddev=0.02)
         self.item_embedding = keras.layers.Embedding(num_items, embedding_dim, embeddings_initializer=init,
                                                      name="item_embedding")
@@ -99,7 +99,7 @@ class UserEncoder(keras.Model):
         self.pool.build((None, None, d))
         if self.has_profile:
             self.profile_inputs.build((None,))
-            self.profile_proj.build((None, 2 * d))
+            self.profile_proj.build((None, (2 if self.profile_newest else 1) * d))
             self.profile_items.build((None,))
         self.built = True
 
@@ -156,7 +156,8 @@ class UserEncoder(keras.Model):
 
     def profile(self, out):
         """The user profile vector from the encoder's output: the item bag (sum of the
-        history's profile input embeddings / sqrt(n)) + a projection of the mean hidden state."""
+        history's profile input embeddings / sqrt(n)) + a projection of the mean hidden state
+        (and of the newest one, with profile_newest)."""
         if not self.has_profile:
             raise ValueError("this model has no profile vector (model.user_embedding is 'query')")
         m = ops.cast(out["mask"], "float32")[:, :, None]
@@ -164,8 +165,9 @@ class UserEncoder(keras.Model):
         items = ops.cast(self.profile_inputs(out["item_ids"]), "float32")
         bag = ops.sum(items * m, axis=1) / ops.sqrt(n)
         hidden = ops.cast(out["hidden"], "float32")
-        mean = ops.sum(hidden * m, axis=1) / n
-        state = ops.concatenate([mean, hidden[:, -1, :]], axis=-1)
+        state = ops.sum(hidden * m, axis=1) / n
+        if self.profile_newest:
+            state = ops.concatenate([state, hidden[:, -1, :]], axis=-1)
         return bag + ops.cast(self.profile_proj(state), "float32")
 
     def embedding_space(self, training=False):
@@ -195,6 +197,7 @@ class UserEncoder(keras.Model):
                 "time_buckets": self.time_buckets, "num_words": self.num_words,
                 "text_max_words": self.text_max_words, "text_heads": self.text_heads,
                 "future_positions": self.future_positions, "embedding_vector": self.embedding_vector,
+                "profile_newest": self.profile_newest,
                 "name": self.name, "trainable": self.trainable}
 
     @classmethod
@@ -476,6 +479,7 @@ def build_encoder(model_cfg, title_words: Optional[np.ndarray] = None) -> UserEn
         time_buckets=m.time_buckets if m.use_time else 0, num_words=m.num_words if m.use_text else 0,
         text_max_words=m.text_max_words, text_heads=m.text_heads, future_positions=m.future_positions,
         title_words=title_words if m.use_text else None, embedding_vector=m.user_embedding,
+        profile_newest=m.profile_newest,
         name="user_encoder")
 
 

@@ -75,8 +75,12 @@ def _embedding_definition(cfg: PTUMConfig) -> dict:
     """Which vector is the exported user embedding (recorded in every model's metadata)."""
     if cfg.model.user_embedding == "profile":
         return {"readout": "profile", "vector": "profile",
-                "definition": "profile: projection of the history's item bag (sum of item encodings / sqrt(n)) "
-                              "and the mean hidden state, trained to predict the user's item bag (objective.bag)",
+                "definition": "profile: the history's item bag (sum of the profile's input item embeddings / "
+                              "sqrt(n)) + a projection of the mean hidden state"
+                              + (" and the newest one" if cfg.model.profile_newest else "")
+                              + ", trained to predict the user's item bag (objective.bag"
+                              + (f", future window {cfg.objective.bag_future}" if cfg.objective.bag_future else "")
+                              + ")",
                 "dim": cfg.model.embedding_dim,
                 "scoring": "dot product with the profile item table + per-item bias (embedding_space())"}
     return {"readout": cfg.model.user_vector, "vector": "next_item_query", "definition": _query_definition(cfg),
