@@ -290,11 +290,10 @@ def _demo(a, extra) -> int:
         return 3
     metrics_path = os.path.join(out["evaluation"]["uri"], "metrics.json")
     with open(metrics_path) as f:
-        metrics = json.load(f)["candidate"]
+        evaluation = json.load(f)
+    metrics, probe = evaluation["candidate"], evaluation.get("embedding_probe", {})
     print(f"next-item (valid split, history-filtered, full ranking): ndcg@10 {metrics['ndcg@10']:.4f}  "
           f"recall@10 {metrics['recall@10']:.4f}")
-    with open(metrics_path) as f:
-        probe = json.load(f).get("embedding_probe", {})
     if "auc" in probe:
         svd = next((v for k, v in probe.items() if k.startswith("tfidf_svd")), float("nan"))
         print(f"user-embedding probe ({probe['label_column']}, 5-fold LR on the frozen embeddings): "

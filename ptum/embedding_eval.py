@@ -350,26 +350,35 @@ def embed_prefixes(fn: Callable, rows, idx: np.ndarray, ends: np.ndarray, width:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def model_embedder(model_dir: str, untrained: bool = False, vector: str = "user"):
-    """(embed(rows, idx, ends) -> vectors, (item table [V, d], item bias [V]), metadata) from a
-    model folder: the space the vector is scored in. `untrained`: the same architecture with
-    fresh weights (the probe baseline)."""
-    from ptum.evaluate import embedding_space_numpy, item_table_numpy
+def model_embedder(model_dir: str, untrained: bool = False):
+    """(embed(rows, idx, ends) -> user embeddings, (item table [V, d], item bias [V]), metadata)
+    from a model folder: the space the user embedding is scored in. `untrained`: the same
+    architecture with fresh weights (the probe baseline)."""
+    from ptum.evaluate import embedding_space_numpy
     from ptum.train import load_model_dir
 
     encoder, meta, _ = load_model_dir(model_dir)
     if untrained:
         encoder = encoder.__class__.from_config(encoder.get_config())
-    fn = encoder.user_embedding if vector == "user" else encoder.next_item_query
 
     def embed(rows, idx, ends):
-        return embed_prefixes(fn, rows, idx, ends, meta["max_len"], meta["length_buckets"], meta["time_buckets"])
+        return embed_prefixes(encoder.user_embedding, rows, idx, ends, meta["max_len"], meta["length_buckets"],
+                              meta["time_buckets"])
 
-    if vector == "user":
-        space = embedding_space_numpy(encoder)
-    else:
-        space = (item_table_numpy(encoder), None)
-    return embed, space, meta
+    return embed, embedding_space_numpy(encoder), meta
+
+
+def embed_users(embed: Callable, rows, users: np.ndarray) -> np.ndarray:
+    """`embed` over each user's whole row (users not in `rows` get zeros)."""
+    pos = {u: i for i, u in enumerate(rows.user_ids)}
+    have = np.array([u in pos for u in users], bool)
+    idx = np.array([pos[u] for u in users[have]], np.int64)
+    out = None
+    if len(idx):
+        got = np.asarray(embed(rows, idx, rows.lengths[idx]), np.float32)
+        out = np.zeros((len(users), got.shape[1]), np.float32)
+        out[have] = got
+    return out
 
 
 def newest_rows(ds):
@@ -386,24 +395,22 @@ def newest_rows(ds):
 def probe_model(model_dir: str, data: str, labels: str, label_column: str, folds: int = 5, repeats: int = 1,
                 seed: int = 0) -> dict:
     """Linear probe of a model's user embeddings (each user's newest history in `data`) for
-    one label column, with the 64-d-style SVD baseline on the same folds: what the pipeline's
+    one label column, with the item-bag SVD of the same size on the same folds: what the pipeline's
     evaluator gates the blessing on. AUC at all labels."""
     ds = contracts.open_dataset(data)
     rows = newest_rows(ds)
-    embed, _, meta = model_embedder(model_dir)
+    embed, _, _ = model_embedder(model_dir)
     lab = read_labels(labels, [label_column])[label_column]
     users = np.array([u for u in rows.user_ids if u in lab], dtype=object)
-    pos = {u: i for i, u in enumerate(rows.user_ids)}
-    idx = np.array([pos[u] for u in users], np.int64)
-    if len(idx) == 0:
+    if len(users) == 0:
         raise EmbeddingEvalError(f"{labels}: no labelled user is in {data}")
-    emb = np.asarray(embed(rows, idx, rows.lengths[idx]), np.float32)
+    emb = embed_users(embed, rows, users)
     y = np.array([lab[u] for u in users], dtype=object).astype(str)
     svd = f"tfidf_svd{emb.shape[1]}"
     base = bag_features(item_bags(rows, users), emb.shape[1], seed)
     res = linear_probes({"embeddings": emb, svd: base[svd]}, y, folds, repeats, (1.0,), seed)["by_fraction"]["1.0"]
-    return {"label_column": label_column, "labelled_users": int(len(idx)),
-            "users_without_label": int(len(rows.user_ids) - len(idx)), "auc": res["embeddings"]["auc"]["mean"],
+    return {"label_column": label_column, "labelled_users": int(len(users)),
+            "users_without_label": int(len(rows.user_ids) - len(users)), "auc": res["embeddings"]["auc"]["mean"],
             f"{svd}_auc": res[svd]["auc"]["mean"], "folds": folds, "repeats": repeats}
 
 
@@ -438,12 +445,7 @@ def evaluate_embeddings(embeddings: str, data: Optional[str] = None, labels: Opt
             base = bag_features(item_bags(rows, users), emb.shape[1], seed)
         untrained = None
         if model and rows is not None:
-            embed, _, _ = model_embedder(model, untrained=True)
-            pos = {u: i for i, u in enumerate(rows.user_ids)}
-            have = np.array([u in pos for u in users])
-            idx = np.array([pos[u] for u in users[have]], np.int64)
-            untrained = np.zeros_like(emb)
-            untrained[have] = embed(rows, idx, rows.lengths[idx])
+            untrained = embed_users(model_embedder(model, untrained=True)[0], rows, users)
         report["probes"] = {}
         for col in label_columns:
             lab = table[col]

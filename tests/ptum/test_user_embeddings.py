@@ -185,3 +185,26 @@ def test_probe_gate_on_planted_labels(exported):
         _probe_parameters({"labels": users_csv, "label_column": "gender", "min_aucc": 0.7})
     with pytest.raises(ValueError, match="label_column"):
         _probe_parameters({"labels": users_csv})
+
+
+def test_bag_future_cut_by_hand():
+    """objective.bag_future: each row loses its newest s (1..min(W, n-1)) behaviors to the right
+    shift, and exactly those are the future targets."""
+    import keras
+
+    from ptum.model import BagPrediction
+
+    ids = np.array([[0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 7, 8], [0, 0, 0, 0, 0, 9]], np.int32)
+    inputs = {"item_ids": ids, "behavior_ids": (ids > 0).astype(np.int32)}
+    layer = BagPrediction(future=3, seed=1)
+    shifted, future = layer._cut_future(inputs, ids != 0)
+    shifted = keras.ops.convert_to_numpy(shifted["item_ids"])
+    future = keras.ops.convert_to_numpy(future)
+    for row, out, fut in zip(ids, shifted, future):
+        n = int((row != 0).sum())
+        s = int(fut.sum())
+        assert (1 <= s <= min(3, n - 1)) if n > 1 else s == 0
+        # What is left is the row without its newest s behaviors, still right-aligned.
+        np.testing.assert_array_equal(out[out != 0], row[row != 0][:n - s])
+        assert out[-1] != 0
+        np.testing.assert_array_equal(row[fut], row[row != 0][n - s:])
