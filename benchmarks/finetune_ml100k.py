@@ -89,7 +89,9 @@ def main() -> None:
     ap.add_argument("--fractions", type=float, nargs="+", default=[5, 10, 25, 50, 100])
     ap.add_argument("--tasks", nargs="+", default=["gender", "age_group"])
     ap.add_argument("--config", default="configs/ml100k.yaml")
-    ap.add_argument("--finetune-epochs", type=int, default=12)
+    ap.add_argument("--finetune-epochs", type=int, default=4, help="epochs of encoder + head (full mode)")
+    ap.add_argument("--scratch-epochs", type=int, default=12, help="epochs of encoder + head from scratch")
+    ap.add_argument("--head-epochs", type=int, default=100, help="epochs of the head on cached embeddings first")
     ap.add_argument("--variants", nargs="+", default=["both", "mbp", "nbp"], choices=sorted(PRETRAIN),
                     help="pre-training variants; the first is the model of (c) and (d), the others the ablation")
     ap.add_argument("--split", default="leave-one-out", choices=["leave-one-out", "window"],
@@ -121,15 +123,16 @@ def main() -> None:
     labels = read_table(os.path.join(data, "labels", "users.parquet"))
     n_items = ds.num_item_tokens
     results = {"tasks": {}, "ablation": {}}
-    ft_cfg = FinetuneConfig(epochs=args.finetune_epochs, head_epochs=3, patience=10 ** 6, hidden=64,
-                            batch_size=args.batch_size, learning_rate=1e-3, encoder_lr_scale=0.3, valid_fraction=0.0)
+    ft_cfg = FinetuneConfig(epochs=args.finetune_epochs, head_epochs=args.head_epochs, patience=10 ** 6,
+                            batch_size=args.batch_size, valid_fraction=0.0)
     empty = np.zeros(0, np.int64)
 
     def network_auc(model_dir, mode, scratch, row_idx, y, n_classes, train, test, seed):
         encoder, meta, _ = load_model_dir(model_dir)
         if scratch:
             encoder = type(encoder).from_config(encoder.get_config())
-        cfg = FinetuneConfig(**{**ft_cfg.__dict__, "mode": mode, "seed": seed})
+        cfg = FinetuneConfig(**{**ft_cfg.__dict__, "mode": mode, "seed": seed,
+                                **({"epochs": args.scratch_epochs} if scratch else {})})
         _, _, _, predict = finetune(encoder, meta, rows, cfg, row_idx, y, n_classes, train, empty,
                                     log=lambda s: None)
         return classification_metrics(y[test], predict(test), n_classes)["auc"]
@@ -172,7 +175,10 @@ def main() -> None:
     out["variants"] = {v: PRETRAIN[v] for v in args.variants}
     out["split"] = args.split
     out["protocol"] = (f"{args.folds}-fold CV over users, stratified label fractions of the training fold "
-                       f"(>=1 per class), one seed; fine-tune {args.finetune_epochs} epochs (3 head-only), "
+                       f"(>=1 per class), one seed; fine-tune: {args.head_epochs} epochs of the {ft_cfg.head} head "
+                       f"on cached frozen embeddings (standardised, L2 {ft_cfg.head_l2}/2n), then "
+                       f"{args.finetune_epochs} epochs of encoder + head at lr {ft_cfg.learning_rate} x "
+                       f"{ft_cfg.encoder_lr_scale} ({args.scratch_epochs} from scratch), "
                        "no early stopping; pre-training on all users' behaviors (no labels)")
     out["total_seconds"] = round(time.time() - t_start, 1)
     d10 = {t: (out["tasks"][t]["d_ptum_full"].get("10", {}).get("auc_mean"),

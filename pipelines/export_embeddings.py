@@ -168,6 +168,14 @@ def resolve_saved_model(model: str, output: str):
 def run(model: str, data: str, output: str, split: Optional[str] = None, batch_rows: int = 2048,
         tfrecord: bool = False, beam_args: Optional[List[str]] = None,
         expected_sha256: Optional[str] = None) -> dict:
+    """Embed every user (see `_run`), holding the output folder's lock."""
+    with contracts.output_lock(output, "ptum export-embeddings", ExportError):
+        return _run(model, data, output, split, batch_rows, tfrecord, beam_args, expected_sha256)
+
+
+def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_rows: int = 2048,
+         tfrecord: bool = False, beam_args: Optional[List[str]] = None,
+         expected_sha256: Optional[str] = None) -> dict:
     """`expected_sha256`: the SavedModel's digest from a trusted record (the pusher's MLMD
     property, `ptum export-model`'s output); without it the model is checked against the
     digest in its own metadata only (integrity, not trust)."""

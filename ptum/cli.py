@@ -10,10 +10,24 @@ import warnings
 from typing import List, Optional
 
 
-def _quiet() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+def _quiet(verbosity: int = 0) -> None:
+    """Logging for a person at a terminal: our own lines at INFO, libraries' only when they
+    matter. -v shows library INFO and warnings, -q only errors. Applied at the CLI entry
+    alone (the library never touches global logging)."""
+    import logging
+
+    level = {-1: logging.ERROR, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if verbosity <= 0 else "0")
+    if verbosity <= 0:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        # Library chatter a user cannot act on; the errors they raise still end the command
+        # with one line. Beam logs every failing DoFn with its traceback before re-raising.
+        for name, lib_level in (("apache_beam", logging.CRITICAL), ("absl", logging.ERROR),
+                                ("tensorflow", logging.ERROR), ("ml_metadata", logging.ERROR),
+                                ("tfx", logging.WARNING)):
+            logging.getLogger(name).setLevel(max(lib_level, level))
 
 
 def _cmd_generate(a) -> int:
@@ -38,7 +52,9 @@ def tokenize_options(a):
         items_catalog=a.items, split=a.split, time_cut=a.time_cut,
         finetune_fraction=a.finetune_fraction, window=a.window, min_item_count=a.min_item_count,
         max_history=a.max_history, max_line_bytes=a.max_line_bytes, num_shards=a.num_shards,
-        min_word_count=a.min_word_count, vocab_from=a.vocab_from)
+        min_word_count=a.min_word_count, vocab_from=a.vocab_from, time_unit=a.time_unit,
+        allow_truncated=a.allow_truncated, catalog_item_column=a.catalog_item_column,
+        catalog_title_column=a.catalog_title_column, catalog_categories_column=a.catalog_categories_column)
 
 
 def _cmd_tokenize(a, beam_args: List[str]) -> int:
@@ -86,12 +102,23 @@ def _add_tokenize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-header", action="store_true", help="csv/tsv files have no header line")
     p.add_argument("--names", default=None, help="comma-separated column names (with --no-header)")
     p.add_argument("--encoding", default="utf-8")
-    p.add_argument("--items", default=None, help="item catalog CSV: item_id,title[,categories]")
+    p.add_argument("--time-unit", default="s", choices=["s", "ms", "us", "ns"],
+                   help="unit of numeric timestamps (stored as epoch seconds; out-of-range values are "
+                        "dead letters)")
+    p.add_argument("--allow-truncated", action="store_true",
+                   help="a truncated compressed input keeps the lines before the damage (one dead letter) "
+                        "instead of failing the run")
+    p.add_argument("--items", default=None,
+                   help="item catalog CSV with a header: item id (item_id or the --item-column name), title, "
+                        "optional categories / genres")
+    p.add_argument("--catalog-item-column", default=None, help="the catalog's item id column")
+    p.add_argument("--catalog-title-column", default="title")
+    p.add_argument("--catalog-categories-column", default=None, help="default: categories or genres if present")
     p.add_argument("--split", default="leave-one-out", help="leave-one-out | time | user-hash | window")
     p.add_argument("--window", type=int, default=10,
                    help="for --split window: the last W behaviors are the test window, the W before "
                         "them the validation window")
-    p.add_argument("--time-cut", default=None, help="for --split time: epoch seconds or ISO-8601")
+    p.add_argument("--time-cut", default=None, help="for --split time: an epoch number (in --time-unit) or ISO-8601")
     p.add_argument("--finetune-fraction", type=float, default=0.2, help="for --split user-hash")
     p.add_argument("--min-item-count", type=int, default=1, help="rarer items map to OOV")
     p.add_argument("--max-history", type=int, default=0, help="keep the newest N events per user (0: all)")
@@ -104,6 +131,9 @@ def _add_tokenize_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ptum", description="PTUM user embeddings: tokenize logs, pre-train, fine-tune, export, serve.")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="show library logs and warnings (Beam, TensorFlow, TFX)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="write synthetic behavior logs (events, items, users, impressions)")
@@ -131,7 +161,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
     args = build_parser().parse_args(argv)
-    _quiet()
+    _quiet(-1 if args.quiet else min(args.verbose, 1))
     if args.command == "generate":
         return _cmd_generate(args)
     if args.command == "tokenize":

@@ -6,6 +6,8 @@ export) and writers (the Beam tokenizer) agree without importing Beam or TensorF
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import os
@@ -54,6 +56,7 @@ SPLIT_SCHEMES = {
 DEADLETTER_REASONS = (
     "wrong_column_count",
     "unparsable_timestamp",
+    "timestamp_out_of_range",
     "empty_user_id",
     "empty_item_id",
     "undecodable_bytes",
@@ -63,6 +66,47 @@ DEADLETTER_REASONS = (
     "malformed_json",
     "unparsable_value",
 )
+
+
+LOCK_FILE = ".ptum.lock"
+
+
+class OutputBusyError(Exception):
+    """Another run is writing into the same output folder."""
+
+
+@contextlib.contextmanager
+def output_lock(output: str, what: str, error=OutputBusyError):
+    """Hold an exclusive lock on a local output folder for the length of a run.
+
+    Two runs writing one folder would delete each other's staging and commit markers and
+    both report success; the second is refused instead, with one line naming the holder.
+    The lock (flock on `output/.ptum.lock`) is released by the OS when its process ends,
+    so a killed run never leaves a stale lock. Object-store outputs (`gs://`, `s3://`) have
+    no such lock: the last run to commit wins, and each run checks its own commit marker.
+    `error`: the exception class raised when the folder is busy (each caller's own)."""
+    if "://" in output:
+        yield
+        return
+    import fcntl
+    import socket
+
+    os.makedirs(output, exist_ok=True)
+    fd = os.open(os.path.join(output, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+        os.close(fd)
+        raise error(f"{output}: another ptum run is writing here ({holder}); wait for it to end "
+                              "or choose another output folder")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{what}, pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 class DatasetError(Exception):

@@ -30,10 +30,13 @@ class LabelError(Exception):
 class FinetuneConfig:
     task: str = "classify"
     mode: str = "full"
+    head: str = "linear"               # linear (a logistic regression on the embedding) | mlp
+    standardize: bool = True           # scale the embedding by the training users' mean / std
+    head_l2: float = 1.0               # L2 on the head, as 1/C of a logistic regression (divided by 2 n)
     hidden: int = 64
     dropout: float = 0.2
-    epochs: int = 30
-    head_epochs: int = 10
+    epochs: int = 30                   # full mode: epochs of encoder + head after the head phase
+    head_epochs: int = 100             # the head alone on cached embeddings (frozen mode: max of the two)
     batch_size: int = 32
     learning_rate: float = 3e-3
     encoder_lr_scale: float = 0.1
@@ -85,7 +88,7 @@ def join_labels(rows: Rows, labels, label_column: str) -> Tuple[np.ndarray, List
     row_of = {u: i for i, u in enumerate(rows.user_ids.tolist())}
     seen, kept_u, kept_v = set(), [], []
     for u, v in zip(users, values):
-        if u is None or v is None or (isinstance(v, str) and not v.strip()):
+        if u is None or v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v):
             report["missing_values"] += 1
             continue
         if u in seen:
@@ -179,11 +182,23 @@ def _stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> Tuple[np.n
     return train, valid
 
 
-def build_finetune_model(encoder, n_outputs: int, cfg: FinetuneConfig, task: str):
+def build_finetune_model(encoder, n_outputs: int, cfg: FinetuneConfig, task: str, mean=None, variance=None,
+                         n_train: int = 1):
     """encoder + head. classify: softmax over classes; ctr: sigmoid(f(u, item))."""
     from ptum.finetune_model import FinetuneModel
     return FinetuneModel(encoder, task=task, n_outputs=n_outputs, hidden=cfg.hidden, dropout=cfg.dropout,
-                         name=f"ptum_{task}")
+                         head=cfg.head, mean=mean, variance=variance,
+                         l2=cfg.head_l2 / (2.0 * max(n_train, 1)), name=f"ptum_{task}")
+
+
+def embedding_moments(encoder, rows: Rows, idx: np.ndarray, width, buckets, time_buckets):
+    """Mean and variance of the (current) user embeddings of rows `idx` (float64, floored)."""
+    from keras import ops
+    acc = []
+    for _, b in _batches(rows, idx, None, width, buckets, time_buckets, 256):
+        acc.append(np.asarray(ops.convert_to_numpy(encoder.user_embedding(b, training=False)), np.float64))
+    e = np.concatenate(acc)
+    return e.mean(axis=0), np.maximum(e.var(axis=0), 1e-8)
 
 
 def _batches(rows: Rows, idx: np.ndarray, cand: Optional[np.ndarray], width, buckets, time_buckets, size):
@@ -217,6 +232,24 @@ class _FitData:
             yield b, y[sel], weights[sel]
 
 
+def _cached_inputs(model, rows: Rows, idx: np.ndarray, cand: Optional[np.ndarray], width, buckets, time_buckets):
+    """{"u": user embeddings[, "item": candidate item embeddings]} of the frozen encoder, in idx order."""
+    from keras import ops
+    u = np.zeros((len(idx), 0), np.float32)
+    parts = []
+    for sel, b in _batches(rows, idx, None, width, buckets, time_buckets, 256):
+        parts.append((sel, np.asarray(ops.convert_to_numpy(model.user_embedding(b, training=False)), np.float32)))
+    if parts:
+        u = np.zeros((len(idx), parts[0][1].shape[1]), np.float32)
+        for sel, e in parts:
+            u[sel] = e
+    out = {"u": u}
+    if cand is not None:
+        table = np.asarray(ops.convert_to_numpy(model.encoder.item_table(training=False)), np.float32)
+        out["item"] = table[cand]
+    return out
+
+
 def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.ndarray, y: np.ndarray,
              n_classes: int, train: np.ndarray, valid: np.ndarray, cand: Optional[np.ndarray] = None,
              log: Callable[[str], None] = print):
@@ -227,8 +260,14 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
 
     keras.utils.set_random_seed(cfg.seed)
     task = cfg.task
-    model = build_finetune_model(encoder, n_classes if task == "classify" else 1, cfg, task)
+    if cfg.mode not in ("full", "frozen"):
+        raise ValueError(f"fine-tuning mode must be 'full' or 'frozen', got {cfg.mode!r}")
     width, buckets, tb = meta["max_len"], meta["length_buckets"], meta["time_buckets"]
+    mean = var = None
+    if cfg.standardize:
+        mean, var = embedding_moments(encoder, rows, row_idx[train], width, buckets, tb)
+    model = build_finetune_model(encoder, n_classes if task == "classify" else 1, cfg, task, mean=mean,
+                                 variance=var, n_train=len(train))
     counts = np.bincount(y[train], minlength=n_classes if task == "classify" else 2).astype(np.float64)
     if cfg.class_weight == "balanced":
         cw = len(train) / (len(counts) * np.maximum(counts, 1))
@@ -249,37 +288,60 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
         return out
 
     history = []
-    best, best_weights, wait = float("inf"), None, 0
-    phases = []
-    if cfg.mode == "frozen":
-        phases.append(("head", cfg.epochs, cfg.learning_rate, False))
-    else:
-        head = min(cfg.head_epochs, cfg.epochs)
-        if head:
-            phases.append(("head", head, cfg.learning_rate, False))
-        phases.append(("full", cfg.epochs - head, cfg.learning_rate * cfg.encoder_lr_scale, True))
-    epoch = 0
-    for name, n_epochs, lr, train_encoder in phases:
-        encoder.trainable = train_encoder
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
-        for _ in range(n_epochs):
-            losses = [float(model.train_on_batch(b, yb if task == "classify" else yb.astype(np.float32)[:, None],
-                                                 sample_weight=wb))
-                      for b, yb, wb in data.epoch(epoch)]
-            epoch += 1
-            m = classification_metrics(y[valid], predict(valid), max(n_classes, 2)) if len(valid) else {}
-            history.append({"epoch": epoch, "phase": name, "loss": float(np.mean(losses)), **m})
-            if not np.isfinite(history[-1]["loss"]):
-                raise RuntimeError(f"fine-tuning loss is {history[-1]['loss']} at epoch {epoch}")
-            score = m.get("log_loss", -epoch)
-            if score < best - 1e-6:
-                best, wait = score, 0
-                best_weights = [np.array(v) for v in model.get_weights()]
-            else:
-                wait += 1
-            if wait >= cfg.patience:
+    state = {"best": float("inf"), "weights": None, "wait": 0, "epoch": 0}
+
+    def record(name, losses, m):
+        """One epoch's line; returns True when early stopping says stop."""
+        state["epoch"] += 1
+        history.append({"epoch": state["epoch"], "phase": name, "loss": float(np.mean(losses)), **m})
+        if not np.isfinite(history[-1]["loss"]):
+            raise RuntimeError(f"fine-tuning loss is {history[-1]['loss']} at epoch {state['epoch']}")
+        score = m.get("log_loss", -state["epoch"])
+        if score < state["best"] - 1e-6:
+            state.update(best=score, wait=0, weights=[np.array(v) for v in model.get_weights()])
+        else:
+            state["wait"] += 1
+        return state["wait"] >= cfg.patience
+
+    target = (lambda yb: yb) if task == "classify" else (lambda yb: yb.astype(np.float32)[:, None])
+    # Phase 1, the head alone on the frozen encoder: its embeddings are fixed, so they are
+    # computed once and the head trains on them (a linear probe trained to convergence, then
+    # fine-tuning from there: LP-FT, Kumar et al. 2022).
+    encoder.trainable = False
+    head_epochs = cfg.head_epochs if cfg.mode == "full" else max(cfg.head_epochs, cfg.epochs)
+    if head_epochs:
+        from ptum.finetune_model import HeadOnly
+        head = HeadOnly(model)
+        head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss)
+        cached = {k: _cached_inputs(model, rows, row_idx[idx], None if cand is None else cand[idx], width, buckets,
+                                    tb) for k, idx in (("train", train), ("valid", valid))}
+        rng = np.random.default_rng([cfg.seed, 1 << 20])
+        ytr, wtr = y[train], weights[train]
+        for _ in range(head_epochs):
+            perm = rng.permutation(len(train))
+            losses = [float(head.train_on_batch({k: v[sel] for k, v in cached["train"].items()}, target(ytr[sel]),
+                                                sample_weight=wtr[sel]))
+                      for sel in (perm[s:s + cfg.batch_size] for s in range(0, len(perm), cfg.batch_size))]
+            m = {}
+            if len(valid):
+                p = np.asarray(keras.ops.convert_to_numpy(head.predict_on_batch(cached["valid"])), np.float32)
+                m = classification_metrics(y[valid], p if task == "classify" else np.concatenate([1 - p, p], 1),
+                                           max(n_classes, 2))
+            if record("head", losses, m):
                 break
-        wait = 0
+        if state["weights"] is not None:        # fine-tuning starts from the best probe
+            model.set_weights(state["weights"])
+        state["wait"] = 0
+    # Phase 2 (full mode): encoder and head together, at encoder_lr_scale x the learning rate.
+    if cfg.mode == "full" and cfg.epochs:
+        encoder.trainable = True
+        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate * cfg.encoder_lr_scale), loss=loss)
+        for e in range(cfg.epochs):
+            losses = [float(model.train_on_batch(b, target(yb), sample_weight=wb)) for b, yb, wb in data.epoch(e)]
+            m = classification_metrics(y[valid], predict(valid), max(n_classes, 2)) if len(valid) else {}
+            if record("full", losses, m):
+                break
+    best_weights = state["weights"] if len(valid) else None
     if best_weights is not None:
         model.set_weights(best_weights)
     encoder.trainable = True
@@ -301,6 +363,11 @@ def run_rows(pretrained: str, ds: contracts.SequenceDataset, rows: Rows, labels_
              cfg: FinetuneConfig, label_column: Optional[str] = None, from_scratch: bool = False,
              log: Callable[[str], None] = print) -> dict:
     """`run` on given rows (each user's newest history; the TFX Trainer reads them from Examples)."""
+    with contracts.output_lock(output, "ptum finetune", LabelError):
+        return _run_rows(pretrained, ds, rows, labels_path, output, cfg, label_column, from_scratch, log)
+
+
+def _run_rows(pretrained, ds, rows, labels_path, output, cfg, label_column, from_scratch, log) -> dict:
     from ptum.train import _atomic_save_keras, load_model_dir
 
     encoder, meta, pcfg = load_model_dir(pretrained)

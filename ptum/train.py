@@ -219,6 +219,15 @@ def _warm_start_encoder(base_dir: str, ds, cfg: PTUMConfig, title_words, log):
 def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output: str, cfg: PTUMConfig,
                   log: Callable[[str], None] = print, resume: bool = True,
                   warm_start: Optional[str] = None) -> dict:
+    """Train on given rows, holding the output folder's lock (see `_pretrain_rows`)."""
+    with contracts.output_lock(output, "ptum pretrain", TrainingError):
+        return _pretrain_rows(ds, train_rows, valid_rows, output, cfg, log=log, resume=resume,
+                              warm_start=warm_start)
+
+
+def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output: str, cfg: PTUMConfig,
+                   log: Callable[[str], None] = print, resume: bool = True,
+                   warm_start: Optional[str] = None) -> dict:
     """Train on given rows (the TFX Trainer reads them through its data accessor); `ds`
     supplies the manifest and vocabulary. `warm_start`: a finished model directory whose
     encoder weights initialise this model when vocabulary and model config match."""

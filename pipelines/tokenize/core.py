@@ -14,7 +14,7 @@ import lzma
 import os
 import re
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -54,6 +54,11 @@ class TokenizeOptions:
     max_title_words: int = 30
     vocab_from: Optional[str] = None
     window: int = 10               # for split "window": behaviors per future window
+    time_unit: str = "s"           # unit of numeric timestamps (s | ms | us | ns); stored as seconds
+    allow_truncated: bool = False  # a truncated compressed input: count it and go on (default: fail)
+    catalog_item_column: Optional[str] = None    # default: item_id, else the events' item column
+    catalog_title_column: str = "title"
+    catalog_categories_column: Optional[str] = None  # default: categories, else genres, if present
 
     def manifest_params(self) -> dict:
         d = asdict(self)
@@ -122,8 +127,13 @@ def _fingerprint(path: str) -> dict:
 
 
 def _first_line(path: str, encoding: str) -> str:
-    with open_input(path) as f:
-        line = f.readline(1 << 20)
+    try:
+        with open_input(path) as f:
+            line = f.readline(1 << 20)
+    except (EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+        raise InputError(f"{path}: cannot read the header ({type(e).__name__}: {e})")
+    if line.startswith(formats.UTF8_BOM):
+        line = line[len(formats.UTF8_BOM):]
     return line.decode(encoding, errors="replace").rstrip("\r\n")
 
 
@@ -146,6 +156,9 @@ def plan_inputs(opts: TokenizeOptions) -> Tuple[List[FileSpec], dict]:
         raise InputError("--split time needs --time-cut (epoch seconds or ISO-8601)")
     if not opts.inputs:
         raise InputError("no --input given")
+    if opts.time_unit not in formats.TIME_UNITS:
+        raise InputError(f"--time-unit {opts.time_unit!r}: unknown time unit; choose one of "
+                         f"{', '.join(formats.TIME_UNITS)}")
     extra: dict = {"catalog": None, "labels": None, "has_time": True}
     paths: List[str] = []
     for pattern in opts.inputs:
@@ -162,7 +175,7 @@ def plan_inputs(opts: TokenizeOptions) -> Tuple[List[FileSpec], dict]:
             delim = opts.delimiter or ("," if opts.format == "csv" else "\t")
             names = tuple(opts.names)
             if opts.header:
-                names = tuple(n.strip() for n in _first_line(p, opts.encoding).split(delim))
+                names = header_names(_first_line(p, opts.encoding), delim)
             missing = [c for c in (opts.columns.user, opts.columns.item, opts.columns.time) if c not in names]
             if missing:
                 raise InputError(f"{p}: missing column(s) {missing} in header {list(names)} "
@@ -172,19 +185,68 @@ def plan_inputs(opts: TokenizeOptions) -> Tuple[List[FileSpec], dict]:
         elif opts.format == "jsonl":
             specs.append(FileSpec(p, i, "jsonl", encoding=opts.encoding, header=False, columns=opts.columns))
         elif opts.format == "parquet":
-            names = pq.read_schema(p).names if "://" not in p else ()
+            schema = _parquet_schema(p) if "://" not in p else None
+            names = schema.names if schema is not None else ()
             missing = [c for c in (opts.columns.user, opts.columns.item, opts.columns.time)
                        if names and c not in names]
             if missing:
                 raise InputError(f"{p}: missing column(s) {missing} in {list(names)}")
+            if schema is not None:
+                _check_parquet_types(p, schema, opts.columns)
             specs.append(FileSpec(p, i, "parquet", header=False, columns=opts.columns))
         elif opts.format == "sequence-lines":
             extra["has_time"] = False
             specs.append(FileSpec(p, i, "sequence-lines", header=False, encoding=opts.encoding,
                                   columns=Columns(behavior=None, value=None)))
     if opts.items_catalog:
-        extra["catalog"] = read_catalog_csv(opts.items_catalog, opts.encoding)
+        extra["catalog"] = read_catalog_csv(opts.items_catalog, opts.encoding, opts.catalog_item_column
+                                            or opts.columns.item, opts.catalog_title_column,
+                                            opts.catalog_categories_column)
+    specs = [replace(s, time_unit=opts.time_unit, allow_truncated=opts.allow_truncated) for s in specs]
     return specs, extra
+
+
+def header_names(line: str, delimiter: str) -> Tuple[str, ...]:
+    """Column names of a header line: a UTF-8 BOM dropped, CSV quotes honoured."""
+    import csv
+
+    line = line.lstrip("\ufeff")
+    if len(delimiter) == 1:
+        fields = next(csv.reader([line], delimiter=delimiter), [])
+    else:
+        fields = line.split(delimiter)
+    return tuple(n.strip() for n in fields)
+
+
+def _parquet_schema(path: str):
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0]})")
+
+
+def _check_parquet_types(path: str, schema, columns: Columns) -> None:
+    """Event columns must be scalar strings or numbers (time: also timestamps / dates)."""
+    t = pa.types
+
+    def scalar(typ, time=False):
+        if t.is_dictionary(typ):
+            typ = typ.value_type
+        ok = t.is_string(typ) or t.is_large_string(typ) or t.is_integer(typ)
+        if time:
+            ok = ok or t.is_floating(typ) or t.is_timestamp(typ) or t.is_date(typ)
+        return ok
+
+    for name, is_time in ((columns.user, False), (columns.item, False), (columns.time, True),
+                          (columns.behavior, False), (columns.value, None)):
+        if not name or name not in schema.names:
+            continue
+        typ = schema.field(name).type
+        good = (t.is_integer(typ) or t.is_floating(typ) or t.is_null(typ)) if is_time is None else scalar(typ, is_time)
+        if not good:
+            raise InputError(f"{path}: column {name!r} has type {typ}; expected "
+                             + ("a number" if is_time is None else "a timestamp, number or string" if is_time
+                                else "a string or integer"))
 
 
 def _plan_movielens(opts, paths, extra):
@@ -208,7 +270,7 @@ def _plan_movielens(opts, paths, extra):
         extra["catalog"] = _movielens_items(item_path, sep)
     if os.path.exists(user_path):
         extra["labels"] = _movielens_users(user_path, sep)
-    return [spec], extra
+    return [replace(spec, allow_truncated=opts.allow_truncated)], extra
 
 
 def _age_group(age: int) -> str:
@@ -251,20 +313,36 @@ def _movielens_users(path: str, sep: str) -> pa.Table:
     return pa.table(rows)
 
 
-def read_catalog_csv(path: str, encoding: str = "utf-8") -> pa.Table:
-    """Item catalog: item_id, title[, categories] (CSV with a header)."""
+def read_catalog_csv(path: str, encoding: str = "utf-8", item_column: Optional[str] = None,
+                     title_column: str = "title", categories_column: Optional[str] = None) -> pa.Table:
+    """Item catalog CSV with a header -> item_id, title, categories.
+
+    The item id column is `item_id` if present, else `item_column` (the events' item column,
+    e.g. MovieLens' movieId); categories come from `categories_column`, else a `categories`
+    or `genres` column when there is one (empty otherwise)."""
     import pyarrow.csv as pacsv
 
     if not os.path.exists(path):
         raise InputError(f"{path}: item catalog not found")
-    t = pacsv.read_csv(path, read_options=pacsv.ReadOptions(encoding=encoding),
-                       convert_options=pacsv.ConvertOptions(column_types={"item_id": pa.string()}))
-    if "item_id" not in t.column_names or "title" not in t.column_names:
-        raise InputError(f"{path}: item catalog needs item_id and title columns, has {t.column_names}")
-    cats = t.column("categories") if "categories" in t.column_names else pa.array([""] * t.num_rows)
-    return pa.table({"item_id": pc.cast(t.column("item_id"), pa.string()),
-                     "title": pc.cast(t.column("title"), pa.string()),
-                     "categories": pc.cast(cats, pa.string())})
+    names = header_names(_first_line(path, encoding), ",")
+    id_col = "item_id" if "item_id" in names else (item_column or "item_id")
+    cat_col = categories_column or next((c for c in ("categories", "genres") if c in names), None)
+    missing = [c for c in (id_col, title_column) + ((categories_column,) if categories_column else ())
+               if c not in names]
+    if missing:
+        raise InputError(f"{path}: item catalog has no column(s) {missing} (has {list(names)}); the item id "
+                         "column is item_id or the events' --item-column, the title --catalog-title-column")
+    try:
+        t = pacsv.read_csv(path, read_options=pacsv.ReadOptions(encoding=encoding, column_names=list(names),
+                                                                skip_rows=1),
+                           convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}))
+    except pa.ArrowInvalid as e:
+        raise InputError(f"{path}: unreadable item catalog ({str(e).splitlines()[0]})")
+    n = t.num_rows
+    cats = t.column(cat_col) if cat_col else pa.array([""] * n, pa.string())
+    return pa.table({"item_id": pc.cast(t.column(id_col), pa.string()),
+                     "title": pc.fill_null(pc.cast(t.column(title_column), pa.string()), ""),
+                     "categories": pc.fill_null(pc.cast(cats, pa.string()), "")})
 
 
 def fingerprints(specs: Sequence[FileSpec], extra_paths: Sequence[str] = ()) -> List[dict]:
@@ -289,6 +367,8 @@ def read_chunks(spec: FileSpec, chunk_bytes: int, max_line_bytes: int,
     size = [0]
     buf = b""                 # a partial line
     skipping = False          # inside an over-long line: drop bytes until the next newline
+    first_block = True
+    quoted = spec.kind == "delimited"   # a newline inside a quoted field does not end the record
 
     def lines_in_parts():
         return sum(p.count(b"\n") + 1 for p in parts)
@@ -308,12 +388,21 @@ def read_chunks(spec: FileSpec, chunk_bytes: int, max_line_bytes: int,
             try:
                 block = f.read(read_size)
             except (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as e:
+                if not spec.allow_truncated:
+                    raise InputError(f"{spec.path}: truncated or corrupt compressed input after line "
+                                     f"{state['row'] + lines_in_parts() - 1} ({type(e).__name__}: {e}); "
+                                     "re-copy the file, or pass --allow-truncated to keep the lines before "
+                                     "the damage (counted as a truncated_input dead letter)")
                 yield from flush()
                 yield formats.deadletters(spec, [state["row"]], [None], ["truncated_input"],
                                           [f"{type(e).__name__}: {e} | ".encode() + buf[-200:]])
                 return
             if not block:
                 break
+            if first_block:
+                first_block = False
+                if block.startswith(formats.UTF8_BOM):
+                    block = block[len(formats.UTF8_BOM):]
             if skipping:
                 nl = block.find(b"\n")
                 if nl < 0:
@@ -321,7 +410,7 @@ def read_chunks(spec: FileSpec, chunk_bytes: int, max_line_bytes: int,
                 block = block[nl + 1:]
                 skipping = False
             buf += block
-            cut = buf.rfind(b"\n")
+            cut = record_cut(buf, max_line_bytes) if quoted else buf.rfind(b"\n")
             if cut < 0:
                 if len(buf) > max_line_bytes:
                     yield formats.deadletters(spec, [state["row"] + lines_in_parts()], [None],
@@ -337,6 +426,28 @@ def read_chunks(spec: FileSpec, chunk_bytes: int, max_line_bytes: int,
     if buf:
         parts.append(buf)
     yield from flush()
+
+
+def record_cut(buf: bytes, max_record_bytes: int) -> int:
+    """The last newline of `buf` outside CSV quotes (an even number of '"' before it), or -1.
+
+    A stray quote would hold every later newline inside a "field": when no even cut exists
+    within `max_record_bytes` of the end, cut at the last newline (the stray line then
+    fails on its own, as a dead letter)."""
+    cut = buf.rfind(b"\n")
+    if cut < 0 or b'"' not in buf:
+        return cut
+    odd = buf.count(b'"', 0, cut) % 2
+    pos = cut
+    while odd:
+        prev = buf.rfind(b"\n", 0, pos)
+        if len(buf) - max(prev, 0) > max_record_bytes:
+            return cut
+        if prev < 0:
+            return -1           # the open record may close in the next block
+        odd ^= buf.count(b'"', prev, pos) % 2
+        pos = prev
+    return pos
 
 
 def _emit(spec, data: bytes, row: int, skip_header: bool):
@@ -561,9 +672,10 @@ class SplitSpec:
     def from_options(opts: TokenizeOptions) -> "SplitSpec":
         cut = None
         if opts.split == "time":
-            parsed = formats.parse_timestamps(pa.array([str(opts.time_cut)]))[0].as_py()
+            parsed = formats.parse_timestamps(pa.array([str(opts.time_cut)]), opts.time_unit)[0][0].as_py()
             if parsed is None:
-                raise InputError(f"--time-cut {opts.time_cut!r}: not epoch seconds or ISO-8601")
+                raise InputError(f"--time-cut {opts.time_cut!r}: not an epoch number (in --time-unit "
+                                 f"{opts.time_unit}) or ISO-8601 within year 1970..9999")
             cut = int(parsed)
         if opts.split == "window" and opts.window < 1:
             raise InputError(f"--window {opts.window}: must be >= 1")
@@ -727,6 +839,11 @@ def remove_tree(path: str) -> None:
 
 def shard_name(prefix: str, shard: int, num_shards: int) -> str:
     return f"{prefix}-{shard:05d}-of-{num_shards:05d}.parquet"
+
+
+def output_lock(output: str, what: str = "ptum tokenize"):
+    """contracts.output_lock, refusing with an InputError (one line at the CLI)."""
+    return contracts.output_lock(output, what, InputError)
 
 
 def reset_output(output: str) -> None:

@@ -35,6 +35,11 @@ EVENT_SCHEMA = pa.schema([
 _ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%SZ",
                 "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d")
 _NUMBER = r"^\s*-?\d+(\.\d*)?([eE][-+]?\d+)?\s*$"
+# Numeric timestamps are in this unit (the tokenizer's --time-unit); stored as epoch seconds.
+TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+# Accepted range of a timestamp in seconds: the epoch up to the end of year 9999.
+MAX_EPOCH_SECONDS = 253_402_300_799
+UTF8_BOM = b"\xef\xbb\xbf"
 RAW_PREVIEW_BYTES = 1024
 
 
@@ -62,6 +67,8 @@ class FileSpec:
     encoding: str = "utf-8"
     default_behavior: Optional[str] = None
     columns: Columns = field(default_factory=Columns)
+    time_unit: str = "s"
+    allow_truncated: bool = False
 
 
 @dataclass
@@ -91,21 +98,46 @@ def deadletters(spec: FileSpec, rows, fields, reasons, raws) -> pa.Table:
     }, schema=contracts.deadletter_schema())
 
 
-def parse_timestamps(col: pa.Array) -> pa.Array:
-    """Epoch seconds (int or float) or ISO-8601 strings -> int64 seconds; null if neither."""
+def parse_timestamps(col: pa.Array, unit: str = "s") -> Tuple[pa.Array, np.ndarray]:
+    """Epoch numbers in `unit` (int or float) or ISO-8601 strings -> int64 epoch seconds.
+
+    Returns (seconds, null where unparsable or out of range; out_of_range mask): a value
+    before the epoch or past year 9999 is out of range (never wrapped into int64)."""
+    if unit not in TIME_UNITS:
+        raise InputError(f"unknown time unit {unit!r}; choose one of {', '.join(TIME_UNITS)}")
     col = pc.utf8_trim_whitespace(col)
-    numeric = pc.match_substring_regex(col, _NUMBER)
-    out = pc.if_else(numeric, pc.cast(pc.cast(pc.if_else(numeric, col, "0"), pa.float64()),
-                                      pa.int64(), safe=False), None)
+    numeric = pc.fill_null(pc.match_substring_regex(col, _NUMBER), False)
+    num = pc.cast(pc.if_else(numeric, col, "0"), pa.float64())
+    secs = pc.divide(num, float(TIME_UNITS[unit]))
+    numeric_np = numeric.to_numpy(zero_copy_only=False)
+    secs_np = secs.to_numpy(zero_copy_only=False)
+    out_of_range = numeric_np & ~((secs_np >= 0) & (secs_np <= MAX_EPOCH_SECONDS))
+    ok = numeric_np & ~out_of_range
+    whole = np.zeros(len(secs_np), np.int64)
+    if ok.any():
+        # Exact integer arithmetic for integral values (ns epochs exceed float precision).
+        is_int = ok & pc.fill_null(pc.match_substring_regex(col, r"^-?\d{1,18}$"), False).to_numpy(
+            zero_copy_only=False)
+        exact = pc.cast(pc.if_else(pa.array(is_int), col, "0"), pa.int64()).to_numpy(zero_copy_only=False)
+        exact_int = exact // TIME_UNITS[unit]
+        floor = np.floor(np.where(ok, secs_np, 0)).astype(np.int64)
+        whole = np.where(ok & is_int, exact_int, floor)
+    out = pa.array(whole, pa.int64(), mask=~ok)
     rest = pc.and_(pc.invert(numeric), pc.is_valid(col))
     if pc.any(rest).as_py():
         # Fractional seconds are dropped before strptime (it does not parse them).
         stripped = pc.replace_substring_regex(col, r"\.\d+", "")
         for fmt in _ISO_FORMATS:
             parsed = pc.strptime(stripped, format=fmt, unit="s", error_is_null=True)
-            secs = pc.cast(pc.cast(parsed, pa.int64()), pa.int64())
-            out = pc.coalesce(out, pc.if_else(rest, secs, None))
-    return out
+            iso = pc.cast(pc.cast(parsed, pa.int64()), pa.int64())
+            out = pc.coalesce(out, pc.if_else(rest, iso, None))
+        iso_np = pc.fill_null(out, 0).to_numpy(zero_copy_only=False)
+        bad_iso = (~numeric_np) & pc.is_valid(out).to_numpy(zero_copy_only=False) & (
+            (iso_np < 0) | (iso_np > MAX_EPOCH_SECONDS))
+        if bad_iso.any():
+            out_of_range = out_of_range | bad_iso
+            out = pc.if_else(pa.array(bad_iso), pa.scalar(None, pa.int64()), out)
+    return out, out_of_range
 
 
 def bucket_of_users(users: pa.Array, num_buckets: int) -> np.ndarray:
@@ -166,6 +198,8 @@ def clean_lines(chunk: Chunk, max_line_bytes: int):
         lines = pa.array(keep, pa.string())
         rows = np.array(keep_rows, dtype=np.int64)
     lines = pc.utf8_rtrim(lines, "\r")
+    if spec.kind == "delimited" and len(lines):
+        lines, rows = merge_quoted_lines(lines, rows, max_line_bytes)
     nonblank = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(lines)), 0)
     mask = nonblank.to_numpy(zero_copy_only=False)
     lines = lines.filter(nonblank)
@@ -181,6 +215,33 @@ def clean_lines(chunk: Chunk, max_line_bytes: int):
     return lines, rows, dl, len(lines) + len(bad_rows)
 
 
+def merge_quoted_lines(lines: pa.Array, rows: np.ndarray, max_bytes: int) -> Tuple[pa.Array, np.ndarray]:
+    """Join lines whose CSV quotes are open (an odd number of '"') with the following lines up
+    to the one that closes them: a newline inside a quoted field stays in its record, which
+    keeps the row number of its first line. A quote that never closes within `max_bytes`
+    is a stray: that line stays alone (and fails on its own)."""
+    odd = (pc.count_substring(lines, '"').to_numpy(zero_copy_only=False) % 2).astype(bool)
+    if not odd.any():
+        return lines, rows
+    py = lines.to_pylist()
+    out, out_rows, i, n = [], [], 0, len(py)
+    while i < n:
+        if odd[i]:
+            j, size = i + 1, len(py[i])
+            while j < n and not odd[j] and size <= max_bytes:
+                size += len(py[j]) + 1
+                j += 1
+            if j < n and size + len(py[j]) < max_bytes:
+                out.append("\n".join(py[i:j + 1]))
+                out_rows.append(rows[i])
+                i = j + 1
+                continue
+        out.append(py[i])
+        out_rows.append(rows[i])
+        i += 1
+    return pa.array(out, pa.string()), np.asarray(out_rows, np.int64)
+
+
 # ---------------------------------------------------------------- validation
 def validate_events(spec: FileSpec, user, item, ts_raw, behavior, value_raw, rows: np.ndarray,
                     raw_lines: Optional[pa.Array]) -> Tuple[pa.Table, pa.Table]:
@@ -188,7 +249,10 @@ def validate_events(spec: FileSpec, user, item, ts_raw, behavior, value_raw, row
     n = len(user)
     user = pc.utf8_trim_whitespace(pc.fill_null(user, ""))
     item = pc.utf8_trim_whitespace(pc.fill_null(item, ""))
-    ts = parse_timestamps(ts_raw) if ts_raw is not None else pa.array(np.zeros(n, np.int64))
+    if ts_raw is not None:
+        ts, ts_range = parse_timestamps(ts_raw, spec.time_unit)
+    else:
+        ts, ts_range = pa.array(np.zeros(n, np.int64)), np.zeros(n, bool)
     if value_raw is not None:
         value_raw = pc.utf8_trim_whitespace(value_raw)
         has_value = pc.and_(pc.is_valid(value_raw), pc.greater(pc.utf8_length(pc.fill_null(value_raw, "")), 0))
@@ -202,6 +266,7 @@ def validate_events(spec: FileSpec, user, item, ts_raw, behavior, value_raw, row
     checks = [
         ("empty_user_id", spec.columns.user, pc.equal(pc.utf8_length(user), 0)),
         ("empty_item_id", spec.columns.item, pc.equal(pc.utf8_length(item), 0)),
+        ("timestamp_out_of_range", spec.columns.time, pa.array(ts_range)),
         ("unparsable_timestamp", spec.columns.time, pc.is_null(ts)),
         ("unparsable_value", spec.columns.value, pc.invert(value_ok)),
     ]

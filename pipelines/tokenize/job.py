@@ -235,9 +235,31 @@ def run(opts: core.TokenizeOptions, beam_args: Optional[List[str]] = None) -> di
     specs, extra = core.plan_inputs(opts)
     num_shards = opts.num_shards or core.auto_shards(specs)
     fingerprints = core.fingerprints(specs)
-    core.reset_output(opts.output)
-    p, runner = make_pipeline(beam_args)
-    build(p, opts, specs, extra, fingerprints, num_shards, runner)
-    result = p.run()
-    result.wait_until_finish()
-    return contracts.open_dataset(opts.output).manifest
+    with core.output_lock(opts.output):
+        core.reset_output(opts.output)
+        p, runner = make_pipeline(beam_args)
+        build(p, opts, specs, extra, fingerprints, num_shards, runner)
+        try:
+            result = p.run()
+            result.wait_until_finish()
+        except Exception as e:      # an InputError raised on a worker, as the runner re-raises it
+            raise input_error_of(e) or e
+        return contracts.open_dataset(opts.output).manifest
+
+
+def input_error_of(e: BaseException) -> Optional[formats.InputError]:
+    """The InputError behind a runner's exception (its chain, or its message), without
+    the runner's "[while running ...]" suffix; None when there is none."""
+    import re
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, formats.InputError) or type(e).__name__ == "InputError":
+            return formats.InputError(re.sub(r"\s*\[while running '[^\]]*'\]\s*$", "", str(e)))
+        text = str(e)
+        if "InputError: " in text:      # re-raised from another process as text
+            line = text.rsplit("InputError: ", 1)[1].splitlines()[0]
+            return formats.InputError(re.sub(r"\s*\[while running '[^\]]*'\]\s*$", "", line))
+        e = e.__cause__ or e.__context__
+    return None

@@ -12,6 +12,11 @@ from pipelines.tokenize import core, formats
 
 
 def run(opts: core.TokenizeOptions) -> dict:
+    with core.output_lock(opts.output, "ptum tokenize (reference)"):
+        return _run(opts)
+
+
+def _run(opts: core.TokenizeOptions) -> dict:
     specs, extra = core.plan_inputs(opts)
     split = core.SplitSpec.from_options(opts)
     num_shards = opts.num_shards or core.auto_shards(specs)
