@@ -180,7 +180,7 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
     property, `ptum export-model`'s output); without it the model is checked against the
     digest in its own metadata only (integrity, not trust)."""
     from ptum.export import UntrustedModel, verify_saved_model
-    from pipelines.tokenize.job import make_pipeline
+    from pipelines.tokenize.job import make_pipeline, run_pipeline
 
     ds = contracts.open_dataset(data)
     saved, exported_digest = resolve_saved_model(model, output)
@@ -226,7 +226,7 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
               | "SumCounts" >> beam.CombineGlobally(_sum))
     _ = (p | "Commit" >> beam.Create([None])
          | "WriteManifest" >> beam.Map(_write_manifest, output, beam.pvalue.AsSingleton(counts), info))
-    p.run().wait_until_finish()
+    run_pipeline(p)
     import json
     with open(mpath) as f:
         return json.load(f)

@@ -50,10 +50,14 @@ class PipelineConfig:
 
     @classmethod
     def load(cls, path: str) -> "PipelineConfig":
-        import yaml
+        from dataclasses import fields
 
-        with open(path, encoding="utf-8") as f:
-            d = yaml.safe_load(f) or {}
+        from ptum.config import ConfigError, read_yaml
+
+        d = read_yaml(path)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
         base = os.path.dirname(os.path.abspath(path))
         cfg = cls(**d)
         def absolute(v):
@@ -255,8 +259,39 @@ def run_local(cfg: PipelineConfig) -> dict:
     from tfx import v1 as tfx
 
     pipeline = create_pipeline(cfg)
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    try:
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+    except KeyboardInterrupt:
+        n = mark_interrupted(cfg)
+        raise PipelineInterrupted(f"interrupted: {n} running execution(s) marked CANCELED in "
+                                  f"{_metadata_path(cfg)}; the next run re-runs them") from None
     return summarize(cfg)
+
+
+class PipelineInterrupted(Exception):
+    """The run was interrupted (SIGINT); its running executions are marked CANCELED."""
+
+
+def _metadata_path(cfg: PipelineConfig) -> str:
+    return cfg.metadata_path or os.path.join(cfg.pipeline_root, "metadata.sqlite")
+
+
+def mark_interrupted(cfg: PipelineConfig) -> int:
+    """Executions left RUNNING by an interrupted run -> CANCELED (MLMD would otherwise show
+    them running forever); returns how many."""
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2
+
+    conn = metadata_store_pb2.ConnectionConfig()
+    conn.sqlite.filename_uri = _metadata_path(cfg)
+    store = mlmd.MetadataStore(conn)
+    running = [e for e in store.get_executions() if e.last_known_state == metadata_store_pb2.Execution.RUNNING]
+    for e in running:
+        e.last_known_state = metadata_store_pb2.Execution.CANCELED
+        e.custom_properties["ptum_interrupted"].string_value = "SIGINT"
+    if running:
+        store.put_executions(running)
+    return len(running)
 
 
 def summarize(cfg: PipelineConfig) -> dict:
@@ -265,7 +300,7 @@ def summarize(cfg: PipelineConfig) -> dict:
     from ml_metadata.proto import metadata_store_pb2
 
     conn = metadata_store_pb2.ConnectionConfig()
-    conn.sqlite.filename_uri = cfg.metadata_path or os.path.join(cfg.pipeline_root, "metadata.sqlite")
+    conn.sqlite.filename_uri = _metadata_path(cfg)
     store = mlmd.MetadataStore(conn)
     out = {"metadata": conn.sqlite.filename_uri}
 

@@ -18,7 +18,9 @@ def _quiet(verbosity: int = 0) -> None:
 
     level = {-1: logging.ERROR, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if verbosity <= 0 else "0")
+    # TensorFlow's C++ log: at the default level even its "E" lines are CUDA probes on a CPU
+    # host (cuFFT/cuDNN/cuBLAS factories, no GPU found): -v shows them.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3" if verbosity <= 0 else "0"
     if verbosity <= 0:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -58,11 +60,15 @@ def tokenize_options(a):
 
 
 def _cmd_tokenize(a, beam_args: List[str]) -> int:
-    from pipelines.tokenize import job
+    from pipelines.tokenize import core
     from pipelines.tokenize.formats import InputError
 
     try:
         opts = tokenize_options(a)
+        core.plan_inputs(opts)      # inputs, columns and options checked before Beam is imported
+        if os.path.exists(opts.output) and not os.path.isdir(opts.output):
+            raise InputError(f"{opts.output}: is a file; --output must be a folder")
+        from pipelines.tokenize import job
         manifest = job.run(opts, beam_args)
     except InputError as e:
         print(f"ptum tokenize: error: {e}", file=sys.stderr)
@@ -162,12 +168,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         argv, extra = argv[:i], argv[i + 1:]
     args = build_parser().parse_args(argv)
     _quiet(-1 if args.quiet else min(args.verbose, 1))
-    if args.command == "generate":
-        return _cmd_generate(args)
-    if args.command == "tokenize":
-        return _cmd_tokenize(args, extra)
-    from ptum import commands
-    return commands.dispatch(args, extra)
+    try:
+        if args.command == "generate":
+            return _cmd_generate(args)
+        if args.command == "tokenize":
+            return _cmd_tokenize(args, extra)
+        from ptum import commands
+        return commands.dispatch(args, extra)
+    except KeyboardInterrupt:
+        # Outputs are committed last (manifest / metadata.json), so an interrupted run leaves
+        # nothing that reads as finished; a re-run starts over (pre-training resumes).
+        print(f"ptum {args.command}: interrupted; nothing was committed", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -197,8 +197,27 @@ def _evaluate_embeddings(a) -> int:
 
 
 def _export_embeddings(a, extra) -> int:
+    from ptum.contracts import DatasetError, open_dataset
+
+    # Paths checked before TensorFlow and Beam are imported (seconds to report a typo).
+    problem = None
+    if "://" not in a.model and not os.path.isdir(a.model):
+        problem = f"--model {a.model}: no such model folder"
+    elif os.path.exists(a.output) and not os.path.isdir(a.output):
+        problem = f"--output {a.output}: is a file; the output must be a folder"
+    elif a.batch_rows < 1:
+        problem = f"--batch-rows {a.batch_rows}: must be >= 1"
+    else:
+        try:
+            ds = open_dataset(a.data)
+            if a.split is not None and a.split not in ds.splits:
+                problem = f"--split {a.split}: the dataset has {list(ds.splits)}"
+        except DatasetError as e:
+            problem = str(e)
+    if problem:
+        print(f"ptum export-embeddings: error: {problem}", file=sys.stderr)
+        return 2
     _keras_backend_default()
-    from ptum.contracts import DatasetError
     from ptum.train import ModelError
     from pipelines.export_embeddings import ExportError, run
 
@@ -219,16 +238,14 @@ def _finetune(a) -> int:
     from ptum.finetune import FinetuneConfig, LabelError, run
     from ptum.train import ModelError
 
-    d = {}
-    if a.config:
-        import yaml
-        with open(a.config) as fh:
-            d = yaml.safe_load(fh) or {}
+    from ptum.config import ConfigError, read_yaml
+
     try:
+        d = read_yaml(a.config) if a.config else {}
         cfg = FinetuneConfig(**{**d, "task": a.task, "mode": a.mode})
         out = run(a.pretrained, a.data, a.labels, a.output, cfg, label_column=a.label_column,
                   from_scratch=a.from_scratch)
-    except (LabelError, DatasetError, ModelError, TypeError) as e:
+    except (LabelError, DatasetError, ModelError, ConfigError, TypeError, ValueError) as e:
         print(f"ptum finetune: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({"output": a.output, "valid": out["valid"], "labels": out["labels"]}, indent=2))
@@ -237,13 +254,21 @@ def _finetune(a) -> int:
 
 def _pipeline(a) -> int:
     _keras_backend_default()
-    from pipelines.tfx_pipeline import PipelineConfig, run_local, summarize
+    from ptum.config import ConfigError
+    from pipelines.tfx_pipeline import PipelineConfig, PipelineInterrupted, run_local, summarize
 
-    cfg = PipelineConfig.load(a.config)
+    try:
+        cfg = PipelineConfig.load(a.config)
+    except ConfigError as e:
+        print(f"ptum pipeline: error: {e}", file=sys.stderr)
+        return 2
     if a.span is not None:
         cfg.span = a.span
     try:
         out = run_local(cfg)
+    except PipelineInterrupted as e:
+        print(f"ptum pipeline: {e}", file=sys.stderr)
+        return 130
     except RuntimeError as e:
         print(f"ptum pipeline: the run stopped: {e}", file=sys.stderr)
         print(json.dumps(summarize(cfg), indent=2))

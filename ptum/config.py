@@ -139,17 +139,39 @@ class PTUMConfig:
 
     @classmethod
     def load(cls, path: Optional[str], overrides: Optional[List[str]] = None) -> "PTUMConfig":
-        d: Dict[str, Any] = {}
-        if path:
-            import yaml
-            with open(path, encoding="utf-8") as f:
-                d = yaml.safe_load(f) or {}
+        d: Dict[str, Any] = read_yaml(path) if path else {}
         for item in overrides or []:
             apply_override(d, item)
         return cls.from_dict(d)
 
     def dump_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def read_yaml(path: str) -> Dict[str, Any]:
+    """A YAML mapping from a file (safe loader: no Python tags), or a ConfigError naming the
+    file, line and problem."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "python/" in str(e):
+            problem = f"{problem} (Python object tags are not allowed in configs)"
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(d).__name__}")
+    return d
 
 
 def _build(klass, d, section):

@@ -91,7 +91,12 @@ def output_lock(output: str, what: str, error=OutputBusyError):
     import fcntl
     import socket
 
-    os.makedirs(output, exist_ok=True)
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise error(f"{output}: is a file; the output must be a folder")
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as e:
+        raise error(f"{output}: cannot create the output folder ({e.strerror or e})") from None
     fd = os.open(os.path.join(output, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -474,9 +474,17 @@ def load_model_dir(path: str):
     meta_path = os.path.join(path, METADATA)
     if not os.path.exists(meta_path):
         raise ModelError(f"{path}: no {METADATA}: not a finished model (training failed, was killed or is running)")
-    with open(meta_path) as f:
-        metadata = json.load(f)
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = PTUMConfig.from_dict(json.load(f))
-    encoder = keras.saving.load_model(os.path.join(path, ENCODER_FILE), compile=False)
+    try:
+        with open(meta_path) as f:
+            metadata = json.load(f)
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = PTUMConfig.from_dict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: unreadable model metadata ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    try:
+        encoder = keras.saving.load_model(os.path.join(path, ENCODER_FILE), compile=False)
+    except (ValueError, TypeError, OSError, KeyError) as e:
+        # Keras' safe mode refuses Python lambdas / unknown code in a .keras file: never run it.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{os.path.join(path, ENCODER_FILE)}: cannot load the model ({first})") from None
     return encoder, metadata, cfg

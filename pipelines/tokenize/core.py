@@ -462,11 +462,15 @@ def _emit(spec, data: bytes, row: int, skip_header: bool):
 
 def read_parquet_batches(spec: FileSpec, batch_rows: int = 1 << 18):
     f = open_input(spec.path) if "://" in spec.path else spec.path
-    pf = pq.ParquetFile(f)
     row = 0
-    for batch in pf.iter_batches(batch_size=batch_rows):
-        yield batch, row
-        row += batch.num_rows
+    try:
+        pf = pq.ParquetFile(f)
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            yield batch, row
+            row += batch.num_rows
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{spec.path}: unreadable Parquet after row {row} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 # ------------------------------------------------------------------ histories

@@ -239,12 +239,32 @@ def run(opts: core.TokenizeOptions, beam_args: Optional[List[str]] = None) -> di
         core.reset_output(opts.output)
         p, runner = make_pipeline(beam_args)
         build(p, opts, specs, extra, fingerprints, num_shards, runner)
-        try:
-            result = p.run()
-            result.wait_until_finish()
-        except Exception as e:      # an InputError raised on a worker, as the runner re-raises it
-            raise input_error_of(e) or e
+        run_pipeline(p)
         return contracts.open_dataset(opts.output).manifest
+
+
+def run_pipeline(p: beam.Pipeline) -> None:
+    """Run and wait; an InputError or a Ctrl-C on a worker comes back as itself (the runner
+    wraps both in a RuntimeError with its own traceback)."""
+    try:
+        p.run().wait_until_finish()
+    except Exception as e:
+        if _interrupted(e):
+            raise KeyboardInterrupt from None
+        err = input_error_of(e)
+        if err is not None:
+            raise err from None
+        raise
+
+
+def _interrupted(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, KeyboardInterrupt) or str(e).startswith("KeyboardInterrupt"):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def input_error_of(e: BaseException) -> Optional[formats.InputError]:

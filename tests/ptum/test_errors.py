@@ -1,0 +1,137 @@
+"""Errors as a user meets them: one line naming the file / row / field / option, a non-zero
+exit, no traceback, and no heavy import before the arguments are checked (issue 12)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+
+def ptum(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "ptum.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def one_line(r, *needles, rc=2):
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == rc, (r.returncode, r.stderr[-3000:])
+    assert len(lines) == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture()
+def events_csv(tmp_path):
+    p = tmp_path / "e.csv"
+    p.write_text("user_id,item_id,timestamp\n" + "".join(f"u{i % 5},i{i % 9},{i}\n" for i in range(60)))
+    return str(p)
+
+
+def test_tokenize_errors_are_one_line(tmp_path, events_csv):
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    one_line(ptum("tokenize", "--input", events_csv, "--format", "csv", "--output", str(a_file)),
+             str(a_file), "is a file")
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"PAR1 this is not parquet at all")
+    one_line(ptum("tokenize", "--input", str(junk), "--format", "parquet", "--output", str(tmp_path / "o")),
+             "junk.parquet", "Parquet")
+    typed = tmp_path / "typed.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([[1, 2]], pa.list_(pa.int64())), "item_id": ["a"],
+                             "timestamp": [1]}), str(typed))
+    one_line(ptum("tokenize", "--input", str(typed), "--format", "parquet", "--output", str(tmp_path / "o")),
+             "typed.parquet", "'user_id'", "list")
+    one_line(ptum("tokenize", "--input", events_csv, "--format", "csv", "--output", str(tmp_path / "o"),
+                  "--time-cut", "soon", "--split", "time"), "--time-cut")
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_arguments_checked_before_heavy_imports(tmp_path):
+    code = ("import sys; from ptum import cli; rc = cli.main(sys.argv[1:]); "
+            "print(rc, sorted(m for m in ('apache_beam', 'tensorflow', 'tfx', 'keras') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code, "tokenize", "--input", str(tmp_path / "typo.csv"),
+                        "--format", "csv", "--output", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.stdout.strip() == "2 []", (r.stdout, r.stderr)
+    assert "typo.csv" in r.stderr
+    r = subprocess.run([sys.executable, "-c", code, "export-embeddings", "--model", str(tmp_path / "nomodel"),
+                        "--data", str(tmp_path), "--output", str(tmp_path / "e")], capture_output=True, text=True)
+    assert r.stdout.strip() == "2 []", (r.stdout, r.stderr)
+    assert "nomodel" in r.stderr
+
+
+def test_yaml_with_python_tags_is_refused(tmp_path, events_csv):
+    bad = tmp_path / "evil.yaml"
+    bad.write_text("model:\n  embedding_dim: !!python/object/apply:os.system ['echo pwned']\n")
+    r = ptum("pretrain", "--data", str(tmp_path), "--output", str(tmp_path / "m"), "--config", str(bad))
+    one_line(r, "evil.yaml", "line 2")
+    assert "pwned" not in r.stdout
+    from ptum.config import ConfigError
+    from pipelines.tfx_pipeline import PipelineConfig
+    with pytest.raises(ConfigError, match="evil.yaml"):
+        PipelineConfig.load(str(bad))
+    typo = tmp_path / "pipe.yaml"
+    typo.write_text("pipeline_nme: x\n")
+    with pytest.raises(ConfigError, match="pipeline_nme"):
+        PipelineConfig.load(str(typo))
+
+
+def test_keras_safe_mode_refusal_is_one_line(tmp_path):
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    m = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda x: x * 2)])
+    d = tmp_path / "model"
+    d.mkdir()
+    m.save(str(d / "encoder.keras"))
+    (d / "metadata.json").write_text(json.dumps({"vocab_hash": "x"}))
+    (d / "config.json").write_text("{}")
+    one_line(ptum("evaluate", "--model", str(d), "--data", str(tmp_path)), "encoder.keras")
+
+
+def test_sigint_ends_with_one_line(tmp_path):
+    from ptum.generate import generate
+
+    logs = str(tmp_path / "logs")
+    generate(logs, users=4000, items=500, seed=1, mean_events=40)
+    out = tmp_path / "ds"
+    proc = subprocess.Popen([sys.executable, "-m", "ptum.cli", "tokenize", "--input",
+                             os.path.join(logs, "events.csv"), "--format", "csv", "--output", str(out),
+                             "--num-shards", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / ".staging").exists() and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 130, err[-3000:]
+    assert lines == ["ptum tokenize: interrupted; nothing was committed"], err[-3000:]
+    assert not (out / "manifest.json").exists()
+
+
+def test_interrupted_pipeline_marks_its_executions(tmp_path):
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2
+
+    from pipelines.tfx_pipeline import PipelineConfig, mark_interrupted
+
+    conn = metadata_store_pb2.ConnectionConfig()
+    conn.sqlite.filename_uri = str(tmp_path / "metadata.sqlite")
+    conn.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    store = mlmd.MetadataStore(conn)
+    t = store.put_execution_type(metadata_store_pb2.ExecutionType(name="Trainer"))
+    done = metadata_store_pb2.Execution(type_id=t, last_known_state=metadata_store_pb2.Execution.COMPLETE)
+    running = metadata_store_pb2.Execution(type_id=t, last_known_state=metadata_store_pb2.Execution.RUNNING)
+    ids = store.put_executions([done, running])
+    cfg = PipelineConfig(pipeline_root=str(tmp_path), input_pattern="x", serving_dir=str(tmp_path / "s"),
+                         metadata_path=str(tmp_path / "metadata.sqlite"))
+    assert mark_interrupted(cfg) == 1
+    states = {e.id: e.last_known_state for e in store.get_executions_by_id(ids)}
+    assert states == {ids[0]: metadata_store_pb2.Execution.COMPLETE, ids[1]: metadata_store_pb2.Execution.CANCELED}
