@@ -19,6 +19,9 @@ WORKDIR ?= demo-output
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements/$(STACK).txt setup.py
+	@if [ ! -x $(BIN)/python ] && [ -z "$(PYTHON)" ]; then \
+	  echo "make setup: STACK=$(STACK) needs Python $(if $(filter legacy,$(STACK)),3.10,3) and none was found (stock Debian 12 has 3.11 only): install it (pyenv install 3.10, or your distribution's python3.10) and re-run, or use STACK=modern (Python 3.13 on glibc >= 2.39: Debian 13, or a Debian 13 container on Debian 12). See README, Prerequisites." >&2; \
+	  exit 2; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv
 	$(BIN)/uv pip sync --python $(BIN)/python requirements/$(STACK).txt

@@ -10,14 +10,30 @@ import warnings
 from typing import List, Optional
 
 
+# Library log lines that say nothing a user can act on (each checked by hand): TFX's local
+# MLMD resolver lacks property predicates and falls back to a full query; our Examples carry
+# tf.Examples without TFX's payload_format property (the default); Beam's in-process runner
+# is the intended default; TFX announces every split it reads.
+_HARMLESS = ("property_predicate is not supported", "does not have payload_format custom property",
+             "Missing pipeline option (runner)", "Reading from pattern ")
+
+
+def _drop_known_harmless(record) -> bool:
+    msg = record.getMessage() if record.args else str(record.msg)
+    return not any(h in msg for h in _HARMLESS)
+
+
 def _quiet(verbosity: int = 0) -> None:
     """Logging for a person at a terminal: our own lines at INFO, libraries' only when they
     matter. -v shows library INFO and warnings, -q only errors. Applied at the CLI entry
     alone (the library never touches global logging)."""
     import logging
 
-    level = {-1: logging.ERROR, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    level = {-1: logging.ERROR, 0: logging.WARNING}.get(verbosity, logging.INFO)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    if verbosity <= 0:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_drop_known_harmless)
     # TensorFlow's C++ log: at the default level even its "E" lines are CUDA probes on a CPU
     # host (cuFFT/cuDNN/cuBLAS factories, no GPU found): -v shows them.
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3" if verbosity <= 0 else "0"

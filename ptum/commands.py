@@ -300,7 +300,7 @@ def _demo(a, extra) -> int:
               # A downstream task fine-tuned by a second Trainer: gender from users.csv.
               "finetune_tasks": [{"name": "gender", "task": "classify", "label_column": "gender",
                                   "labels": os.path.join(logs, "users.csv"),
-                                  "config": {"epochs": 10, "head_epochs": 4, "patience": 4}}],
+                                  "config": {"epochs": 10, "patience": 4}}],
               # The evaluator blesses only if a linear probe of the user embeddings finds gender.
               "embedding_probe": {"labels": os.path.join(logs, "users.csv"), "label_column": "gender",
                                   "min_auc": 0.6}}

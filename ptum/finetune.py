@@ -256,7 +256,11 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
     """Train the head (and the encoder in full mode); early-stop on validation log-loss.
 
     Returns (model, validation metrics, history)."""
+    import time
+
     import keras
+
+    from ptum.train import epoch_line
 
     keras.utils.set_random_seed(cfg.seed)
     task = cfg.task
@@ -327,7 +331,11 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
                 p = np.asarray(keras.ops.convert_to_numpy(head.predict_on_batch(cached["valid"])), np.float32)
                 m = classification_metrics(y[valid], p if task == "classify" else np.concatenate([1 - p, p], 1),
                                            max(n_classes, 2))
-            if record("head", losses, m):
+            stop = record("head", losses, m)
+            if (len(history) % 20 == 0 or stop) and "auc" in m:
+                log(f"head epoch {len(history)}/{head_epochs}: loss {history[-1]['loss']:.4f}  "
+                    f"valid auc {m['auc']:.4f}")
+            if stop:
                 break
         if state["weights"] is not None:        # fine-tuning starts from the best probe
             model.set_weights(state["weights"])
@@ -335,12 +343,22 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
     # Phase 2 (full mode): encoder and head together, at encoder_lr_scale x the learning rate.
     if cfg.mode == "full" and cfg.epochs:
         encoder.trainable = True
+        # What the embedding does not read (pre-training's scoring tables) stays as it is.
+        off_path = list(getattr(encoder, "off_embedding_path", lambda: [])())
+        for v in off_path:
+            v.trainable = False
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate * cfg.encoder_lr_scale), loss=loss)
+        t0 = time.time()
         for e in range(cfg.epochs):
             losses = [float(model.train_on_batch(b, target(yb), sample_weight=wb)) for b, yb, wb in data.epoch(e)]
             m = classification_metrics(y[valid], predict(valid), max(n_classes, 2)) if len(valid) else {}
-            if record("full", losses, m):
+            stop = record("full", losses, m)
+            log(epoch_line(e + 1, cfg.epochs, time.time() - t0, loss=history[-1]["loss"],
+                           **({"valid_auc": m["auc"]} if "auc" in m else {})))
+            if stop:
                 break
+        for v in off_path:
+            v.trainable = True
     best_weights = state["weights"] if len(valid) else None
     if best_weights is not None:
         model.set_weights(best_weights)

@@ -32,7 +32,7 @@ class UserEncoder(keras.Model):
     def __init__(self, num_items, embedding_dim=64, num_blocks=2, num_heads=2, ff_dim=0, dropout=0.2,
                  max_len=50, attention="causal", user_vector="last", num_behaviors=0, time_buckets=0,
                  num_words=0, text_max_words=16, text_heads=2, future_positions=2, title_words=None,
-                 embedding_vector="query", profile_newest=False, **kwargs):
+                 embedding_vector="query", profile_newest=False, pooling=True, **kwargs):
         super().__init__(**kwargs)
         self.num_items, self.embedding_dim, self.num_blocks = num_items, embedding_dim, num_blocks
         self.num_heads, self.ff_dim = num_heads, ff_dim or 4 * embedding_dim
@@ -58,7 +58,11 @@ class UserEncoder(keras.Model):
         self.blocks = [TransformerBlock(embedding_dim, num_heads, self.ff_dim, dropout, name=f"block_{i}")
                        for i in range(num_blocks)]
         self.final_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")
-        self.pool = AttentivePooling(embedding_dim, name="user_pool")
+        # Attentive pooling, built only when something reads it (a pooled readout or PTUM's pooled
+        # MBP head): an unused layer would get no gradients. Models saved before this flag
+        # default to having it, so their weights still load.
+        self.pooling = bool(pooling or user_vector == "pooled")
+        self.pool = AttentivePooling(embedding_dim, name="user_pool") if self.pooling else None
         # The profile (embedding_vector == "profile"): the exported user embedding, apart from
         # the next-item query. The whole history's item bag (sum of its own input item
         # embeddings / sqrt(n)) plus a projection of the mean hidden state (zero at start),
@@ -96,7 +100,8 @@ class UserEncoder(keras.Model):
         for block in self.blocks:
             block.build((None, None, d))
         self.final_norm.build((None, None, d))
-        self.pool.build((None, None, d))
+        if self.pool is not None:
+            self.pool.build((None, None, d))
         if self.has_profile:
             self.profile_inputs.build((None,))
             self.profile_proj.build((None, (2 if self.profile_newest else 1) * d))
@@ -170,6 +175,19 @@ class UserEncoder(keras.Model):
             state = ops.concatenate([state, hidden[:, -1, :]], axis=-1)
         return bag + ops.cast(self.profile_proj(state), "float32")
 
+    def off_embedding_path(self):
+        """Variables that user_embedding() does not read (the scoring tables of the profile,
+        the future-position embeddings, an unused pooling layer): frozen while fine-tuning, so
+        that they are neither updated nor reported as having no gradient."""
+        out = []
+        if self.has_profile:
+            out += [self.profile_bias, *self.profile_items.weights, *self.future_embedding.weights]
+            if self.pool is not None:
+                out += self.pool.weights
+        elif self.pool is not None and self.user_vector != "pooled":
+            out += self.pool.weights
+        return out
+
     def embedding_space(self, training=False):
         """(item table [V, d], item bias [V]) that the exported user embedding is scored
         against: the profile's own table and bias, or item_table() and zeros for the query."""
@@ -197,7 +215,7 @@ class UserEncoder(keras.Model):
                 "time_buckets": self.time_buckets, "num_words": self.num_words,
                 "text_max_words": self.text_max_words, "text_heads": self.text_heads,
                 "future_positions": self.future_positions, "embedding_vector": self.embedding_vector,
-                "profile_newest": self.profile_newest,
+                "profile_newest": self.profile_newest, "pooling": self.pooling,
                 "name": self.name, "trainable": self.trainable}
 
     @classmethod
@@ -470,7 +488,9 @@ class PTUMPretrainer(keras.Model):
         return cls(**config)
 
 
-def build_encoder(model_cfg, title_words: Optional[np.ndarray] = None) -> UserEncoder:
+def build_encoder(model_cfg, title_words: Optional[np.ndarray] = None, pooling: bool = True) -> UserEncoder:
+    """`pooling`: build the attentive pooling layer even when the readout does not use it
+    (PTUM's pooled MBP head reads it); build_encoder_for(cfg) decides from the objective."""
     m = model_cfg
     return UserEncoder(
         num_items=m.num_items, embedding_dim=m.embedding_dim, num_blocks=m.num_blocks, num_heads=m.num_heads,
@@ -479,8 +499,14 @@ def build_encoder(model_cfg, title_words: Optional[np.ndarray] = None) -> UserEn
         time_buckets=m.time_buckets if m.use_time else 0, num_words=m.num_words if m.use_text else 0,
         text_max_words=m.text_max_words, text_heads=m.text_heads, future_positions=m.future_positions,
         title_words=title_words if m.use_text else None, embedding_vector=m.user_embedding,
-        profile_newest=m.profile_newest,
+        profile_newest=m.profile_newest, pooling=pooling,
         name="user_encoder")
+
+
+def build_encoder_for(cfg, title_words: Optional[np.ndarray] = None) -> UserEncoder:
+    """The encoder of a full PTUM config, with pooling only where the readout or MBP uses it."""
+    o = cfg.objective
+    return build_encoder(cfg.model, title_words, pooling=bool(o.mbp and o.mbp_readout == "pooled"))
 
 
 def build_pretrainer(cfg, encoder: UserEncoder) -> PTUMPretrainer:

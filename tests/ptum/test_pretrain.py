@@ -60,14 +60,14 @@ def test_objectives_train_and_round_trip(clean_dataset, overrides, tmp_path):
     import keras
 
     from ptum.data import Rows, TrainBatches
-    from ptum.model import build_encoder, build_pretrainer
+    from ptum.model import build_encoder_for, build_pretrainer
     from ptum.train import fill_from_dataset, train_window
 
     ds = contracts.open_dataset(clean_dataset[0])
     cfg = small_cfg(*overrides)
     words = fill_from_dataset(cfg, ds)
     cfg.validate()
-    enc = build_encoder(cfg.model, words)
+    enc = build_encoder_for(cfg, words)
     pre = build_pretrainer(cfg, enc)
     pre.compile(optimizer=keras.optimizers.Adam(1e-3))
     batches = TrainBatches(Rows.from_split(ds, "train"), 64, train_window(cfg), [8], 0,
