@@ -32,6 +32,7 @@ RUNS = {
     "user-embeddings": ("configs/user-embeddings.yaml", []),
     "user-embeddings-future": ("configs/user-embeddings.yaml", ["objective.bag_future=10",
                                                                  "model.profile_newest=true"]),
+    "user-embeddings-contrastive": ("configs/user-embeddings.yaml", ["objective.bag_contrastive=0.2"]),
     "ml100k-nextitem": ("configs/ml100k-nextitem.yaml", []),
     "ml100k": ("configs/ml100k.yaml", []),
     "bag-only": ("configs/user-embeddings.yaml", ["objective.nbp=false"]),

@@ -100,7 +100,14 @@ def dispatch(args, extra) -> int:
 
 
 def _keras_backend_default() -> None:
+    """TensorFlow unless KERAS_BACKEND says otherwise; Keras (and its backend) imported with
+    the backend's known start-up noise filtered out of stderr (see ptum.cli.import_quietly)."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from ptum.cli import import_quietly
+
+    if os.environ["KERAS_BACKEND"] == "tensorflow":
+        import_quietly("tensorflow")
+    import_quietly("keras")
 
 
 def _pretrain(a) -> int:

@@ -65,6 +65,8 @@ class ObjectiveConfig:
     bag_weight: float = 1.0
     bag_dropout: float = 0.5       # share of behaviors hidden from the encoder in the bag pass
     bag_future: int = 0            # W > 0: also cut the newest 1..W behaviors off and predict them (future window)
+    bag_contrastive: float = 0.0   # c > 0: two dropped views of a history agree (InfoNCE, in-batch negatives)
+    bag_contrastive_temperature: float = 0.1
 
 
 @dataclass
@@ -110,6 +112,9 @@ class PTUMConfig:
             (not o.bag or m.user_embedding == "profile", "objective.bag trains the profile: set model.user_embedding=profile"),
             (0.0 <= o.bag_dropout < 1.0, "objective.bag_dropout must be in [0, 1)"),
             (o.bag_future >= 0, "objective.bag_future must be >= 0 (0: off)"),
+            (o.bag_contrastive >= 0, "objective.bag_contrastive must be >= 0 (0: off)"),
+            (o.bag_contrastive == 0 or o.bag_dropout > 0, "objective.bag_contrastive needs bag_dropout > 0 (the views)"),
+            (o.bag_contrastive_temperature > 0, "objective.bag_contrastive_temperature must be > 0"),
             (self.train.select_metric in ("auto", "ndcg@10", "window_recall@10"),
              "train.select_metric must be auto, ndcg@10 or window_recall@10"),
             (m.embedding_dim % m.num_heads == 0, "embedding_dim must divide by num_heads"),

@@ -375,11 +375,17 @@ class BagPrediction(keras.layers.Layer):
 
     With `future` = W > 0 (dense future window, PinnerFormer-style): each user's newest s
     behaviors (s uniform in 1..W) are cut off the input as well, and a second multinomial
-    term asks the profile of what is left for exactly those s future behaviors."""
+    term asks the profile of what is left for exactly those s future behaviors.
 
-    def __init__(self, dropout=0.5, seed=0, future=0, **kwargs):
+    With `contrastive` = c > 0 (a user-level contrastive term): a second, independently
+    dropped view of each history is encoded too, and the two profiles of a user must pick
+    each other out of the batch (InfoNCE over cosine similarities / `temperature`, in-batch
+    negatives, both directions), added with weight c."""
+
+    def __init__(self, dropout=0.5, seed=0, future=0, contrastive=0.0, temperature=0.1, **kwargs):
         super().__init__(**kwargs)
         self.dropout, self.seed, self.future = dropout, seed, future
+        self.contrastive, self.temperature = float(contrastive), float(temperature)
         self.seed_generator = keras.random.SeedGenerator(seed + 2)
 
     def _cut_future(self, inputs, valid):
@@ -414,13 +420,7 @@ class BagPrediction(keras.layers.Layer):
         seen, future = inputs, None
         if training and self.future > 0:
             seen, future = self._cut_future(inputs, valid)
-        kept = seen["item_ids"]
-        if training and self.dropout > 0:
-            u = keras.random.uniform(ops.shape(ids), seed=self.seed_generator)
-            newest = ops.equal(ops.arange(ops.shape(ids)[1]), ops.shape(ids)[1] - 1)[None, :]
-            drop = ops.logical_and(ops.logical_and(ops.not_equal(kept, contracts.PAD_ID), u < self.dropout),
-                                   ops.logical_not(newest))
-            kept = ops.where(drop, contracts.PAD_ID, kept)
+        kept = self._drop(seen["item_ids"]) if training else seen["item_ids"]
         p = ops.cast(encoder.profile(encoder({**seen, "item_ids": kept}, training=training)), "float32")
         table, bias = encoder.embedding_space(training=training)
         logits = ops.matmul(p, ops.transpose(ops.cast(table, "float32"))) + ops.cast(bias, "float32")[None, :]
@@ -429,10 +429,35 @@ class BagPrediction(keras.layers.Layer):
         loss = self._nll(logp, ids, known)
         if future is not None:
             loss = loss + self._nll(logp, ids, known * ops.cast(future, "float32"))
+        if training and self.contrastive > 0:
+            other = self._drop(seen["item_ids"])
+            p2 = ops.cast(encoder.profile(encoder({**seen, "item_ids": other}, training=training)), "float32")
+            loss = loss + self.contrastive * self._info_nce(p, p2)
         return loss
 
+    def _drop(self, kept):
+        """Hide a `dropout` share of the behaviors (as padding); the newest always stays."""
+        if self.dropout <= 0:
+            return kept
+        u = keras.random.uniform(ops.shape(kept), seed=self.seed_generator)
+        newest = ops.equal(ops.arange(ops.shape(kept)[1]), ops.shape(kept)[1] - 1)[None, :]
+        drop = ops.logical_and(ops.logical_and(ops.not_equal(kept, contracts.PAD_ID), u < self.dropout),
+                               ops.logical_not(newest))
+        return ops.where(drop, contracts.PAD_ID, kept)
+
+    def _info_nce(self, a, b):
+        """Symmetric InfoNCE: row i of `a` and of `b` are one user's two views."""
+        a = a / ops.maximum(ops.sqrt(ops.sum(a * a, axis=-1, keepdims=True)), 1e-6)
+        b = b / ops.maximum(ops.sqrt(ops.sum(b * b, axis=-1, keepdims=True)), 1e-6)
+        logits = ops.matmul(a, ops.transpose(b)) / self.temperature
+        diag = ops.arange(ops.shape(a)[0])
+        ce_ab = -ops.take_along_axis(ops.log_softmax(logits, axis=1), diag[:, None], axis=1)
+        ce_ba = -ops.take_along_axis(ops.log_softmax(logits, axis=0), diag[None, :], axis=0)
+        return 0.5 * (ops.mean(ce_ab) + ops.mean(ce_ba))
+
     def get_config(self):
-        return {**super().get_config(), "dropout": self.dropout, "seed": self.seed, "future": self.future}
+        return {**super().get_config(), "dropout": self.dropout, "seed": self.seed, "future": self.future,
+                "contrastive": self.contrastive, "temperature": self.temperature}
 
 
 @keras.saving.register_keras_serializable(package="ptum")
@@ -442,19 +467,21 @@ class PTUMPretrainer(keras.Model):
     def __init__(self, encoder: UserEncoder, mbp=False, nbp=True, nbp_lambda=1.0, mask_rate=0.2,
                  mbp_readout="position", k=1, nbp_from="every", negatives="shared", num_negatives=256,
                  logq_correction=True, temperature=1.0, seed=0, bag=False, bag_weight=1.0, bag_dropout=0.5,
-                 bag_future=0, **kwargs):
+                 bag_future=0, bag_contrastive=0.0, bag_contrastive_temperature=0.1, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.use_mbp, self.use_nbp, self.nbp_lambda = mbp, nbp, nbp_lambda
         self.use_bag, self.bag_weight = bag, bag_weight
         self._cfg = dict(mask_rate=mask_rate, mbp_readout=mbp_readout, k=k, nbp_from=nbp_from,
                          negatives=negatives, num_negatives=num_negatives, logq_correction=logq_correction,
-                         temperature=temperature, seed=seed, bag_dropout=bag_dropout, bag_future=bag_future)
+                         temperature=temperature, seed=seed, bag_dropout=bag_dropout, bag_future=bag_future,
+                         bag_contrastive=bag_contrastive, bag_contrastive_temperature=bag_contrastive_temperature)
         self.scoring = CandidateScoring(negatives, num_negatives, logq_correction, temperature, seed,
                                         name="scoring")
         self.mbp = MaskedBehaviorPrediction(mask_rate, mbp_readout, seed, name="mbp") if mbp else None
         self.nbp = NextBehaviorsPrediction(k, nbp_from, name="nbp") if nbp else None
-        self.bag = BagPrediction(bag_dropout, seed, bag_future, name="bag") if bag else None
+        self.bag = BagPrediction(bag_dropout, seed, bag_future, bag_contrastive, bag_contrastive_temperature,
+                                 name="bag") if bag else None
 
     def call(self, inputs, training=False):
         losses = {}
@@ -515,6 +542,7 @@ def build_pretrainer(cfg, encoder: UserEncoder) -> PTUMPretrainer:
                           mbp_readout=o.mbp_readout, k=o.k, nbp_from=o.nbp_from, negatives=o.negatives,
                           num_negatives=o.num_negatives, logq_correction=o.logq_correction,
                           temperature=o.temperature, seed=cfg.train.seed, bag=o.bag, bag_weight=o.bag_weight,
-                          bag_dropout=o.bag_dropout, bag_future=o.bag_future, name="ptum_pretrainer")
+                          bag_dropout=o.bag_dropout, bag_future=o.bag_future, bag_contrastive=o.bag_contrastive,
+                          bag_contrastive_temperature=o.bag_contrastive_temperature, name="ptum_pretrainer")
 
 

@@ -135,3 +135,19 @@ def test_interrupted_pipeline_marks_its_executions(tmp_path):
     assert mark_interrupted(cfg) == 1
     states = {e.id: e.last_known_state for e in store.get_executions_by_id(ids)}
     assert states == {ids[0]: metadata_store_pb2.Execution.COMPLETE, ids[1]: metadata_store_pb2.Execution.CANCELED}
+
+
+def test_cli_logging_drops_known_harmless_lines_only():
+    code = ("import logging, sys; from ptum import cli; cli._quiet(int(sys.argv[1])); "
+            "from absl import logging as absl_logging; "
+            "absl_logging.warning('ArtifactQuery.property_predicate is not supported.'); "
+            "logging.getLogger('tfx.x').warning('Examples artifact does not have payload_format custom property.'); "
+            "logging.getLogger('tfx.y').info('Reading from pattern [x] for split train'); "
+            "logging.getLogger('ptum.z').warning('disk almost full'); "
+            "logging.getLogger('ptum.z').error('a real error')")
+    default = subprocess.run([sys.executable, "-c", code, "0"], capture_output=True, text=True)
+    assert [ln for ln in default.stderr.splitlines() if ln.strip()] == ["disk almost full", "a real error"]
+    quiet = subprocess.run([sys.executable, "-c", code, "-1"], capture_output=True, text=True)
+    assert [ln for ln in quiet.stderr.splitlines() if ln.strip()] == ["a real error"]
+    verbose = subprocess.run([sys.executable, "-c", code, "1"], capture_output=True, text=True)
+    assert "property_predicate" in verbose.stderr and "Reading from pattern" in verbose.stderr

@@ -208,3 +208,31 @@ def test_bag_future_cut_by_hand():
         np.testing.assert_array_equal(out[out != 0], row[row != 0][:n - s])
         assert out[-1] != 0
         np.testing.assert_array_equal(row[fut], row[row != 0][n - s:])
+
+
+def test_contrastive_term_by_hand():
+    """The user-level contrastive term (objective.bag_contrastive): symmetric InfoNCE of two
+    views, computed by hand; views keep the newest behavior and drop only real ones."""
+    import keras
+
+    from ptum.config import ConfigError, PTUMConfig
+    from ptum.model import BagPrediction
+
+    layer = BagPrediction(dropout=0.5, seed=3, contrastive=0.2, temperature=0.5)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
+    got = float(keras.ops.convert_to_numpy(layer._info_nce(a, b)))
+    na = a / np.linalg.norm(a, axis=1, keepdims=True)
+    nb = b / np.linalg.norm(b, axis=1, keepdims=True)
+    s = na @ nb.T / 0.5
+    ce_rows = -np.diag(s - np.log(np.exp(s).sum(axis=1, keepdims=True)))
+    ce_cols = -np.diag(s - np.log(np.exp(s).sum(axis=0, keepdims=True)))
+    assert abs(got - 0.5 * (ce_rows.mean() + ce_cols.mean())) < 1e-5
+    assert float(keras.ops.convert_to_numpy(layer._info_nce(a, a))) < got   # agreeing views cost less
+    ids = np.array([[0, 0, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 0, 0, 7, 8]], np.int32)
+    view = keras.ops.convert_to_numpy(layer._drop(ids))
+    assert (view[:, -1] == ids[:, -1]).all() and (view[ids == 0] == 0).all()
+    assert set(view[view != 0]) <= set(ids[ids != 0])
+    with pytest.raises(ConfigError, match="bag_contrastive"):
+        PTUMConfig.load(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "user-embeddings.yaml"),
+                        ["objective.bag_contrastive=-1"])
