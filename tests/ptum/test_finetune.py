@@ -49,6 +49,13 @@ def test_finetune_tasks_and_modes(pretrained, tmp_path, task, mode, column):
         args += ["--label-column", column]
     r = cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
+    # Readable output: no warning about variables off the embedding path (pre-training's
+    # scoring tables are frozen, the unused pooling layer is not built), and one progress
+    # line per fine-tuning epoch with an ETA.
+    assert "Gradients do not exist" not in r.stderr, r.stderr[-3000:]
+    assert not [ln for ln in r.stderr.splitlines() if ln.strip()], r.stderr[-3000:]
+    if mode == "full":
+        assert "ETA <=" in r.stdout and "epoch   1/20" in r.stdout, r.stdout[-2000:]
     meta = json.load(open(os.path.join(out, "metadata.json")))
     m = meta["valid"]
     for k in ("auc", "accuracy", "macro_f1", "log_loss"):
