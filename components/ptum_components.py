@@ -377,27 +377,18 @@ def VersionedPusher(  # noqa: N802
     if not model_blessing.get_int_custom_property("blessed"):
         pushed_model.set_int_custom_property("pushed", 0)
         return
-    from ptum.export import PUSHED_FROM_ASSET, stamp_version, verify_saved_model
+    from ptum import contracts
+    from ptum.export import verify_saved_model
 
     src = os.path.join(model.uri, "Format-Serving", "saved_model")
     digest = verify_saved_model(src)["saved_model_sha256"]  # the Trainer's export, unmodified
-    os.makedirs(base_directory, exist_ok=True)
-    existing = sorted(int(v) for v in os.listdir(base_directory) if v.isdigit())
-    marker = os.path.join("assets.extra", PUSHED_FROM_ASSET)
-    same = [v for v in existing if _read(os.path.join(base_directory, str(v), marker)) == model.uri]
-    if same:
+    # One pusher at a time per serving folder (two pipelines pushing at once would pick the
+    # same version and rename over each other): the other waits its turn.
+    with contracts.output_lock(base_directory, "VersionedPusher", RuntimeError, wait=True):
+        version, already = _push_version(model.uri, src, base_directory)
+    if already:
         # Re-running a span re-blesses the same model: it is served already, no new version.
-        version = same[-1]
         pushed_model.set_int_custom_property("already_pushed", 1)
-    else:
-        version = max([int(time.time())] + [v + 1 for v in existing])
-        tmp = os.path.join(base_directory, f".tmp-{version}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        with open(os.path.join(tmp, marker), "w") as f:
-            f.write(model.uri)
-        stamp_version(tmp, version)  # one version: the directory's, in the metadata too
-        os.replace(tmp, os.path.join(base_directory, str(version)))
     dest = os.path.join(base_directory, str(version))
     pushed_model.set_int_custom_property("pushed", 1)
     pushed_model.set_string_custom_property("pushed_destination", dest)
@@ -406,6 +397,29 @@ def VersionedPusher(  # noqa: N802
     pushed_model.set_int_custom_property("pushed_model_id", model.id)
     # The trust anchor for loaders: MLMD's record of what was pushed.
     pushed_model.set_string_custom_property("saved_model_sha256", digest)
+
+
+def _push_version(model_uri: str, src: str, base_directory: str):
+    """(version serving `model_uri` under `base_directory`, whether it was there already): the
+    existing one, or a new one copied beside and renamed into place. Call with the folder's
+    lock held."""
+    from ptum.export import PUSHED_FROM_ASSET, stamp_version
+
+    os.makedirs(base_directory, exist_ok=True)
+    existing = sorted(int(v) for v in os.listdir(base_directory) if v.isdigit())
+    marker = os.path.join("assets.extra", PUSHED_FROM_ASSET)
+    same = [v for v in existing if _read(os.path.join(base_directory, str(v), marker)) == model_uri]
+    if same:
+        return same[-1], True
+    version = max([int(time.time())] + [v + 1 for v in existing])
+    tmp = os.path.join(base_directory, f".tmp-{version}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    with open(os.path.join(tmp, marker), "w") as f:
+        f.write(model_uri)
+    stamp_version(tmp, version)  # one version: the directory's, in the metadata too
+    os.replace(tmp, os.path.join(base_directory, str(version)))
+    return version, False
 
 
 @component

@@ -76,7 +76,7 @@ class OutputBusyError(Exception):
 
 
 @contextlib.contextmanager
-def output_lock(output: str, what: str, error=OutputBusyError):
+def output_lock(output: str, what: str, error=OutputBusyError, wait: bool = False):
     """Hold an exclusive lock on a local output folder for the length of a run.
 
     Two runs writing one folder would delete each other's staging and commit markers and
@@ -84,7 +84,9 @@ def output_lock(output: str, what: str, error=OutputBusyError):
     The lock (flock on `output/.ptum.lock`) is released by the OS when its process ends,
     so a killed run never leaves a stale lock. Object-store outputs (`gs://`, `s3://`) have
     no such lock: the last run to commit wins, and each run checks its own commit marker.
-    `error`: the exception class raised when the folder is busy (each caller's own)."""
+    `error`: the exception class raised when the folder is busy (each caller's own).
+    `wait`: block until the holder is done instead (the pusher: versions are chosen and
+    renamed into place one pusher at a time)."""
     if "://" in output:
         yield
         return
@@ -99,7 +101,7 @@ def output_lock(output: str, what: str, error=OutputBusyError):
         raise error(f"{output}: cannot create the output folder ({e.strerror or e})") from None
     fd = os.open(os.path.join(output, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
         os.close(fd)
