@@ -123,6 +123,7 @@ class PTUMConfig:
             (not (o.nbp and o.nbp_from == "every" and m.attention == "bidirectional"),
              "NBP from every prefix needs causal attention (bidirectional attention sees the future)"),
             (self.train.mixed_precision in ("none", "bf16", "fp16"), "train.mixed_precision: none|bf16|fp16"),
+            (str(self.train.jit_compile).lower() in ("auto", "true", "false"), "train.jit_compile: auto|true|false"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -179,26 +180,102 @@ def read_yaml(path: str) -> Dict[str, Any]:
     return d
 
 
+# Ranges of numeric settings, (section, key) -> (low, high, low inclusive, high inclusive);
+# None: unbounded. Checked for every config, from YAML, overrides or a saved model.
+RANGES = {
+    ("model", "embedding_dim"): (1, None, True, True), ("model", "num_blocks"): (1, None, True, True),
+    ("model", "num_heads"): (1, None, True, True), ("model", "ff_dim"): (0, None, True, True),
+    ("model", "dropout"): (0.0, 1.0, True, False), ("model", "max_len"): (1, None, True, True),
+    ("model", "time_buckets"): (1, None, True, True), ("model", "text_max_words"): (1, None, True, True),
+    ("model", "text_heads"): (1, None, True, True), ("model", "future_positions"): (1, None, True, True),
+    ("model", "num_items"): (0, None, True, True), ("model", "num_behaviors"): (0, None, True, True),
+    ("model", "num_words"): (0, None, True, True),
+    ("objective", "nbp_lambda"): (0.0, None, True, True), ("objective", "num_negatives"): (1, None, True, True),
+    ("objective", "temperature"): (0.0, None, False, True), ("objective", "bag_weight"): (0.0, None, True, True),
+    ("objective", "k"): (1, None, True, True),
+    ("train", "batch_size"): (1, None, True, True), ("train", "epochs"): (1, None, True, True),
+    ("train", "learning_rate"): (0.0, None, False, True), ("train", "weight_decay"): (0.0, None, True, True),
+    ("train", "clipnorm"): (0.0, None, True, True), ("train", "patience"): (1, None, True, True),
+    ("train", "eval_every"): (1, None, True, True), ("train", "eval_batch_size"): (1, None, True, True),
+    ("train", "checkpoint_every_steps"): (0, None, True, True),
+    ("train", "steps_per_execution"): (1, None, True, True),
+    ("train", "max_train_seconds"): (0.0, None, True, True),
+}
+
+
+def _typed(section: str, key: str, t: str, v):
+    """`v` as the field's type `t` (YAML 1.1 reads 1e-3 as a string), or a ConfigError naming
+    section.key. bool accepts only true/false (a string "no" is not silently truthy)."""
+    where = f"{section}.{key}"
+    if t == "bool":
+        if isinstance(v, bool):
+            return v
+        raise ConfigError(f"{where}: expected true or false, got {v!r}")
+    if t == "int":
+        if isinstance(v, bool):
+            raise ConfigError(f"{where}: expected an integer, got {v!r}")
+        if isinstance(v, int):
+            return v
+        if isinstance(v, str):
+            try:
+                return int(v)
+            except ValueError:
+                pass
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        raise ConfigError(f"{where}: expected an integer, got {v!r}")
+    if t == "float":
+        if isinstance(v, bool):
+            raise ConfigError(f"{where}: expected a number, got {v!r}")
+        if isinstance(v, (int, float)):
+            return float(v)
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {v!r}")
+    if t == "str":
+        if isinstance(v, bool):     # YAML reads `true` / `false` unquoted as booleans
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return v
+        raise ConfigError(f"{where}: expected a string, got {v!r}")
+    if t == "List[int]":
+        if isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v):
+            return list(v)
+        raise ConfigError(f"{where}: expected a list of positive integers, got {v!r}")
+    return v
+
+
+def check_ranges(section: str, obj) -> None:
+    for f in fields(obj):
+        bounds = RANGES.get((section, f.name))
+        if bounds is None:
+            continue
+        lo, hi, lo_in, hi_in = bounds
+        v = getattr(obj, f.name)
+        bad = (lo is not None and (v < lo if lo_in else v <= lo)) or (hi is not None and (v > hi if hi_in else v >= hi))
+        if bad:
+            lo_s = "" if lo is None else ("[" if lo_in else "(") + f"{lo}"
+            hi_s = "inf)" if hi is None else f"{hi}" + ("]" if hi_in else ")")
+            lo_s = lo_s or "(-inf"
+            raise ConfigError(f"{section}.{f.name}: {v!r} is out of range {lo_s}, {hi_s}")
+
+
 def _build(klass, d, section):
     d = d or {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{section}: expected a mapping of settings, got {d!r}")
     names = {f.name for f in fields(klass)}
     unknown = set(d) - names
     if unknown:
         raise ConfigError(f"unknown key(s) in {section}: {sorted(unknown)}")
-    types = {f.name: f.type for f in fields(klass)}
-    out = {}
-    for k, v in d.items():
-        t = str(types[k])
-        try:
-            # YAML reads "1e-3" as a string (YAML 1.1): coerce scalars to the field's type.
-            if t == "float" and isinstance(v, (str, int)) and not isinstance(v, bool):
-                v = float(v)
-            elif t == "int" and isinstance(v, str):
-                v = int(v)
-        except ValueError:
-            raise ConfigError(f"{section}.{k}: expected {t}, got {v!r}") from None
-        out[k] = v
-    return klass(**out)
+    types = {f.name: str(f.type) for f in fields(klass)}
+    out = {k: _typed(section, k, types[k], v) for k, v in d.items()}
+    obj = klass(**out)
+    check_ranges(section, obj)
+    return obj
 
 
 def apply_override(d: Dict[str, Any], item: str) -> None:

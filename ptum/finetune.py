@@ -45,6 +45,30 @@ class FinetuneConfig:
     valid_fraction: float = 0.2
     seed: int = 0
 
+    def __post_init__(self):
+        """One line naming the setting, before any work (e.g. mode: frozn no longer runs full)."""
+        from ptum.config import ConfigError
+
+        choices = {"task": ("classify", "ctr"), "mode": ("full", "frozen"), "head": ("linear", "mlp"),
+                   "class_weight": ("balanced", "none")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"finetune {key}: {getattr(self, key)!r} is not one of {allowed}")
+        ranges = {"hidden": (1, None), "epochs": (0, None), "head_epochs": (0, None), "batch_size": (1, None),
+                  "patience": (1, None), "head_l2": (0.0, None), "encoder_lr_scale": (0.0, None)}
+        for key, (lo, _) in ranges.items():
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo:
+                raise ConfigError(f"finetune {key}: {v!r} must be a number >= {lo}")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise ConfigError(f"finetune learning_rate: {self.learning_rate!r} must be > 0")
+        if not (0.0 <= self.dropout < 1.0):
+            raise ConfigError(f"finetune dropout: {self.dropout!r} must be in [0, 1)")
+        if not (0.0 <= self.valid_fraction < 1.0):
+            raise ConfigError(f"finetune valid_fraction: {self.valid_fraction!r} must be in [0, 1)")
+        if not isinstance(self.standardize, bool):
+            raise ConfigError(f"finetune standardize: expected true or false, got {self.standardize!r}")
+
 
 # ------------------------------------------------------------------ labels
 def read_table(path: str):

@@ -151,3 +151,31 @@ def test_cli_logging_drops_known_harmless_lines_only():
     assert [ln for ln in quiet.stderr.splitlines() if ln.strip()] == ["a real error"]
     verbose = subprocess.run([sys.executable, "-c", code, "1"], capture_output=True, text=True)
     assert "property_predicate" in verbose.stderr and "Reading from pattern" in verbose.stderr
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model.use_time=no_thanks", "model.use_time"), ('model.use_time="no"', "model.use_time"),
+    ("model.num_blocks=-1", "model.num_blocks"), ("objective.num_negatives=0", "objective.num_negatives"),
+    ("train.learning_rate=-0.01", "train.learning_rate"), ("model.dropout=1.5", "model.dropout"),
+    ("train.batch_size=0", "train.batch_size"), ("model.max_len=0", "model.max_len"),
+    ("model.embedding_dim=0", "model.embedding_dim"), ("train.length_buckets=[8,0]", "train.length_buckets"),
+    ("train.jit_compile=sometimes", "train.jit_compile"), ("model.num_heads=2.5", "model.num_heads"),
+])
+def test_config_types_and_ranges_are_checked_up_front(override, needle):
+    from ptum.config import ConfigError, PTUMConfig
+
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        PTUMConfig.load(None, [override])
+
+
+def test_config_errors_at_the_cli_and_in_finetune(tmp_path):
+    one_line(ptum("pretrain", "--data", str(tmp_path), "--output", str(tmp_path / "m"),
+                  "--set", "model.dropout=1.5"), "model.dropout")
+    from ptum.config import ConfigError, PTUMConfig
+    from ptum.finetune import FinetuneConfig
+
+    assert PTUMConfig.load(None, ["train.jit_compile=true", "train.learning_rate=1e-3"]).train.jit_compile == "true"
+    with pytest.raises(ConfigError, match="mode"):
+        FinetuneConfig(mode="frozn")
+    with pytest.raises(ConfigError, match="batch_size"):
+        FinetuneConfig(batch_size=0)
