@@ -17,7 +17,7 @@ import math
 import os
 import platform
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -43,15 +43,19 @@ def _versions() -> Dict[str, str]:
     return out
 
 
-def fill_from_dataset(cfg: PTUMConfig, ds: contracts.SequenceDataset) -> Optional[np.ndarray]:
-    """Set vocabulary sizes from the dataset; returns title word ids per token (or None)."""
+def fill_from_dataset(cfg: PTUMConfig, ds: contracts.SequenceDataset) -> Tuple[PTUMConfig, Optional[np.ndarray]]:
+    """(a copy of `cfg` with the dataset's vocabulary sizes and time availability, title word
+    ids per token or None). The caller's config is left as it was."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
     m = cfg.model
     m.num_items = ds.num_item_tokens
     m.num_behaviors = ds.num_behavior_tokens
     if not ds.has_time:
         m.use_time = False
     if not m.use_text:
-        return None
+        return cfg, None
     catalog = ds.read_vocab_table(contracts.CATALOG)
     words = ds.read_vocab_table(contracts.WORDS_VOCAB)
     if catalog is None or words is None:
@@ -63,7 +67,7 @@ def fill_from_dataset(cfg: PTUMConfig, ds: contracts.SequenceDataset) -> Optiona
         if tok is not None and 0 <= tok < m.num_items:
             w = wids[: m.text_max_words]
             table[tok, : len(w)] = w
-    return table
+    return cfg, table
 
 
 def _query_definition(cfg: PTUMConfig) -> str:
@@ -259,7 +263,7 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
     data_dir = ds.root
     if (train_rows.lengths >= 2).sum() == 0:
         raise TrainingError(f"{data_dir}: the train split has no sequence with 2 or more behaviors")
-    title_words = fill_from_dataset(cfg, ds)
+    cfg, title_words = fill_from_dataset(cfg, ds)
     cfg.validate()
     t = cfg.train
     os.makedirs(output, exist_ok=True)

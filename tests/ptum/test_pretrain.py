@@ -64,8 +64,9 @@ def test_objectives_train_and_round_trip(clean_dataset, overrides, tmp_path):
     from ptum.train import fill_from_dataset, train_window
 
     ds = contracts.open_dataset(clean_dataset[0])
-    cfg = small_cfg(*overrides)
-    words = fill_from_dataset(cfg, ds)
+    given = small_cfg(*overrides)
+    cfg, words = fill_from_dataset(given, ds)
+    assert given.model.num_items == 0 and cfg.model.num_items == ds.num_item_tokens   # caller's config untouched
     cfg.validate()
     enc = build_encoder_for(cfg, words)
     pre = build_pretrainer(cfg, enc)
