@@ -276,15 +276,21 @@ def _metadata_path(cfg: PipelineConfig) -> str:
     return cfg.metadata_path or os.path.join(cfg.pipeline_root, "metadata.sqlite")
 
 
-def mark_interrupted(cfg: PipelineConfig) -> int:
-    """Executions left RUNNING by an interrupted run -> CANCELED (MLMD would otherwise show
-    them running forever); returns how many."""
+def _store(cfg: PipelineConfig):
     import ml_metadata as mlmd
     from ml_metadata.proto import metadata_store_pb2
 
     conn = metadata_store_pb2.ConnectionConfig()
     conn.sqlite.filename_uri = _metadata_path(cfg)
-    store = mlmd.MetadataStore(conn)
+    return mlmd.MetadataStore(conn)
+
+
+def mark_interrupted(cfg: PipelineConfig) -> int:
+    """Executions left RUNNING by an interrupted run -> CANCELED (MLMD would otherwise show
+    them running forever); returns how many."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = _store(cfg)
     running = [e for e in store.get_executions() if e.last_known_state == metadata_store_pb2.Execution.RUNNING]
     for e in running:
         e.last_known_state = metadata_store_pb2.Execution.CANCELED
@@ -296,13 +302,8 @@ def mark_interrupted(cfg: PipelineConfig) -> int:
 
 def summarize(cfg: PipelineConfig) -> dict:
     """Latest artifacts of each kind from MLMD (SQLite)."""
-    import ml_metadata as mlmd
-    from ml_metadata.proto import metadata_store_pb2
-
-    conn = metadata_store_pb2.ConnectionConfig()
-    conn.sqlite.filename_uri = _metadata_path(cfg)
-    store = mlmd.MetadataStore(conn)
-    out = {"metadata": conn.sqlite.filename_uri}
+    store = _store(cfg)
+    out = {"metadata": _metadata_path(cfg)}
 
     def latest(type_name):
         arts = store.get_artifacts_by_type(type_name)

@@ -70,13 +70,12 @@ def _quiet(verbosity: int = 0) -> None:
     VERBOSITY = verbosity
     level = {-1: logging.ERROR, 0: logging.WARNING}.get(verbosity, logging.INFO)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    if verbosity <= 0:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_drop_known_harmless)
     # TensorFlow's C++ log: at the default level even its "E" lines are CUDA probes on a CPU
     # host (cuFFT/cuDNN/cuBLAS factories, no GPU found): -v shows them.
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3" if verbosity <= 0 else "0"
     if verbosity <= 0:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_drop_known_harmless)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         # Library chatter a user cannot act on; the errors they raise still end the command
@@ -115,14 +114,16 @@ def tokenize_options(a):
 
 
 def _cmd_tokenize(a, beam_args: List[str]) -> int:
+    from ptum import contracts
     from pipelines.tokenize import core
     from pipelines.tokenize.formats import InputError
 
     try:
         opts = tokenize_options(a)
-        core.plan_inputs(opts)      # inputs, columns and options checked before Beam is imported
-        if os.path.exists(opts.output) and not os.path.isdir(opts.output):
-            raise InputError(f"{opts.output}: is a file; --output must be a folder")
+        core.plan_inputs(opts)      # inputs, columns, options and output checked before Beam is imported
+        problem = contracts.output_folder_problem(opts.output)
+        if problem:
+            raise InputError(problem)
         from pipelines.tokenize import job
         manifest = job.run(opts, beam_args)
     except InputError as e:

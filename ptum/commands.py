@@ -204,14 +204,14 @@ def _evaluate_embeddings(a) -> int:
 
 
 def _export_embeddings(a, extra) -> int:
-    from ptum.contracts import DatasetError, open_dataset
+    from ptum.contracts import DatasetError, open_dataset, output_folder_problem
 
     # Paths checked before TensorFlow and Beam are imported (seconds to report a typo).
     problem = None
     if "://" not in a.model and not os.path.isdir(a.model):
         problem = f"--model {a.model}: no such model folder"
-    elif os.path.exists(a.output) and not os.path.isdir(a.output):
-        problem = f"--output {a.output}: is a file; the output must be a folder"
+    elif output_folder_problem(a.output):
+        problem = output_folder_problem(a.output)
     elif a.batch_rows < 1:
         problem = f"--batch-rows {a.batch_rows}: must be >= 1"
     else:

@@ -7,7 +7,6 @@ export) and writers (the Beam tokenizer) agree without importing Beam or TensorF
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import json
 import os
@@ -75,6 +74,14 @@ class OutputBusyError(Exception):
     """Another run is writing into the same output folder."""
 
 
+def output_folder_problem(output: str) -> Optional[str]:
+    """Why `output` cannot be an output folder (a file is in the way), or None. Cheap, so the
+    CLI asks before importing Beam or TensorFlow."""
+    if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
+        return f"{output}: is a file; the output must be a folder"
+    return None
+
+
 @contextlib.contextmanager
 def output_lock(output: str, what: str, error=OutputBusyError, wait: bool = False):
     """Hold an exclusive lock on a local output folder for the length of a run.
@@ -83,7 +90,7 @@ def output_lock(output: str, what: str, error=OutputBusyError, wait: bool = Fals
     both report success; the second is refused instead, with one line naming the holder.
     The lock (flock on `output/.ptum.lock`) is released by the OS when its process ends,
     so a killed run never leaves a stale lock. Object-store outputs (`gs://`, `s3://`) have
-    no such lock: the last run to commit wins, and each run checks its own commit marker.
+    no such lock: there the last run to write its commit marker wins.
     `error`: the exception class raised when the folder is busy (each caller's own).
     `wait`: block until the holder is done instead (the pusher: versions are chosen and
     renamed into place one pusher at a time)."""
@@ -93,8 +100,9 @@ def output_lock(output: str, what: str, error=OutputBusyError, wait: bool = Fals
     import fcntl
     import socket
 
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise error(f"{output}: is a file; the output must be a folder")
+    problem = output_folder_problem(output)
+    if problem:
+        raise error(problem)
     try:
         os.makedirs(output, exist_ok=True)
     except OSError as e:

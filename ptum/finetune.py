@@ -215,14 +215,16 @@ def build_finetune_model(encoder, n_outputs: int, cfg: FinetuneConfig, task: str
                          l2=cfg.head_l2 / (2.0 * max(n_train, 1)), name=f"ptum_{task}")
 
 
-def embedding_moments(encoder, rows: Rows, idx: np.ndarray, width, buckets, time_buckets):
-    """Mean and variance of the (current) user embeddings of rows `idx` (float64, floored)."""
+def embed_rows(encoder, rows: Rows, idx: np.ndarray, width, buckets, time_buckets) -> np.ndarray:
+    """User embeddings [len(idx), d] of rows `idx` (inference mode), in idx order."""
     from keras import ops
-    acc = []
-    for _, b in _batches(rows, idx, None, width, buckets, time_buckets, 256):
-        acc.append(np.asarray(ops.convert_to_numpy(encoder.user_embedding(b, training=False)), np.float64))
-    e = np.concatenate(acc)
-    return e.mean(axis=0), np.maximum(e.var(axis=0), 1e-8)
+    out = None
+    for sel, b in _batches(rows, idx, None, width, buckets, time_buckets, 256):
+        e = np.asarray(ops.convert_to_numpy(encoder.user_embedding(b, training=False)), np.float32)
+        if out is None:
+            out = np.zeros((len(idx), e.shape[1]), np.float32)
+        out[sel] = e
+    return out if out is not None else np.zeros((0, 0), np.float32)
 
 
 def _batches(rows: Rows, idx: np.ndarray, cand: Optional[np.ndarray], width, buckets, time_buckets, size):
@@ -256,24 +258,6 @@ class _FitData:
             yield b, y[sel], weights[sel]
 
 
-def _cached_inputs(model, rows: Rows, idx: np.ndarray, cand: Optional[np.ndarray], width, buckets, time_buckets):
-    """{"u": user embeddings[, "item": candidate item embeddings]} of the frozen encoder, in idx order."""
-    from keras import ops
-    u = np.zeros((len(idx), 0), np.float32)
-    parts = []
-    for sel, b in _batches(rows, idx, None, width, buckets, time_buckets, 256):
-        parts.append((sel, np.asarray(ops.convert_to_numpy(model.user_embedding(b, training=False)), np.float32)))
-    if parts:
-        u = np.zeros((len(idx), parts[0][1].shape[1]), np.float32)
-        for sel, e in parts:
-            u[sel] = e
-    out = {"u": u}
-    if cand is not None:
-        table = np.asarray(ops.convert_to_numpy(model.encoder.item_table(training=False)), np.float32)
-        out["item"] = table[cand]
-    return out
-
-
 def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.ndarray, y: np.ndarray,
              n_classes: int, train: np.ndarray, valid: np.ndarray, cand: Optional[np.ndarray] = None,
              log: Callable[[str], None] = print):
@@ -288,12 +272,15 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
 
     keras.utils.set_random_seed(cfg.seed)
     task = cfg.task
-    if cfg.mode not in ("full", "frozen"):
-        raise ValueError(f"fine-tuning mode must be 'full' or 'frozen', got {cfg.mode!r}")
     width, buckets, tb = meta["max_len"], meta["length_buckets"], meta["time_buckets"]
+    head_epochs = cfg.head_epochs if cfg.mode == "full" else max(cfg.head_epochs, cfg.epochs)
+    # The frozen encoder's embeddings of the training users, computed once: the head phase
+    # trains on them and the standardisation takes their moments.
+    u_train = embed_rows(encoder, rows, row_idx[train], width, buckets, tb) if (head_epochs or cfg.standardize) \
+        else None
     mean = var = None
     if cfg.standardize:
-        mean, var = embedding_moments(encoder, rows, row_idx[train], width, buckets, tb)
+        mean, var = u_train.mean(axis=0, dtype=np.float64), np.maximum(u_train.var(axis=0, dtype=np.float64), 1e-8)
     model = build_finetune_model(encoder, n_classes if task == "classify" else 1, cfg, task, mean=mean,
                                  variance=var, n_train=len(train))
     counts = np.bincount(y[train], minlength=n_classes if task == "classify" else 2).astype(np.float64)
@@ -336,13 +323,14 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
     # computed once and the head trains on them (a linear probe trained to convergence, then
     # fine-tuning from there: LP-FT, Kumar et al. 2022).
     encoder.trainable = False
-    head_epochs = cfg.head_epochs if cfg.mode == "full" else max(cfg.head_epochs, cfg.epochs)
     if head_epochs:
         from ptum.finetune_model import HeadOnly
         head = HeadOnly(model)
         head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss)
-        cached = {k: _cached_inputs(model, rows, row_idx[idx], None if cand is None else cand[idx], width, buckets,
-                                    tb) for k, idx in (("train", train), ("valid", valid))}
+        cached = {"train": {"u": u_train}, "valid": {"u": embed_rows(encoder, rows, row_idx[valid], width, buckets, tb)}}
+        if cand is not None:
+            table = np.asarray(keras.ops.convert_to_numpy(encoder.item_table(training=False)), np.float32)
+            cached["train"]["item"], cached["valid"]["item"] = table[cand[train]], table[cand[valid]]
         rng = np.random.default_rng([cfg.seed, 1 << 20])
         ytr, wtr = y[train], weights[train]
         for _ in range(head_epochs):

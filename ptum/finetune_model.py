@@ -81,9 +81,6 @@ class FinetuneModel(keras.Model):
         # A frozen encoder gives fixed embeddings: no dropout inside it.
         return self.encoder.user_embedding(inputs, training=bool(training) and self.encoder.trainable)
 
-    def head_layers(self):
-        return [layer for layer in (self.norm, self.dense, self.drop, self.out) if layer is not None]
-
     def call(self, inputs, training=False):
         u = self.user_embedding(inputs, training=training)
         item = None

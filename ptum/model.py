@@ -179,13 +179,10 @@ class UserEncoder(keras.Model):
         """Variables that user_embedding() does not read (the scoring tables of the profile,
         the future-position embeddings, an unused pooling layer): frozen while fine-tuning, so
         that they are neither updated nor reported as having no gradient."""
-        out = []
+        reads_pool = not self.has_profile and self.user_vector == "pooled"
+        out = list(self.pool.weights) if self.pool is not None and not reads_pool else []
         if self.has_profile:
             out += [self.profile_bias, *self.profile_items.weights, *self.future_embedding.weights]
-            if self.pool is not None:
-                out += self.pool.weights
-        elif self.pool is not None and self.user_vector != "pooled":
-            out += self.pool.weights
         return out
 
     def embedding_space(self, training=False):

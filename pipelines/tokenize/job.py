@@ -272,14 +272,15 @@ def input_error_of(e: BaseException) -> Optional[formats.InputError]:
     the runner's "[while running ...]" suffix; None when there is none."""
     import re
 
+    def clean(text):
+        return formats.InputError(re.sub(r"\s*\[while running '[^\]]*'\]\s*$", "", text))
+
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, formats.InputError) or type(e).__name__ == "InputError":
-            return formats.InputError(re.sub(r"\s*\[while running '[^\]]*'\]\s*$", "", str(e)))
-        text = str(e)
-        if "InputError: " in text:      # re-raised from another process as text
-            line = text.rsplit("InputError: ", 1)[1].splitlines()[0]
-            return formats.InputError(re.sub(r"\s*\[while running '[^\]]*'\]\s*$", "", line))
+            return clean(str(e))
+        if "InputError: " in str(e):    # re-raised from another process as text
+            return clean(str(e).rsplit("InputError: ", 1)[1].splitlines()[0])
         e = e.__cause__ or e.__context__
     return None
