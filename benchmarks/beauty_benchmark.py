@@ -32,10 +32,11 @@ def main() -> None:
     ap.add_argument("--models-dir", default=None, help="default: <work>/models")
     ap.add_argument("--run", action="append", required=True, help="NAME=CONFIG[,section.key=value...]")
     args = ap.parse_args()
-    from ptum.commands import evaluate_model
+    from ptum.evaluate import evaluate_model
     from ptum.config import PTUMConfig
     from ptum.train import pretrain
-    from pipelines.tokenize import core, job
+    from ptum.ingest import core
+    from pipelines.tokenize import job
 
     data = os.path.join(args.work, "data")
     if not os.path.exists(os.path.join(data, "manifest.json")):

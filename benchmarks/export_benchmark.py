@@ -45,7 +45,7 @@ def main() -> None:
     from ptum.generate import generate
     from ptum.train import pretrain
     from pipelines import export_embeddings
-    from pipelines.tokenize import core, reference
+    from ptum.ingest import core, reference
 
     logs, data, model = (os.path.join(args.work, x) for x in ("logs", "data", "model"))
     if not os.path.exists(os.path.join(logs, "events.csv")):

@@ -102,8 +102,9 @@ def main() -> None:
     from ptum.config import PTUMConfig
     from ptum.contracts import open_dataset
     from ptum.finetune import FinetuneConfig, classification_metrics, finetune, join_labels, latest_rows, read_table
-    from ptum.train import load_model_dir, pretrain
-    from pipelines.tokenize import core, reference
+    from ptum.saving import load_model_dir
+    from ptum.train import pretrain
+    from ptum.ingest import core, reference
 
     t_start = time.time()
     data = os.path.join(args.work, "data")

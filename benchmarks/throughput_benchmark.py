@@ -45,7 +45,8 @@ def main() -> None:
     from ptum.contracts import open_dataset
     from ptum.data import Rows
     from ptum.train import pretrain
-    from pipelines.tokenize import core, job
+    from ptum.ingest import core
+    from pipelines.tokenize import job
 
     data = os.path.join(args.work, "data")
     if not os.path.exists(os.path.join(data, "manifest.json")):

@@ -46,7 +46,8 @@ def main() -> None:
     ap.add_argument("--work", default="benchmarks/work/tokenize")
     args = ap.parse_args()
     from ptum.generate import generate
-    from pipelines.tokenize import core, job, reference
+    from ptum.ingest import core, reference
+    from pipelines.tokenize import job
 
     os.makedirs(args.work, exist_ok=True)
     base = os.path.join(args.work, "base")

@@ -100,7 +100,8 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
     the model can warm-start and embeddings stay comparable; new items map to OOV) unless a
     rebuild is due: the share of this window's events whose item is out of that vocabulary
     exceeds `vocab_rebuild_oov_rate`, or `reuse_vocab` is 0."""
-    from pipelines.tokenize import core, job
+    from ptum.ingest import core
+    from pipelines.tokenize import job
 
     output = os.path.join(dataset.uri, DATASET_SUBDIR)
     source, why = _vocab_source(baseline_model) if reuse_vocab else (None, "reuse_vocab is off: new vocabulary")
@@ -266,8 +267,7 @@ def NextItemEvaluator(  # noqa: N802
     (5-fold, with the item-bag SVD baseline); not blessed below `min_probe_auc`."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from ptum import contracts
-    from ptum.commands import evaluate_model
-    from ptum.evaluate import NonFiniteScores
+    from ptum.evaluate import NonFiniteScores, evaluate_model
 
     data_dir = os.path.join(dataset.uri, DATASET_SUBDIR)
     ds = contracts.open_dataset(data_dir)
@@ -334,7 +334,7 @@ def _neighbour_overlap(base_dir: str, cur_dir: str, ds, k: int = 10, max_users: 
     import numpy as np
 
     from ptum.data import Rows, user_batches
-    from ptum.train import load_model_dir
+    from ptum.saving import load_model_dir
 
     rows = Rows.from_split(ds, "valid")
     idx_all = np.arange(min(len(rows), max_users))

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from ptum import contracts
-from pipelines.tokenize import core as tcore
+from ptum.ingest import core as tcore
 
 EMBEDDINGS_DIR = "embeddings"
 

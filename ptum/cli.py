@@ -96,8 +96,8 @@ def _cmd_generate(a) -> int:
 
 
 def tokenize_options(a):
-    from pipelines.tokenize.core import TokenizeOptions
-    from pipelines.tokenize.formats import Columns
+    from ptum.ingest.core import TokenizeOptions
+    from ptum.ingest.formats import Columns
 
     return TokenizeOptions(
         inputs=a.input, format=a.format, output=a.output,
@@ -115,8 +115,8 @@ def tokenize_options(a):
 
 def _cmd_tokenize(a, beam_args: List[str]) -> int:
     from ptum import contracts
-    from pipelines.tokenize import core
-    from pipelines.tokenize.formats import InputError
+    from ptum.ingest import core
+    from ptum.ingest.formats import InputError
 
     try:
         opts = tokenize_options(a)

@@ -128,28 +128,11 @@ def _pretrain(a) -> int:
     return 0
 
 
-def evaluate_model(model_dir: str, data_dir: str, split: str) -> dict:
-    from ptum.contracts import DatasetError, open_dataset
-    from ptum.data import Rows
-    from ptum.evaluate import UserEmbedder, rank_metrics
-    from ptum.train import load_model_dir
-
-    encoder, meta, cfg = load_model_dir(model_dir)
-    ds = open_dataset(data_dir)
-    if ds.vocab_hash != meta["vocab_hash"]:
-        raise DatasetError(f"{data_dir}: vocabulary {ds.vocab_hash} does not match the model's "
-                           f"{meta['vocab_hash']}; tokenize with --vocab-from the model's training dataset")
-    rows = Rows.from_split(ds, split)
-    metrics = rank_metrics(UserEmbedder(encoder), rows, meta["max_len"], meta["length_buckets"],
-                           meta["time_buckets"], cfg.train.eval_batch_size)
-    return {"split": split, "model": model_dir, "data": data_dir, **metrics}
-
-
 def _evaluate(a) -> int:
     _keras_backend_default()
     from ptum.contracts import DatasetError
-    from ptum.evaluate import NonFiniteScores
-    from ptum.train import ModelError
+    from ptum.evaluate import NonFiniteScores, evaluate_model
+    from ptum.saving import ModelError
 
     try:
         result = evaluate_model(a.model, a.data, a.split)
@@ -167,7 +150,7 @@ def _evaluate(a) -> int:
 def _export_model(a) -> int:
     _keras_backend_default()
     from ptum.export import export_saved_model
-    from ptum.train import ModelError
+    from ptum.saving import ModelError
 
     try:
         path = export_saved_model(a.model, a.output, version=a.version)
@@ -190,7 +173,7 @@ def _evaluate_embeddings(a) -> int:
     if a.model:
         _keras_backend_default()
     from ptum.contracts import DatasetError
-    from ptum.train import ModelError
+    from ptum.saving import ModelError
 
     try:
         report = evaluate_embeddings(a.embeddings, a.data, a.labels, a.label_column, a.model, a.folds, a.repeats,
@@ -225,7 +208,7 @@ def _export_embeddings(a, extra) -> int:
         print(f"ptum export-embeddings: error: {problem}", file=sys.stderr)
         return 2
     _keras_backend_default()
-    from ptum.train import ModelError
+    from ptum.saving import ModelError
     from pipelines.export_embeddings import ExportError, run
 
     try:
@@ -243,7 +226,7 @@ def _finetune(a) -> int:
     _keras_backend_default()
     from ptum.contracts import DatasetError
     from ptum.finetune import FinetuneConfig, LabelError, run
-    from ptum.train import ModelError
+    from ptum.saving import ModelError
 
     from ptum.config import ConfigError, read_yaml
 

@@ -355,7 +355,7 @@ def model_embedder(model_dir: str, untrained: bool = False):
     from a model folder: the space the user embedding is scored in. `untrained`: the same
     architecture with fresh weights (the probe baseline)."""
     from ptum.evaluate import embedding_space_numpy
-    from ptum.train import load_model_dir
+    from ptum.saving import load_model_dir
 
     encoder, meta, _ = load_model_dir(model_dir)
     if untrained:
@@ -427,7 +427,7 @@ def evaluate_embeddings(embeddings: str, data: Optional[str] = None, labels: Opt
     ds = contracts.open_dataset(data) if data else None
     meta = None
     if model:
-        from ptum.train import load_model_dir
+        from ptum.saving import load_model_dir
         _, meta, _ = load_model_dir(model)
         if int(meta["user_embedding"]["dim"]) != emb.shape[1]:
             raise EmbeddingEvalError(f"{embeddings}: dimension {emb.shape[1]} but --model {model} has "

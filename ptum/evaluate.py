@@ -15,29 +15,11 @@ import numpy as np
 
 from ptum import contracts
 from ptum.data import Rows, eval_batches
+from ptum.model import UserEmbedder
 
 
 class NonFiniteScores(ValueError):
     """The model produced NaN or infinite scores: it fails evaluation (and is never blessed)."""
-
-
-@keras.saving.register_keras_serializable(package="ptum")
-class UserEmbedder(keras.Model):
-    """Behavior batch -> the next-item query [B, d] (what next-item ranking scores)."""
-
-    def __init__(self, encoder, **kwargs):
-        super().__init__(**kwargs)
-        self.encoder = encoder
-
-    def call(self, inputs):
-        return self.encoder.next_item_query(inputs, training=False)
-
-    def get_config(self):
-        return {"encoder": keras.saving.serialize_keras_object(self.encoder), "name": self.name}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(keras.saving.deserialize_keras_object(config["encoder"]), name=config.get("name"))
 
 
 def item_table_numpy(encoder) -> np.ndarray:
@@ -96,3 +78,20 @@ def rank_metrics(embedder: UserEmbedder, rows: Rows, width: int, buckets: Sequen
     out["coverage@10"] = len([i for i in top_items if i >= contracts.FIRST_ITEM_ID]) / max(n_real, 1)
     out["users"] = n
     return out
+
+
+def evaluate_model(model_dir: str, data_dir: str, split: str) -> dict:
+    """Next-item metrics of a finished model folder on one split of a dataset with the same
+    vocabulary: {"split", "model", "data", "ndcg@10", ...}."""
+    from ptum.saving import load_model_dir
+
+    encoder, meta, cfg = load_model_dir(model_dir)
+    ds = contracts.open_dataset(data_dir)
+    if ds.vocab_hash != meta["vocab_hash"]:
+        raise contracts.DatasetError(
+            f"{data_dir}: vocabulary {ds.vocab_hash} does not match the model's {meta['vocab_hash']}; "
+            f"tokenize with --vocab-from the model's training dataset")
+    rows = Rows.from_split(ds, split)
+    metrics = rank_metrics(UserEmbedder(encoder), rows, meta["max_len"], meta["length_buckets"],
+                           meta["time_buckets"], cfg.train.eval_batch_size)
+    return {"split": split, "model": model_dir, "data": data_dir, **metrics}

@@ -296,7 +296,7 @@ def export_saved_model(model_dir: str, export_base: str, version: Optional[int] 
     Returns the version directory."""
     import keras
 
-    from ptum.train import load_model_dir
+    from ptum.saving import load_model_dir
 
     encoder, metadata, cfg = load_model_dir(model_dir)
     exp = _Exporter(encoder, metadata, os.path.join(model_dir, "vocab"))

@@ -398,7 +398,7 @@ def run_rows(pretrained: str, ds: contracts.SequenceDataset, rows: Rows, labels_
 
 
 def _run_rows(pretrained, ds, rows, labels_path, output, cfg, label_column, from_scratch, log) -> dict:
-    from ptum.train import _atomic_save_keras, load_model_dir
+    from ptum.saving import atomic_save_keras, load_model_dir
 
     encoder, meta, pcfg = load_model_dir(pretrained)
     if ds.vocab_hash != meta["vocab_hash"]:
@@ -425,7 +425,7 @@ def _run_rows(pretrained, ds, rows, labels_path, output, cfg, label_column, from
     os.makedirs(output, exist_ok=True)
     if os.path.exists(os.path.join(output, "metadata.json")):
         os.remove(os.path.join(output, "metadata.json"))
-    _atomic_save_keras(model, os.path.join(output, "model.keras"))
+    atomic_save_keras(model, os.path.join(output, "model.keras"))
     contracts.write_json_atomic(os.path.join(output, "metrics.json"), metrics)
     out = {"task": cfg.task, "mode": cfg.mode, "label_column": label_column, "classes": classes,
            "from_scratch": from_scratch, "pretrained": os.path.abspath(pretrained), "vocab_hash": ds.vocab_hash,

@@ -543,3 +543,20 @@ def build_pretrainer(cfg, encoder: UserEncoder) -> PTUMPretrainer:
                           bag_contrastive_temperature=o.bag_contrastive_temperature, name="ptum_pretrainer")
 
 
+@keras.saving.register_keras_serializable(package="ptum")
+class UserEmbedder(keras.Model):
+    """Behavior batch -> the next-item query [B, d] (what next-item ranking scores)."""
+
+    def __init__(self, encoder, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+
+    def call(self, inputs):
+        return self.encoder.next_item_query(inputs, training=False)
+
+    def get_config(self):
+        return {"encoder": keras.saving.serialize_keras_object(self.encoder), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["encoder"]), name=config.get("name"))

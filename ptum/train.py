@@ -1,14 +1,5 @@
-"""Pre-training: dataset -> PTUM model directory (with resume after a kill).
-
-Model directory layout (`metadata.json` is written last: it marks the model finished;
-loaders refuse a directory without it):
-  encoder.keras            the UserEncoder (Keras native format), best validation weights
-  config.json              the PTUMConfig used (model sizes filled from the dataset)
-  metadata.json            vocab hash, which vector is the user embedding, metrics, data fingerprint, stack
-  history.json             per-epoch losses and validation metrics
-  vocab/                   the dataset's vocabulary files (for serving-time lookup)
-  checkpoints/             latest training state (pretrainer + optimizer + RNG) and state.json
-  tensorboard/             TensorBoard logs
+"""Pre-training: dataset -> PTUM model directory (with resume after a kill). The model
+directory's layout is described in `ptum.saving`, which also loads it.
 """
 from __future__ import annotations
 
@@ -23,9 +14,7 @@ import numpy as np
 
 from ptum import contracts
 from ptum.config import PTUMConfig
-
-METADATA = "metadata.json"
-ENCODER_FILE = "encoder.keras"
+from ptum.saving import ENCODER_FILE, METADATA, ModelError, atomic_save_keras, load_model_dir
 
 
 class TrainingError(Exception):
@@ -168,12 +157,6 @@ def _tensorboard_available() -> bool:
             and importlib.util.find_spec("tensorboard") is not None)
 
 
-def _atomic_save_keras(model, path: str) -> None:
-    tmp = path + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
 def _rng_states(model):
     """Seed-generator states (dropout masks, MBP masks, negatives): saved with each
     checkpoint so a resumed run draws exactly what the uninterrupted run would."""
@@ -257,8 +240,8 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
     import keras
 
     from ptum.data import TrainBatches
-    from ptum.evaluate import NonFiniteScores, UserEmbedder, rank_metrics
-    from ptum.model import build_encoder_for, build_pretrainer
+    from ptum.evaluate import NonFiniteScores, rank_metrics
+    from ptum.model import UserEmbedder, build_encoder_for, build_pretrainer
 
     data_dir = ds.root
     if (train_rows.lengths >= 2).sum() == 0:
@@ -333,7 +316,7 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
     full_len = len(data) + skip
 
     def save_checkpoint():
-        _atomic_save_keras(pretrainer, latest)
+        atomic_save_keras(pretrainer, latest)
         state["rng_states"] = [np.asarray(keras.ops.convert_to_numpy(v.value)).tolist()
                                for v in _rng_states(pretrainer)]
         tmp = state_path + ".tmp"
@@ -440,7 +423,7 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
 
 
 def _finish(output, ds, cfg, encoder, state, log) -> dict:
-    _atomic_save_keras(encoder, os.path.join(output, ENCODER_FILE))
+    atomic_save_keras(encoder, os.path.join(output, ENCODER_FILE))
     vocab_out = os.path.join(output, "vocab")
     os.makedirs(vocab_out, exist_ok=True)
     for name in (contracts.ITEMS_VOCAB, contracts.BEHAVIORS_VOCAB, contracts.CATALOG, contracts.WORDS_VOCAB):
@@ -480,32 +463,3 @@ def _finish(output, ds, cfg, encoder, state, log) -> dict:
     log(f"model written to {output} (best epoch {state['best_epoch']}, valid "
         f"{state.get('select_metric', 'ndcg@10')} {state['best']:.4f})")
     return metadata
-
-
-class ModelError(Exception):
-    pass
-
-
-def load_model_dir(path: str):
-    """(encoder, metadata, config) of a finished model directory."""
-    import keras
-    import ptum.evaluate  # noqa: F401  (registers serializable classes)
-    import ptum.model  # noqa: F401
-
-    meta_path = os.path.join(path, METADATA)
-    if not os.path.exists(meta_path):
-        raise ModelError(f"{path}: no {METADATA}: not a finished model (training failed, was killed or is running)")
-    try:
-        with open(meta_path) as f:
-            metadata = json.load(f)
-        with open(os.path.join(path, "config.json")) as f:
-            cfg = PTUMConfig.from_dict(json.load(f))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: unreadable model metadata ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    try:
-        encoder = keras.saving.load_model(os.path.join(path, ENCODER_FILE), compile=False)
-    except (ValueError, TypeError, OSError, KeyError) as e:
-        # Keras' safe mode refuses Python lambdas / unknown code in a .keras file: never run it.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{os.path.join(path, ENCODER_FILE)}: cannot load the model ({first})") from None
-    return encoder, metadata, cfg

@@ -26,7 +26,7 @@ def sample_logs(tmp_path_factory):
 def clean_dataset(tmp_path_factory):
     """A committed sequence dataset from clean generated logs (for model tests)."""
     from ptum.generate import generate
-    from pipelines.tokenize import core, reference
+    from ptum.ingest import core, reference
 
     logs = str(tmp_path_factory.mktemp("clean_logs"))
     generate(logs, users=400, items=150, seed=3, mean_events=18)

@@ -25,7 +25,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from ptum import contracts
-from pipelines.tokenize import core, formats
+from ptum.ingest import core, formats
 
 log = logging.getLogger(__name__)
 STAGING = ".staging"

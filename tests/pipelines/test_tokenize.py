@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ptum import contracts
-from pipelines.tokenize import core, job, reference
-from pipelines.tokenize.formats import Columns, InputError
+from ptum.ingest import core, reference
+from pipelines.tokenize import job
+from ptum.ingest.formats import Columns, InputError
 
 
 def run_beam(inputs, fmt, out, **kw):

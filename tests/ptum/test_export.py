@@ -18,7 +18,7 @@ def trained(tmp_path_factory):
     from ptum.config import PTUMConfig
     from ptum.generate import generate
     from ptum.train import pretrain
-    from pipelines.tokenize import core, reference
+    from ptum.ingest import core, reference
 
     root = tmp_path_factory.mktemp("export")
     logs = str(root / "logs")
@@ -143,7 +143,7 @@ def test_batch_export_matches_serving(saved, trained, tmp_path):
 
 def test_export_refuses_other_vocabulary_and_counts_oov_users(saved, trained, tmp_path):
     from pipelines.export_embeddings import ExportError, run
-    from pipelines.tokenize import core, reference
+    from ptum.ingest import core, reference
 
     other_csv = tmp_path / "o.csv"
     other_csv.write_text("user_id,item_id,timestamp\nu1,x1,1\nu1,x2,2\nu2,item_000001,1\n")

@@ -107,7 +107,8 @@ def test_pretrain_then_evaluate_cli(clean_dataset, tmp_path):
 
 
 def test_warm_start_only_from_a_compatible_model(clean_dataset, tmp_path):
-    from ptum.train import load_model_dir, pretrain
+    from ptum.saving import load_model_dir
+    from ptum.train import pretrain
 
     data, _ = clean_dataset
     base = str(tmp_path / "base")
@@ -132,7 +133,8 @@ def test_reloaded_model_gives_identical_embeddings(clean_dataset, tmp_path):
     import keras
 
     from ptum.data import Rows, user_batches
-    from ptum.train import load_model_dir, pretrain
+    from ptum.saving import load_model_dir
+    from ptum.train import pretrain
 
     data, _ = clean_dataset
     out = str(tmp_path / "m")
@@ -195,7 +197,7 @@ def test_bad_inputs_give_clear_errors(clean_dataset, tmp_path):
                  log=lambda s: None)
     assert not os.path.exists(os.path.join(out, "metadata.json"))
     # Missing split.
-    from pipelines.tokenize import core, reference
+    from ptum.ingest import core, reference
     hashed = str(tmp_path / "hashed")
     reference.run(core.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv", output=hashed,
                                        split="user-hash"))

@@ -34,7 +34,7 @@ def timed(tmp_path_factory):
     from ptum.config import PTUMConfig
     from ptum.export import export_saved_model
     from ptum.train import pretrain
-    from pipelines.tokenize import core, reference
+    from ptum.ingest import core, reference
 
     root = tmp_path_factory.mktemp("skew")
     csv = str(root / "events.csv")
@@ -55,7 +55,7 @@ def _training_path_embeddings(model_dir, data_dir):
     import keras
 
     from ptum.data import Rows, user_batches
-    from ptum.train import load_model_dir
+    from ptum.saving import load_model_dir
 
     encoder, meta, _ = load_model_dir(model_dir)
     rows = Rows.from_split(contracts.open_dataset(data_dir), "test")
@@ -122,7 +122,7 @@ def test_every_serving_path_equals_the_trained_model(timed):
 
 
 def test_behavior_and_word_vocabularies_are_frozen_and_hashed(timed, tmp_path):
-    from pipelines.tokenize import core, reference
+    from ptum.ingest import core, reference
 
     src = contracts.open_dataset(timed["data"])
     # Same users, but "like" now outnumbers "click", and a new behavior type appears.
@@ -155,7 +155,7 @@ def test_behavior_and_word_vocabularies_are_frozen_and_hashed(timed, tmp_path):
 def test_frozen_title_words(tmp_path):
     import pyarrow as pa
 
-    from pipelines.tokenize import core
+    from ptum.ingest import core
 
     cat = pa.table({"item_id": ["a", "b"], "title": ["red shoe", "blue hat"], "categories": ["x", "y"]})
     items = pa.table({"item_id": ["a", "b"], "token_id": [3, 4], "count": [1, 1]})
@@ -180,8 +180,9 @@ def test_a_nan_model_fails_evaluation_and_coverage_is_the_top_10(timed):
     import keras
 
     from ptum.data import Rows
-    from ptum.evaluate import NonFiniteScores, UserEmbedder, item_table_numpy, rank_metrics
-    from ptum.train import load_model_dir
+    from ptum.evaluate import NonFiniteScores, item_table_numpy, rank_metrics
+    from ptum.model import UserEmbedder
+    from ptum.saving import load_model_dir
 
     encoder, meta, _ = load_model_dir(timed["model"])
     rows = Rows.from_split(contracts.open_dataset(timed["data"]), "test")

@@ -21,7 +21,7 @@ def _cli(*args):
 
 
 def test_window_split_rows(tmp_path):
-    from pipelines.tokenize import core, reference
+    from ptum.ingest import core, reference
 
     csv = tmp_path / "e.csv"
     lines = ["user_id,item_id,timestamp"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ptum import contracts
-from pipelines.tokenize import core, formats
+from ptum.ingest import core, formats
 
 
 def run(opts: core.TokenizeOptions) -> dict:

@@ -1,7 +1,7 @@
 """The tokenization transform on Arrow tables (no Beam): input planning, chunked
 reading, per-user history building, vocabulary and split writing.
 
-`pipelines.tokenize.job` distributes these steps with Beam; `pipelines.tokenize.reference`
+`pipelines.tokenize.job` distributes these steps with Beam; `ptum.ingest.reference`
 runs them in one process (the benchmark's baseline). Both produce the same dataset.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ptum import contracts
-from pipelines.tokenize import formats
-from pipelines.tokenize.formats import Chunk, Columns, FileSpec, InputError
+from ptum.ingest import formats
+from ptum.ingest.formats import Chunk, Columns, FileSpec, InputError
 
 DEFAULT_CHUNK_BYTES = 8 << 20
 

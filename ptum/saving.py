@@ -1,0 +1,56 @@
+"""Model folders: the one place that writes Keras files atomically and loads a finished
+pre-trained model (encoder, metadata, config).
+
+Model directory layout (`metadata.json` is written last: it marks the model finished;
+loaders refuse a directory without it):
+  encoder.keras            the UserEncoder (Keras native format), best validation weights
+  config.json              the PTUMConfig used (model sizes filled from the dataset)
+  metadata.json            vocab hash, which vector is the user embedding, metrics, data fingerprint, stack
+  history.json             per-epoch losses and validation metrics
+  vocab/                   the dataset's vocabulary files (for serving-time lookup)
+  checkpoints/             latest training state (pretrainer + optimizer + RNG) and state.json
+  tensorboard/             TensorBoard logs
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from ptum.config import PTUMConfig
+
+METADATA = "metadata.json"
+ENCODER_FILE = "encoder.keras"
+
+
+def atomic_save_keras(model, path: str) -> None:
+    tmp = path + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class ModelError(Exception):
+    pass
+
+
+def load_model_dir(path: str):
+    """(encoder, metadata, config) of a finished model directory."""
+    import keras
+    import ptum.model  # noqa: F401  (registers the serializable classes)
+
+    meta_path = os.path.join(path, METADATA)
+    if not os.path.exists(meta_path):
+        raise ModelError(f"{path}: no {METADATA}: not a finished model (training failed, was killed or is running)")
+    try:
+        with open(meta_path) as f:
+            metadata = json.load(f)
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = PTUMConfig.from_dict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: unreadable model metadata ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    try:
+        encoder = keras.saving.load_model(os.path.join(path, ENCODER_FILE), compile=False)
+    except (ValueError, TypeError, OSError, KeyError) as e:
+        # Keras' safe mode refuses Python lambdas / unknown code in a .keras file: never run it.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{os.path.join(path, ENCODER_FILE)}: cannot load the model ({first})") from None
+    return encoder, metadata, cfg
