@@ -9,13 +9,16 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["ptum", "ptum.*", "pipelines", "pipelines.*",
                                     "components", "components.*", "schemas"]),
-    package_data={"schemas": ["*.pbtxt", "*.json"]},
+    # Model config presets ship inside the package (`ptum pretrain --config beauty`); the
+    # checkout's configs/ is a link to the same folder.
+    package_data={"schemas": ["*.pbtxt", "*.json"], "ptum": ["configs/*.yaml"]},
     include_package_data=True,
     install_requires=[
         "numpy>=1.24",
         "pyarrow>=10",
         "pyyaml>=6",
         "keras>=3.3,<4",
+        "scikit-learn>=1.3",          # embedding probes (ptum evaluate-embeddings, the pipeline's gate)
     ],
     extras_require={
         # The pipeline stack: both supported TFX lines (1.16 legacy, 1.21 modern).
@@ -23,6 +26,7 @@ setup(
             "tfx>=1.16,<1.22",
             "tensorflow>=2.16,<2.22",
             "apache-beam[gcp]>=2.60,<3",
+            "tensorflow-serving-api>=2.16,<2.22",   # the pusher's and tests' PredictRequest warm-up records
             "dill",
         ],
         "beam": ["apache-beam>=2.60,<3"],

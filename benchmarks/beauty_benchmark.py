@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--models-dir", default=None, help="default: <work>/models")
     ap.add_argument("--run", action="append", required=True, help="NAME=CONFIG[,section.key=value...]")
     args = ap.parse_args()
-    from ptum.evaluate import evaluate_model
+    from ptum.ranking import evaluate_model
     from ptum.config import PTUMConfig
     from ptum.train import pretrain
     from ptum.ingest import core

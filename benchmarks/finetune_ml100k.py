@@ -72,7 +72,7 @@ def bag_of_items(rows, row_idx, n_items):
 def lr_auc(x, y, train, test, n_classes):
     from sklearn.linear_model import LogisticRegression
 
-    from ptum.finetune import classification_metrics
+    from ptum.finetuning import classification_metrics
 
     clf = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced")
     clf.fit(x[train], y[train])
@@ -101,7 +101,7 @@ def main() -> None:
 
     from ptum.config import PTUMConfig
     from ptum.contracts import open_dataset
-    from ptum.finetune import FinetuneConfig, classification_metrics, finetune, join_labels, latest_rows, read_table
+    from ptum.finetuning import FinetuneConfig, classification_metrics, finetune, join_labels, latest_rows, read_table
     from ptum.saving import load_model_dir
     from ptum.train import pretrain
     from ptum.ingest import core, reference

@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     from concurrent.futures import ThreadPoolExecutor
 
-    from ptum.evaluate import evaluate_model
+    from ptum.ranking import evaluate_model
     from ptum.config import PTUMConfig
     from ptum.contracts import open_dataset
     from ptum.train import pretrain

@@ -17,7 +17,7 @@ def run_fn(fn_args) -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from components.trainer_module import _rows_from_examples
     from ptum import contracts
-    from ptum.finetune import FinetuneConfig, run_rows
+    from ptum.finetuning import FinetuneConfig, run_rows
 
     task = dict(fn_args.custom_config["task"])
     if not fn_args.base_model:

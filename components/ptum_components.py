@@ -267,7 +267,7 @@ def NextItemEvaluator(  # noqa: N802
     (5-fold, with the item-bag SVD baseline); not blessed below `min_probe_auc`."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from ptum import contracts
-    from ptum.evaluate import NonFiniteScores, evaluate_model
+    from ptum.ranking import NonFiniteScores, evaluate_model
 
     data_dir = os.path.join(dataset.uri, DATASET_SUBDIR)
     ds = contracts.open_dataset(data_dir)

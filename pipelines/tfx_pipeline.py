@@ -28,7 +28,7 @@ class PipelineConfig:
     items_catalog: str = ""
     span: Optional[int] = None            # default: the latest span found
     span_window: int = 1                  # spans of history read per run
-    model_config: str = ""                # PTUM YAML (configs/*.yaml)
+    model_config: str = ""                # PTUM YAML (configs/*.yaml) or a preset name (demo, beauty, ...)
     model_overrides: List[str] = field(default_factory=list)
     tokenize_options: dict = field(default_factory=dict)
     schema: str = "import"                # import (schemas/schema.pbtxt) | infer (SchemaGen)
@@ -52,7 +52,7 @@ class PipelineConfig:
     def load(cls, path: str) -> "PipelineConfig":
         from dataclasses import fields
 
-        from ptum.config import ConfigError, read_yaml
+        from ptum.config import ConfigError, preset_path, read_yaml
 
         d = read_yaml(path)
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
@@ -63,9 +63,10 @@ class PipelineConfig:
         def absolute(v):
             return os.path.normpath(os.path.join(base, v)) if v and not os.path.isabs(v) and "://" not in v else v
 
-        for name in ("pipeline_root", "input_pattern", "serving_dir", "metadata_path", "items_catalog",
-                     "model_config"):
+        for name in ("pipeline_root", "input_pattern", "serving_dir", "metadata_path", "items_catalog"):
             setattr(cfg, name, absolute(getattr(cfg, name)))
+        if cfg.model_config and preset_path(cfg.model_config) == cfg.model_config:   # a file, not a preset
+            cfg.model_config = absolute(cfg.model_config)
         for task in cfg.finetune_tasks:
             task["labels"] = absolute(task.get("labels", ""))
         if cfg.embedding_probe:
@@ -118,7 +119,7 @@ def _check_finetune_tasks(tasks: List[dict]) -> None:
     """Fail at pipeline construction (not hours later in a Trainer) on a malformed task."""
     from dataclasses import fields
 
-    from ptum.finetune import FinetuneConfig
+    from ptum.finetuning import FinetuneConfig
 
     known = {f.name for f in fields(FinetuneConfig)}
     names = set()

@@ -10,7 +10,9 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("pretrain", help="pre-train the PTUM user model (MBP + NBP) on a sequence dataset")
     p.add_argument("--data", required=True, help="sequence dataset folder (from ptum tokenize)")
     p.add_argument("--output", required=True, help="model folder")
-    p.add_argument("--config", default=None, help="YAML config (see configs/)")
+    p.add_argument("--config", default=None,
+                   help="YAML config file, or a preset shipped with the package: "
+                        "beauty, beauty-ptum-faithful, demo, ml100k, ml100k-nextitem, user-embeddings")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set model.num_blocks=1 (repeatable)")
     p.add_argument("--epochs", type=int, default=None)
@@ -131,7 +133,7 @@ def _pretrain(a) -> int:
 def _evaluate(a) -> int:
     _keras_backend_default()
     from ptum.contracts import DatasetError
-    from ptum.evaluate import NonFiniteScores, evaluate_model
+    from ptum.ranking import NonFiniteScores, evaluate_model
     from ptum.saving import ModelError
 
     try:
@@ -225,7 +227,7 @@ def _export_embeddings(a, extra) -> int:
 def _finetune(a) -> int:
     _keras_backend_default()
     from ptum.contracts import DatasetError
-    from ptum.finetune import FinetuneConfig, LabelError, run
+    from ptum.finetuning import FinetuneConfig, LabelError, run
     from ptum.saving import ModelError
 
     from ptum.config import ConfigError, read_yaml
@@ -280,12 +282,11 @@ def _demo(a, extra) -> int:
     logs = os.path.join(workdir, "logs", "span-1")
     stats = generate(logs, users=a.users, items=a.items, seed=a.seed, malformed_rate=0.002)
     print(f"[1/2] generated {stats.events:,} events ({stats.malformed} malformed) for {stats.users:,} users in {logs}")
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = {"pipeline_root": os.path.join(workdir, "pipeline"),
               "input_pattern": os.path.join(workdir, "logs", "span-{SPAN}", "events.csv"),
               "items_catalog": os.path.join(logs, "items.csv"),
               "serving_dir": os.path.join(workdir, "serving", "user_model"),
-              "model_config": os.path.join(here, "configs", "demo.yaml"),
+              "model_config": "demo",          # the preset shipped with the package
               "beam_args": ["--direct_running_mode=in_memory"] + list(extra),
               # A downstream task fine-tuned by a second Trainer: gender from users.csv.
               "finetune_tasks": [{"name": "gender", "task": "classify", "label_column": "gender",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
@@ -145,13 +146,31 @@ class PTUMConfig:
 
     @classmethod
     def load(cls, path: Optional[str], overrides: Optional[List[str]] = None) -> "PTUMConfig":
-        d: Dict[str, Any] = read_yaml(path) if path else {}
+        """From a YAML file or a preset name (`presets()`), then `section.key=value` overrides."""
+        d: Dict[str, Any] = read_yaml(preset_path(path)) if path else {}
         for item in overrides or []:
             apply_override(d, item)
         return cls.from_dict(d)
 
     def dump_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def presets() -> List[str]:
+    """The model configs shipped with the package (`ptum pretrain --config NAME`)."""
+    return sorted(n[:-5] for n in os.listdir(PRESETS_DIR) if n.endswith(".yaml") and n != "pipeline.yaml")
+
+
+def preset_path(name: str) -> str:
+    """A config file: `name` itself when it is a path, else the shipped preset of that name."""
+    if os.sep in name or "://" in name or name.endswith((".yaml", ".yml")) or os.path.exists(name):
+        return name
+    if name not in presets():
+        raise ConfigError(f"{name}: no such config file or preset; presets: {', '.join(presets())}")
+    return os.path.join(PRESETS_DIR, name + ".yaml")
 
 
 def read_yaml(path: str) -> Dict[str, Any]:

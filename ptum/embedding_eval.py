@@ -354,7 +354,7 @@ def model_embedder(model_dir: str, untrained: bool = False):
     """(embed(rows, idx, ends) -> user embeddings, (item table [V, d], item bias [V]), metadata)
     from a model folder: the space the user embedding is scored in. `untrained`: the same
     architecture with fresh weights (the probe baseline)."""
-    from ptum.evaluate import embedding_space_numpy
+    from ptum.ranking import embedding_space_numpy
     from ptum.saving import load_model_dir
 
     encoder, meta, _ = load_model_dir(model_dir)

@@ -240,7 +240,7 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
     import keras
 
     from ptum.data import TrainBatches
-    from ptum.evaluate import NonFiniteScores, rank_metrics
+    from ptum.ranking import NonFiniteScores, rank_metrics
     from ptum.model import UserEmbedder, build_encoder_for, build_pretrainer
 
     data_dir = ds.root
@@ -300,7 +300,7 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
     def window_metrics():
         """Valid rows of a window split: the train part is the input, their last W the window."""
         from ptum.embedding_eval import embed_prefixes, window_retrieval
-        from ptum.evaluate import embedding_space_numpy
+        from ptum.ranking import embedding_space_numpy
 
         def embed(rows, idx, ends):
             return embed_prefixes(encoder.user_embedding, rows, idx, ends, cfg.model.max_len, t.length_buckets,

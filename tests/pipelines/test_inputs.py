@@ -161,7 +161,7 @@ def test_catalog_with_movielens_columns(tmp_path):
 
 def test_nan_label_is_missing_not_a_class():
     from ptum.data import Rows
-    from ptum.finetune import join_labels
+    from ptum.finetuning import join_labels
 
     rows = Rows.from_table(pa.table({
         "user_id": ["a", "b", "c", "d"], "item_ids": [[1], [2], [3], [4]],

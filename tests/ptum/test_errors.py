@@ -172,7 +172,7 @@ def test_config_errors_at_the_cli_and_in_finetune(tmp_path):
     one_line(ptum("pretrain", "--data", str(tmp_path), "--output", str(tmp_path / "m"),
                   "--set", "model.dropout=1.5"), "model.dropout")
     from ptum.config import ConfigError, PTUMConfig
-    from ptum.finetune import FinetuneConfig
+    from ptum.finetuning import FinetuneConfig
 
     assert PTUMConfig.load(None, ["train.jit_compile=true", "train.learning_rate=1e-3"]).train.jit_compile == "true"
     with pytest.raises(ConfigError, match="mode"):

@@ -110,7 +110,7 @@ def test_label_problems_are_counted_and_fatal_ones_are_clear(pretrained, tmp_pat
 
 
 def test_metrics_match_definitions():
-    from ptum.finetune import classification_metrics
+    from ptum.finetuning import classification_metrics
 
     y = np.array([0, 0, 1, 1])
     prob = np.array([[0.9, 0.1], [0.4, 0.6], [0.35, 0.65], [0.2, 0.8]])

@@ -238,7 +238,7 @@ def test_training_modules_import_without_tensorflow():
             "            raise ImportError('blocked ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
             "import os; os.environ['KERAS_BACKEND'] = 'jax'\n"
-            "import ptum.model, ptum.data, ptum.evaluate, ptum.train, ptum.config\n")
+            "import ptum.model, ptum.data, ptum.ranking, ptum.train, ptum.config\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
 

@@ -180,7 +180,7 @@ def test_a_nan_model_fails_evaluation_and_coverage_is_the_top_10(timed):
     import keras
 
     from ptum.data import Rows
-    from ptum.evaluate import NonFiniteScores, item_table_numpy, rank_metrics
+    from ptum.ranking import NonFiniteScores, item_table_numpy, rank_metrics
     from ptum.model import UserEmbedder
     from ptum.saving import load_model_dir
 
