@@ -1,8 +1,8 @@
 """Beam job: a sequence dataset + a user-embedding SavedModel -> Parquet embedding table.
 
-  ListFiles -> ReadRowBatches -> Spread -> EmbedBatch (SavedModel loaded once per worker,
-  `embed_tokens` signature: the serving graph itself, so batch and serving agree)
-  -> WriteShards -> counts -> WriteManifest (last: the commit marker)
+  EmbedUsers (ListFiles -> ReadRowBatches -> Spread -> EmbedBatch: SavedModel loaded once per
+  worker, `embed_tokens` signature: the serving graph itself, so batch and serving agree; writes
+  the shards -> SumCounts) -> WriteManifest (last: the commit marker)
 
 Output rows: user_id, embedding (fixed-size list<float32>), model_version, vocab_hash,
 as_of (the newest behavior's timestamp), all_oov (every behavior was out of vocabulary).
@@ -131,6 +131,27 @@ class EmbedBatch(beam.DoFn):
         return name + ".tfrecord"
 
 
+class EmbedUsers(beam.PTransform):
+    """Sequence files -> embedding shards written under `output`; returns one dict of
+    counts (users, users_all_oov, users_without_behaviors, files).
+
+    `units`: [(path, skip)]: rows of users in `skip_users` are left out of files marked skip."""
+
+    def __init__(self, units, saved_model: str, output: str, width: int, model_version: str, vocab_hash: str,
+                 batch_rows: int = 2048, tfrecord: bool = False, skip_users=()):
+        super().__init__()
+        self._units, self._skip_users, self._rows = units, skip_users, batch_rows
+        self._embed = EmbedBatch(saved_model, output, width, model_version, vocab_hash, tfrecord)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "ListFiles" >> beam.Create([(i, f, skip) for i, (f, skip) in enumerate(self._units)])
+                | "ReadRowBatches" >> beam.ParDo(ReadRowBatches(self._rows), skip_users=self._skip_users)
+                | "Spread" >> beam.Reshuffle()
+                | "EmbedBatch" >> beam.ParDo(self._embed)
+                | "SumCounts" >> beam.CombineGlobally(_sum))
+
+
 def _sum(dicts):
     out = {"users": 0, "users_all_oov": 0, "users_without_behaviors": 0, "files": []}
     for d in dicts:
@@ -217,13 +238,9 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
             "user_embedding": meta["user_embedding"], "tfrecord": tfrecord}
     p, runner = make_pipeline(beam_args)
     info["runner"] = runner
-    counts = (p
-              | "ListFiles" >> beam.Create([(i, f, skip) for i, (f, skip) in enumerate(units)])
-              | "ReadRowBatches" >> beam.ParDo(ReadRowBatches(batch_rows), skip_users=skip_users)
-              | "Spread" >> beam.Reshuffle()
-              | "EmbedBatch" >> beam.ParDo(EmbedBatch(saved, output, int(meta["max_len"]), str(meta["version"]),
-                                                      ds.vocab_hash, tfrecord))
-              | "SumCounts" >> beam.CombineGlobally(_sum))
+    counts = p | "EmbedUsers" >> EmbedUsers(units, saved, output, int(meta["max_len"]), str(meta["version"]),
+                                             ds.vocab_hash, batch_rows=batch_rows, tfrecord=tfrecord,
+                                             skip_users=skip_users)
     _ = (p | "Commit" >> beam.Create([None])
          | "WriteManifest" >> beam.Map(_write_manifest, output, beam.pvalue.AsSingleton(counts), info))
     run_pipeline(p)

@@ -1,15 +1,16 @@
 """The Beam tokenization job: raw logs -> sequence dataset.
 
-Arrow record batches flow through the pipeline, never one element per event:
+Arrow record batches flow through the pipeline, never one element per event. Four composite
+transforms, each testable on its own with TestPipeline:
 
-  ListInputs -> Spread -> ReadAndParse -------------------------------> dead letters
-                                              | (bucket, events table)
-                                       GroupByUserBucket -> BuildHistories -> item/behavior counts
-                                              |                                 | CombineGlobally
-                                              |                               vocab (side input)
-                                       WriteSequences <-------------------------+
-                                              |
-  counts (combined) + files written + vocab  -> WriteManifest (last: the commit marker)
+  ReadEvents (ListInputs -> Spread -> ReadAndParse) ---------------------> dead letters
+        | (user bucket, staged events file)
+  BuildHistories (GroupByUserBucket -> HistoriesOfBucket) -> per-bucket item/behavior counts
+        |                                                            |
+        |                         BuildVocabularies (combine -> item and behavior vocabularies)
+        |                                                            | (singleton side inputs)
+  WriteDataset (WriteSequences, WriteDeadLetters, WriteVocabulary, SumCounts
+                -> WriteManifest: last, the commit marker)
 
 Runs on Beam's FnApiRunner in-process by default (offline); any other runner
 (Dataflow, Flink, Spark) is chosen with the usual `--runner ...` pipeline options.
@@ -70,7 +71,7 @@ class ReadAndParse(beam.DoFn):
             yield bucket, path
 
 
-class BuildHistories(beam.DoFn):
+class HistoriesOfBucket(beam.DoFn):
     """All events of a user bucket -> sorted, de-duplicated, truncated histories."""
 
     STATS = "stats"
@@ -158,63 +159,124 @@ def _write_manifest(_, opts, counts, files, items_vocab, behavior_vocab, items_s
     return manifest
 
 
+class ReadEvents(beam.PTransform):
+    """Input files -> {"events": (user bucket, staged events file), "deadletter": (shard,
+    dead-letter table), "counts": dicts}. Each file is read and parsed where it lands (files
+    are the unit of parallelism)."""
+
+    def __init__(self, opts: core.TokenizeOptions, specs: List[formats.FileSpec], num_shards: int,
+                 deadletter_shards: int):
+        super().__init__()
+        self._opts, self._specs, self._n, self._dl = opts, specs, num_shards, deadletter_shards
+
+    def expand(self, pbegin):
+        parsed = (
+            pbegin
+            | "ListInputs" >> beam.Create(self._specs)
+            | "Spread" >> beam.Reshuffle()
+            | "ReadAndParse" >> beam.ParDo(ReadAndParse(self._opts, self._n, self._dl))
+            .with_output_types(_KV).with_outputs(ReadAndParse.DEADLETTER, ReadAndParse.COUNTS, main="events"))
+        return {"events": parsed.events, "deadletter": parsed.deadletter, "counts": parsed.counts}
+
+
+class BuildHistories(beam.PTransform):
+    """(user bucket, staged events file) -> {"histories": (bucket, histories table),
+    "stats": (item counts, behavior counts) per bucket, "counts": dicts}."""
+
+    def __init__(self, max_history: int):
+        super().__init__()
+        self._max_history = max_history
+
+    def expand(self, events):
+        built = (
+            events
+            | "GroupByUserBucket" >> beam.GroupByKey()
+            | "HistoriesOfBucket" >> beam.ParDo(HistoriesOfBucket(self._max_history))
+            .with_output_types(_KV).with_outputs(HistoriesOfBucket.STATS, HistoriesOfBucket.COUNTS,
+                                                 main="histories"))
+        return {"histories": built.histories, "stats": built.stats, "counts": built.counts}
+
+
+class BuildVocabularies(beam.PTransform):
+    """Per-bucket (item counts, behavior counts) -> {"items": item vocabulary, "behaviors":
+    behavior vocabulary, "items_seen": distinct items}: one-element PCollections, computed as
+    their own stage (the writers read them as singleton side inputs)."""
+
+    def __init__(self, opts: core.TokenizeOptions):
+        super().__init__()
+        self._opts = opts
+
+    def expand(self, stats):
+        item_counts = (stats
+                       | "ItemCounts" >> beam.Map(lambda s: s[0])
+                       | "CombineItemCounts" >> beam.CombineGlobally(MergeCountTables()))
+        behavior_counts = (stats
+                           | "BehaviorCounts" >> beam.Map(lambda s: s[1])
+                           | "CombineBehaviorCounts" >> beam.CombineGlobally(MergeCountTables()))
+        return {"items": item_counts | "BuildItemVocab" >> beam.Map(core.items_vocab_for, self._opts),
+                "behaviors": behavior_counts | "BuildBehaviorVocab" >> beam.Map(core.behavior_vocab_for, self._opts),
+                "items_seen": item_counts | "ItemsSeen" >> beam.Map(lambda t: t.num_rows)}
+
+
+class WriteDataset(beam.PTransform):
+    """{"histories", "deadletter", "items", "behaviors", "items_seen", "read_counts",
+    "history_counts"} -> the
+    committed dataset: sequence shards per split, dead letters, vocabulary and catalog files,
+    then the manifest (last: the commit marker). Returns the manifest."""
+
+    def __init__(self, opts: core.TokenizeOptions, extra: dict, fingerprints: List[dict], num_shards: int,
+                 deadletter_shards: int, runner: str):
+        super().__init__()
+        self._opts, self._extra, self._fps = opts, extra, fingerprints
+        self._n, self._dl, self._runner = num_shards, deadletter_shards, runner
+
+    def expand(self, inputs):
+        opts, extra = self._opts, self._extra
+        items_vocab, behavior_vocab = inputs["items"], inputs["behaviors"]
+        written = (
+            inputs["histories"]
+            | "WriteSequences" >> beam.ParDo(WriteSequences(self._n, core.SplitSpec.from_options(opts), opts.output),
+                                             items_vocab=beam.pvalue.AsSingleton(items_vocab),
+                                             behavior_vocab=beam.pvalue.AsSingleton(behavior_vocab))
+            .with_outputs(WriteSequences.COUNTS, main="files"))
+        dead = (inputs["deadletter"]
+                | "GroupDeadLetters" >> beam.GroupByKey()
+                | "WriteDeadLetters" >> beam.FlatMap(_write_deadletters, opts.output, self._dl))
+        dead_files = dead | "DeadLetterFiles" >> beam.Filter(lambda x: isinstance(x, tuple))
+        dead_counts = dead | "DeadLetterCounts" >> beam.Filter(lambda x: isinstance(x, dict))
+        vocab_files = (
+            items_vocab
+            | "WriteVocabulary" >> beam.Map(
+                lambda v, bv: core.write_vocab_and_tables(opts.output, v, bv, extra, opts),
+                bv=beam.pvalue.AsSingleton(behavior_vocab)))
+        counts = ((inputs["read_counts"], inputs["history_counts"], written.counts, dead_counts)
+                  | "FlattenCounts" >> beam.Flatten()
+                  | "SumCounts" >> beam.CombineGlobally(SumCounts()))
+        files = (written.files, dead_files) | "FlattenFiles" >> beam.Flatten()
+        return (
+            inputs["histories"].pipeline
+            | "Commit" >> beam.Create([None])
+            | "WriteManifest" >> beam.Map(
+                _write_manifest, opts,
+                counts=beam.pvalue.AsSingleton(counts),
+                files=beam.pvalue.AsList(files),
+                items_vocab=beam.pvalue.AsSingleton(items_vocab),
+                behavior_vocab=beam.pvalue.AsSingleton(behavior_vocab),
+                items_seen=beam.pvalue.AsSingleton(inputs["items_seen"]),
+                written=beam.pvalue.AsSingleton(vocab_files),
+                fingerprints=self._fps, has_time=extra["has_time"], runner=self._runner))
+
+
 def build(p: beam.Pipeline, opts: core.TokenizeOptions, specs: List[formats.FileSpec], extra: dict,
           fingerprints: List[dict], num_shards: int, runner: str):
     """Add the tokenization transforms to `p`; returns the manifest PCollection."""
-    split = core.SplitSpec.from_options(opts)
     dl_shards = max(1, min(num_shards, 8))
-    parsed = (
-        p
-        | "ListInputs" >> beam.Create(specs)
-        | "Spread" >> beam.Reshuffle()
-        | "ReadAndParse" >> beam.ParDo(ReadAndParse(opts, num_shards, dl_shards))
-        .with_output_types(_KV).with_outputs(ReadAndParse.DEADLETTER, ReadAndParse.COUNTS, main="events"))
-    histories = (
-        parsed.events
-        | "GroupByUserBucket" >> beam.GroupByKey()
-        | "BuildHistories" >> beam.ParDo(BuildHistories(opts.max_history))
-        .with_output_types(_KV).with_outputs(BuildHistories.STATS, BuildHistories.COUNTS, main="histories"))
-    item_counts = (histories.stats
-                   | "ItemCounts" >> beam.Map(lambda s: s[0])
-                   | "CombineItemCounts" >> beam.CombineGlobally(MergeCountTables()))
-    behavior_counts = (histories.stats
-                       | "BehaviorCounts" >> beam.Map(lambda s: s[1])
-                       | "CombineBehaviorCounts" >> beam.CombineGlobally(MergeCountTables()))
-    items_vocab = item_counts | "BuildItemVocab" >> beam.Map(core.items_vocab_for, opts)
-    behavior_vocab = behavior_counts | "BuildBehaviorVocab" >> beam.Map(core.behavior_vocab_for, opts)
-    items_seen = item_counts | "ItemsSeen" >> beam.Map(lambda t: t.num_rows)
-    written = (
-        histories.histories
-        | "WriteSequences" >> beam.ParDo(WriteSequences(num_shards, split, opts.output),
-                                         items_vocab=beam.pvalue.AsSingleton(items_vocab),
-                                         behavior_vocab=beam.pvalue.AsSingleton(behavior_vocab))
-        .with_outputs(WriteSequences.COUNTS, main="files"))
-    dead = (parsed.deadletter
-            | "GroupDeadLetters" >> beam.GroupByKey()
-            | "WriteDeadLetters" >> beam.FlatMap(_write_deadletters, opts.output, dl_shards))
-    dead_files = dead | "DeadLetterFiles" >> beam.Filter(lambda x: isinstance(x, tuple))
-    dead_counts = dead | "DeadLetterCounts" >> beam.Filter(lambda x: isinstance(x, dict))
-    vocab_files = (
-        items_vocab
-        | "WriteVocabulary" >> beam.Map(
-            lambda v, bv: core.write_vocab_and_tables(opts.output, v, bv, extra, opts),
-            bv=beam.pvalue.AsSingleton(behavior_vocab)))
-    counts = ((parsed.counts, histories.counts, written.counts, dead_counts)
-              | "FlattenCounts" >> beam.Flatten()
-              | "SumCounts" >> beam.CombineGlobally(SumCounts()))
-    files = (written.files, dead_files) | "FlattenFiles" >> beam.Flatten()
-    return (
-        p
-        | "Commit" >> beam.Create([None])
-        | "WriteManifest" >> beam.Map(
-            _write_manifest, opts,
-            counts=beam.pvalue.AsSingleton(counts),
-            files=beam.pvalue.AsList(files),
-            items_vocab=beam.pvalue.AsSingleton(items_vocab),
-            behavior_vocab=beam.pvalue.AsSingleton(behavior_vocab),
-            items_seen=beam.pvalue.AsSingleton(items_seen),
-            written=beam.pvalue.AsSingleton(vocab_files),
-            fingerprints=fingerprints, has_time=extra["has_time"], runner=runner))
+    parsed = p | "ReadEvents" >> ReadEvents(opts, specs, num_shards, dl_shards)
+    built = parsed["events"] | "BuildHistories" >> BuildHistories(opts.max_history)
+    vocab = built["stats"] | "BuildVocabularies" >> BuildVocabularies(opts)
+    return ({"histories": built["histories"], "deadletter": parsed["deadletter"],
+             "read_counts": parsed["counts"], "history_counts": built["counts"], **vocab}
+            | "WriteDataset" >> WriteDataset(opts, extra, fingerprints, num_shards, dl_shards, runner))
 
 
 def make_pipeline(beam_args: Optional[List[str]] = None):

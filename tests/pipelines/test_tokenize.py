@@ -325,7 +325,8 @@ def test_pipeline_survives_runner_api_round_trip(sample_logs, tmp_path):
     proto = p.to_runner_api()
     p2 = beam.Pipeline.from_runner_api(proto, p.runner, p._options)
     names = {t.unique_name for t in proto.components.transforms.values()}
-    assert {"ReadAndParse", "GroupByUserBucket", "WriteSequences", "WriteManifest"} <= names
+    assert {"ReadEvents", "ReadEvents/ReadAndParse", "BuildHistories/GroupByUserBucket", "BuildVocabularies",
+            "WriteDataset/WriteSequences", "WriteDataset/WriteManifest"} <= names
     p2.run().wait_until_finish()
     m = contracts.open_dataset(str(tmp_path / "ds")).manifest
     assert_invariants(m)

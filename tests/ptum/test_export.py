@@ -141,6 +141,24 @@ def test_batch_export_matches_serving(saved, trained, tmp_path):
     assert any(f.endswith(".tfrecord") for f in os.listdir(os.path.join(out, "embeddings")))
 
 
+def test_embed_users_transform_in_a_test_pipeline(saved, trained, tmp_path):
+    import apache_beam as beam
+    import pyarrow.parquet as pq
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines.export_embeddings import EMBEDDINGS_DIR, EmbedUsers
+
+    ds = contracts.open_dataset(trained["data"])
+    out = tmp_path / "emb"
+    with TestPipeline() as p:
+        counts = p | EmbedUsers([(f, False) for f in ds.split_files("test")], saved, str(out), 10, "7",
+                                ds.vocab_hash, batch_rows=32)
+        assert_that(counts | beam.Map(lambda c: (c["users"], len(c["files"]))), equal_to([(150, 5)]))
+    files = sorted(os.listdir(out / EMBEDDINGS_DIR))
+    assert len(files) == 5 and sum(pq.read_metadata(str(out / EMBEDDINGS_DIR / f)).num_rows for f in files) == 150
+
+
 def test_export_refuses_other_vocabulary_and_counts_oov_users(saved, trained, tmp_path):
     from pipelines.export_embeddings import ExportError, run
     from ptum.ingest import core, reference
