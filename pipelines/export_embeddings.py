@@ -50,17 +50,22 @@ def padded_tokens(batch: pa.RecordBatch, width: int):
 
 
 class ReadRowBatches(beam.DoFn):
-    """A Parquet file -> record batches; rows of users in `skip_users` are left out (they
-    are read from a file holding their fuller history)."""
+    """(file index, Parquet file, files of a fuller split) -> record batches; rows of users
+    who have a row in those other files are left out (their fuller history is read there).
+    The worker reads those files' user ids itself: nothing per user passes through the driver
+    or the pipeline graph."""
 
     def __init__(self, batch_rows: int):
         self._rows = batch_rows
 
-    def process(self, element, skip_users=()):
+    def process(self, element):
         import pyarrow.compute as pc
 
-        file_idx, path, skip = element
-        skip_set = pa.array(list(skip_users), pa.string()) if skip and len(skip_users) else None
+        file_idx, path, skip_from = element
+        skip_set = None
+        if skip_from:
+            skip_set = pa.concat_arrays([_user_ids(f) for f in skip_from])
+            skip_set = skip_set if len(skip_set) else None
         pf = pq.ParquetFile(tcore.open_input(path) if "://" in path else path)
         for i, batch in enumerate(pf.iter_batches(batch_size=self._rows)):
             if skip_set is not None:
@@ -120,7 +125,7 @@ class EmbedBatch(beam.DoFn):
     def _write_tfrecord(self, table, emb, name) -> str:
         tf = self._tf
         path = tcore.join(self._output, EMBEDDINGS_DIR, name + ".tfrecord")
-        tmp = path + ".tmp"
+        tmp = contracts.temp_path(path)
         with tf.io.TFRecordWriter(tmp) as w:
             for uid, vec in zip(table.column("user_id").to_pylist(), emb):
                 ex = tf.train.Example(features=tf.train.Features(feature={
@@ -135,21 +140,51 @@ class EmbedUsers(beam.PTransform):
     """Sequence files -> embedding shards written under `output`; returns one dict of
     counts (users, users_all_oov, users_without_behaviors, files).
 
-    `units`: [(path, skip)]: rows of users in `skip_users` are left out of files marked skip."""
+    `units`: [(path, files of a fuller split)]: a file's rows of users who have a row in
+    those files are left out."""
 
     def __init__(self, units, saved_model: str, output: str, width: int, model_version: str, vocab_hash: str,
-                 batch_rows: int = 2048, tfrecord: bool = False, skip_users=()):
+                 batch_rows: int = 2048, tfrecord: bool = False):
         super().__init__()
-        self._units, self._skip_users, self._rows = units, skip_users, batch_rows
+        self._units, self._rows = units, batch_rows
         self._embed = EmbedBatch(saved_model, output, width, model_version, vocab_hash, tfrecord)
 
     def expand(self, pbegin):
         return (pbegin
-                | "ListFiles" >> beam.Create([(i, f, skip) for i, (f, skip) in enumerate(self._units)])
-                | "ReadRowBatches" >> beam.ParDo(ReadRowBatches(self._rows), skip_users=self._skip_users)
+                | "ListFiles" >> beam.Create([(i, f, tuple(skip)) for i, (f, skip) in enumerate(self._units)])
+                | "ReadRowBatches" >> beam.ParDo(ReadRowBatches(self._rows))
                 | "Spread" >> beam.Reshuffle()
                 | "EmbedBatch" >> beam.ParDo(self._embed)
                 | "SumCounts" >> beam.CombineGlobally(_sum))
+
+
+def _user_ids(path: str) -> pa.Array:
+    table = pq.read_table(tcore.open_input(path) if "://" in path else path, columns=["user_id"])
+    return table.column("user_id").combine_chunks().cast(pa.string())
+
+
+def same_users_files(ds, split: str, fuller: str):
+    """{file of `split`: [the files of `fuller` that can hold the same users]}.
+
+    Both tokenizers write every split of a user bucket to the shard with the same index
+    (`<split>-<shard>-of-<n>.parquet`), so a train shard's users can only have test rows in
+    the test shard of that index; a dataset named otherwise pairs each file with all of them."""
+    import re
+
+    def shard(path):
+        m = re.search(r"-(\d{5}-of-\d{5})\.parquet$", os.path.basename(path))
+        return m.group(1) if m else None
+
+    fuller_files = ds.split_files(fuller)
+    by_shard = {shard(f): f for f in fuller_files}
+    out = {}
+    for f in ds.split_files(split):
+        key = shard(f)
+        if key is None or None in by_shard:
+            out[f] = list(fuller_files)
+        else:
+            out[f] = [by_shard[key]] if key in by_shard else []
+    return out
 
 
 def _sum(dicts):
@@ -161,7 +196,7 @@ def _sum(dicts):
     return out
 
 
-def _write_manifest(_, output, counts, info):
+def _write_manifest(counts, output, info):
     manifest = {**info, "counts": {k: v for k, v in counts.items() if k != "files"},
                 "files": sorted(tcore.join(EMBEDDINGS_DIR, f) for f in counts["files"]),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
@@ -212,19 +247,17 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
     if meta["vocab_hash"] != ds.vocab_hash:
         raise ExportError(f"{data}: vocabulary {ds.vocab_hash} does not match the model's {meta['vocab_hash']}; "
                           "tokenize with --vocab-from the model's training dataset")
-    # (file, whether to skip users already read from a fuller split)
-    skip_users: list = []
+    # (file, the files of a fuller split whose users this file's rows leave out)
     if split is not None:
-        units = [(f, False) for f in ds.split_files(split)]
+        units = [(f, []) for f in ds.split_files(split)]
     elif ds.manifest["split_scheme"] == "user-hash":
         split = "pretrain+finetune"
-        units = [(f, False) for s in ("pretrain", "finetune") for f in ds.split_files(s)]
+        units = [(f, []) for s in ("pretrain", "finetune") for f in ds.split_files(s)]
     else:
         # Newest history of every user: the test row where there is one, else the train row
         # (leave-one-out users with fewer than 3 behaviors, time-cut users with no target).
         split = "test+train"
-        skip_users = ds.read_split("test", columns=["user_id"]).column("user_id").to_pylist()
-        units = [(f, False) for f in ds.split_files("test")] + [(f, True) for f in ds.split_files("train")]
+        units = [(f, []) for f in ds.split_files("test")] + sorted(same_users_files(ds, "train", "test").items())
     os.makedirs(output, exist_ok=True)
     mpath = tcore.join(output, contracts.MANIFEST)
     if os.path.exists(mpath):
@@ -239,10 +272,10 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
     p, runner = make_pipeline(beam_args)
     info["runner"] = runner
     counts = p | "EmbedUsers" >> EmbedUsers(units, saved, output, int(meta["max_len"]), str(meta["version"]),
-                                             ds.vocab_hash, batch_rows=batch_rows, tfrecord=tfrecord,
-                                             skip_users=skip_users)
-    _ = (p | "Commit" >> beam.Create([None])
-         | "WriteManifest" >> beam.Map(_write_manifest, output, beam.pvalue.AsSingleton(counts), info))
+                                             ds.vocab_hash, batch_rows=batch_rows, tfrecord=tfrecord)
+    # The counts are the commit step's main input (no side input): it is the last step and
+    # depends on every embedding shard.
+    _ = counts | "WriteManifest" >> beam.Map(_write_manifest, output, info)
     run_pipeline(p)
     import json
     with open(mpath) as f:

@@ -325,6 +325,15 @@ def check_invariants(manifest: dict) -> List[str]:
     return problems
 
 
+def temp_path(path: str) -> str:
+    """A sibling temporary name unique to this process and thread (two threads of one worker
+    may write the same file at once: runners retry or recompute work, Beam's DaskRunner
+    recomputes side inputs inside tasks); renamed onto `path` when whole."""
+    import threading
+
+    return f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+
+
 def write_json_atomic(path: str, obj: dict) -> None:
     """Write JSON so that readers see the old file or the whole new one."""
     data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8")
@@ -335,7 +344,7 @@ def write_json_atomic(path: str, obj: dict) -> None:
             f.write(data)
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = temp_path(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

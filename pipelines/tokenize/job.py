@@ -1,16 +1,19 @@
 """The Beam tokenization job: raw logs -> sequence dataset.
 
 Arrow record batches flow through the pipeline, never one element per event. Four composite
-transforms, each testable on its own with TestPipeline:
+transforms, each testable on its own with TestPipeline (they return dicts of PCollections):
 
   ReadEvents (ListInputs -> Spread -> ReadAndParse) ---------------------> dead letters
         | (user bucket, staged events file)
   BuildHistories (GroupByUserBucket -> HistoriesOfBucket) -> per-bucket item/behavior counts
         |                                                            |
         |                         BuildVocabularies (combine -> item and behavior vocabularies)
-        |                                                            | (singleton side inputs)
-  WriteDataset (WriteSequences, WriteDeadLetters, WriteVocabulary, SumCounts
-                -> WriteManifest: last, the commit marker)
+        |                                                            |
+  WriteDataset (WriteVocabulary -> paths joined to every bucket -> WriteSequences (reads the
+                vocabulary files); WriteDeadLetters; every branch's counts and files
+                -> CollectParts -> WriteManifest: last, the commit marker)
+
+No side inputs: every branch ends in the one last step (see WriteDataset).
 
 Runs on Beam's FnApiRunner in-process by default (offline); any other runner
 (Dataflow, Flink, Spark) is chosen with the usual `--runner ...` pipeline options.
@@ -30,18 +33,36 @@ from ptum.ingest import core, formats
 
 log = logging.getLogger(__name__)
 STAGING = ".staging"
-# Main outputs are (bucket, staged file path or Arrow table); tagged outputs carry other types.
-_KV = beam.typehints.KV[int, beam.typehints.Any]
+_KV = beam.typehints.KV[int, beam.typehints.Any]   # (user bucket or shard, payload)
+
+# A step with several kinds of output yields (kind, payload) pairs that `by_kind` splits,
+# instead of Beam's tagged outputs: Beam's DaskRunner hands every consumer of a multi-output
+# ParDo all of its outputs (its ParDo translation returns one bag per transform), so tagged
+# outputs would mix there; plain elements and Filter-like steps run the same on every runner.
+EVENTS, DEADLETTER, COUNTS, HISTORIES, STATS, FILES = "events", "deadletter", "counts", "histories", "stats", "files"
+
+
+def by_kind(pcoll, kinds: dict) -> dict:
+    """{kind: PCollection of the payloads of that kind} from a PCollection of (kind, payload);
+    `kinds` maps each kind to its element type hint (None: any)."""
+    out = {}
+    for kind, hint in kinds.items():
+        step = beam.FlatMap(_payloads_of, kind)
+        out[kind] = pcoll | f"Only{kind.title()}" >> (step.with_output_types(hint) if hint is not None else step)
+    return out
+
+
+def _payloads_of(element, kind):
+    if element[0] == kind:
+        yield element[1]
 
 
 class ReadAndParse(beam.DoFn):
-    """A file -> (user bucket, events table) pairs; dead letters and counts tagged.
+    """A file -> (EVENTS, (user bucket, staged events file)), (DEADLETTER, (shard, table)) and
+    (COUNTS, dict) elements (see `by_kind`).
 
     Reading and parsing are fused: raw bytes never travel through the runner (only
     Arrow tables of parsed events do); files are the unit of parallelism."""
-
-    DEADLETTER = "deadletter"
-    COUNTS = "counts"
 
     def __init__(self, opts: core.TokenizeOptions, num_shards: int, deadletter_shards: int):
         self._opts = opts
@@ -55,11 +76,11 @@ class ReadAndParse(beam.DoFn):
         for unit in core.read_units(spec, self._opts):
             events, dl, read = core.parse_input_unit(unit, self._opts.max_line_bytes)
             self._read.inc(read)
-            yield beam.pvalue.TaggedOutput(self.COUNTS, {"events_read": read})
+            yield COUNTS, {"events_read": read}
             if dl.num_rows:
                 self._dead.inc(dl.num_rows)
                 key = int(dl.column("row")[0].as_py() or 0) % self._dl_shards
-                yield beam.pvalue.TaggedOutput(self.DEADLETTER, (key, dl))
+                yield DEADLETTER, (key, dl)
             for bucket, table in formats.split_by_bucket(events, self._num_shards):
                 pending.setdefault(bucket, []).append(table)
         # The shuffle goes through files: events are staged as Arrow IPC files per user
@@ -68,14 +89,12 @@ class ReadAndParse(beam.DoFn):
             path = core.join(self._opts.output, STAGING, f"bucket-{bucket:05d}",
                              f"file-{spec.file_idx:05d}.arrow")
             core.write_arrow(pa.concat_tables(tables), path)
-            yield bucket, path
+            yield EVENTS, (bucket, path)
 
 
 class HistoriesOfBucket(beam.DoFn):
-    """All events of a user bucket -> sorted, de-duplicated, truncated histories."""
-
-    STATS = "stats"
-    COUNTS = "counts"
+    """All events of a user bucket -> (HISTORIES, (bucket, sorted, de-duplicated, truncated
+    histories)), (STATS, (item counts, behavior counts)) and (COUNTS, dict) elements."""
 
     def __init__(self, max_history: int):
         self._max_history = max_history
@@ -86,9 +105,9 @@ class HistoriesOfBucket(beam.DoFn):
         histories, counts = core.build_histories([core.read_arrow(p) for p in sorted(paths)],
                                                  self._max_history)
         self._dups.inc(counts["duplicates_dropped"])
-        yield beam.pvalue.TaggedOutput(self.COUNTS, counts)
-        yield beam.pvalue.TaggedOutput(self.STATS, core.history_stats(histories))
-        yield bucket, histories
+        yield COUNTS, counts
+        yield STATS, core.history_stats(histories)
+        yield HISTORIES, (bucket, histories)
 
 
 class MergeCountTables(beam.CombineFn):
@@ -98,7 +117,9 @@ class MergeCountTables(beam.CombineFn):
         return []
 
     def add_input(self, acc, table):
-        acc.append(table)
+        # A new list, never the accumulator mutated: a runner may hand one accumulator object
+        # to several folds (Beam's DaskRunner shares the initial one within a worker process).
+        acc = acc + [table]
         if len(acc) > 16:
             acc = [core.merge_counts(acc)]
         return acc
@@ -110,34 +131,35 @@ class MergeCountTables(beam.CombineFn):
         return core.merge_counts(acc)
 
 
-class SumCounts(beam.CombineFn):
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, acc, counts):
-        return core.sum_counts([acc, counts])
-
-    def merge_accumulators(self, accs):
-        return core.sum_counts(accs)
-
-    def extract_output(self, acc):
-        return acc
-
-
 class WriteSequences(beam.DoFn):
-    COUNTS = "counts"
+    """(bucket, {"histories": [table], "vocab": [vocabulary files written]}) -> (FILES, file
+    record) per split shard, and (COUNTS, dict). The vocabularies are read from the files the
+    vocabulary stage wrote (once per worker), not passed as side inputs."""
 
     def __init__(self, num_shards: int, split: core.SplitSpec, output: str):
         self._n = num_shards
         self._split = split
         self._output = output
+        self._vocab = None
 
-    def process(self, element, items_vocab, behavior_vocab):
-        bucket, histories = element
-        files, counts = core.write_bucket(bucket, self._n, histories, items_vocab, behavior_vocab,
+    def _vocabularies(self, written):
+        if self._vocab is None:
+            self._vocab = tuple(core.read_parquet(core.join(self._output, written[k]))
+                                for k in ("items_vocab", "behaviors_vocab"))
+        return self._vocab
+
+    def process(self, element):
+        bucket, joined = element
+        histories, written = list(joined["histories"]), list(joined["vocab"])
+        if not histories:
+            return                      # a bucket no user hashed into
+        items_vocab, behavior_vocab = self._vocabularies(written[0])
+        table = histories[0] if len(histories) == 1 else pa.concat_tables(histories)
+        files, counts = core.write_bucket(bucket, self._n, table, items_vocab, behavior_vocab,
                                           self._split, self._output)
-        yield beam.pvalue.TaggedOutput(self.COUNTS, counts)
-        yield from files
+        yield COUNTS, counts
+        for f in files:
+            yield FILES, f
 
 
 def _write_deadletters(element, output: str, n: int):
@@ -148,15 +170,24 @@ def _write_deadletters(element, output: str, n: int):
     return [("deadletter", name, table.num_rows, 0), core.deadletter_counts(table)]
 
 
-def _write_manifest(_, opts, counts, files, items_vocab, behavior_vocab, items_seen, written,
-                    fingerprints, has_time, runner):
-    total = dict(counts)
-    total["items_seen"] = items_seen
-    manifest = core.make_manifest(opts, total, list(files), items_vocab, behavior_vocab,
-                                  fingerprints, has_time, runner, written)
+def _write_manifest(parts, opts, fingerprints, has_time, runner):
+    """The commit: [(kind, payload)] from every branch of the job -> manifest.json."""
+    def one(kind):
+        (value,) = [v for k, v in parts if k == kind]
+        return value
+
+    total = core.sum_counts([v for k, v in parts if k == COUNTS])
+    total["items_seen"] = one("items_seen")
+    vocab = one("vocab")
+    manifest = core.make_manifest(opts, total, [v for k, v in parts if k == FILES], vocab["items"],
+                                  vocab["behaviors"], fingerprints, has_time, runner, one("written"))
     contracts.write_json_atomic(core.join(opts.output, contracts.MANIFEST), manifest)
     core.remove_tree(core.join(opts.output, STAGING))
     return manifest
+
+
+def _tagged(kind):
+    return beam.Map(lambda payload, k: (k, payload), kind)
 
 
 class ReadEvents(beam.PTransform):
@@ -174,9 +205,8 @@ class ReadEvents(beam.PTransform):
             pbegin
             | "ListInputs" >> beam.Create(self._specs)
             | "Spread" >> beam.Reshuffle()
-            | "ReadAndParse" >> beam.ParDo(ReadAndParse(self._opts, self._n, self._dl))
-            .with_output_types(_KV).with_outputs(ReadAndParse.DEADLETTER, ReadAndParse.COUNTS, main="events"))
-        return {"events": parsed.events, "deadletter": parsed.deadletter, "counts": parsed.counts}
+            | "ReadAndParse" >> beam.ParDo(ReadAndParse(self._opts, self._n, self._dl)))
+        return by_kind(parsed, {EVENTS: _KV, DEADLETTER: _KV, COUNTS: None})
 
 
 class BuildHistories(beam.PTransform):
@@ -191,10 +221,8 @@ class BuildHistories(beam.PTransform):
         built = (
             events
             | "GroupByUserBucket" >> beam.GroupByKey()
-            | "HistoriesOfBucket" >> beam.ParDo(HistoriesOfBucket(self._max_history))
-            .with_output_types(_KV).with_outputs(HistoriesOfBucket.STATS, HistoriesOfBucket.COUNTS,
-                                                 main="histories"))
-        return {"histories": built.histories, "stats": built.stats, "counts": built.counts}
+            | "HistoriesOfBucket" >> beam.ParDo(HistoriesOfBucket(self._max_history)))
+        return by_kind(built, {HISTORIES: _KV, STATS: None, COUNTS: None})
 
 
 class BuildVocabularies(beam.PTransform):
@@ -220,9 +248,12 @@ class BuildVocabularies(beam.PTransform):
 
 class WriteDataset(beam.PTransform):
     """{"histories", "deadletter", "items", "behaviors", "items_seen", "read_counts",
-    "history_counts"} -> the
-    committed dataset: sequence shards per split, dead letters, vocabulary and catalog files,
-    then the manifest (last: the commit marker). Returns the manifest."""
+    "history_counts"} -> the committed dataset: vocabulary and catalog files first, then the
+    sequence shards per split (each bucket joined with the vocabulary files' paths), dead
+    letters, and the manifest (last: the commit marker). Returns the manifest.
+
+    No side inputs: every branch flows into the one final step, so runners that compute only
+    what the last step needs (Beam's DaskRunner) run all of it, and nothing is recomputed."""
 
     def __init__(self, opts: core.TokenizeOptions, extra: dict, fingerprints: List[dict], num_shards: int,
                  deadletter_shards: int, runner: str):
@@ -232,39 +263,38 @@ class WriteDataset(beam.PTransform):
 
     def expand(self, inputs):
         opts, extra = self._opts, self._extra
-        items_vocab, behavior_vocab = inputs["items"], inputs["behaviors"]
-        written = (
-            inputs["histories"]
-            | "WriteSequences" >> beam.ParDo(WriteSequences(self._n, core.SplitSpec.from_options(opts), opts.output),
-                                             items_vocab=beam.pvalue.AsSingleton(items_vocab),
-                                             behavior_vocab=beam.pvalue.AsSingleton(behavior_vocab))
-            .with_outputs(WriteSequences.COUNTS, main="files"))
+        vocab = ((inputs["items"] | "TagItems" >> _tagged("items"),
+                  inputs["behaviors"] | "TagBehaviors" >> _tagged("behaviors"))
+                 | "FlattenVocab" >> beam.Flatten()
+                 | "PairVocab" >> beam.combiners.ToDict())
+        written = vocab | "WriteVocabulary" >> beam.Map(
+            lambda v: core.write_vocab_and_tables(opts.output, v["items"], v["behaviors"], extra, opts))
+        to_buckets = written | "ToEveryBucket" >> beam.FlatMap(lambda w, n: [(b, w) for b in range(n)], self._n)
+        sequences = by_kind(
+            {"histories": inputs["histories"], "vocab": to_buckets}
+            | "JoinVocab" >> beam.CoGroupByKey()
+            | "WriteSequences" >> beam.ParDo(WriteSequences(self._n, core.SplitSpec.from_options(opts), opts.output)),
+            {FILES: None, COUNTS: None})
         dead = (inputs["deadletter"]
                 | "GroupDeadLetters" >> beam.GroupByKey()
                 | "WriteDeadLetters" >> beam.FlatMap(_write_deadletters, opts.output, self._dl))
         dead_files = dead | "DeadLetterFiles" >> beam.Filter(lambda x: isinstance(x, tuple))
         dead_counts = dead | "DeadLetterCounts" >> beam.Filter(lambda x: isinstance(x, dict))
-        vocab_files = (
-            items_vocab
-            | "WriteVocabulary" >> beam.Map(
-                lambda v, bv: core.write_vocab_and_tables(opts.output, v, bv, extra, opts),
-                bv=beam.pvalue.AsSingleton(behavior_vocab)))
-        counts = ((inputs["read_counts"], inputs["history_counts"], written.counts, dead_counts)
-                  | "FlattenCounts" >> beam.Flatten()
-                  | "SumCounts" >> beam.CombineGlobally(SumCounts()))
-        files = (written.files, dead_files) | "FlattenFiles" >> beam.Flatten()
-        return (
-            inputs["histories"].pipeline
-            | "Commit" >> beam.Create([None])
-            | "WriteManifest" >> beam.Map(
-                _write_manifest, opts,
-                counts=beam.pvalue.AsSingleton(counts),
-                files=beam.pvalue.AsList(files),
-                items_vocab=beam.pvalue.AsSingleton(items_vocab),
-                behavior_vocab=beam.pvalue.AsSingleton(behavior_vocab),
-                items_seen=beam.pvalue.AsSingleton(inputs["items_seen"]),
-                written=beam.pvalue.AsSingleton(vocab_files),
-                fingerprints=self._fps, has_time=extra["has_time"], runner=self._runner))
+        parts = [
+            inputs["read_counts"] | "TagReadCounts" >> _tagged(COUNTS),
+            inputs["history_counts"] | "TagHistoryCounts" >> _tagged(COUNTS),
+            sequences[COUNTS] | "TagSequenceCounts" >> _tagged(COUNTS),
+            dead_counts | "TagDeadLetterCounts" >> _tagged(COUNTS),
+            sequences[FILES] | "TagSequenceFiles" >> _tagged(FILES),
+            dead_files | "TagDeadLetterFiles" >> _tagged(FILES),
+            written | "TagWritten" >> _tagged("written"),
+            vocab | "TagVocab" >> _tagged("vocab"),
+            inputs["items_seen"] | "TagItemsSeen" >> _tagged("items_seen"),
+        ]
+        return (parts
+                | "FlattenParts" >> beam.Flatten()
+                | "CollectParts" >> beam.combiners.ToList()
+                | "WriteManifest" >> beam.Map(_write_manifest, opts, self._fps, extra["has_time"], self._runner))
 
 
 def build(p: beam.Pipeline, opts: core.TokenizeOptions, specs: List[formats.FileSpec], extra: dict,
@@ -272,17 +302,29 @@ def build(p: beam.Pipeline, opts: core.TokenizeOptions, specs: List[formats.File
     """Add the tokenization transforms to `p`; returns the manifest PCollection."""
     dl_shards = max(1, min(num_shards, 8))
     parsed = p | "ReadEvents" >> ReadEvents(opts, specs, num_shards, dl_shards)
-    built = parsed["events"] | "BuildHistories" >> BuildHistories(opts.max_history)
-    vocab = built["stats"] | "BuildVocabularies" >> BuildVocabularies(opts)
-    return ({"histories": built["histories"], "deadletter": parsed["deadletter"],
-             "read_counts": parsed["counts"], "history_counts": built["counts"], **vocab}
+    built = parsed[EVENTS] | "BuildHistories" >> BuildHistories(opts.max_history)
+    vocab = built[STATS] | "BuildVocabularies" >> BuildVocabularies(opts)
+    return ({"histories": built[HISTORIES], "deadletter": parsed[DEADLETTER],
+             "read_counts": parsed[COUNTS], "history_counts": built[COUNTS], **vocab}
             | "WriteDataset" >> WriteDataset(opts, extra, fingerprints, num_shards, dl_shards, runner))
+
+
+# Runners Beam knows only by their full name.
+RUNNER_ALIASES = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
 
 
 def make_pipeline(beam_args: Optional[List[str]] = None):
     """A Pipeline on the runner the args name; FnApiRunner in-process when none is named."""
-    options = PipelineOptions(beam_args or [])
+    beam_args = list(beam_args or [])
+    options = PipelineOptions(beam_args)
     runner_name = options.view_as(StandardOptions).runner
+    if runner_name in ("DaskRunner", RUNNER_ALIASES["DaskRunner"]) and not any(
+            a.startswith(("--dask_partition_size", "--dask_npartitions")) for a in beam_args):
+        # Our elements are coarse (input files, user buckets, row batches): one per Dask
+        # partition spreads them over the workers (Beam's default packs 128 into one).
+        options = PipelineOptions(beam_args + ["--dask_partition_size=1"])
+    if runner_name in RUNNER_ALIASES:
+        options.view_as(StandardOptions).runner = RUNNER_ALIASES[runner_name]
     if runner_name:
         return beam.Pipeline(options=options), runner_name
     from apache_beam.options.pipeline_options import DirectOptions

@@ -796,7 +796,7 @@ def write_parquet(table: pa.Table, path: str) -> None:
             f.write(sink.getvalue())
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = contracts.temp_path(path)
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)
 
@@ -814,10 +814,17 @@ def write_arrow(table: pa.Table, path: str) -> None:
             f.write(sink.getvalue().to_pybytes())
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = contracts.temp_path(path)
     with pa.OSFile(tmp, "wb") as sink, ipc.new_file(sink, table.schema) as w:
         w.write_table(table)
     os.replace(tmp, path)
+
+
+def read_parquet(path: str) -> pa.Table:
+    """A whole Parquet file (local or any Beam filesystem)."""
+    if "://" in path:
+        return pq.read_table(pa.BufferReader(contracts.read_bytes(path)))
+    return pq.read_table(path)
 
 
 def read_arrow(path: str) -> pa.Table:

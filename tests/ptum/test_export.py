@@ -152,7 +152,7 @@ def test_embed_users_transform_in_a_test_pipeline(saved, trained, tmp_path):
     ds = contracts.open_dataset(trained["data"])
     out = tmp_path / "emb"
     with TestPipeline() as p:
-        counts = p | EmbedUsers([(f, False) for f in ds.split_files("test")], saved, str(out), 10, "7",
+        counts = p | EmbedUsers([(f, []) for f in ds.split_files("test")], saved, str(out), 10, "7",
                                 ds.vocab_hash, batch_rows=32)
         assert_that(counts | beam.Map(lambda c: (c["users"], len(c["files"]))), equal_to([(150, 5)]))
     files = sorted(os.listdir(out / EMBEDDINGS_DIR))
@@ -172,3 +172,36 @@ def test_export_refuses_other_vocabulary_and_counts_oov_users(saved, trained, tm
                                        vocab_from=trained["data"]))
     m = run(saved, str(tmp_path / "frozen"), str(tmp_path / "e2"))
     assert m["counts"]["users"] == 2 and m["counts"]["users_all_oov"] == 1
+
+
+def test_newest_history_of_every_user_across_shards(saved, trained, tmp_path):
+    """Without --split every user is embedded once, from the test row where there is one (its
+    newest behavior is the as_of), else from the train row; shards are paired by index, no
+    user list passes through the driver."""
+    from pipelines.export_embeddings import read_embeddings, run, same_users_files
+    from ptum.ingest import core, reference
+
+    lines = ["user_id,item_id,timestamp"]
+    newest = {}
+    for u in range(40):
+        n = 1 + u % 5                 # 1..5 behaviors: users with < 3 have no test row
+        for j in range(n):
+            lines.append(f"u{u},item_{(u * 7 + j) % 50:06d},{100 + j}")
+        newest[f"u{u}"] = 100 + n - 1
+    (tmp_path / "e.csv").write_text("\n".join(lines) + "\n")
+    data = str(tmp_path / "d")
+    reference.run(core.TokenizeOptions(inputs=[str(tmp_path / "e.csv")], format="csv", output=data,
+                                       vocab_from=trained["data"], num_shards=3))
+    ds = contracts.open_dataset(data)
+    pairs = same_users_files(ds, "train", "test")
+    assert len(pairs) == 3 and all(len(v) == 1 and v[0].endswith(k[-len("00000-of-00003.parquet"):])
+                                   for k, v in pairs.items())
+    m = run(saved, data, str(tmp_path / "emb"), batch_rows=4)
+    table = read_embeddings(str(tmp_path / "emb"))
+    users = table.column("user_id").to_pylist()
+    assert m["counts"]["users"] == 40 and sorted(users) == sorted(newest)
+    test_users = set(ds.read_split("test", columns=["user_id"]).column("user_id").to_pylist())
+    assert 0 < len(test_users) < 40
+    for u, as_of in zip(users, table.column("as_of").to_pylist()):
+        # the test row holds the whole history; a train-only user's row is all it has
+        assert as_of == newest[u], u
