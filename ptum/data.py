@@ -132,10 +132,13 @@ class TrainBatches(_keras_pydataset()):
     """Training batches for `model.fit` (windows of width max_len + extra columns)."""
 
     def __init__(self, rows: Rows, batch_size: int, width: int, buckets: Sequence[int], seed: int,
-                 time_buckets: int, epoch: int = 0, skip: int = 0, **kwargs):
+                 time_buckets: int, epoch: int = 0, skip: int = 0, multiple: int = 1, **kwargs):
         """`skip`: leave out the first `skip` batches of the first epoch (resuming mid-epoch
-        from a step checkpoint: the data position is (epoch, batches done))."""
+        from a step checkpoint: the data position is (epoch, batches done)). `multiple`: pad
+        each batch with all-padding rows to a multiple of this many rows (data parallelism that
+        needs an even split, e.g. JAX over N devices; the losses ignore padding)."""
         super().__init__(**kwargs)
+        self.multiple = max(1, int(multiple))
         self.rows, self.batch_size, self.width = rows, batch_size, width
         self.buckets = [b for b in buckets if b < width]
         self.seed, self.time_buckets = seed, time_buckets
@@ -158,7 +161,11 @@ class TrainBatches(_keras_pydataset()):
         idx = self.index[self.batches[i]]
         lens = np.minimum(self.rows.lengths[idx], self.width)
         w = bucket_width(int(lens.max()), self.buckets, self.width)
-        return pad_batch(self.rows, idx, w, time_buckets=self.time_buckets)
+        batch = pad_batch(self.rows, idx, w, time_buckets=self.time_buckets)
+        extra = -len(idx) % self.multiple
+        if extra:
+            batch = {k: np.concatenate([v, np.zeros((extra,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+        return batch
 
     def on_epoch_end(self):
         # Keras calls this after every epoch (JAX path); the tf.data path sets epochs itself.

@@ -429,7 +429,7 @@ class BagPrediction(keras.layers.Layer):
         if training and self.contrastive > 0:
             other = self._drop(seen["item_ids"])
             p2 = ops.cast(encoder.profile(encoder({**seen, "item_ids": other}, training=training)), "float32")
-            loss = loss + self.contrastive * self._info_nce(p, p2)
+            loss = loss + self.contrastive * self._info_nce(p, p2, ops.any(valid, axis=1))
         return loss
 
     def _drop(self, kept):
@@ -442,15 +442,20 @@ class BagPrediction(keras.layers.Layer):
                                ops.logical_not(newest))
         return ops.where(drop, contracts.PAD_ID, kept)
 
-    def _info_nce(self, a, b):
-        """Symmetric InfoNCE: row i of `a` and of `b` are one user's two views."""
+    def _info_nce(self, a, b, rows):
+        """Symmetric InfoNCE: row i of `a` and of `b` are one user's two views; `rows` [B]
+        marks real users (padding rows, added to split a batch evenly over devices, are
+        neither positives nor negatives)."""
         a = a / ops.maximum(ops.sqrt(ops.sum(a * a, axis=-1, keepdims=True)), 1e-6)
         b = b / ops.maximum(ops.sqrt(ops.sum(b * b, axis=-1, keepdims=True)), 1e-6)
         logits = ops.matmul(a, ops.transpose(b)) / self.temperature
+        logits = ops.where(ops.logical_and(rows[:, None], rows[None, :]), logits, NEG_INF)
         diag = ops.arange(ops.shape(a)[0])
-        ce_ab = -ops.take_along_axis(ops.log_softmax(logits, axis=1), diag[:, None], axis=1)
-        ce_ba = -ops.take_along_axis(ops.log_softmax(logits, axis=0), diag[None, :], axis=0)
-        return 0.5 * (ops.mean(ce_ab) + ops.mean(ce_ba))
+        ce_ab = -ops.take_along_axis(ops.log_softmax(logits, axis=1), diag[:, None], axis=1)[:, 0]
+        ce_ba = -ops.take_along_axis(ops.log_softmax(logits, axis=0), diag[None, :], axis=0)[0]
+        w = ops.cast(rows, "float32")
+        n = ops.maximum(ops.sum(w), 1.0)
+        return 0.5 * (ops.sum(ce_ab * w) + ops.sum(ce_ba * w)) / n
 
     def get_config(self):
         return {**super().get_config(), "dropout": self.dropout, "seed": self.seed, "future": self.future,
@@ -458,6 +463,18 @@ class BagPrediction(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="ptum")
+def _per_replica(loss):
+    """Under tf.distribute each replica's gradients are summed: its share of a mean loss is
+    loss / replicas (what Keras does for compiled losses). Unchanged with one replica."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            return loss / replicas
+    return loss
+
+
 class PTUMPretrainer(keras.Model):
     """Backbone + the two self-supervised tasks. Loss = L_MBP + lambda * L_NBP."""
 
@@ -490,6 +507,15 @@ class PTUMPretrainer(keras.Model):
             losses["mbp"] = self.mbp(inputs, encoder=self.encoder, scoring=self.scoring, training=training)
         return losses
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TF trainer, under tf.distribute, averages the first distributed batch across
+        # replicas before it checks whether anything is left to build; a batch that does not
+        # split evenly (a partial last batch) makes that reduction fail. Training builds the
+        # model and its optimizer on a real batch first (ptum.train), so nothing is left here.
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         total = 0.0
         if "mbp" in y_pred:
@@ -498,7 +524,7 @@ class PTUMPretrainer(keras.Model):
             total = total + self.nbp_lambda * y_pred["nbp"]
         if "bag" in y_pred:
             total = total + self.bag_weight * y_pred["bag"]
-        return total
+        return _per_replica(total)
 
     def get_config(self):
         return {"encoder": keras.saving.serialize_keras_object(self.encoder), "mbp": self.use_mbp,

@@ -115,7 +115,8 @@ def distribution_scope():
     """tf.distribute strategy from the environment (TF backend), else a no-op scope.
 
     TPU when TPU_NAME is set; MultiWorkerMirrored when TF_CONFIG names a cluster;
-    Mirrored when more than one GPU is visible; the default strategy otherwise. Under
+    Mirrored when more than one GPU is visible (or the CPU was split into several logical
+    devices); the default strategy otherwise. Under
     JAX, keras.distribution.DataParallel over all devices when there is more than one.
     """
     import contextlib
@@ -138,7 +139,38 @@ def distribution_scope():
         return tf.distribute.MultiWorkerMirroredStrategy().scope()
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy().scope()
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) > 1:   # the host CPU split into logical devices on purpose (tf.config)
+        return tf.distribute.MirroredStrategy([d.name for d in cpus]).scope()
     return tf.distribute.get_strategy().scope()
+
+
+def distribution_info(model) -> dict:
+    """Which data parallelism trained `model`: {"strategy", "replicas"} (recorded in metadata)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        d = keras.distribution.distribution()
+        if d is None:
+            return {"strategy": "none", "replicas": 1}
+        return {"strategy": type(d).__name__, "replicas": int(np.prod(d.device_mesh.shape))}
+    if keras.backend.backend() == "tensorflow":
+        s = model.distribute_strategy
+        return {"strategy": type(s).__name__.strip("_"), "replicas": int(s.num_replicas_in_sync)}
+    return {"strategy": "none", "replicas": 1}
+
+
+def _build_on(model, batches) -> None:
+    """Build every layer (calling the model on a real batch) and the optimizer, in the model's
+    strategy scope: Keras' own build under tf.distribute averages a distributed batch across
+    replicas (float ids for integer inputs; an error when the batch splits unevenly)."""
+    import tensorflow as tf
+
+    x = {k: tf.constant(v) for k, v in batches[0].items()}
+    with model.distribute_strategy.scope():
+        model(x, training=False)
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
 
 
 def _jit(cfg: PTUMConfig):
@@ -222,10 +254,30 @@ def _warm_start_encoder(base_dir: str, ds, cfg: PTUMConfig, title_words, log):
     return None, info
 
 
+def is_chief(tf_config: Optional[str] = None) -> bool:
+    """Whether this process writes the model: always, unless TF_CONFIG names a cluster and this
+    task is not its chief (the task of type "chief", else worker 0)."""
+    raw = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
+    conf = json.loads(raw) if raw.strip() else {}
+    cluster, task = conf.get("cluster") or {}, conf.get("task") or {}
+    if not cluster:
+        return True
+    if "chief" in cluster:
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
 def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output: str, cfg: PTUMConfig,
                   log: Callable[[str], None] = print, resume: bool = True,
                   warm_start: Optional[str] = None) -> dict:
-    """Train on given rows, holding the output folder's lock (see `_pretrain_rows`)."""
+    """Train on given rows, holding the output folder's lock (see `_pretrain_rows`). In a
+    multi-worker cluster only the chief writes `output`; the other workers write their
+    checkpoints to a temporary folder of their own."""
+    if not is_chief():
+        import tempfile
+
+        output = tempfile.mkdtemp(prefix="ptum-worker-")
+        log(f"not the chief of the TF_CONFIG cluster: this worker writes to {output}")
     with contracts.output_lock(output, "ptum pretrain", TrainingError):
         return _pretrain_rows(ds, train_rows, valid_rows, output, cfg, log=log, resume=resume,
                               warm_start=warm_start)
@@ -311,7 +363,11 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
     width = train_window(cfg)
     time_b = cfg.model.time_buckets if cfg.model.use_time else 0
     skip = int(state.get("step", 0))  # batches of state["epoch"] already done (step checkpoint)
+    # JAX's DataParallel shards each batch evenly over the devices: pad to a multiple of them
+    # (tf.distribute splits uneven batches itself).
+    multiple = distribution_info(pretrainer)["replicas"] if keras.backend.backend() == "jax" else 1
     data = TrainBatches(train_rows, t.batch_size, width, t.length_buckets, t.seed, time_b, epoch=state["epoch"],
+                        multiple=multiple,
                         skip=skip)
     full_len = len(data) + skip
 
@@ -401,6 +457,8 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
         if keras.backend.backend() == "tensorflow":
             from ptum.tf_input import train_dataset
             fit_data = train_dataset(batches)
+            if pretrainer.distribute_strategy.num_replicas_in_sync > 1:
+                _build_on(pretrainer, batches)
         else:
             fit_data = batches
         pretrainer.fit(fit_data, epochs=epochs, initial_epoch=state["epoch"], callbacks=callbacks,
@@ -413,12 +471,14 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
     if skip and go_on():
         log(f"resuming at batch {skip} of {full_len} in epoch {state['epoch'] + 1}")
         fit(data, state["epoch"] + 1)  # the rest of the interrupted epoch
-        data = TrainBatches(train_rows, t.batch_size, width, t.length_buckets, t.seed, time_b, epoch=state["epoch"])
+        data = TrainBatches(train_rows, t.batch_size, width, t.length_buckets, t.seed, time_b, epoch=state["epoch"],
+                            multiple=multiple)
     if go_on():
         fit(data, t.epochs)
     if state["best_epoch"] < 0:
         raise TrainingError("no validation result was recorded; no model was written")
     pretrainer.load_weights(best_path)
+    state["distribution"] = distribution_info(pretrainer)
     return _finish(output, ds, cfg, encoder, state, log)
 
 
@@ -454,6 +514,7 @@ def _finish(output, ds, cfg, encoder, state, log) -> dict:
         "train_seconds": round(state["train_seconds"], 2),
         "valid": {state.get("select_metric", "ndcg@10"): state["best"]},
         "warm_start": state.get("warm_start", {"used": False, "reason": "not requested"}),
+        "distribution": state.get("distribution", {"strategy": "none", "replicas": 1}),
         "training_data": {"path": ds.root, "manifest_created": ds.manifest.get("created"),
                           "inputs": ds.manifest.get("inputs"), "counts": ds.manifest.get("counts")},
         "stack": _versions(),
