@@ -43,7 +43,7 @@ def _write_examples(dataset_dir: str, examples_uri: str) -> dict:
     import tensorflow as tf
 
     from ptum import contracts
-    from ptum.features import row_to_example
+    from ptum.features import sequence_examples
 
     ds = contracts.open_dataset(dataset_dir)
     counts = {}
@@ -54,9 +54,9 @@ def _write_examples(dataset_dir: str, examples_uri: str) -> dict:
         with tf.io.TFRecordWriter(os.path.join(out_dir, "data_tfrecord-00000-of-00001.gz"),
                                   options="GZIP") as w:
             for batch in ds.read_split(split).to_batches(4096):
-                for row in batch.to_pylist():
-                    w.write(row_to_example(row))
-                    n += 1
+                for example in sequence_examples(batch):
+                    w.write(example)
+                n += batch.num_rows
         counts[name] = n
     # The Trainer reads rows from these Examples; it also needs the manifest and vocabulary.
     meta_dir = os.path.join(examples_uri, DATASET_SUBDIR)

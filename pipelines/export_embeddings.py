@@ -116,22 +116,22 @@ class EmbedBatch(beam.DoFn):
         tcore.write_parquet(table, tcore.join(self._output, EMBEDDINGS_DIR, name + ".parquet"))
         files = [name + ".parquet"]
         if self._tfrecord:
-            files.append(self._write_tfrecord(table, emb, name))
+            files.append(self._write_tfrecord(table, name))
         self._users.inc(len(n))
         self._oov.inc(int(all_oov.sum()))
         yield {"users": int(len(n)), "users_all_oov": int(all_oov.sum()),
                "users_without_behaviors": int((lens == 0).sum()), "files": files}
 
-    def _write_tfrecord(self, table, emb, name) -> str:
+    def _write_tfrecord(self, table, name) -> str:
+        from ptum.features import arrow_to_examples
+
         tf = self._tf
         path = tcore.join(self._output, EMBEDDINGS_DIR, name + ".tfrecord")
         tmp = contracts.temp_path(path)
         with tf.io.TFRecordWriter(tmp) as w:
-            for uid, vec in zip(table.column("user_id").to_pylist(), emb):
-                ex = tf.train.Example(features=tf.train.Features(feature={
-                    "user_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[uid.encode()])),
-                    "embedding": tf.train.Feature(float_list=tf.train.FloatList(value=vec.tolist()))}))
-                w.write(ex.SerializeToString())
+            for example in arrow_to_examples({"user_id": table.column("user_id"),
+                                              "embedding": table.column("embedding")}):
+                w.write(example)
         tf.io.gfile.rename(tmp, path, overwrite=True)
         return name + ".tfrecord"
 

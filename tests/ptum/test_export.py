@@ -138,7 +138,16 @@ def test_batch_export_matches_serving(saved, trained, tmp_path):
                 zip(table.column("user_id").to_pylist(), table.column("embedding").to_pylist())}
     diff = max(np.abs(exported[r["user_id"]] - served[i]).max() for i, r in enumerate(rows))
     assert diff < 1e-5, f"batch export differs from serving by {diff}"
-    assert any(f.endswith(".tfrecord") for f in os.listdir(os.path.join(out, "embeddings")))
+    records = sorted(f for f in os.listdir(os.path.join(out, "embeddings")) if f.endswith(".tfrecord"))
+    assert records
+    spec = {"user_id": tf.io.FixedLenFeature([], tf.string),
+            "embedding": tf.io.FixedLenFeature([table.column("embedding").type.list_size], tf.float32)}
+    n = 0
+    for raw in tf.data.TFRecordDataset([os.path.join(out, "embeddings", f) for f in records]):
+        ex = tf.io.parse_single_example(raw, spec)
+        assert np.abs(ex["embedding"].numpy() - exported[ex["user_id"].numpy().decode()]).max() == 0.0
+        n += 1
+    assert n == 150
 
 
 def test_embed_users_transform_in_a_test_pipeline(saved, trained, tmp_path):
