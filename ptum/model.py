@@ -462,7 +462,6 @@ class BagPrediction(keras.layers.Layer):
                 "contrastive": self.contrastive, "temperature": self.temperature}
 
 
-@keras.saving.register_keras_serializable(package="ptum")
 def _per_replica(loss):
     """Under tf.distribute each replica's gradients are summed: its share of a mean loss is
     loss / replicas (what Keras does for compiled losses). Unchanged with one replica."""
@@ -475,6 +474,7 @@ def _per_replica(loss):
     return loss
 
 
+@keras.saving.register_keras_serializable(package="ptum")
 class PTUMPretrainer(keras.Model):
     """Backbone + the two self-supervised tasks. Loss = L_MBP + lambda * L_NBP."""
 

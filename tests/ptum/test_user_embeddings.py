@@ -221,14 +221,19 @@ def test_contrastive_term_by_hand():
     layer = BagPrediction(dropout=0.5, seed=3, contrastive=0.2, temperature=0.5)
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
-    got = float(keras.ops.convert_to_numpy(layer._info_nce(a, b)))
+    real = np.ones(4, bool)
+    got = float(keras.ops.convert_to_numpy(layer._info_nce(a, b, real)))
     na = a / np.linalg.norm(a, axis=1, keepdims=True)
     nb = b / np.linalg.norm(b, axis=1, keepdims=True)
     s = na @ nb.T / 0.5
     ce_rows = -np.diag(s - np.log(np.exp(s).sum(axis=1, keepdims=True)))
     ce_cols = -np.diag(s - np.log(np.exp(s).sum(axis=0, keepdims=True)))
     assert abs(got - 0.5 * (ce_rows.mean() + ce_cols.mean())) < 1e-5
-    assert float(keras.ops.convert_to_numpy(layer._info_nce(a, a))) < got   # agreeing views cost less
+    assert float(keras.ops.convert_to_numpy(layer._info_nce(a, a, real))) < got   # agreeing views cost less
+    # Padding rows (added to split a batch evenly over devices) change nothing.
+    pad = np.zeros((2, 3), np.float32)
+    padded = layer._info_nce(np.concatenate([a, pad]), np.concatenate([b, pad]), np.r_[real, [False, False]])
+    assert abs(float(keras.ops.convert_to_numpy(padded)) - got) < 1e-5
     ids = np.array([[0, 0, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 0, 0, 7, 8]], np.int32)
     view = keras.ops.convert_to_numpy(layer._drop(ids))
     assert (view[:, -1] == ids[:, -1]).all() and (view[ids == 0] == 0).all()
