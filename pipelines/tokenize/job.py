@@ -93,11 +93,14 @@ class ReadAndParse(beam.DoFn):
 
 
 class HistoriesOfBucket(beam.DoFn):
-    """All events of a user bucket -> (HISTORIES, (bucket, sorted, de-duplicated, truncated
-    histories)), (STATS, (item counts, behavior counts)) and (COUNTS, dict) elements."""
+    """All events of a user bucket -> sorted, de-duplicated, truncated histories, staged as an
+    Arrow file: (HISTORIES, (bucket, staged histories file)), (STATS, (item counts, behavior
+    counts)) and (COUNTS, dict) elements. Only the file's path travels on to the join with the
+    vocabulary (a table would be shuffled)."""
 
-    def __init__(self, max_history: int):
+    def __init__(self, max_history: int, output: str):
         self._max_history = max_history
+        self._output = output
         self._dups = Metrics.counter("tokenize", "duplicates_dropped")
 
     def process(self, element):
@@ -107,7 +110,9 @@ class HistoriesOfBucket(beam.DoFn):
         self._dups.inc(counts["duplicates_dropped"])
         yield COUNTS, counts
         yield STATS, core.history_stats(histories)
-        yield HISTORIES, (bucket, histories)
+        path = core.join(self._output, STAGING, "histories", f"bucket-{bucket:05d}.arrow")
+        core.write_arrow(histories, path)
+        yield HISTORIES, (bucket, path)
 
 
 class MergeCountTables(beam.CombineFn):
@@ -132,7 +137,7 @@ class MergeCountTables(beam.CombineFn):
 
 
 class WriteSequences(beam.DoFn):
-    """(bucket, {"histories": [table], "vocab": [vocabulary files written]}) -> (FILES, file
+    """(bucket, {"histories": [staged histories file], "vocab": [vocabulary files written]}) -> (FILES, file
     record) per split shard, and (COUNTS, dict). The vocabularies are read from the files the
     vocabulary stage wrote (once per worker), not passed as side inputs."""
 
@@ -154,7 +159,7 @@ class WriteSequences(beam.DoFn):
         if not histories:
             return                      # a bucket no user hashed into
         items_vocab, behavior_vocab = self._vocabularies(written[0])
-        table = histories[0] if len(histories) == 1 else pa.concat_tables(histories)
+        table = pa.concat_tables([core.read_arrow(p) for p in histories])
         files, counts = core.write_bucket(bucket, self._n, table, items_vocab, behavior_vocab,
                                           self._split, self._output)
         yield COUNTS, counts
@@ -210,18 +215,19 @@ class ReadEvents(beam.PTransform):
 
 
 class BuildHistories(beam.PTransform):
-    """(user bucket, staged events file) -> {"histories": (bucket, histories table),
+    """(user bucket, staged events file) -> {"histories": (bucket, staged histories file),
     "stats": (item counts, behavior counts) per bucket, "counts": dicts}."""
 
-    def __init__(self, max_history: int):
+    def __init__(self, max_history: int, output: str):
         super().__init__()
         self._max_history = max_history
+        self._output = output
 
     def expand(self, events):
         built = (
             events
             | "GroupByUserBucket" >> beam.GroupByKey()
-            | "HistoriesOfBucket" >> beam.ParDo(HistoriesOfBucket(self._max_history)))
+            | "HistoriesOfBucket" >> beam.ParDo(HistoriesOfBucket(self._max_history, self._output)))
         return by_kind(built, {HISTORIES: _KV, STATS: None, COUNTS: None})
 
 
@@ -302,7 +308,7 @@ def build(p: beam.Pipeline, opts: core.TokenizeOptions, specs: List[formats.File
     """Add the tokenization transforms to `p`; returns the manifest PCollection."""
     dl_shards = max(1, min(num_shards, 8))
     parsed = p | "ReadEvents" >> ReadEvents(opts, specs, num_shards, dl_shards)
-    built = parsed[EVENTS] | "BuildHistories" >> BuildHistories(opts.max_history)
+    built = parsed[EVENTS] | "BuildHistories" >> BuildHistories(opts.max_history, opts.output)
     vocab = built[STATS] | "BuildVocabularies" >> BuildVocabularies(opts)
     return ({"histories": built[HISTORIES], "deadletter": parsed[DEADLETTER],
              "read_counts": parsed[COUNTS], "history_counts": built[COUNTS], **vocab}

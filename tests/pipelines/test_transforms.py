@@ -52,13 +52,13 @@ def test_build_histories_groups_users_and_drops_duplicates(tmp_path):
     opts = _opts(tmp_path)
     specs, _ = core.plan_inputs(opts)
 
-    def users_and_lengths(kv):   # histories: one row per kept event, sorted by user and time
+    def users_and_lengths(kv):   # staged histories: one row per kept event, sorted by user and time
         from collections import Counter
-        return sorted(Counter(kv[1].column("user_id").to_pylist()).items())
+        return sorted(Counter(core.read_arrow(kv[1]).column("user_id").to_pylist()).items())
 
     with BeamTestPipeline() as p:
         events = (p | job.ReadEvents(opts, specs, num_shards=2, deadletter_shards=1))["events"]
-        built = events | job.BuildHistories(max_history=0)
+        built = events | job.BuildHistories(max_history=0, output=opts.output)
         users = built["histories"] | beam.FlatMap(users_and_lengths)
         dups = built["counts"] | beam.Map(lambda c: c["duplicates_dropped"]) | beam.CombineGlobally(sum)
         assert_that(users, equal_to([("u1", 2), ("u2", 2), ("u3", 1)]), label="users")
