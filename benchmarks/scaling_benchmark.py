@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from benchmarks.tokenize_benchmark import make_logs  # noqa: E402
+from benchmarks.tokenize_benchmark import base_log, make_logs  # noqa: E402
 
 PTUM = [sys.executable, "-m", "ptum.cli", "-q"]
 
@@ -128,15 +128,10 @@ def main() -> None:
     ap.add_argument("--runners", nargs="+", default=["pyarrow-reference", "fnapi-in-process", "dask-1", "dask-2"])
     ap.add_argument("--work", default="benchmarks/work/scaling")
     args = ap.parse_args()
-    from ptum.generate import generate
-
-    os.makedirs(args.work, exist_ok=True)
-    base = os.path.join(args.work, "base")
-    if not os.path.exists(os.path.join(base, "events.csv")):
-        generate(base, users=33_000, items=20_000, seed=11, mean_events=30)
+    base_csv = base_log(args.work)
     rows, model, first_data = [], None, None
     for size in sorted(args.sizes):
-        logs = make_logs(args.work, size, os.path.join(base, "events.csv"))
+        logs = make_logs(args.work, size, base_csv)
         for kind in args.runners:
             workers = int(kind.split("-")[1]) if kind.startswith("dask") else 0
             cluster = DaskCluster(workers, os.path.join(args.work, "dask-logs")) if workers else None

@@ -38,6 +38,17 @@ def make_logs(work: str, events: int, base_csv: str) -> str:
     return path
 
 
+def base_log(work: str) -> str:
+    """The sample generator's ~1.2M-event log (33k users, 20k items), made once under `work`."""
+    from ptum.generate import generate
+
+    os.makedirs(work, exist_ok=True)
+    base = os.path.join(work, "base")
+    if not os.path.exists(os.path.join(base, "events.csv")):
+        generate(base, users=33_000, items=20_000, seed=11, mean_events=30)
+    return os.path.join(base, "events.csv")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
@@ -45,17 +56,13 @@ def main() -> None:
                     help="FnApiRunner modes: in_memory, multi_processing")
     ap.add_argument("--work", default="benchmarks/work/tokenize")
     args = ap.parse_args()
-    from ptum.generate import generate
     from ptum.ingest import core, reference
     from pipelines.tokenize import job
 
-    os.makedirs(args.work, exist_ok=True)
-    base = os.path.join(args.work, "base")
-    if not os.path.exists(os.path.join(base, "events.csv")):
-        generate(base, users=33_000, items=20_000, seed=11, mean_events=30)
+    base_csv = base_log(args.work)
     rows = []
     for size in args.sizes:
-        logs = make_logs(args.work, size, os.path.join(base, "events.csv"))
+        logs = make_logs(args.work, size, base_csv)
         opts = dict(inputs=[logs], format="csv", num_shards=8)
         out_ref = os.path.join(args.work, "out_ref")
         t0 = time.perf_counter()

@@ -159,8 +159,7 @@ class EmbedUsers(beam.PTransform):
 
 
 def _user_ids(path: str) -> pa.Array:
-    table = pq.read_table(tcore.open_input(path) if "://" in path else path, columns=["user_id"])
-    return table.column("user_id").combine_chunks().cast(pa.string())
+    return tcore.read_parquet(path, ["user_id"]).column("user_id").combine_chunks().cast(pa.string())
 
 
 def same_users_files(ds, split: str, fuller: str):

@@ -172,7 +172,7 @@ def _write_deadletters(element, output: str, n: int):
     table = pa.concat_tables(list(tables))
     name = core.shard_name("deadletter", key, n)
     core.write_parquet(table, core.join(output, contracts.DEADLETTER_DIR, name))
-    return [("deadletter", name, table.num_rows, 0), core.deadletter_counts(table)]
+    return [(FILES, ("deadletter", name, table.num_rows, 0)), (COUNTS, core.deadletter_counts(table))]
 
 
 def _write_manifest(parts, opts, fingerprints, has_time, runner):
@@ -234,7 +234,7 @@ class BuildHistories(beam.PTransform):
 class BuildVocabularies(beam.PTransform):
     """Per-bucket (item counts, behavior counts) -> {"items": item vocabulary, "behaviors":
     behavior vocabulary, "items_seen": distinct items}: one-element PCollections, computed as
-    their own stage (the writers read them as singleton side inputs)."""
+    their own stage (WriteDataset writes them to files that the sequence writers read)."""
 
     def __init__(self, opts: core.TokenizeOptions):
         super().__init__()
@@ -281,18 +281,16 @@ class WriteDataset(beam.PTransform):
             | "JoinVocab" >> beam.CoGroupByKey()
             | "WriteSequences" >> beam.ParDo(WriteSequences(self._n, core.SplitSpec.from_options(opts), opts.output)),
             {FILES: None, COUNTS: None})
+        # Already (kind, payload) pairs: the dead-letter files and their counts.
         dead = (inputs["deadletter"]
                 | "GroupDeadLetters" >> beam.GroupByKey()
                 | "WriteDeadLetters" >> beam.FlatMap(_write_deadletters, opts.output, self._dl))
-        dead_files = dead | "DeadLetterFiles" >> beam.Filter(lambda x: isinstance(x, tuple))
-        dead_counts = dead | "DeadLetterCounts" >> beam.Filter(lambda x: isinstance(x, dict))
         parts = [
             inputs["read_counts"] | "TagReadCounts" >> _tagged(COUNTS),
             inputs["history_counts"] | "TagHistoryCounts" >> _tagged(COUNTS),
             sequences[COUNTS] | "TagSequenceCounts" >> _tagged(COUNTS),
-            dead_counts | "TagDeadLetterCounts" >> _tagged(COUNTS),
             sequences[FILES] | "TagSequenceFiles" >> _tagged(FILES),
-            dead_files | "TagDeadLetterFiles" >> _tagged(FILES),
+            dead,
             written | "TagWritten" >> _tagged("written"),
             vocab | "TagVocab" >> _tagged("vocab"),
             inputs["items_seen"] | "TagItemsSeen" >> _tagged("items_seen"),

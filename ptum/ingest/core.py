@@ -820,11 +820,11 @@ def write_arrow(table: pa.Table, path: str) -> None:
     os.replace(tmp, path)
 
 
-def read_parquet(path: str) -> pa.Table:
-    """A whole Parquet file (local or any Beam filesystem)."""
+def read_parquet(path: str, columns: Optional[Sequence[str]] = None) -> pa.Table:
+    """A Parquet file, or some of its columns (local or any Beam filesystem)."""
     if "://" in path:
-        return pq.read_table(pa.BufferReader(contracts.read_bytes(path)))
-    return pq.read_table(path)
+        return pq.read_table(pa.BufferReader(contracts.read_bytes(path)), columns=columns)
+    return pq.read_table(path, columns=columns)
 
 
 def read_arrow(path: str) -> pa.Table:

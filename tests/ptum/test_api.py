@@ -87,14 +87,6 @@ def test_configs_are_presets_and_bad_inputs_say_so(tmp_path):
         ptum.tokenize(str(tmp_path / "events.log"), tmp_path / "d")
 
 
-def test_import_ptum_loads_the_api_lazily():
-    code = ("import sys, ptum; assert 'ptum.api' not in sys.modules; f = ptum.pretrain; "
-            "heavy = [m for m in ('tensorflow', 'keras', 'apache_beam', 'tfx', 'jax') if m in sys.modules]; "
-            "print(heavy); sys.exit(1 if heavy else 0)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
 def test_presets_ship_with_a_non_editable_install(tmp_path):
     """A wheel built from this checkout carries the presets (package data), so an installed
     `ptum` finds `--config beauty` without the checkout."""

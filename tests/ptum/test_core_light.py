@@ -6,8 +6,11 @@ import sys
 
 
 def test_import_ptum_does_not_import_heavy_stacks():
+    # The public API (ptum.pretrain, ...) is loaded on first use, and loading it imports no
+    # Keras or backend either.
     code = ("import sys, ptum, ptum.contracts, ptum.generate, ptum.cli; "
-            "heavy = [m for m in ('tensorflow', 'apache_beam', 'tfx', 'jax') if m in sys.modules]; "
+            "assert 'ptum.api' not in sys.modules; f = ptum.pretrain; "
+            "heavy = [m for m in ('tensorflow', 'keras', 'apache_beam', 'tfx', 'jax') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
