@@ -110,7 +110,8 @@ def tokenize_options(a):
         max_history=a.max_history, max_line_bytes=a.max_line_bytes, num_shards=a.num_shards,
         min_word_count=a.min_word_count, vocab_from=a.vocab_from, time_unit=a.time_unit,
         allow_truncated=a.allow_truncated, catalog_item_column=a.catalog_item_column,
-        catalog_title_column=a.catalog_title_column, catalog_categories_column=a.catalog_categories_column)
+        catalog_title_column=a.catalog_title_column, catalog_categories_column=a.catalog_categories_column,
+        **({} if a.split_bytes is None else {"split_bytes": a.split_bytes}))
 
 
 def _cmd_tokenize(a, beam_args: List[str]) -> int:
@@ -185,6 +186,14 @@ def _add_tokenize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-item-count", type=int, default=1, help="rarer items map to OOV")
     p.add_argument("--max-history", type=int, default=0, help="keep the newest N events per user (0: all)")
     p.add_argument("--max-line-bytes", type=int, default=1 << 20)
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--split-bytes", type=int, default=None,
+                       help="read uncompressed text files larger than this as line-aligned byte ranges of "
+                            "this size, Parquet as runs of row groups, so one big file spreads over workers "
+                            "(default 64 MiB; compressed files are read whole)")
+    split.add_argument("--no-split", dest="split_bytes", action="store_const", const=0,
+                       help="read every file whole (a CSV whose quoted fields hold newlines beyond its first "
+                            "MiB; those in the first MiB are detected)")
     p.add_argument("--num-shards", type=int, default=0, help="0: from input size")
     p.add_argument("--min-word-count", type=int, default=1)
     p.add_argument("--vocab-from", default=None, help="reuse this dataset's item vocabulary")

@@ -3,14 +3,16 @@
 Arrow record batches flow through the pipeline, never one element per event. Four composite
 transforms, each testable on its own with TestPipeline (they return dicts of PCollections):
 
-  ReadEvents (ListInputs -> Spread -> ReadAndParse) ---------------------> dead letters
+  ReadEvents (ListInputs: files, byte ranges of big text files, Parquet row groups
+        -> Spread -> ReadAndParse) ------------> dead letters and per-range line counts
         | (user bucket, staged events file)
   BuildHistories (GroupByUserBucket -> HistoriesOfBucket) -> per-bucket item/behavior counts
         |                                                            |
         |                         BuildVocabularies (combine -> item and behavior vocabularies)
         |                                                            |
   WriteDataset (WriteVocabulary -> paths joined to every bucket -> WriteSequences (reads the
-                vocabulary files); WriteDeadLetters; every branch's counts and files
+                vocabulary files); dead letters numbered by their file's lines -> WriteDeadLetters;
+                every branch's counts and files
                 -> CollectParts -> WriteManifest: last, the commit marker)
 
 No side inputs: every branch ends in the one last step (see WriteDataset).
@@ -39,7 +41,8 @@ _KV = beam.typehints.KV[int, beam.typehints.Any]   # (user bucket or shard, payl
 # instead of Beam's tagged outputs: Beam's DaskRunner hands every consumer of a multi-output
 # ParDo all of its outputs (its ParDo translation returns one bag per transform), so tagged
 # outputs would mix there; plain elements and Filter-like steps run the same on every runner.
-EVENTS, DEADLETTER, COUNTS, HISTORIES, STATS, FILES = "events", "deadletter", "counts", "histories", "stats", "files"
+EVENTS, DEADLETTER, LINES, COUNTS, HISTORIES, STATS, FILES = (
+    "events", "deadletter", "lines", "counts", "histories", "stats", "files")
 
 
 def by_kind(pcoll, kinds: dict) -> dict:
@@ -58,11 +61,12 @@ def _payloads_of(element, kind):
 
 
 class ReadAndParse(beam.DoFn):
-    """A file -> (EVENTS, (user bucket, staged events file)), (DEADLETTER, (shard, table)) and
-    (COUNTS, dict) elements (see `by_kind`).
+    """A Split (a file, a byte range of one, or Parquet row groups) -> (EVENTS, (user bucket,
+    staged events file)), (DEADLETTER, (file index, table)), (LINES, (file index, (range index,
+    lines))) for a byte range, and (COUNTS, dict) elements (see `by_kind`).
 
     Reading and parsing are fused: raw bytes never travel through the runner (only
-    Arrow tables of parsed events do); files are the unit of parallelism."""
+    Arrow tables of parsed events do); splits are the unit of parallelism."""
 
     def __init__(self, opts: core.TokenizeOptions, num_shards: int, deadletter_shards: int):
         self._opts = opts
@@ -71,23 +75,25 @@ class ReadAndParse(beam.DoFn):
         self._read = Metrics.counter("tokenize", "events_read")
         self._dead = Metrics.counter("tokenize", "events_dead_lettered")
 
-    def process(self, spec):
+    def process(self, split: core.Split):
         pending = {}
-        for unit in core.read_units(spec, self._opts):
+        for unit in core.read_units(split, self._opts):
+            if isinstance(unit, core.RangeLines):
+                yield LINES, (unit.file_idx, (unit.index, unit.lines))
+                continue
             events, dl, read = core.parse_input_unit(unit, self._opts.max_line_bytes)
             self._read.inc(read)
             yield COUNTS, {"events_read": read}
             if dl.num_rows:
                 self._dead.inc(dl.num_rows)
-                key = int(dl.column("row")[0].as_py() or 0) % self._dl_shards
-                yield DEADLETTER, (key, dl)
+                yield DEADLETTER, (split.spec.file_idx, dl)
             for bucket, table in formats.split_by_bucket(events, self._num_shards):
                 pending.setdefault(bucket, []).append(table)
         # The shuffle goes through files: events are staged as Arrow IPC files per user
         # bucket and only their paths are grouped (runners copy small elements cheaply).
         for bucket, tables in pending.items():
             path = core.join(self._opts.output, STAGING, f"bucket-{bucket:05d}",
-                             f"file-{spec.file_idx:05d}.arrow")
+                             f"file-{split.spec.file_idx:05d}-{split.index:05d}.arrow")
             core.write_arrow(pa.concat_tables(tables), path)
             yield EVENTS, (bucket, path)
 
@@ -156,8 +162,10 @@ class WriteSequences(beam.DoFn):
     def process(self, element):
         bucket, joined = element
         histories, written = list(joined["histories"]), list(joined["vocab"])
-        if not histories:
-            return                      # a bucket no user hashed into
+        if histories:                   # else a bucket no user hashed into
+            yield from self._write(bucket, histories, written)
+
+    def _write(self, bucket, histories, written):
         items_vocab, behavior_vocab = self._vocabularies(written[0])
         table = pa.concat_tables([core.read_arrow(p) for p in histories])
         files, counts = core.write_bucket(bucket, self._n, table, items_vocab, behavior_vocab,
@@ -165,6 +173,16 @@ class WriteSequences(beam.DoFn):
         yield COUNTS, counts
         for f in files:
             yield FILES, f
+
+
+def _number_deadletters(element, n: int):
+    """(file index, {"deadletter": tables, "lines": (range index, lines) per byte range}) ->
+    (shard, table) with rows numbered by the file's own lines."""
+    _, joined = element
+    ranges = list(joined["lines"])
+    for table in joined["deadletter"]:
+        table = core.file_line_numbers(table, ranges)
+        yield int(table.column("row")[0].as_py() or 0) % n, table
 
 
 def _write_deadletters(element, output: str, n: int):
@@ -196,9 +214,11 @@ def _tagged(kind):
 
 
 class ReadEvents(beam.PTransform):
-    """Input files -> {"events": (user bucket, staged events file), "deadletter": (shard,
-    dead-letter table), "counts": dicts}. Each file is read and parsed where it lands (files
-    are the unit of parallelism)."""
+    """Input files -> {"events": (user bucket, staged events file), "deadletter": (file index,
+    dead-letter table), "lines": (file index, (range index, lines)), "counts": dicts}. Uncompressed
+    text files over `opts.split_bytes` are read as line-aligned byte ranges and Parquet files as
+    runs of row groups (planned here, in the driver, from sizes and footers); each split is read
+    and parsed where it lands (splits are the unit of parallelism)."""
 
     def __init__(self, opts: core.TokenizeOptions, specs: List[formats.FileSpec], num_shards: int,
                  deadletter_shards: int):
@@ -208,10 +228,10 @@ class ReadEvents(beam.PTransform):
     def expand(self, pbegin):
         parsed = (
             pbegin
-            | "ListInputs" >> beam.Create(self._specs)
+            | "ListInputs" >> beam.Create(core.plan_splits(self._specs, self._opts.split_bytes))
             | "Spread" >> beam.Reshuffle()
             | "ReadAndParse" >> beam.ParDo(ReadAndParse(self._opts, self._n, self._dl)))
-        return by_kind(parsed, {EVENTS: _KV, DEADLETTER: _KV, COUNTS: None})
+        return by_kind(parsed, {EVENTS: _KV, DEADLETTER: _KV, LINES: _KV, COUNTS: None})
 
 
 class BuildHistories(beam.PTransform):
@@ -253,7 +273,7 @@ class BuildVocabularies(beam.PTransform):
 
 
 class WriteDataset(beam.PTransform):
-    """{"histories", "deadletter", "items", "behaviors", "items_seen", "read_counts",
+    """{"histories", "deadletter", "lines", "items", "behaviors", "items_seen", "read_counts",
     "history_counts"} -> the committed dataset: vocabulary and catalog files first, then the
     sequence shards per split (each bucket joined with the vocabulary files' paths), dead
     letters, and the manifest (last: the commit marker). Returns the manifest.
@@ -282,7 +302,9 @@ class WriteDataset(beam.PTransform):
             | "WriteSequences" >> beam.ParDo(WriteSequences(self._n, core.SplitSpec.from_options(opts), opts.output)),
             {FILES: None, COUNTS: None})
         # Already (kind, payload) pairs: the dead-letter files and their counts.
-        dead = (inputs["deadletter"]
+        dead = ({"deadletter": inputs["deadletter"], "lines": inputs["lines"]}
+                | "JoinRangeLines" >> beam.CoGroupByKey()
+                | "NumberDeadLetters" >> beam.FlatMap(_number_deadletters, self._dl)
                 | "GroupDeadLetters" >> beam.GroupByKey()
                 | "WriteDeadLetters" >> beam.FlatMap(_write_deadletters, opts.output, self._dl))
         parts = [
@@ -308,7 +330,7 @@ def build(p: beam.Pipeline, opts: core.TokenizeOptions, specs: List[formats.File
     parsed = p | "ReadEvents" >> ReadEvents(opts, specs, num_shards, dl_shards)
     built = parsed[EVENTS] | "BuildHistories" >> BuildHistories(opts.max_history, opts.output)
     vocab = built[STATS] | "BuildVocabularies" >> BuildVocabularies(opts)
-    return ({"histories": built[HISTORIES], "deadletter": parsed[DEADLETTER],
+    return ({"histories": built[HISTORIES], "deadletter": parsed[DEADLETTER], "lines": parsed[LINES],
              "read_counts": parsed[COUNTS], "history_counts": built[COUNTS], **vocab}
             | "WriteDataset" >> WriteDataset(opts, extra, fingerprints, num_shards, dl_shards, runner))
 

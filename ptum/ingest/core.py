@@ -10,12 +10,13 @@ import bz2
 import glob
 import gzip
 import io
+import logging
 import lzma
 import os
 import re
 import zlib
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +27,18 @@ from ptum import contracts
 from ptum.ingest import formats
 from ptum.ingest.formats import Chunk, Columns, FileSpec, InputError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CHUNK_BYTES = 8 << 20
+# Uncompressed text files larger than this are read as line-aligned byte ranges of this size
+# (Parquet: as runs of row groups), so one big file spreads over workers.
+DEFAULT_SPLIT_BYTES = 64 << 20
+# A byte range's rows are numbered (range index << RANGE_BITS) + its own line number: the order
+# key stays the file's line order whatever the range size, and the file's own line numbers are
+# restored for dead letters from the per-range line counts (`file_line_numbers`).
+RANGE_BITS = 32
+MAX_SPLIT_BYTES = 1 << 31
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".lzma", ".zst", ".deflate")
 
 
 @dataclass
@@ -49,6 +61,7 @@ class TokenizeOptions:
     max_history: int = 0
     max_line_bytes: int = 1 << 20
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    split_bytes: int = DEFAULT_SPLIT_BYTES   # 0: every file is one unit of work
     num_shards: int = 0
     min_word_count: int = 1
     max_title_words: int = 30
@@ -110,14 +123,17 @@ def _file_size(path: str) -> int:
     return os.path.getsize(path)
 
 
-def _fingerprint(path: str) -> dict:
-    size = _file_size(path)
+def _open_raw(path: str):
+    """Open a file's bytes as stored (no decompression), seekable."""
     if "://" in path:
         from apache_beam.io.filesystems import CompressionTypes, FileSystems
-        f = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    else:
-        f = open(path, "rb")
-    with f:
+        return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return open(path, "rb")
+
+
+def _fingerprint(path: str) -> dict:
+    size = _file_size(path)
+    with _open_raw(path) as f:
         head = f.read(1 << 20)
         tail = b""
         if size > 2 << 20:
@@ -156,6 +172,9 @@ def plan_inputs(opts: TokenizeOptions) -> Tuple[List[FileSpec], dict]:
         raise InputError("--split time needs --time-cut (epoch seconds or ISO-8601)")
     if not opts.inputs:
         raise InputError("no --input given")
+    if not 0 <= opts.split_bytes <= MAX_SPLIT_BYTES:
+        raise InputError(f"--split-bytes {opts.split_bytes}: must be between 0 (no splitting) and "
+                         f"{MAX_SPLIT_BYTES} (2 GiB)")
     if opts.time_unit not in formats.TIME_UNITS:
         raise InputError(f"--time-unit {opts.time_unit!r}: unknown time unit; choose one of "
                          f"{', '.join(formats.TIME_UNITS)}")
@@ -355,19 +374,160 @@ def auto_shards(specs: Sequence[FileSpec]) -> int:
 
 
 # ------------------------------------------------------------------ reading
+@dataclass(frozen=True)
+class Split:
+    """A unit of reading work: a whole file, the lines that start in bytes [start, end) of an
+    uncompressed text file, or Parquet row groups [start, end) (`first_row`: rows before)."""
+
+    spec: FileSpec
+    index: int = 0              # position among the file's splits
+    parts: int = 1              # how many splits the file has
+    start: int = 0
+    end: Optional[int] = None   # None: to the end of the file
+    first_row: int = 0
+
+
+@dataclass(frozen=True)
+class RangeLines:
+    """What a byte range reports after reading: the lines (header and blank lines included)
+    that start in it, from which the file's own line numbers are restored."""
+
+    file_idx: int
+    index: int
+    lines: int
+
+
+def plan_splits(specs: Sequence[FileSpec], split_bytes: int) -> List[Split]:
+    """FileSpecs -> units of reading work (in the driver, from file sizes and Parquet footers)."""
+    return [s for spec in specs for s in _splits_of(spec, split_bytes)]
+
+
+def _splits_of(spec: FileSpec, split_bytes: int) -> List[Split]:
+    if split_bytes <= 0 or spec.path.endswith(COMPRESSED_SUFFIXES):
+        return [Split(spec)]
+    if spec.kind == "parquet":
+        return _row_group_splits(spec, split_bytes)
+    size = _file_size(spec.path)
+    if size <= split_bytes:
+        return [Split(spec)]
+    if spec.kind == "delimited" and _has_multiline_records(spec.path):
+        log.info("%s: quoted fields span lines in its first MiB; read whole (not split)", spec.path)
+        return [Split(spec)]
+    n = -(-size // split_bytes)
+    return [Split(spec, i, n, i * split_bytes, min(size, (i + 1) * split_bytes)) for i in range(n)]
+
+
+def _has_multiline_records(path: str, sample_bytes: int = 1 << 20) -> bool:
+    """Whether a delimited file's first MiB has a line with an odd number of '"' (a quoted
+    field that goes on in the next line): such a file cannot be cut at newlines."""
+    with _open_raw(path) as f:
+        head = f.read(sample_bytes)
+    lines = head.split(b"\n")[:-1] if len(head) == sample_bytes else head.split(b"\n")
+    return any(line.count(b'"') % 2 for line in lines)
+
+
+def _row_group_splits(spec: FileSpec, split_bytes: int) -> List[Split]:
+    try:
+        meta = _parquet_file(spec.path).metadata
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{spec.path}: not a readable Parquet file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    groups, size, first = [], 0, 0
+    bounds = []                 # (first group, end group, first row)
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        groups.append(rg.num_rows)
+        size += sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
+        if size >= split_bytes or g == meta.num_row_groups - 1:
+            start = bounds[-1][1] if bounds else 0
+            bounds.append((start, g + 1, first))
+            first += sum(groups)
+            groups, size = [], 0
+    if len(bounds) <= 1:
+        return [Split(spec)]
+    return [Split(spec, i, len(bounds), a, b, row) for i, (a, b, row) in enumerate(bounds)]
+
+
+class LineRange:
+    """The bytes of the lines that start in [start, end) of an uncompressed file: from just after
+    the first newline at or after start - 1 (from 0 when start is 0) through the first newline at
+    or after end - 1. Consecutive ranges thus cover every line exactly once."""
+
+    def __init__(self, path: str, start: int, end: int, block: int = 1 << 20):
+        self._f = _open_raw(path)
+        self._buf, self._pos, self._end, self._block = b"", start, end, block
+        self._state = "body"
+        if start > 0:
+            self._f.seek(start - 1)
+            self._pos = start - 1
+            while True:
+                data = self._f.read(block)
+                if not data:
+                    self._state = "done"
+                    break
+                nl = data.find(b"\n")
+                if nl >= 0:
+                    self._buf, self._pos = data[nl + 1:], self._pos + nl + 1
+                    break
+                self._pos += len(data)
+        if self._pos >= end:
+            self._state = "done"
+
+    def read(self, n: int) -> bytes:
+        if self._state == "done":
+            return b""
+        if not self._buf:
+            self._buf = self._f.read(max(n, self._block))
+            if not self._buf:
+                self._state = "done"
+                return b""
+        if self._state == "body":
+            take = self._buf[:min(n, self._end - self._pos)]
+            if self._pos + len(take) >= self._end:
+                self._state = "done" if take.endswith(b"\n") else "tail"
+        else:                   # the rest of the last line, through its newline
+            nl = self._buf.find(b"\n", 0, n)
+            take = self._buf[:nl + 1] if nl >= 0 else self._buf[:n]
+            if nl >= 0:
+                self._state = "done"
+        self._buf, self._pos = self._buf[len(take):], self._pos + len(take)
+        return take
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def file_line_numbers(deadletters: pa.Table, range_lines: Sequence[Tuple[int, int]]) -> pa.Table:
+    """Dead letters of a file read as byte ranges, rows numbered (range << RANGE_BITS) + line
+    in range -> rows numbered by the file's own lines. `range_lines`: (range index, lines) of
+    every range of the file; empty for a file read whole (rows are already its lines)."""
+    if not range_lines or not deadletters.num_rows:
+        return deadletters
+    counts = dict(range_lines)
+    before = np.concatenate([[0], np.cumsum([counts[i] for i in range(max(counts))], dtype=np.int64)])
+    rows = deadletters.column("row").to_numpy().astype(np.int64)
+    fixed = before[rows >> RANGE_BITS] + (rows & ((1 << RANGE_BITS) - 1))
+    return deadletters.set_column(deadletters.schema.get_field_index("row"), "row",
+                                  pa.array(fixed, pa.int64()))
+
+
 def read_chunks(spec: FileSpec, chunk_bytes: int, max_line_bytes: int,
-                opener: Callable = open_input) -> Iterator[object]:
+                opener: Callable = open_input, first_row: int = 1, file_start: bool = True):
     """Yield Chunks of whole lines (and dead-letter tables for lines the reader itself
-    rejects: over-long lines with no newline in sight, a truncated compressed file)."""
+    rejects: over-long lines with no newline in sight, a truncated compressed file); returns
+    the number of lines read. `file_start`: the stream begins at the file's first byte (a BOM
+    and the header are there)."""
     # Small reads from compressed streams: a truncated file loses at most one read.
-    read_size = (64 << 10) if spec.path.endswith((".gz", ".bz2", ".xz", ".lzma", ".zst", ".deflate")) \
-        else min(chunk_bytes, 1 << 20)
-    state = {"row": 1, "skip_header": spec.header}
+    read_size = (64 << 10) if spec.path.endswith(COMPRESSED_SUFFIXES) else min(chunk_bytes, 1 << 20)
+    state = {"row": first_row, "skip_header": spec.header and file_start}
     parts: List[bytes] = []   # blocks of whole lines not yet emitted
     size = [0]
     buf = b""                 # a partial line
     skipping = False          # inside an over-long line: drop bytes until the next newline
-    first_block = True
+    first_block = file_start
     quoted = spec.kind == "delimited"   # a newline inside a quoted field does not end the record
 
     def lines_in_parts():
@@ -396,7 +556,7 @@ def read_chunks(spec: FileSpec, chunk_bytes: int, max_line_bytes: int,
                 yield from flush()
                 yield formats.deadletters(spec, [state["row"]], [None], ["truncated_input"],
                                           [f"{type(e).__name__}: {e} | ".encode() + buf[-200:]])
-                return
+                return state["row"] - first_row
             if not block:
                 break
             if first_block:
@@ -426,6 +586,7 @@ def read_chunks(spec: FileSpec, chunk_bytes: int, max_line_bytes: int,
     if buf:
         parts.append(buf)
     yield from flush()
+    return state["row"] - first_row
 
 
 def record_cut(buf: bytes, max_record_bytes: int) -> int:
@@ -460,12 +621,16 @@ def _emit(spec, data: bytes, row: int, skip_header: bool):
         yield Chunk(spec, row, data, tuple(spec.names))
 
 
-def read_parquet_batches(spec: FileSpec, batch_rows: int = 1 << 18):
-    f = open_input(spec.path) if "://" in spec.path else spec.path
-    row = 0
+def _parquet_file(path: str) -> pq.ParquetFile:
+    return pq.ParquetFile(open_input(path) if "://" in path else path)
+
+
+def read_parquet_batches(spec: FileSpec, batch_rows: int = 1 << 18, row_groups: Optional[List[int]] = None,
+                         first_row: int = 0):
+    row = first_row
     try:
-        pf = pq.ParquetFile(f)
-        for batch in pf.iter_batches(batch_size=batch_rows):
+        pf = _parquet_file(spec.path)
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=row_groups):
             yield batch, row
             row += batch.num_rows
     except (pa.ArrowException, OSError) as e:
@@ -978,12 +1143,22 @@ def parse_input_unit(unit, max_line_bytes: int):
     return formats.parse_parquet_batch(spec, batch, first_row)
 
 
-def read_units(spec: FileSpec, opts: TokenizeOptions):
+def read_units(split: Split, opts: TokenizeOptions):
+    """A Split -> the units `parse_input_unit` takes; a byte range of a split file ends with
+    its RangeLines."""
+    spec = split.spec
     if spec.kind == "parquet":
-        for batch, first in read_parquet_batches(spec):
+        groups = list(range(split.start, split.end)) if split.end is not None else None
+        for batch, first in read_parquet_batches(spec, row_groups=groups, first_row=split.first_row):
             yield (spec, batch, first)
         return
-    yield from read_chunks(spec, opts.chunk_bytes, opts.max_line_bytes)
+    if split.parts == 1:
+        yield from read_chunks(spec, opts.chunk_bytes, opts.max_line_bytes)
+        return
+    lines = yield from read_chunks(spec, opts.chunk_bytes, opts.max_line_bytes,
+                                   opener=lambda path: LineRange(path, split.start, split.end),
+                                   first_row=(split.index << RANGE_BITS) + 1, file_start=split.start == 0)
+    yield RangeLines(spec.file_idx, split.index, lines)
 
 
 def history_stats(histories: pa.Table) -> Tuple[pa.Table, pa.Table]:

@@ -25,7 +25,7 @@ def _run(opts: core.TokenizeOptions) -> dict:
     buckets = defaultdict(list)
     dls, counts = [], []
     for spec in specs:
-        for unit in core.read_units(spec, opts):
+        for unit in core.read_units(core.Split(spec), opts):   # files read whole
             events, dl, read = core.parse_input_unit(unit, opts.max_line_bytes)
             counts.append({"events_read": read})
             if dl.num_rows:

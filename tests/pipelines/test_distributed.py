@@ -111,9 +111,9 @@ def logs(tmp_path_factory):
     return root
 
 
-def _tokenize(logs, out, beam_args):
+def _tokenize(logs, out, beam_args, **kw):
     opts = core.TokenizeOptions(inputs=[str(logs / "a.csv"), str(logs / "b.csv")], format="csv", output=str(out),
-                                items_catalog=str(logs / "items.csv"), num_shards=3)
+                                items_catalog=str(logs / "items.csv"), num_shards=3, **kw)
     return job.run(opts, beam_args)
 
 
@@ -145,8 +145,10 @@ def _assert_same_dataset(a_root, a, b_root, b):
 @pytest.mark.timeout(600)
 def test_tokenize_on_a_dask_cluster_equals_in_process(logs, in_process, dask_cluster, tmp_path):
     out = tmp_path / "ds"
-    m = _tokenize(logs, out, _runner_args("dask", dask_cluster))
-    assert m["runner"] == "DaskRunner"
+    # Each file read as ~8 byte ranges spread over the workers (in-process: two whole files).
+    split_bytes = os.path.getsize(logs / "a.csv") // 8
+    m = _tokenize(logs, out, _runner_args("dask", dask_cluster), split_bytes=split_bytes)
+    assert m["runner"] == "DaskRunner" and m["parameters"]["split_bytes"] == split_bytes
     executed = _executed(dask_cluster)
     assert len(executed) == 2 and all(n > 0 for n in executed.values()), executed   # both workers worked
     _assert_same_dataset(*in_process, out, m)

@@ -50,6 +50,8 @@ def test_tokenize_errors_are_one_line(tmp_path, events_csv):
              "typed.parquet", "'user_id'", "list")
     one_line(ptum("tokenize", "--input", events_csv, "--format", "csv", "--output", str(tmp_path / "o"),
                   "--time-cut", "soon", "--split", "time"), "--time-cut")
+    one_line(ptum("tokenize", "--input", events_csv, "--format", "csv", "--output", str(tmp_path / "o"),
+                  "--split-bytes", "-5"), "--split-bytes -5")
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
