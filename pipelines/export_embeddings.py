@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
-from ptum import contracts
+from ptum import contracts, fs
 from ptum.ingest import core as tcore
 
 EMBEDDINGS_DIR = "embeddings"
@@ -66,7 +66,7 @@ class ReadRowBatches(beam.DoFn):
         if skip_from:
             skip_set = pa.concat_arrays([_user_ids(f) for f in skip_from])
             skip_set = skip_set if len(skip_set) else None
-        pf = pq.ParquetFile(tcore.open_input(path) if "://" in path else path)
+        pf = tcore._parquet_file(path)
         for i, batch in enumerate(pf.iter_batches(batch_size=self._rows)):
             if skip_set is not None:
                 keep = pc.invert(pc.is_in(batch.column("user_id"), value_set=skip_set))
@@ -127,7 +127,7 @@ class EmbedBatch(beam.DoFn):
 
         tf = self._tf
         path = tcore.join(self._output, EMBEDDINGS_DIR, name + ".tfrecord")
-        tmp = contracts.temp_path(path)
+        tmp = fs.temp_path(path)
         with tf.io.TFRecordWriter(tmp) as w:
             for example in arrow_to_examples({"user_id": table.column("user_id"),
                                               "embedding": table.column("embedding")}):
@@ -257,12 +257,10 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
         # (leave-one-out users with fewer than 3 behaviors, time-cut users with no target).
         split = "test+train"
         units = [(f, []) for f in ds.split_files("test")] + sorted(same_users_files(ds, "train", "test").items())
-    os.makedirs(output, exist_ok=True)
     mpath = tcore.join(output, contracts.MANIFEST)
-    if os.path.exists(mpath):
-        os.remove(mpath)
-    import shutil
-    shutil.rmtree(os.path.join(output, EMBEDDINGS_DIR), ignore_errors=True)
+    fs.remove(mpath)                    # uncommit the old export first
+    fs.remove(tcore.join(output, EMBEDDINGS_DIR))
+    fs.makedirs(output)
     info = {"model": os.path.abspath(saved), "model_version": str(meta["version"]),
             "saved_model_sha256": meta["saved_model_sha256"], "model_verified": meta["verified"],
             "vocab_hash": ds.vocab_hash,
@@ -277,16 +275,14 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
     _ = counts | "WriteManifest" >> beam.Map(_write_manifest, output, info)
     run_pipeline(p)
     import json
-    with open(mpath) as f:
-        return json.load(f)
+    return json.loads(fs.read_bytes(mpath))
 
 
 def read_embeddings(output: str) -> pa.Table:
     """The committed embedding table (refuses an export without a manifest)."""
     import json
-    mpath = os.path.join(output, contracts.MANIFEST)
-    if not os.path.exists(mpath):
+    mpath = tcore.join(output, contracts.MANIFEST)
+    if not fs.exists(mpath):
         raise ExportError(f"{output}: no manifest: the export did not finish")
-    with open(mpath) as f:
-        m = json.load(f)
-    return pa.concat_tables([pq.read_table(os.path.join(output, f)) for f in m["files"] if f.endswith(".parquet")])
+    m = json.loads(fs.read_bytes(mpath))
+    return pa.concat_tables([tcore.read_parquet(tcore.join(output, f)) for f in m["files"] if f.endswith(".parquet")])

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from ptum import fs
+
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "schema.pbtxt")
 
 
@@ -61,7 +63,7 @@ class PipelineConfig:
         base = os.path.dirname(os.path.abspath(path))
         cfg = cls(**d)
         def absolute(v):
-            return os.path.normpath(os.path.join(base, v)) if v and not os.path.isabs(v) and "://" not in v else v
+            return os.path.normpath(os.path.join(base, v)) if v and fs.is_local(v) and not os.path.isabs(v) else v
 
         for name in ("pipeline_root", "input_pattern", "serving_dir", "metadata_path", "items_catalog"):
             setattr(cfg, name, absolute(getattr(cfg, name)))
@@ -138,7 +140,7 @@ def _check_finetune_tasks(tasks: List[dict]) -> None:
         unknown = set(task.get("config", {})) - known
         if unknown:
             raise ValueError(f"{where}: unknown config keys {sorted(unknown)} (known: {sorted(known)})")
-        if "://" not in task["labels"] and not os.path.exists(task["labels"]):
+        if fs.is_local(task["labels"]) and not fs.exists(task["labels"]):
             raise FileNotFoundError(f"{where}: labels {task['labels']} not found")
 
 

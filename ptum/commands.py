@@ -189,11 +189,12 @@ def _evaluate_embeddings(a) -> int:
 
 
 def _export_embeddings(a, extra) -> int:
+    from ptum import fs
     from ptum.contracts import DatasetError, open_dataset, output_folder_problem
 
     # Paths checked before TensorFlow and Beam are imported (seconds to report a typo).
     problem = None
-    if "://" not in a.model and not os.path.isdir(a.model):
+    if fs.is_local(a.model) and not fs.isdir(a.model):
         problem = f"--model {a.model}: no such model folder"
     elif output_folder_problem(a.output):
         problem = output_folder_problem(a.output)

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ptum import fs
+
 # Reserved item token ids. Real items start at FIRST_ITEM_ID, in vocabulary order
 # (descending count, then item id), so the ids are stable for a given vocabulary.
 PAD_ID = 0
@@ -77,7 +79,7 @@ class OutputBusyError(Exception):
 def output_folder_problem(output: str) -> Optional[str]:
     """Why `output` cannot be an output folder (a file is in the way), or None. Cheap, so the
     CLI asks before importing Beam or TensorFlow."""
-    if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
+    if fs.is_local(output) and fs.isfile(output):
         return f"{output}: is a file; the output must be a folder"
     return None
 
@@ -94,7 +96,7 @@ def output_lock(output: str, what: str, error=OutputBusyError, wait: bool = Fals
     `error`: the exception class raised when the folder is busy (each caller's own).
     `wait`: block until the holder is done instead (the pusher: versions are chosen and
     renamed into place one pusher at a time)."""
-    if "://" in output:
+    if not fs.is_local(output):
         yield
         return
     import fcntl
@@ -185,9 +187,7 @@ def stable_user_hash(user_id: str) -> float:
 
 
 def _join(base: str, *parts: str) -> str:
-    if "://" in base:
-        return "/".join([base.rstrip("/")] + list(parts))
-    return os.path.join(base, *parts)
+    return fs.join(base, *parts)
 
 
 @dataclass
@@ -233,7 +233,7 @@ class SequenceDataset:
         import pyarrow.parquet as pq
 
         files = self.split_files(split)
-        tables = [pq.read_table(_open_binary(f), columns=columns) for f in files]
+        tables = [pq.read_table(fs.open_input(f), columns=columns) for f in files]
         if not tables:
             schema = sequence_schema()
             if columns:
@@ -244,65 +244,37 @@ class SequenceDataset:
     def read_items_vocab(self):
         import pyarrow.parquet as pq
 
-        return pq.read_table(_open_binary(self.path(VOCAB_DIR, ITEMS_VOCAB)))
+        return pq.read_table(fs.open_input(self.path(VOCAB_DIR, ITEMS_VOCAB)))
 
     def read_vocab_table(self, name: str):
         import pyarrow.parquet as pq
 
         path = self.path(VOCAB_DIR, name)
-        if not _exists(path):
+        if not exists(path):
             return None
-        return pq.read_table(_open_binary(path))
+        return pq.read_table(fs.open_input(path))
 
 
 def read_bytes(path: str) -> bytes:
-    """A whole file, local or on any Beam filesystem (gs://, s3://, hdfs://, ...)."""
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.open(path) as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
+    """A whole file, local or on an object store (gs://, s3://, ...; see ptum.fs)."""
+    return fs.read_bytes(path)
 
 
 def exists(path: str) -> bool:
-    return _exists(path)
+    return fs.exists(path)
 
-
-def _exists(path: str) -> bool:
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems  # only for remote paths
-
-        return FileSystems.exists(path)
-    return os.path.exists(path)
-
-
-def _open_binary(path: str):
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems
-
-        return FileSystems.open(path)
-    return path
 
 
 def open_dataset(root: str) -> SequenceDataset:
     """Open a committed dataset; refuse one without a manifest (not committed)."""
     mpath = _join(root, MANIFEST)
-    if not _exists(mpath):
-        if not _exists(root):
+    if not exists(mpath):
+        if not exists(root):
             raise DatasetError(f"{root}: no such dataset directory")
         raise DatasetError(
             f"{root}: no {MANIFEST}: the dataset was not committed (the tokenize run failed, "
             "was killed, or is still running)")
-    if "://" in mpath:
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.open(mpath) as f:
-            manifest = json.loads(f.read().decode("utf-8"))
-    else:
-        with open(mpath, encoding="utf-8") as f:
-            manifest = json.load(f)
+    manifest = json.loads(fs.read_bytes(mpath).decode("utf-8"))
     version = int(manifest.get("format_version", 1))
     if version < FORMAT_VERSION:
         raise DatasetError(
@@ -325,31 +297,9 @@ def check_invariants(manifest: dict) -> List[str]:
     return problems
 
 
-def temp_path(path: str) -> str:
-    """A sibling temporary name unique to this process and thread (two threads of one worker
-    may write the same file at once: runners retry or recompute work, Beam's DaskRunner
-    recomputes side inputs inside tasks); renamed onto `path` when whole."""
-    import threading
-
-    return f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-
-
 def write_json_atomic(path: str, obj: dict) -> None:
     """Write JSON so that readers see the old file or the whole new one."""
-    data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8")
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.create(path) as f:
-            f.write(data)
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = temp_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fs.write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"), fsync=True)
 
 
 def file_fingerprint(path: str, size: int, head: bytes, tail: bytes) -> Dict[str, object]:

@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("ptum", "pipelines", "components", "schemas")
 
 LAYERS = [
+    ("io", ["ptum.fs"]),
     ("base", ["ptum.contracts", "ptum.config", "ptum.transforms", "ptum.features"]),
     ("data", ["ptum.ingest", "ptum.ingest.formats", "ptum.ingest.core", "ptum.ingest.reference", "ptum.data",
               "ptum.generate"]),

@@ -7,9 +7,7 @@ runs them in one process (the benchmark's baseline). Both produce the same datas
 from __future__ import annotations
 
 import bz2
-import glob
 import gzip
-import io
 import logging
 import lzma
 import os
@@ -23,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ptum import contracts
+from ptum import contracts, fs
 from ptum.ingest import formats
 from ptum.ingest.formats import Chunk, Columns, FileSpec, InputError
 
@@ -38,7 +36,7 @@ DEFAULT_SPLIT_BYTES = 64 << 20
 # restored for dead letters from the per-range line counts (`file_line_numbers`).
 RANGE_BITS = 32
 MAX_SPLIT_BYTES = 1 << 31
-COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".lzma", ".zst", ".deflate")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".lzma", ".zst")
 
 
 @dataclass
@@ -80,60 +78,60 @@ class TokenizeOptions:
 
 
 # ------------------------------------------------------------------ planning
-def _fs():
-    try:
-        from apache_beam.io.filesystems import FileSystems
-        return FileSystems
-    except ImportError:  # the pure-pyarrow reference runs without Beam
-        return None
-
-
 def expand_paths(pattern: str) -> List[str]:
-    """A path, directory or glob (local or any Beam filesystem) -> sorted file list."""
-    if "://" in pattern:
-        fs = _fs()
-        if fs is None:
-            raise InputError(f"{pattern}: remote paths need apache-beam installed")
-        found = [m.path for r in fs.match([pattern]) for m in r.metadata_list]
-        return sorted(found)
-    if os.path.isdir(pattern):
-        return sorted(os.path.join(pattern, f) for f in os.listdir(pattern)
-                      if os.path.isfile(os.path.join(pattern, f)) and not f.startswith("."))
-    return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+    """A path, directory or glob (local or an object store, see ptum.fs) -> sorted file list."""
+    try:
+        return fs.glob(pattern)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise InputError(f"{pattern}: cannot list ({type(e).__name__}: {e})") from None
+
+
+class _Decompressed:
+    """A decompressing reader that also closes the file under it."""
+
+    def __init__(self, stream, raw):
+        self._stream, self._raw = stream, raw
+
+    def read(self, n: int = -1) -> bytes:
+        return self._stream.read(n)
+
+    def readline(self, n: int = -1) -> bytes:
+        return self._stream.readline(n)
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_DECOMPRESSORS = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile, ".lzma": lzma.LZMAFile}
 
 
 def open_input(path: str):
-    """Open a (possibly compressed) input file for binary reading."""
-    if "://" in path:
-        from apache_beam.io.filesystems import CompressionTypes, FileSystems
-        return FileSystems.open(path, compression_type=CompressionTypes.AUTO)
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith(".bz2"):
-        return bz2.open(path, "rb")
-    if path.endswith((".xz", ".lzma")):
-        return lzma.open(path, "rb")
-    return open(path, "rb")
+    """Open a (possibly compressed: .gz, .bz2, .xz, .lzma, .zst) input file for binary reading."""
+    raw = fs.open_input(path)
+    suffix = os.path.splitext(path)[1]
+    if suffix in _DECOMPRESSORS:
+        return _Decompressed(_DECOMPRESSORS[suffix](fileobj=raw, mode="rb"), raw)
+    if suffix == ".zst":
+        return _Decompressed(pa.CompressedInputStream(raw, "zstd"), raw)
+    return raw
 
 
 def _file_size(path: str) -> int:
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems
-        return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-    return os.path.getsize(path)
-
-
-def _open_raw(path: str):
-    """Open a file's bytes as stored (no decompression), seekable."""
-    if "://" in path:
-        from apache_beam.io.filesystems import CompressionTypes, FileSystems
-        return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return open(path, "rb")
+    return fs.size(path)
 
 
 def _fingerprint(path: str) -> dict:
     size = _file_size(path)
-    with _open_raw(path) as f:
+    with fs.open_input(path) as f:
         head = f.read(1 << 20)
         tail = b""
         if size > 2 << 20:
@@ -145,7 +143,13 @@ def _fingerprint(path: str) -> dict:
 def _first_line(path: str, encoding: str) -> str:
     try:
         with open_input(path) as f:
-            line = f.readline(1 << 20)
+            line = b""
+            while b"\n" not in line and len(line) < (1 << 20):
+                block = f.read(8192)        # small reads: a damaged file's tail is not touched
+                if not block:
+                    break
+                line += block
+            line = line.split(b"\n", 1)[0][:1 << 20]
     except (EOFError, OSError, zlib.error, lzma.LZMAError) as e:
         raise InputError(f"{path}: cannot read the header ({type(e).__name__}: {e})")
     if line.startswith(formats.UTF8_BOM):
@@ -204,14 +208,12 @@ def plan_inputs(opts: TokenizeOptions) -> Tuple[List[FileSpec], dict]:
         elif opts.format == "jsonl":
             specs.append(FileSpec(p, i, "jsonl", encoding=opts.encoding, header=False, columns=opts.columns))
         elif opts.format == "parquet":
-            schema = _parquet_schema(p) if "://" not in p else None
-            names = schema.names if schema is not None else ()
+            schema = _parquet_schema(p)
             missing = [c for c in (opts.columns.user, opts.columns.item, opts.columns.time)
-                       if names and c not in names]
+                       if c not in schema.names]
             if missing:
-                raise InputError(f"{p}: missing column(s) {missing} in {list(names)}")
-            if schema is not None:
-                _check_parquet_types(p, schema, opts.columns)
+                raise InputError(f"{p}: missing column(s) {missing} in {list(schema.names)}")
+            _check_parquet_types(p, schema, opts.columns)
             specs.append(FileSpec(p, i, "parquet", header=False, columns=opts.columns))
         elif opts.format == "sequence-lines":
             extra["has_time"] = False
@@ -239,7 +241,8 @@ def header_names(line: str, delimiter: str) -> Tuple[str, ...]:
 
 def _parquet_schema(path: str):
     try:
-        return pq.read_schema(path)
+        with fs.open_input(path) as f:
+            return pq.read_schema(f)
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0]})")
 
@@ -341,7 +344,7 @@ def read_catalog_csv(path: str, encoding: str = "utf-8", item_column: Optional[s
     or `genres` column when there is one (empty otherwise)."""
     import pyarrow.csv as pacsv
 
-    if not os.path.exists(path):
+    if not fs.isfile(path):
         raise InputError(f"{path}: item catalog not found")
     names = header_names(_first_line(path, encoding), ",")
     id_col = "item_id" if "item_id" in names else (item_column or "item_id")
@@ -352,7 +355,7 @@ def read_catalog_csv(path: str, encoding: str = "utf-8", item_column: Optional[s
         raise InputError(f"{path}: item catalog has no column(s) {missing} (has {list(names)}); the item id "
                          "column is item_id or the events' --item-column, the title --catalog-title-column")
     try:
-        t = pacsv.read_csv(path, read_options=pacsv.ReadOptions(encoding=encoding, column_names=list(names),
+        t = pacsv.read_csv(open_input(path), read_options=pacsv.ReadOptions(encoding=encoding, column_names=list(names),
                                                                 skip_rows=1),
                            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}))
     except pa.ArrowInvalid as e:
@@ -420,7 +423,7 @@ def _splits_of(spec: FileSpec, split_bytes: int) -> List[Split]:
 def _has_multiline_records(path: str, sample_bytes: int = 1 << 20) -> bool:
     """Whether a delimited file's first MiB has a line with an odd number of '"' (a quoted
     field that goes on in the next line): such a file cannot be cut at newlines."""
-    with _open_raw(path) as f:
+    with fs.open_input(path) as f:
         head = f.read(sample_bytes)
     lines = head.split(b"\n")[:-1] if len(head) == sample_bytes else head.split(b"\n")
     return any(line.count(b'"') % 2 for line in lines)
@@ -454,7 +457,7 @@ class LineRange:
     or after end - 1. Consecutive ranges thus cover every line exactly once."""
 
     def __init__(self, path: str, start: int, end: int, block: int = 1 << 20):
-        self._f = _open_raw(path)
+        self._f = fs.open_input(path)
         self._buf, self._pos, self._end, self._block = b"", start, end, block
         self._state = "body"
         if start > 0:
@@ -622,7 +625,7 @@ def _emit(spec, data: bytes, row: int, skip_header: bool):
 
 
 def _parquet_file(path: str) -> pq.ParquetFile:
-    return pq.ParquetFile(open_input(path) if "://" in path else path)
+    return pq.ParquetFile(fs.open_input(path))
 
 
 def read_parquet_batches(spec: FileSpec, batch_rows: int = 1 << 18, row_groups: Optional[List[int]] = None,
@@ -952,65 +955,34 @@ def join(base: str, *parts: str) -> str:
 
 
 def write_parquet(table: pa.Table, path: str) -> None:
-    """Write a Parquet file so that it appears whole (local: temp + rename)."""
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems
-        sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd")
-        with FileSystems.create(path) as f:
-            f.write(sink.getvalue())
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = contracts.temp_path(path)
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    """Write a Parquet file so that it appears whole (see ptum.fs.writer)."""
+    with fs.writer(path) as f:
+        pq.write_table(table, f, compression="zstd")
 
 
 def write_arrow(table: pa.Table, path: str) -> None:
     """Stage a table as an Arrow IPC file (the tokenizer's shuffle through files)."""
     import pyarrow.ipc as ipc
 
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems
-        sink = pa.BufferOutputStream()
-        with ipc.new_file(sink, table.schema) as w:
-            w.write_table(table)
-        with FileSystems.create(path) as f:
-            f.write(sink.getvalue().to_pybytes())
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = contracts.temp_path(path)
-    with pa.OSFile(tmp, "wb") as sink, ipc.new_file(sink, table.schema) as w:
+    with fs.writer(path) as f, ipc.new_file(f, table.schema) as w:
         w.write_table(table)
-    os.replace(tmp, path)
 
 
 def read_parquet(path: str, columns: Optional[Sequence[str]] = None) -> pa.Table:
-    """A Parquet file, or some of its columns (local or any Beam filesystem)."""
-    if "://" in path:
-        return pq.read_table(pa.BufferReader(contracts.read_bytes(path)), columns=columns)
-    return pq.read_table(path, columns=columns)
+    """A Parquet file, or some of its columns."""
+    with fs.open_input(path) as f:
+        return pq.read_table(f, columns=columns)
 
 
 def read_arrow(path: str) -> pa.Table:
     import pyarrow.ipc as ipc
 
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems
-        with FileSystems.open(path) as f:
-            return ipc.open_file(pa.py_buffer(f.read())).read_all()
-    with pa.memory_map(path) as source:
-        return ipc.open_file(source).read_all()
+    with fs.open_input(path) as f:
+        return ipc.open_file(f).read_all()
 
 
 def remove_tree(path: str) -> None:
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
-        return
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
+    fs.remove(path)
 
 
 def shard_name(prefix: str, shard: int, num_shards: int) -> str:
@@ -1024,24 +996,11 @@ def output_lock(output: str, what: str = "ptum tokenize"):
 
 def reset_output(output: str) -> None:
     """Remove the manifest first (uncommits the old dataset), then old data files."""
-    mpath = join(output, contracts.MANIFEST)
-    if "://" in output:
-        from apache_beam.io.filesystems import FileSystems
-        if FileSystems.exists(mpath):
-            FileSystems.delete([mpath])
-        for sub in (contracts.SEQUENCES_DIR, contracts.VOCAB_DIR, contracts.DEADLETTER_DIR,
-                    contracts.LABELS_DIR, ".staging"):
-            d = join(output, sub)
-            if FileSystems.exists(d):
-                FileSystems.delete([d])
-        return
-    if os.path.exists(mpath):
-        os.remove(mpath)
-    import shutil
+    fs.remove(join(output, contracts.MANIFEST))
     for sub in (contracts.SEQUENCES_DIR, contracts.VOCAB_DIR, contracts.DEADLETTER_DIR, contracts.LABELS_DIR,
                 ".staging"):
-        shutil.rmtree(os.path.join(output, sub), ignore_errors=True)
-    os.makedirs(output, exist_ok=True)
+        fs.remove(join(output, sub))
+    fs.makedirs(output)
 
 
 def sum_counts(dicts) -> dict:
