@@ -122,7 +122,7 @@ def glob(pattern: str) -> List[str]:
         return listdir(pattern) if info.type == pafs.FileType.Directory else []
     if "://" not in pattern:
         import glob as _glob
-        return sorted(p for p in _glob.glob(pattern) if os.path.isfile(p))
+        return sorted(p for p in _glob.glob(pattern, recursive=True) if os.path.isfile(p))
     fs, p = resolve(pattern)
     parts = p.split("/")
     fixed = next(i for i, part in enumerate(parts) if any(c in part for c in _WILDCARDS))
@@ -130,7 +130,15 @@ def glob(pattern: str) -> List[str]:
     deep = "**" in p or len(parts) - fixed > 1
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=deep, allow_not_found=True))
     return sorted(_uri(pattern, i.path) for i in infos
-                  if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, p))
+                  if i.type == pafs.FileType.File and _matches(i.path, p))
+
+
+def _matches(path: str, pattern: str) -> bool:
+    """Glob semantics: a wildcard stays within one path component, except `**`."""
+    if "**" in pattern:         # any depth, none included (as glob.glob(recursive=True))
+        return fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(path, pattern.replace("**/", ""))
+    names, parts = path.split("/"), pattern.split("/")
+    return len(names) == len(parts) and all(fnmatch.fnmatchcase(n, q) for n, q in zip(names, parts))
 
 
 def open_input(path: str):

@@ -30,7 +30,10 @@ def test_write_read_list_glob_remove(root):
     assert fs.glob(fs.join(root, "d")) == [a]
     assert fs.glob(a) == [a]
     assert fs.glob(fs.join(root, "d", "*.csv")) == [a]
-    assert fs.glob(fs.join(root, "d", "*", "*.csv")) == [b]
+    deeper = fs.join(root, "d", "sub", "deeper", "c.csv")
+    fs.write_bytes(deeper, b"")
+    assert fs.glob(fs.join(root, "d", "*", "*.csv")) == [b]        # one folder level per *
+    assert fs.glob(fs.join(root, "d", "**", "*.csv")) == [a, b, deeper]
     assert fs.glob(fs.join(root, "d", "*.tsv")) == [] and fs.glob(fs.join(root, "missing")) == []
     with fs.open_input(a) as f:
         f.seek(2)
