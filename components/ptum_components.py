@@ -85,9 +85,11 @@ def _vocab_source(baseline_model) -> tuple:
 def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
         dataset: OutputArtifact[SequenceDataset],
         examples: OutputArtifact[standard_artifacts.Examples],
-        input_paths: Parameter[str],
         input_format: Parameter[str],
-        span: Parameter[int],
+        input_paths: Parameter[str] = "[]",
+        input_pattern: Parameter[str] = "",
+        span: Parameter[int] = -1,
+        span_window: Parameter[int] = 1,
         baseline_model: InputArtifact[standard_artifacts.Model] = None,
         items_catalog: Parameter[str] = "",
         reuse_vocab: Parameter[int] = 1,
@@ -99,15 +101,25 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
     The item vocabulary of the blessed model of an earlier span is reused (same token ids, so
     the model can warm-start and embeddings stay comparable; new items map to OOV) unless a
     rebuild is due: the share of this window's events whose item is out of that vocabulary
-    exceeds `vocab_rebuild_oov_rate`, or `reuse_vocab` is 0."""
+    exceeds `vocab_rebuild_oov_rate`, or `reuse_vocab` is 0.
+
+    Inputs: `input_paths` (a JSON list, resolved when the pipeline was built: the local and
+    Airflow runners, whose resolvers need the span then), or else `input_pattern` with its
+    spans resolved here, at run time (`span` -1: the latest; Kubeflow V2 / Vertex)."""
     from ptum.ingest import core
+    from ptum.ingest.spans import resolve_spans
     from pipelines.tokenize import job
+
+    paths = json.loads(input_paths)
+    if not paths:
+        span, paths = resolve_spans(input_pattern, span if span >= 0 else None, span_window)
+        print(f"span {span}: {len(paths)} input file(s) matching {input_pattern}", flush=True)
 
     output = os.path.join(dataset.uri, DATASET_SUBDIR)
     source, why = _vocab_source(baseline_model) if reuse_vocab else (None, "reuse_vocab is off: new vocabulary")
 
     def tokenize(vocab_from):
-        opts = core.TokenizeOptions(inputs=json.loads(input_paths), format=input_format, output=output,
+        opts = core.TokenizeOptions(inputs=paths, format=input_format, output=output,
                                     items_catalog=items_catalog or None, vocab_from=vocab_from,
                                     **json.loads(tokenize_options))
         return job.run(opts, json.loads(beam_args))

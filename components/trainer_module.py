@@ -2,7 +2,8 @@
 
 Reads the Examples through TFX's data accessor (TFXIO, the schema from schemas/),
 trains with ptum.train.pretrain_rows, writes the ptum model folder and its SavedModel
-under the serving model dir: Format-Serving/ptum_model/ and Format-Serving/saved_model/.
+under the serving model dir: Format-Serving/ptum_model/ and Format-Serving/saved_model/;
+checkpoints and TensorBoard logs go to the ModelRun artifact (model_run_dir).
 """
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ def run_fn(fn_args) -> None:
     valid = _rows_from_examples(fn_args, fn_args.eval_files)
     model_dir = os.path.join(fn_args.serving_model_dir, "ptum_model")
     base = os.path.join(fn_args.base_model, "ptum_model") if fn_args.base_model else None
-    pretrain_rows(ds, train, valid, model_dir, cfg, log=print, warm_start=base)
+    # As TFX's templates do: checkpoints and TensorBoard logs in model_run_dir, the model in
+    # serving_model_dir.
+    pretrain_rows(ds, train, valid, model_dir, cfg, log=print, warm_start=base, run_dir=fn_args.model_run_dir)
     tmp_base = os.path.join(fn_args.model_run_dir, "export")
     shutil.rmtree(tmp_base, ignore_errors=True)
     version_dir = export_saved_model(model_dir, tmp_base, version=1)

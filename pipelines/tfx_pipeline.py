@@ -5,7 +5,6 @@ here via `ptum pipeline run`; Airflow and Kubeflow V2 in pipelines/runners/).
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from ptum import fs
+from ptum.ingest.spans import resolve_spans   # noqa: F401 (part of this module's interface)
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "schema.pbtxt")
 
@@ -76,47 +76,6 @@ class PipelineConfig:
         return cfg
 
 
-_SPAN_PARTS = {"{SPAN}": r"(?P<span>\d+)", "{YYYY}": r"(?P<yyyy>\d{4})", "{MM}": r"(?P<mm>\d{2})",
-               "{DD}": r"(?P<dd>\d{2})"}
-
-
-def _span_of(m: "re.Match") -> int:
-    d = m.groupdict()
-    if d.get("span") is not None:
-        return int(d["span"])
-    # Date patterns: the span is the day number since 1970-01-01 (TFX ExampleGen's convention).
-    import datetime
-    return (datetime.date(int(d["yyyy"]), int(d["mm"]), int(d["dd"])) - datetime.date(1970, 1, 1)).days
-
-
-def resolve_spans(pattern: str, span: Optional[int], window: int):
-    """(pattern with {SPAN} or {YYYY}/{MM}/{DD}, requested span or latest, window) ->
-    (span, input paths of the spans in (span - window, span]). With a date pattern the span
-    is the day number since 1970-01-01, so the window counts days."""
-    parts = [p for p in _SPAN_PARTS if p in pattern]
-    if not parts:
-        return 0, [pattern]
-    if "{SPAN}" in parts and len(parts) > 1 or "{SPAN}" not in parts and len(parts) != 3:
-        raise ValueError(f"{pattern}: use either {{SPAN}} or all of {{YYYY}}, {{MM}}, {{DD}}")
-    regex, wildcard = re.escape(pattern), pattern
-    for p in parts:
-        regex = regex.replace(re.escape(p), _SPAN_PARTS[p], 1)
-        wildcard = wildcard.replace(p, "*")
-    regex = re.compile(regex + "$")
-    found = {}
-    for path in glob.glob(wildcard):
-        m = regex.match(path)
-        if m:
-            found.setdefault(_span_of(m), []).append(path)
-    if not found:
-        raise FileNotFoundError(f"no input matches {pattern}")
-    span = max(found) if span is None else span
-    if span not in found:
-        raise FileNotFoundError(f"span {span} not found for {pattern} (have {sorted(found)})")
-    paths = [p for s in sorted(found) if span - window < s <= span for p in sorted(found[s])]
-    return span, paths
-
-
 def _check_finetune_tasks(tasks: List[dict]) -> None:
     """Fail at pipeline construction (not hours later in a Trainer) on a malformed task."""
     from dataclasses import fields
@@ -170,7 +129,14 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
     from components.resolvers import EarlierSpanBlessedModelStrategy, EarlierSpanStatisticsStrategy
     from ptum.config import PTUMConfig
 
-    span, paths = resolve_spans(cfg.input_pattern, cfg.span, cfg.span_window)
+    if resolvers == "earlier-span":
+        # Resolved now: the resolvers below need the span, and the resolved files are part of
+        # the ingestion's cache key (new files in a span re-run it).
+        span, paths = resolve_spans(cfg.input_pattern, cfg.span, cfg.span_window)
+    else:
+        # Resolved by the ingestion at run time: a compiled pipeline (Kubeflow V2, Vertex) carries
+        # the pattern, not the files that existed when it was compiled.
+        span, paths = (cfg.span if cfg.span is not None else -1), []
     std = tfx.types.standard_artifacts
     # What this span builds on: the latest blessed model and the last validated statistics of
     # an *earlier* span (a re-run of this span then sees the same inputs and hits the cache).
@@ -195,7 +161,8 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
     else:
         raise ValueError(f"resolvers must be 'earlier-span' or 'latest', not {resolvers!r}")
     ingestion = SequenceIngestion(
-        input_paths=json.dumps(paths), input_format=cfg.input_format, span=span,
+        input_paths=json.dumps(paths), input_pattern=cfg.input_pattern, span=span,
+        span_window=cfg.span_window, input_format=cfg.input_format,
         baseline_model=earlier_model.outputs["model"] if cfg.reuse_vocab else None,
         reuse_vocab=int(cfg.reuse_vocab), vocab_rebuild_oov_rate=cfg.vocab_rebuild_oov_rate,
         items_catalog=cfg.items_catalog, beam_args=json.dumps(cfg.beam_args),
@@ -248,8 +215,9 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
         components.append(EmbeddingExport(pushed_model=pusher.outputs["pushed_model"],
                                           dataset=ingestion.outputs["dataset"],
                                           beam_args=json.dumps(cfg.beam_args)))
-    metadata_path = cfg.metadata_path or os.path.join(cfg.pipeline_root, "metadata.sqlite")
-    os.makedirs(os.path.dirname(metadata_path) or ".", exist_ok=True)
+    metadata_path = cfg.metadata_path or fs.join(cfg.pipeline_root, "metadata.sqlite")
+    if fs.is_local(metadata_path):      # (orchestrators with their own MLMD ignore it)
+        os.makedirs(os.path.dirname(metadata_path) or ".", exist_ok=True)
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.pipeline_name, pipeline_root=cfg.pipeline_root, components=components,
         enable_cache=cfg.enable_cache,
@@ -320,6 +288,9 @@ def summarize(cfg: PipelineConfig) -> dict:
         if a is not None:
             out[key] = {"uri": a.uri, **{k: (v.int_value if v.HasField("int_value") else v.string_value)
                                          for k, v in a.custom_properties.items()}}
+    runs = [a for a in store.get_artifacts_by_type("ModelRun") if "/Trainer/" in a.uri]
+    if runs:   # the pre-training Trainer's checkpoints and TensorBoard logs
+        out["trainer_run"] = {"uri": max(runs, key=lambda a: a.id).uri}
     # The newest model of each fine-tune Trainer (node id Finetune_<task>) and its metrics.
     for ctx in store.get_contexts_by_type("node"):
         node = ctx.name.rsplit(".", 1)[-1]

@@ -1,5 +1,6 @@
-"""The one filesystem layer: local paths and URIs (gs://, s3://, hdfs://, file://, or a scheme
-registered with `register`), all through `pyarrow.fs`. The data path (input logs, datasets,
+"""The one filesystem layer: local paths and URIs (gs://, s3://, hdfs://, file://; other schemes
+through fsspec, e.g. az://, memory://; or a scheme registered with `register`), all through
+`pyarrow.fs`. The data path (input logs, datasets,
 staging, dead letters, manifests, embedding exports) reads and writes through here; nothing
 else branches on "://". (Keras and TensorFlow open model files through their own filesystems.)
 
@@ -16,6 +17,7 @@ import os
 import threading
 from typing import Dict, Iterator, List, Tuple
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 _LOCAL = pafs.LocalFileSystem(use_mmap=True)   # Arrow files staged by the tokenizer map zero-copy
@@ -60,9 +62,22 @@ def _client(scheme: str, bucket: str) -> Tuple[pafs.FileSystem, bool]:
     with _LOCK:
         key = (scheme, bucket)
         if key not in _CACHE:
-            fs, inner = pafs.FileSystem.from_uri(f"{scheme}://{bucket}/x")
-            _CACHE[key] = (fs, inner.lstrip("/") == f"{bucket}/x")
+            try:
+                fs, inner = pafs.FileSystem.from_uri(f"{scheme}://{bucket}/x")
+                _CACHE[key] = (fs, inner.lstrip("/") == f"{bucket}/x")
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                _CACHE[key] = (_fsspec(scheme), True)
         return _CACHE[key]
+
+
+def _fsspec(scheme: str) -> pafs.FileSystem:
+    """A scheme pyarrow does not know (az://, abfs://, memory://, ...), through fsspec."""
+    try:
+        import fsspec
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(scheme)))
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"{scheme}://: no filesystem for this scheme (pyarrow has gs, s3 and hdfs; fsspec: "
+                         f"{e}); install its fsspec package or register one with ptum.fs.register") from None
 
 
 def _uri(path: str, inner: str) -> str:
@@ -130,7 +145,7 @@ def glob(pattern: str) -> List[str]:
     deep = "**" in p or len(parts) - fixed > 1
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=deep, allow_not_found=True))
     return sorted(_uri(pattern, i.path) for i in infos
-                  if i.type == pafs.FileType.File and _matches(i.path, p))
+                  if i.type == pafs.FileType.File and _matches(i.path.lstrip("/"), p.lstrip("/")))
 
 
 def _matches(path: str, pattern: str) -> bool:

@@ -269,26 +269,30 @@ def is_chief(tf_config: Optional[str] = None) -> bool:
 
 def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output: str, cfg: PTUMConfig,
                   log: Callable[[str], None] = print, resume: bool = True,
-                  warm_start: Optional[str] = None) -> dict:
+                  warm_start: Optional[str] = None, run_dir: Optional[str] = None) -> dict:
     """Train on given rows, holding the output folder's lock (see `_pretrain_rows`). In a
     multi-worker cluster only the chief writes `output`; the other workers write their
-    checkpoints to a temporary folder of their own."""
+    checkpoints to a temporary folder of their own. `run_dir`: where checkpoints and
+    TensorBoard logs go (default: `output`; the TFX Trainer passes its model_run_dir, so the
+    model artifact holds only the model)."""
     if not is_chief():
         import tempfile
 
         output = tempfile.mkdtemp(prefix="ptum-worker-")
+        run_dir = None
         log(f"not the chief of the TF_CONFIG cluster: this worker writes to {output}")
     with contracts.output_lock(output, "ptum pretrain", TrainingError):
         return _pretrain_rows(ds, train_rows, valid_rows, output, cfg, log=log, resume=resume,
-                              warm_start=warm_start)
+                              warm_start=warm_start, run_dir=run_dir)
 
 
 def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output: str, cfg: PTUMConfig,
                    log: Callable[[str], None] = print, resume: bool = True,
-                   warm_start: Optional[str] = None) -> dict:
+                   warm_start: Optional[str] = None, run_dir: Optional[str] = None) -> dict:
     """Train on given rows (the TFX Trainer reads them through its data accessor); `ds`
     supplies the manifest and vocabulary. `warm_start`: a finished model directory whose
-    encoder weights initialise this model when vocabulary and model config match."""
+    encoder weights initialise this model when vocabulary and model config match.
+    `run_dir`: checkpoints and TensorBoard logs (default `output`)."""
     import keras
 
     from ptum.data import TrainBatches
@@ -304,7 +308,8 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
     os.makedirs(output, exist_ok=True)
     if os.path.exists(os.path.join(output, METADATA)):
         os.remove(os.path.join(output, METADATA))  # the directory is unfinished from here on
-    ckpt_dir = os.path.join(output, "checkpoints")
+    run_dir = run_dir or output
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
     state_path = os.path.join(ckpt_dir, "state.json")
     latest = os.path.join(ckpt_dir, "latest.keras")
@@ -451,7 +456,7 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
 
     callbacks = [EpochEnd()]
     if _tensorboard_available():
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "tensorboard"),
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
                                                      write_graph=False, update_freq="epoch"))
     def fit(batches, epochs):
         if keras.backend.backend() == "tensorflow":

@@ -120,6 +120,11 @@ def test_first_run_pushes_a_servable_model_and_exports_embeddings(scenario):
     probe = metrics["embedding_probe"]
     assert probe["labelled_users"] == 120 and 0.0 <= probe["auc"] <= 1.0 and "tfidf_svd16_auc" in probe
     assert metrics["thresholds"]["min_probe_auc"] == 0.0
+    # Checkpoints and TensorBoard logs in the Trainer's ModelRun, only the model in its Model.
+    assert os.path.exists(os.path.join(run["trainer_run"]["uri"], "checkpoints", "state.json"))
+    model_dir = os.path.join(run["blessing"]["current_model"], "Format-Serving", "ptum_model")
+    assert os.path.exists(os.path.join(model_dir, "metadata.json"))
+    assert not os.path.exists(os.path.join(model_dir, "checkpoints"))
 
 
 def test_mlmd_records_every_execution(scenario):

@@ -1,4 +1,5 @@
-"""Scheduler runners compile where their optional extras are installed (not in the locks)."""
+"""Scheduler runners compile where their optional extras are installed (kfp: the modern lock;
+Airflow: neither lock), and input spans are resolved at build or at run time."""
 import json
 import os
 
@@ -20,8 +21,32 @@ def test_kubeflow_v2_compiles(tmp_path):
     from pipelines.runners.kubeflow_v2 import compile_pipeline
 
     out = compile_pipeline(_config(tmp_path), "example/ptum:1", str(tmp_path / "p.json"))
-    spec = json.load(open(out))
-    assert "SequenceIngestion" in json.dumps(spec)
+    spec = json.dumps(json.load(open(out)))
+    assert "SequenceIngestion" in spec
+    # The input pattern is in the compiled pipeline, not the files found while compiling.
+    assert "span-{SPAN}/events.csv" in spec and "span-1/events.csv" not in spec
+
+
+def test_compiled_pipelines_resolve_inputs_at_run_time(tmp_path):
+    from pipelines.tfx_pipeline import PipelineConfig, create_pipeline
+
+    cfg = PipelineConfig.load(_config(tmp_path))
+    cfg.input_pattern = "gs://no-such-bucket/logs/span-{SPAN}/events.csv"    # nothing to glob now
+    pipeline = create_pipeline(cfg, resolvers="latest")
+    (ingestion,) = [c for c in pipeline.components if c.id == "SequenceIngestion"]
+    props = ingestion.exec_properties
+    assert props["input_paths"] == "[]" and props["input_pattern"] == cfg.input_pattern
+    assert props["span"] == -1 and props["span_window"] == cfg.span_window
+    assert not os.path.exists("gs:")                                            # no local "gs:" folder
+
+
+def test_local_pipelines_resolve_inputs_when_built(tmp_path):
+    from pipelines.tfx_pipeline import PipelineConfig, create_pipeline
+
+    pipeline = create_pipeline(PipelineConfig.load(_config(tmp_path)))
+    (ingestion,) = [c for c in pipeline.components if c.id == "SequenceIngestion"]
+    assert json.loads(ingestion.exec_properties["input_paths"]) == [str(tmp_path / "logs" / "span-1" / "events.csv")]
+    assert ingestion.exec_properties["span"] == 1
 
 
 def test_airflow_dag_builds(tmp_path):

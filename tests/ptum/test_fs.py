@@ -8,10 +8,13 @@ import pytest
 from ptum import fs
 
 
-@pytest.fixture(params=["local", "uri"])
+@pytest.fixture(params=["local", "uri", "fsspec"])
 def root(request, tmp_path):
     if request.param == "local":
         yield str(tmp_path / "store")
+        return
+    if request.param == "fsspec":       # a scheme pyarrow does not know: through fsspec
+        yield f"memory://bucket-{os.getpid()}-{tmp_path.name}"
         return
     (tmp_path / "store").mkdir()
     fs.register("teststore", pafs.SubTreeFileSystem(str(tmp_path / "store"), pafs.LocalFileSystem()))
@@ -67,3 +70,8 @@ def test_paths_resolve():
     assert fs.resolve("gs://bkt/c")[0] is gcs    # one client per bucket
     assert fs._uri("gs://bkt/*.csv", "bkt/x.csv") == "gs://bkt/x.csv"
     assert fs.is_local("/a") and fs.is_local("file:///a") and not fs.is_local("s3://b/a")
+
+
+def test_an_unknown_scheme_is_one_clear_error():
+    with pytest.raises(ValueError, match="nosuchscheme://: no filesystem for this scheme"):
+        fs.exists("nosuchscheme://b/x")

@@ -300,56 +300,19 @@ def test_one_version_and_a_verified_digest(timed, tmp_path):
         verify_saved_model(copy)
 
 
-def _remote_filesystem():
-    """A Beam filesystem under its own scheme (`ptumtest://<local path>`): code that reads a
-    dataset from gs://, s3:// or hdfs:// takes exactly this path through Beam's FileSystems."""
-    from apache_beam.io.localfilesystem import LocalFileSystem
-
-    prefix = "ptumtest://"
-
-    def local(path):
-        return path[len(prefix):] if path.startswith(prefix) else path
-
-    class PtumTestFileSystem(LocalFileSystem):
-        @classmethod
-        def scheme(cls):
-            return "ptumtest"
-
-        def join(self, basepath, *paths):
-            return prefix + super().join(local(basepath), *paths)
-
-        def split(self, path):
-            head, tail = super().split(local(path))
-            return prefix + head, tail
-
-        def mkdirs(self, path):
-            return super().mkdirs(local(path))
-
-        def create(self, path, *a, **k):
-            return super().create(local(path), *a, **k)
-
-        def open(self, path, *a, **k):
-            return super().open(local(path), *a, **k)
-
-        def exists(self, path):
-            return super().exists(local(path))
-
-        def size(self, path):
-            return super().size(local(path))
-
-        def delete(self, paths):
-            return super().delete([local(p) for p in paths])
-
-    return prefix, PtumTestFileSystem
-
-
 def test_a_dataset_on_a_non_local_filesystem(timed, tmp_path):
     from ptum.config import PTUMConfig
     from ptum.export import export_saved_model
     from ptum.train import pretrain
 
-    prefix, _fs = _remote_filesystem()
-    remote = prefix + str(timed["data"])
+    import pyarrow.fs as pafs
+
+    from ptum import fs
+
+    # Its own scheme (`ptumtest://<local path>`), served by a pyarrow filesystem: the path a
+    # dataset on gs://, s3:// or hdfs:// takes through ptum.fs.
+    fs.register("ptumtest", pafs.LocalFileSystem())
+    remote = "ptumtest://" + str(timed["data"])
     ds = contracts.open_dataset(remote)
     assert ds.vocab_hash == contracts.open_dataset(timed["data"]).vocab_hash
     cfg = PTUMConfig.load(None, ["model.embedding_dim=8", "model.num_blocks=1", "model.num_heads=1",
@@ -359,3 +322,4 @@ def test_a_dataset_on_a_non_local_filesystem(timed, tmp_path):
     for name in (contracts.ITEMS_VOCAB, contracts.BEHAVIORS_VOCAB):
         assert os.path.exists(os.path.join(model, "vocab", name)), name
     export_saved_model(model, str(tmp_path / "serving"), version=1)
+    fs.unregister("ptumtest")

@@ -1,0 +1,53 @@
+"""Input spans: a path pattern with {SPAN} (or {YYYY}/{MM}/{DD}) -> the files of the latest
+(or a requested) span and the spans before it in a window, as TFX ExampleGen numbers them.
+
+Resolved where the inputs are read (the ingestion component, at run time), so a compiled
+Kubeflow pipeline carries the pattern, not the files that existed when it was compiled.
+"""
+from __future__ import annotations
+
+import re
+from typing import List, Optional, Tuple
+
+from ptum import fs
+
+_SPAN_PARTS = {"{SPAN}": r"(?P<span>\d+)", "{YYYY}": r"(?P<yyyy>\d{4})", "{MM}": r"(?P<mm>\d{2})",
+               "{DD}": r"(?P<dd>\d{2})"}
+
+
+def _span_of(m: "re.Match") -> int:
+    d = m.groupdict()
+    if d.get("span") is not None:
+        return int(d["span"])
+    # Date patterns: the span is the day number since 1970-01-01 (TFX ExampleGen's convention).
+    import datetime
+    return (datetime.date(int(d["yyyy"]), int(d["mm"]), int(d["dd"])) - datetime.date(1970, 1, 1)).days
+
+
+def resolve_spans(pattern: str, span: Optional[int], window: int) -> Tuple[int, List[str]]:
+    """(pattern with {SPAN} or {YYYY}/{MM}/{DD}, requested span or latest, window) ->
+    (span, input paths of the spans in (span - window, span]). With a date pattern the span
+    is the day number since 1970-01-01, so the window counts days. Local or on an object
+    store (ptum.fs)."""
+    parts = [p for p in _SPAN_PARTS if p in pattern]
+    if not parts:
+        return 0, [pattern]
+    if "{SPAN}" in parts and len(parts) > 1 or "{SPAN}" not in parts and len(parts) != 3:
+        raise ValueError(f"{pattern}: use either {{SPAN}} or all of {{YYYY}}, {{MM}}, {{DD}}")
+    regex, wildcard = re.escape(pattern), pattern
+    for p in parts:
+        regex = regex.replace(re.escape(p), _SPAN_PARTS[p], 1)
+        wildcard = wildcard.replace(p, "*")
+    regex = re.compile(regex + "$")
+    found = {}
+    for path in fs.glob(wildcard):
+        m = regex.match(path)
+        if m:
+            found.setdefault(_span_of(m), []).append(path)
+    if not found:
+        raise FileNotFoundError(f"no input matches {pattern}")
+    span = max(found) if span is None else span
+    if span not in found:
+        raise FileNotFoundError(f"span {span} not found for {pattern} (have {sorted(found)})")
+    paths = [p for s in sorted(found) if span - window < s <= span for p in sorted(found[s])]
+    return span, paths
