@@ -25,17 +25,17 @@ DATASET_SUBDIR = "ptum"
 class SequenceDataset(types.Artifact):
     """The tokenizer's output: sequences/, vocab/, deadletter/, manifest.json."""
 
-    TYPE_NAME = "PtumSequenceDataset"
+    TYPE_NAME = "ptum.SequenceDataset"
 
 
 class EmbeddingTable(types.Artifact):
     """Exported user embeddings (Parquet + manifest)."""
 
-    TYPE_NAME = "PtumEmbeddingTable"
+    TYPE_NAME = "ptum.EmbeddingTable"
 
 
 class ValidationReport(types.Artifact):
-    TYPE_NAME = "PtumValidationReport"
+    TYPE_NAME = "ptum.ValidationReport"
 
 
 def _write_examples(dataset_dir: str, examples_uri: str) -> dict:

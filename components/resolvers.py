@@ -47,7 +47,7 @@ class EarlierSpanBlessedModelStrategy(resolver.ResolverStrategy):
 
 
 class EarlierSpanStatisticsStrategy(resolver.ResolverStrategy):
-    """Channels `statistics` (ExampleStatistics) and `report` (PtumValidationReport); config `span`."""
+    """Channels `statistics` (ExampleStatistics) and `report` (ptum.ValidationReport); config `span`."""
 
     def __init__(self, span: int):
         self._span = int(span)

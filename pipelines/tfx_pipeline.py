@@ -280,10 +280,10 @@ def summarize(cfg: PipelineConfig) -> dict:
         arts = store.get_artifacts_by_type(type_name)
         return max(arts, key=lambda a: a.id) if arts else None
 
-    for key, type_name in (("dataset", "PtumSequenceDataset"),
-                           ("validation_report", "PtumValidationReport"), ("evaluation", "ModelEvaluation"),
+    for key, type_name in (("dataset", "ptum.SequenceDataset"),
+                           ("validation_report", "ptum.ValidationReport"), ("evaluation", "ModelEvaluation"),
                            ("blessing", "ModelBlessing"), ("pushed_model", "PushedModel"),
-                           ("embeddings", "PtumEmbeddingTable")):
+                           ("embeddings", "ptum.EmbeddingTable")):
         a = latest(type_name)
         if a is not None:
             out[key] = {"uri": a.uri, **{k: (v.int_value if v.HasField("int_value") else v.string_value)

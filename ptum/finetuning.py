@@ -258,16 +258,42 @@ class _FitData:
             yield b, y[sel], weights[sel]
 
 
+def _fit(model, epoch_batches: Callable, epochs: int, steps: int, callbacks: list) -> None:
+    """`model.fit` on `epoch_batches(e)` for e in 0..epochs-1, each yielding `steps` batches of
+    (x, y, sample weight) in the order given (a tf.data generator under TensorFlow)."""
+    import itertools
+
+    import keras
+
+    def schedule():
+        for e in range(epochs):
+            yield from epoch_batches(e)
+
+    data = schedule()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        first = next(data)
+        rest = itertools.chain([first], data)
+        # Any batch size (the last one of an epoch is short); the other dimensions are fixed.
+        spec = tf.nest.map_structure(
+            lambda a: tf.TensorSpec((None,) + np.shape(a)[1:], tf.as_dtype(np.asarray(a).dtype)), first)
+        data = tf.data.Dataset.from_generator(lambda: rest, output_signature=spec)
+    model.fit(data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+
+
 def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.ndarray, y: np.ndarray,
              n_classes: int, train: np.ndarray, valid: np.ndarray, cand: Optional[np.ndarray] = None,
              log: Callable[[str], None] = print):
-    """Train the head (and the encoder in full mode); early-stop on validation log-loss.
+    """Train the head (and the encoder in full mode) with `fit`; early-stop on validation
+    log-loss (callbacks in ptum.callbacks).
 
     Returns (model, validation metrics, history)."""
     import time
 
     import keras
 
+    from ptum.callbacks import History, KeepBest, NaNGuard, ValidationMetrics
     from ptum.train import epoch_line
 
     keras.utils.set_random_seed(cfg.seed)
@@ -302,23 +328,15 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
             out[sel] = p if task == "classify" else np.concatenate([1 - p, p], axis=1)
         return out
 
-    history = []
-    state = {"best": float("inf"), "weights": None, "wait": 0, "epoch": 0}
+    history: List[dict] = []
 
-    def record(name, losses, m):
-        """One epoch's line; returns True when early stopping says stop."""
-        state["epoch"] += 1
-        history.append({"epoch": state["epoch"], "phase": name, "loss": float(np.mean(losses)), **m})
-        if not np.isfinite(history[-1]["loss"]):
-            raise RuntimeError(f"fine-tuning loss is {history[-1]['loss']} at epoch {state['epoch']}")
-        score = m.get("log_loss", -state["epoch"])
-        if score < state["best"] - 1e-6:
-            state.update(best=score, wait=0, weights=[np.array(v) for v in model.get_weights()])
-        else:
-            state["wait"] += 1
-        return state["wait"] >= cfg.patience
+    def valid_metrics(prob):
+        return classification_metrics(y[valid], prob, max(n_classes, 2))
 
+    # Shared by both phases: fine-tuning keeps the probe unless it beats the probe's best.
+    best = {"score": float("inf"), "weights": None}
     target = (lambda yb: yb) if task == "classify" else (lambda yb: yb.astype(np.float32)[:, None])
+    n_batches = -(-len(train) // cfg.batch_size)
     # Phase 1, the head alone on the frozen encoder: its embeddings are fixed, so they are
     # computed once and the head trains on them (a linear probe trained to convergence, then
     # fine-tuning from there: LP-FT, Kumar et al. 2022).
@@ -333,27 +351,28 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
             cached["train"]["item"], cached["valid"]["item"] = table[cand[train]], table[cand[valid]]
         rng = np.random.default_rng([cfg.seed, 1 << 20])
         ytr, wtr = y[train], weights[train]
-        for _ in range(head_epochs):
+
+        def head_epoch(_):
             perm = rng.permutation(len(train))
-            losses = [float(head.train_on_batch({k: v[sel] for k, v in cached["train"].items()}, target(ytr[sel]),
-                                                sample_weight=wtr[sel]))
-                      for sel in (perm[s:s + cfg.batch_size] for s in range(0, len(perm), cfg.batch_size))]
-            m = {}
-            if len(valid):
-                p = np.asarray(keras.ops.convert_to_numpy(head.predict_on_batch(cached["valid"])), np.float32)
-                m = classification_metrics(y[valid], p if task == "classify" else np.concatenate([1 - p, p], 1),
-                                           max(n_classes, 2))
-            stop = record("head", losses, m)
-            if (len(history) % 20 == 0 or stop) and "auc" in m:
-                log(f"head epoch {len(history)}/{head_epochs}: loss {history[-1]['loss']:.4f}  "
-                    f"valid auc {m['auc']:.4f}")
-            if stop:
-                break
-        if state["weights"] is not None:        # fine-tuning starts from the best probe
-            model.set_weights(state["weights"])
-        state["wait"] = 0
+            for s in range(0, len(perm), cfg.batch_size):
+                sel = perm[s:s + cfg.batch_size]
+                yield {k: v[sel] for k, v in cached["train"].items()}, target(ytr[sel]), wtr[sel]
+
+        def head_valid():
+            p = np.asarray(keras.ops.convert_to_numpy(head.predict_on_batch(cached["valid"])), np.float32)
+            return p if task == "classify" else np.concatenate([1 - p, p], 1)
+
+        def head_line(epoch, logs):
+            if (epoch % 20 == 0 or head.stop_training) and "val_auc" in logs:
+                log(f"head epoch {epoch}/{head_epochs}: loss {logs['loss']:.4f}  valid auc {logs['val_auc']:.4f}")
+
+        _fit(head, head_epoch, head_epochs, n_batches, [
+            ValidationMetrics(head_valid if len(valid) else None, valid_metrics),
+            NaNGuard(history), KeepBest(model, best, cfg.patience, history), History(history, "head", head_line)])
     # Phase 2 (full mode): encoder and head together, at encoder_lr_scale x the learning rate.
     if cfg.mode == "full" and cfg.epochs:
+        if best["weights"] is not None:         # fine-tuning starts from the best probe
+            model.set_weights(best["weights"])
         encoder.trainable = True
         # What the embedding does not read (pre-training's scoring tables) stays as it is.
         off_path = list(getattr(encoder, "off_embedding_path", lambda: [])())
@@ -361,19 +380,22 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
             v.trainable = False
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate * cfg.encoder_lr_scale), loss=loss)
         t0 = time.time()
-        for e in range(cfg.epochs):
-            losses = [float(model.train_on_batch(b, target(yb), sample_weight=wb)) for b, yb, wb in data.epoch(e)]
-            m = classification_metrics(y[valid], predict(valid), max(n_classes, 2)) if len(valid) else {}
-            stop = record("full", losses, m)
-            log(epoch_line(e + 1, cfg.epochs, time.time() - t0, loss=history[-1]["loss"],
-                           **({"valid_auc": m["auc"]} if "auc" in m else {})))
-            if stop:
-                break
+
+        def full_epoch(e):
+            for b, yb, wb in data.epoch(e):
+                yield b, target(yb), wb
+
+        def full_line(epoch, logs):
+            log(epoch_line(epoch, cfg.epochs, time.time() - t0, loss=logs["loss"],
+                           **({"valid_auc": logs["val_auc"]} if "val_auc" in logs else {})))
+
+        _fit(model, full_epoch, cfg.epochs, n_batches, [
+            ValidationMetrics((lambda: predict(valid)) if len(valid) else None, valid_metrics),
+            NaNGuard(history), KeepBest(model, best, cfg.patience, history), History(history, "full", full_line)])
         for v in off_path:
             v.trainable = True
-    best_weights = state["weights"] if len(valid) else None
-    if best_weights is not None:
-        model.set_weights(best_weights)
+    if len(valid) and best["weights"] is not None:
+        model.set_weights(best["weights"])
     encoder.trainable = True
     final = classification_metrics(y[valid], predict(valid), max(n_classes, 2)) if len(valid) else {}
     return model, final, history, predict

@@ -34,7 +34,7 @@ LAYERS = [
               "ptum.generate"]),
     ("models", ["ptum.layers", "ptum.model", "ptum.finetune_model", "ptum.saving"]),
     ("evaluation", ["ptum.ranking", "ptum.embedding_eval"]),
-    ("training", ["ptum.train", "ptum.tf_input", "ptum.finetuning"]),
+    ("training", ["ptum.callbacks", "ptum.train", "ptum.tf_input", "ptum.finetuning"]),
     ("serving", ["ptum.export"]),
     ("api", ["ptum", "ptum.api"]),
     ("beam", ["pipelines", "pipelines.tokenize", "pipelines.tokenize.job", "pipelines.export_embeddings"]),
