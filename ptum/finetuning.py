@@ -279,7 +279,7 @@ def _fit(model, epoch_batches: Callable, epochs: int, steps: int, callbacks: lis
         spec = tf.nest.map_structure(
             lambda a: tf.TensorSpec((None,) + np.shape(a)[1:], tf.as_dtype(np.asarray(a).dtype)), first)
         data = tf.data.Dataset.from_generator(lambda: rest, output_signature=spec)
-    model.fit(data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+    model.fit(data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
 
 
 def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.ndarray, y: np.ndarray,
