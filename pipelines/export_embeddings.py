@@ -66,7 +66,7 @@ class ReadRowBatches(beam.DoFn):
         if skip_from:
             skip_set = pa.concat_arrays([_user_ids(f) for f in skip_from])
             skip_set = skip_set if len(skip_set) else None
-        pf = tcore._parquet_file(path)
+        pf = tcore.parquet_file(path)
         for i, batch in enumerate(pf.iter_batches(batch_size=self._rows)):
             if skip_set is not None:
                 keep = pc.invert(pc.is_in(batch.column("user_id"), value_set=skip_set))

@@ -186,10 +186,6 @@ def stable_user_hash(user_id: str) -> float:
     return int.from_bytes(digest, "big") / 2.0 ** 64
 
 
-def _join(base: str, *parts: str) -> str:
-    return fs.join(base, *parts)
-
-
 @dataclass
 class SequenceDataset:
     """A committed sequence dataset (its manifest exists and parsed)."""
@@ -219,7 +215,7 @@ class SequenceDataset:
         return bool(self.manifest.get("has_time", True))
 
     def path(self, *parts: str) -> str:
-        return _join(self.root, *parts)
+        return fs.join(self.root, *parts)
 
     def split_files(self, split: str) -> List[str]:
         if split not in self.manifest["splits"]:
@@ -230,10 +226,9 @@ class SequenceDataset:
     def read_split(self, split: str, columns: Optional[List[str]] = None):
         """The split as one pyarrow Table (rows in file order)."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         files = self.split_files(split)
-        tables = [pq.read_table(fs.open_input(f), columns=columns) for f in files]
+        tables = [read_parquet(f, columns) for f in files]
         if not tables:
             schema = sequence_schema()
             if columns:
@@ -242,34 +237,29 @@ class SequenceDataset:
         return pa.concat_tables(tables)
 
     def read_items_vocab(self):
-        import pyarrow.parquet as pq
-
-        return pq.read_table(fs.open_input(self.path(VOCAB_DIR, ITEMS_VOCAB)))
+        return read_parquet(self.path(VOCAB_DIR, ITEMS_VOCAB))
 
     def read_vocab_table(self, name: str):
-        import pyarrow.parquet as pq
-
         path = self.path(VOCAB_DIR, name)
-        if not exists(path):
+        if not fs.exists(path):
             return None
-        return pq.read_table(fs.open_input(path))
+        return read_parquet(path)
 
 
-def read_bytes(path: str) -> bytes:
-    """A whole file, local or on an object store (gs://, s3://, ...; see ptum.fs)."""
-    return fs.read_bytes(path)
+def read_parquet(path: str, columns: Optional[Sequence[str]] = None):
+    """A Parquet file, or some of its columns, local or on an object store (see ptum.fs)."""
+    import pyarrow.parquet as pq
 
-
-def exists(path: str) -> bool:
-    return fs.exists(path)
+    with fs.open_input(path) as f:
+        return pq.read_table(f, columns=columns)
 
 
 
 def open_dataset(root: str) -> SequenceDataset:
     """Open a committed dataset; refuse one without a manifest (not committed)."""
-    mpath = _join(root, MANIFEST)
-    if not exists(mpath):
-        if not exists(root):
+    mpath = fs.join(root, MANIFEST)
+    if not fs.exists(mpath):
+        if not fs.exists(root):
             raise DatasetError(f"{root}: no such dataset directory")
         raise DatasetError(
             f"{root}: no {MANIFEST}: the dataset was not committed (the tokenize run failed, "

@@ -261,24 +261,12 @@ class _FitData:
 def _fit(model, epoch_batches: Callable, epochs: int, steps: int, callbacks: list) -> None:
     """`model.fit` on `epoch_batches(e)` for e in 0..epochs-1, each yielding `steps` batches of
     (x, y, sample weight) in the order given (a tf.data generator under TensorFlow)."""
-    import itertools
-
     import keras
 
-    def schedule():
-        for e in range(epochs):
-            yield from epoch_batches(e)
-
-    data = schedule()
+    data = (batch for e in range(epochs) for batch in epoch_batches(e))
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        first = next(data)
-        rest = itertools.chain([first], data)
-        # Any batch size (the last one of an epoch is short); the other dimensions are fixed.
-        spec = tf.nest.map_structure(
-            lambda a: tf.TensorSpec((None,) + np.shape(a)[1:], tf.as_dtype(np.asarray(a).dtype)), first)
-        data = tf.data.Dataset.from_generator(lambda: rest, output_signature=spec)
+        from ptum.tf_input import generator_dataset
+        data = generator_dataset(data)
     model.fit(data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
 
 

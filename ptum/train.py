@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from ptum import contracts
+from ptum import contracts, fs
 from ptum.config import PTUMConfig
 from ptum.saving import ENCODER_FILE, METADATA, ModelError, atomic_save_keras, load_model_dir
 
@@ -493,8 +493,8 @@ def _finish(output, ds, cfg, encoder, state, log) -> dict:
     os.makedirs(vocab_out, exist_ok=True)
     for name in (contracts.ITEMS_VOCAB, contracts.BEHAVIORS_VOCAB, contracts.CATALOG, contracts.WORDS_VOCAB):
         src = ds.path(contracts.VOCAB_DIR, name)
-        if contracts.exists(src):  # the dataset may live on gs://, s3://, ...
-            data = contracts.read_bytes(src)
+        if fs.exists(src):  # the dataset may live on gs://, s3://, ...
+            data = fs.read_bytes(src)
             with open(os.path.join(vocab_out, name), "wb") as f:
                 f.write(data)
     with open(os.path.join(output, "config.json"), "w") as f:

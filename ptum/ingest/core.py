@@ -36,7 +36,6 @@ DEFAULT_SPLIT_BYTES = 64 << 20
 # restored for dead letters from the per-range line counts (`file_line_numbers`).
 RANGE_BITS = 32
 MAX_SPLIT_BYTES = 1 << 31
-COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".lzma", ".zst")
 
 
 @dataclass
@@ -95,9 +94,6 @@ class _Decompressed:
     def read(self, n: int = -1) -> bytes:
         return self._stream.read(n)
 
-    def readline(self, n: int = -1) -> bytes:
-        return self._stream.readline(n)
-
     def close(self) -> None:
         try:
             self._stream.close()
@@ -112,6 +108,8 @@ class _Decompressed:
 
 
 _DECOMPRESSORS = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile, ".lzma": lzma.LZMAFile}
+# Compressed inputs are read whole (a byte range cannot be entered mid-stream).
+COMPRESSED_SUFFIXES = tuple(_DECOMPRESSORS) + (".zst",)
 
 
 def open_input(path: str):
@@ -125,12 +123,8 @@ def open_input(path: str):
     return raw
 
 
-def _file_size(path: str) -> int:
-    return fs.size(path)
-
-
 def _fingerprint(path: str) -> dict:
-    size = _file_size(path)
+    size = fs.size(path)
     with fs.open_input(path) as f:
         head = f.read(1 << 20)
         tail = b""
@@ -372,7 +366,7 @@ def fingerprints(specs: Sequence[FileSpec], extra_paths: Sequence[str] = ()) -> 
 
 
 def auto_shards(specs: Sequence[FileSpec]) -> int:
-    total = sum(_file_size(s.path) for s in specs)
+    total = sum(fs.size(s.path) for s in specs)
     return int(min(256, max(1, total // (32 << 20) + 1)))
 
 
@@ -384,9 +378,8 @@ class Split:
 
     spec: FileSpec
     index: int = 0              # position among the file's splits
-    parts: int = 1              # how many splits the file has
     start: int = 0
-    end: Optional[int] = None   # None: to the end of the file
+    end: Optional[int] = None   # None: the whole file
     first_row: int = 0
 
 
@@ -410,14 +403,14 @@ def _splits_of(spec: FileSpec, split_bytes: int) -> List[Split]:
         return [Split(spec)]
     if spec.kind == "parquet":
         return _row_group_splits(spec, split_bytes)
-    size = _file_size(spec.path)
+    size = fs.size(spec.path)
     if size <= split_bytes:
         return [Split(spec)]
     if spec.kind == "delimited" and _has_multiline_records(spec.path):
         log.info("%s: quoted fields span lines in its first MiB; read whole (not split)", spec.path)
         return [Split(spec)]
     n = -(-size // split_bytes)
-    return [Split(spec, i, n, i * split_bytes, min(size, (i + 1) * split_bytes)) for i in range(n)]
+    return [Split(spec, i, i * split_bytes, min(size, (i + 1) * split_bytes)) for i in range(n)]
 
 
 def _has_multiline_records(path: str, sample_bytes: int = 1 << 20) -> bool:
@@ -431,24 +424,20 @@ def _has_multiline_records(path: str, sample_bytes: int = 1 << 20) -> bool:
 
 def _row_group_splits(spec: FileSpec, split_bytes: int) -> List[Split]:
     try:
-        meta = _parquet_file(spec.path).metadata
+        meta = parquet_file(spec.path).metadata
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{spec.path}: not a readable Parquet file ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    groups, size, first = [], 0, 0
-    bounds = []                 # (first group, end group, first row)
+    splits: List[Split] = []
+    start = first_row = rows = size = 0
     for g in range(meta.num_row_groups):
         rg = meta.row_group(g)
-        groups.append(rg.num_rows)
+        rows += rg.num_rows
         size += sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
         if size >= split_bytes or g == meta.num_row_groups - 1:
-            start = bounds[-1][1] if bounds else 0
-            bounds.append((start, g + 1, first))
-            first += sum(groups)
-            groups, size = [], 0
-    if len(bounds) <= 1:
-        return [Split(spec)]
-    return [Split(spec, i, len(bounds), a, b, row) for i, (a, b, row) in enumerate(bounds)]
+            splits.append(Split(spec, len(splits), start, g + 1, first_row))
+            start, first_row, size = g + 1, rows, 0
+    return splits if len(splits) > 1 else [Split(spec)]
 
 
 class LineRange:
@@ -624,7 +613,7 @@ def _emit(spec, data: bytes, row: int, skip_header: bool):
         yield Chunk(spec, row, data, tuple(spec.names))
 
 
-def _parquet_file(path: str) -> pq.ParquetFile:
+def parquet_file(path: str) -> pq.ParquetFile:
     return pq.ParquetFile(fs.open_input(path))
 
 
@@ -632,7 +621,7 @@ def read_parquet_batches(spec: FileSpec, batch_rows: int = 1 << 18, row_groups: 
                          first_row: int = 0):
     row = first_row
     try:
-        pf = _parquet_file(spec.path)
+        pf = parquet_file(spec.path)
         for batch in pf.iter_batches(batch_size=batch_rows, row_groups=row_groups):
             yield batch, row
             row += batch.num_rows
@@ -950,8 +939,7 @@ def tokenize_histories(histories: pa.Table, items_vocab: pa.Table, behavior_voca
 
 
 # ------------------------------------------------------------------ writing
-def join(base: str, *parts: str) -> str:
-    return contracts._join(base, *parts)
+join = fs.join
 
 
 def write_parquet(table: pa.Table, path: str) -> None:
@@ -968,10 +956,7 @@ def write_arrow(table: pa.Table, path: str) -> None:
         w.write_table(table)
 
 
-def read_parquet(path: str, columns: Optional[Sequence[str]] = None) -> pa.Table:
-    """A Parquet file, or some of its columns."""
-    with fs.open_input(path) as f:
-        return pq.read_table(f, columns=columns)
+read_parquet = contracts.read_parquet
 
 
 def read_arrow(path: str) -> pa.Table:
@@ -1111,7 +1096,7 @@ def read_units(split: Split, opts: TokenizeOptions):
         for batch, first in read_parquet_batches(spec, row_groups=groups, first_row=split.first_row):
             yield (spec, batch, first)
         return
-    if split.parts == 1:
+    if split.end is None:
         yield from read_chunks(spec, opts.chunk_bytes, opts.max_line_bytes)
         return
     lines = yield from read_chunks(spec, opts.chunk_bytes, opts.max_line_bytes,
