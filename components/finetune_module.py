@@ -15,15 +15,14 @@ import os
 
 def run_fn(fn_args) -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from components.trainer_module import _rows_from_examples
+    from components.trainer_module import _rows_from_examples, dataset_path
     from ptum import contracts
     from ptum.finetuning import FinetuneConfig, run_rows
 
     task = dict(fn_args.custom_config["task"])
     if not fn_args.base_model:
         raise ValueError("the fine-tune Trainer needs base_model (the pre-training Trainer's model)")
-    examples_root = os.path.dirname(fn_args.train_files[0].rstrip("*").rstrip("/"))
-    ds = contracts.open_dataset(os.path.join(examples_root, "ptum"))
+    ds = contracts.open_dataset(dataset_path(fn_args))
     rows = _rows_from_examples(fn_args, fn_args.eval_files).newest_with(_rows_from_examples(fn_args, fn_args.train_files))
     cfg = FinetuneConfig(**{**task.get("config", {}), "task": task.get("task", "classify")})
     out = run_rows(os.path.join(fn_args.base_model, "ptum_model"), ds, rows, task["labels"],

@@ -19,6 +19,8 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 from tfx.types.artifact_utils import encode_split_names
 
+from components.dataset_trainer import DATASET_PROPERTY
+
 DATASET_SUBDIR = "ptum"
 
 
@@ -58,10 +60,6 @@ def _write_examples(dataset_dir: str, examples_uri: str) -> dict:
                     w.write(example)
                 n += batch.num_rows
         counts[name] = n
-    # The Trainer reads rows from these Examples; it also needs the manifest and vocabulary.
-    meta_dir = os.path.join(examples_uri, DATASET_SUBDIR)
-    shutil.copytree(os.path.join(dataset_dir, contracts.VOCAB_DIR), os.path.join(meta_dir, contracts.VOCAB_DIR))
-    shutil.copyfile(os.path.join(dataset_dir, contracts.MANIFEST), os.path.join(meta_dir, contracts.MANIFEST))
     return counts
 
 
@@ -144,6 +142,9 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
         art.set_string_custom_property("vocab_source", why)
     dataset.set_string_custom_property("counts", json.dumps(manifest["counts"]))
     examples.set_string_custom_property("rows", json.dumps(counts))
+    # The Trainers read rows from the Examples and the manifest and vocabulary from here
+    # (components.dataset_trainer hands this path to their run_fn).
+    examples.set_string_custom_property(DATASET_PROPERTY, output)
 
 
 def _drift(statistics, baseline_statistics, schema, features, threshold) -> tuple:

@@ -2,7 +2,8 @@
 
 Reads the Examples through TFX's data accessor (TFXIO, the schema from schemas/),
 trains with ptum.train.pretrain_rows, writes the ptum model folder and its SavedModel
-under the serving model dir: Format-Serving/ptum_model/ and Format-Serving/saved_model/;
+under the serving model dir (the dataset's manifest and vocabulary come from the path the
+Trainer's executor passes in custom_config["dataset"], see components/dataset_trainer.py): Format-Serving/ptum_model/ and Format-Serving/saved_model/;
 checkpoints and TensorBoard logs go to the ModelRun artifact (model_run_dir).
 """
 from __future__ import annotations
@@ -42,6 +43,15 @@ def _rows_from_examples(fn_args, files):
                 timestamps=np.concatenate(tss).astype(np.int64) if tss else np.zeros(0, np.int64))
 
 
+def dataset_path(fn_args) -> str:
+    """The sequence dataset behind the Examples, as components.dataset_trainer passes it."""
+    path = (fn_args.custom_config or {}).get("dataset")
+    if not path:
+        raise ValueError("run_fn needs custom_config['dataset']: build the Trainer with "
+                         "custom_executor_spec=components.dataset_trainer.DATASET_TRAINER")
+    return path
+
+
 def run_fn(fn_args) -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from ptum import contracts
@@ -50,8 +60,7 @@ def run_fn(fn_args) -> None:
     from ptum.train import pretrain_rows
 
     cfg = PTUMConfig.from_dict(fn_args.custom_config["ptum_config"])
-    examples_root = os.path.dirname(fn_args.train_files[0].rstrip("*").rstrip("/"))  # .../Split-train
-    ds = contracts.open_dataset(os.path.join(examples_root, "ptum"))
+    ds = contracts.open_dataset(dataset_path(fn_args))
     train = _rows_from_examples(fn_args, fn_args.train_files)
     valid = _rows_from_examples(fn_args, fn_args.eval_files)
     model_dir = os.path.join(fn_args.serving_model_dir, "ptum_model")

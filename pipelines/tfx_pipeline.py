@@ -126,6 +126,7 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
 
     from components.ptum_components import (EmbeddingExport, NextItemEvaluator, SequenceIngestion,
                                             ValidationGate, ValidationReport, VersionedPusher)
+    from components.dataset_trainer import DATASET_TRAINER
     from components.resolvers import EarlierSpanBlessedModelStrategy, EarlierSpanStatisticsStrategy
     from ptum.config import PTUMConfig
 
@@ -186,7 +187,7 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
         examples=ingestion.outputs["examples"], schema=schema.outputs["schema"],
         base_model=earlier_model.outputs["model"] if cfg.warm_start else None,
         train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
-        custom_config={"ptum_config": ptum_cfg.to_dict()})
+        custom_config={"ptum_config": ptum_cfg.to_dict()}, custom_executor_spec=DATASET_TRAINER)
     trainer.add_upstream_node(gate)
     finetuners = []
     _check_finetune_tasks(cfg.finetune_tasks)
@@ -196,7 +197,7 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
             examples=ingestion.outputs["examples"], schema=schema.outputs["schema"],
             base_model=trainer.outputs["model"],
             train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
-            custom_config={"task": task}).with_id(f"Finetune_{task['name']}")
+            custom_config={"task": task}, custom_executor_spec=DATASET_TRAINER).with_id(f"Finetune_{task['name']}")
         finetuners.append(ft)
     latest_blessed = tfx.dsl.Resolver(
         strategy_class=LatestBlessedModelStrategy,

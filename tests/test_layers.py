@@ -38,7 +38,7 @@ LAYERS = [
     ("serving", ["ptum.export"]),
     ("api", ["ptum", "ptum.api"]),
     ("beam", ["pipelines", "pipelines.tokenize", "pipelines.tokenize.job", "pipelines.export_embeddings"]),
-    ("components", ["components", "components.ptum_components", "components.resolvers",
+    ("components", ["components", "components.dataset_trainer", "components.ptum_components", "components.resolvers",
                     "components.trainer_module", "components.finetune_module"]),
     ("pipeline", ["pipelines.tfx_pipeline", "pipelines.runners", "pipelines.runners.airflow_dag",
                   "pipelines.runners.kubeflow_v2"]),

@@ -125,6 +125,10 @@ def test_first_run_pushes_a_servable_model_and_exports_embeddings(scenario):
     model_dir = os.path.join(run["blessing"]["current_model"], "Format-Serving", "ptum_model")
     assert os.path.exists(os.path.join(model_dir, "metadata.json"))
     assert not os.path.exists(os.path.join(model_dir, "checkpoints"))
+    # The Trainer opened the dataset the ingestion recorded on the Examples (handed to run_fn by
+    # components.dataset_trainer), not a copy found next to the Examples files.
+    trained_on = json.load(open(os.path.join(model_dir, "metadata.json")))["training_data"]["path"]
+    assert trained_on == os.path.join(run["dataset"]["uri"], "ptum")
 
 
 def test_mlmd_records_every_execution(scenario):

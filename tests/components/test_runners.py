@@ -25,6 +25,7 @@ def test_kubeflow_v2_compiles(tmp_path):
     assert "SequenceIngestion" in spec
     # The input pattern is in the compiled pipeline, not the files found while compiling.
     assert "span-{SPAN}/events.csv" in spec and "span-1/events.csv" not in spec
+    assert "components.dataset_trainer.DatasetTrainerExecutor" in spec  # both Trainers get the dataset path
 
 
 def test_compiled_pipelines_resolve_inputs_at_run_time(tmp_path):
