@@ -1,18 +1,25 @@
-"""Keras callbacks for fine-tuning's `fit` (imports Keras: load lazily).
+"""Keras callbacks for pre-training's and fine-tuning's `fit` (imports Keras: load lazily).
 
 Stock callbacks are used where they keep the behaviour (TensorBoard); these stay ours:
-- `ValidationMetrics` writes classification metrics on the held-out users to the epoch's logs
-  (`val_auc`, `val_log_loss`, ...), for the callbacks after it;
 - `NaNGuard` ends the run with an error on a non-finite loss (keras' TerminateOnNaN stops
   quietly and leaves a model behind);
-- `KeepBest` is early stopping on `val_log_loss` whose best score and weights are shared
-  between the runs of one fine-tuning (head, then full): the full phase keeps the probe unless it
-  beats the probe's best, which keras' EarlyStopping cannot express (its `baseline` gates
-  patience, not the weights kept).
+- `ValidationMetrics` writes metrics on held-out users to the epoch's logs (`val_auc`,
+  `val_log_loss`, ... in fine-tuning; `val_ndcg@10`, `val_recall@10` in pre-training), for the
+  callbacks after it (and TensorBoard);
+- `KeepBest` is fine-tuning's early stopping on `val_log_loss` whose best score and weights are
+  shared between the runs of one fine-tuning (head, then full): the full phase keeps the probe
+  unless it beats the probe's best, which keras' EarlyStopping cannot express (its `baseline`
+  gates patience, not the weights kept);
+- pre-training: `TrainClock` (training seconds across resumed runs), `BestCheckpoint` (best
+  weights to a file and patience, both in the resumable state: keras' EarlyStopping keeps them
+  in memory, so a resumed run would forget them), `EpochRecord` (history + the progress line),
+  `Checkpoint` (weights and state every epoch and every N batches, with the data position and
+  the epoch's running loss, for a bit-identical resume after a kill) and `TimeLimit`.
 """
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable, List, Optional
 
 import keras
@@ -20,28 +27,36 @@ import numpy as np
 
 
 class ValidationMetrics(keras.callbacks.Callback):
-    """logs["val_<name>"] for each of `metrics(predict())` (None `predict`: no validation)."""
+    """Every `every` epochs, logs["val_<name>"] for each of `metrics(epoch)` (None: no
+    validation); with `timed`, also `val_seconds`, the time it took."""
 
-    def __init__(self, predict: Optional[Callable[[], np.ndarray]], metrics: Callable[[np.ndarray], dict]):
+    def __init__(self, metrics: Optional[Callable[[int], dict]], every: int = 1, timed: bool = False):
         super().__init__()
-        self._predict, self._metrics = predict, metrics
+        self._metrics, self._every, self._timed = metrics, every, timed
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._predict is None or logs is None:
+        if self._metrics is None or logs is None or (epoch + 1) % self._every:
             return
-        for k, v in self._metrics(self._predict()).items():
+        t0 = time.perf_counter()
+        for k, v in self._metrics(epoch).items():
             logs[f"val_{k}"] = v
+        if self._timed:
+            logs["val_seconds"] = time.perf_counter() - t0
 
 
 class NaNGuard(keras.callbacks.Callback):
-    def __init__(self, history: List[dict]):
+    """`error(message)` is raised on a non-finite epoch loss; `epoch_number(epoch)` names the
+    epoch in it (fine-tuning numbers epochs across its two fits)."""
+
+    def __init__(self, error: Callable[[str], Exception] = RuntimeError, what: str = "loss", hint: str = "",
+                 epoch_number: Callable[[int], int] = lambda epoch: epoch + 1):
         super().__init__()
-        self._history = history
+        self._error, self._what, self._hint, self._number = error, what, hint, epoch_number
 
     def on_epoch_end(self, epoch, logs=None):
         loss = float((logs or {}).get("loss", float("nan")))
         if not math.isfinite(loss):
-            raise RuntimeError(f"fine-tuning loss is {loss} at epoch {len(self._history) + 1}")
+            raise self._error(f"{self._what} is {loss} at epoch {self._number(epoch)}{self._hint}")
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -79,3 +94,119 @@ class History(keras.callbacks.Callback):
         entry.update({k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")})
         self._history.append(entry)
         self._line(epoch + 1, logs)
+
+
+# ---- pre-training ----------------------------------------------------------------------------
+# `state` is pre-training's resumable state (ptum.train): a dict saved with every checkpoint.
+
+
+class TrainClock(keras.callbacks.Callback):
+    """Training seconds so far, earlier (resumed) runs included; at an epoch's end, before the
+    callbacks after it validate, `logs["seconds"]`."""
+
+    def __init__(self, state: dict):
+        super().__init__()
+        self._base, self._t0 = state["train_seconds"], time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self._base + time.perf_counter() - self._t0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["seconds"] = self.elapsed()
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Early stopping on `logs["val_" + monitor]` (higher is better): a better epoch's weights go
+    to `path`; `state` keeps best, best_epoch and wait (patience used) across resumed runs."""
+
+    def __init__(self, monitor: str, path: str, state: dict, patience: int):
+        super().__init__()
+        self._key, self._path, self._state, self._patience = "val_" + monitor, path, state, patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._key not in (logs or {}):
+            return
+        state = self._state
+        if logs[self._key] > state["best"]:
+            state.update(best=logs[self._key], best_epoch=epoch + 1, wait=0)
+            self.model.save_weights(self._path)
+        else:
+            state["wait"] += 1
+        if state["wait"] >= self._patience:
+            self.model.stop_training = True
+
+
+# history.json's name for each validation key of the logs, in the order entries have always had.
+_VALID_KEYS = (("val_window_recall@10", "valid_window_recall@10"), ("val_window_ndcg@10", "valid_window_ndcg@10"),
+               ("val_seconds", "valid_seconds"), ("val_ndcg@10", "valid_ndcg@10"),
+               ("val_recall@10", "valid_recall@10"))
+
+
+class EpochRecord(keras.callbacks.Callback):
+    """Appends the epoch to `state["history"]` ({"epoch", "loss", "seconds", "valid_*"}), moves
+    state's epoch and train_seconds on, and calls `line(epoch, logs)` (the progress line)."""
+
+    def __init__(self, state: dict, line: Callable[[int, dict], None]):
+        super().__init__()
+        self._state, self._line = state, line
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        entry = {"epoch": epoch + 1, "loss": float(logs["loss"]), "seconds": round(logs["seconds"], 2)}
+        for key, name in _VALID_KEYS:
+            if key in logs:
+                entry[name] = round(logs[key], 2) if key == "val_seconds" else logs[key]
+        self._state["history"].append(entry)
+        self._state.update(epoch=epoch + 1, train_seconds=logs["seconds"])
+        self._line(epoch, logs)
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """`save()` (the model, then the state file that points at it) after every epoch and every
+    `every_steps` batches; a batch checkpoint records the data position (`step`) and the
+    epoch's running loss, which `on_epoch_begin` of a resumed run puts back (`offset`: batches
+    of the epoch done before this fit), so the resumed epoch's loss is unchanged."""
+
+    def __init__(self, save: Callable[[], None], state: dict, clock: TrainClock, every_steps: int,
+                 epoch_batches: int, offset: int = 0):
+        super().__init__()
+        self._save, self._state, self._clock = save, state, clock
+        self._every, self._epoch_batches, self._offset = every_steps, epoch_batches, offset
+
+    def _tracker(self):
+        return getattr(self.model, "_loss_tracker", None)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Keras has just reset its running loss mean: put back the part done before the checkpoint.
+        tracker = self._tracker()
+        if self._offset and tracker is not None and self._state.get("loss_tracker"):
+            for var, value in zip(tracker.variables, self._state["loss_tracker"]):
+                var.assign(value)
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self._offset + batch + 1
+        if not self._every or done % self._every or done >= self._epoch_batches:
+            return
+        tracker = self._tracker()
+        self._state.update(step=done, train_seconds=self._clock.elapsed(),
+                           loss_tracker=[float(keras.ops.convert_to_numpy(v.value)) for v in tracker.variables]
+                           if tracker is not None else [])
+        self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._offset = 0
+        self._state.update(step=0, loss_tracker=[])
+        self._save()
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stops after the epoch whose `logs["seconds"]` passes `seconds` (0: no limit)."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self._seconds = seconds
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._seconds and (logs or {}).get("seconds", 0.0) > self._seconds:
+            self.model.stop_training = True

@@ -323,6 +323,7 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
 
     # Shared by both phases: fine-tuning keeps the probe unless it beats the probe's best.
     best = {"score": float("inf"), "weights": None}
+    guard = NaNGuard(what="fine-tuning loss", epoch_number=lambda _: len(history) + 1)
     target = (lambda yb: yb) if task == "classify" else (lambda yb: yb.astype(np.float32)[:, None])
     n_batches = -(-len(train) // cfg.batch_size)
     # Phase 1, the head alone on the frozen encoder: its embeddings are fixed, so they are
@@ -355,8 +356,8 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
                 log(f"head epoch {epoch}/{head_epochs}: loss {logs['loss']:.4f}  valid auc {logs['val_auc']:.4f}")
 
         _fit(head, head_epoch, head_epochs, n_batches, [
-            ValidationMetrics(head_valid if len(valid) else None, valid_metrics),
-            NaNGuard(history), KeepBest(model, best, cfg.patience, history), History(history, "head", head_line)])
+            ValidationMetrics((lambda _: valid_metrics(head_valid())) if len(valid) else None), guard,
+            KeepBest(model, best, cfg.patience, history), History(history, "head", head_line)])
     # Phase 2 (full mode): encoder and head together, at encoder_lr_scale x the learning rate.
     if cfg.mode == "full" and cfg.epochs:
         if best["weights"] is not None:         # fine-tuning starts from the best probe
@@ -378,8 +379,8 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
                            **({"valid_auc": logs["val_auc"]} if "val_auc" in logs else {})))
 
         _fit(model, full_epoch, cfg.epochs, n_batches, [
-            ValidationMetrics((lambda: predict(valid)) if len(valid) else None, valid_metrics),
-            NaNGuard(history), KeepBest(model, best, cfg.patience, history), History(history, "full", full_line)])
+            ValidationMetrics((lambda _: valid_metrics(predict(valid))) if len(valid) else None), guard,
+            KeepBest(model, best, cfg.patience, history), History(history, "full", full_line)])
         for v in off_path:
             v.trainable = True
     if len(valid) and best["weights"] is not None:

@@ -4,7 +4,6 @@ directory's layout is described in `ptum.saving`, which also loads it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import time
@@ -295,6 +294,8 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
     `run_dir`: checkpoints and TensorBoard logs (default `output`)."""
     import keras
 
+    from ptum.callbacks import (BestCheckpoint, Checkpoint, EpochRecord, NaNGuard, TimeLimit, TrainClock,
+                                ValidationMetrics)
     from ptum.data import TrainBatches
     from ptum.ranking import NonFiniteScores, rank_metrics
     from ptum.model import UserEmbedder, build_encoder_for, build_pretrainer
@@ -385,79 +386,37 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
             json.dump(state, f)
         os.replace(tmp, state_path)
 
-    class EpochEnd(keras.callbacks.Callback):
-        """Validation NDCG@10, best weights, early stopping, NaN guard and checkpoints (every
-        epoch, and every `checkpoint_every_steps` batches with the data position)."""
+    def ranking(epoch):
+        """Next-item metrics on the valid rows (and the window retrieval of a window split)."""
+        try:
+            m = rank_metrics(embedder, valid_rows, cfg.model.max_len, t.length_buckets, time_b,
+                             t.eval_batch_size, ks=(10,))
+            out = {"ndcg@10": m["ndcg@10"], "recall@10": m["recall@10"]}
+            if select == "window_recall@10":
+                w = window_metrics()
+                out.update({"window_recall@10": w["window_recall@10"], "window_ndcg@10": w["window_ndcg@10"]})
+        except NonFiniteScores as e:
+            raise TrainingError(f"epoch {epoch + 1}: {e}; no model was written") from e
+        return out
 
-        def __init__(self):
-            super().__init__()
-            self.t0 = time.perf_counter()
-            self.base_seconds = state["train_seconds"]
-            self.offset = skip  # batches of the current epoch done before this fit call
+    def line(epoch, logs):
+        log(epoch_line(epoch + 1, t.epochs, logs["seconds"], loss=float(logs["loss"]),
+                       **{"valid_ndcg@10": logs.get("val_ndcg@10"),
+                          "valid_window_recall@10": logs.get("val_window_recall@10")}))
 
-        def on_epoch_begin(self, epoch, logs=None):
-            # Resuming mid-epoch: Keras has just reset its running loss mean; put back the
-            # part of the epoch done before the checkpoint so the epoch's loss is unchanged.
-            tracker = getattr(pretrainer, "_loss_tracker", None)
-            if self.offset and tracker is not None and state.get("loss_tracker"):
-                for var, value in zip(tracker.variables, state["loss_tracker"]):
-                    var.assign(value)
-
-        def on_train_batch_end(self, batch, logs=None):
-            n = t.checkpoint_every_steps
-            done = self.offset + batch + 1
-            if not n or done % n or done >= full_len:
-                return
-            tracker = getattr(pretrainer, "_loss_tracker", None)
-            state.update(step=done, train_seconds=self.base_seconds + time.perf_counter() - self.t0,
-                         loss_tracker=[float(keras.ops.convert_to_numpy(v.value)) for v in tracker.variables]
-                         if tracker is not None else [])
-            save_checkpoint()  # the weights, then the state file that points at them
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = dict(logs or {})
-            loss = float(logs.get("loss", float("nan")))
-            self.offset = 0
-            state.update(step=0, loss_tracker=[])
-            if not math.isfinite(loss):
-                raise TrainingError(f"loss is {loss} at epoch {epoch + 1}: lower the learning rate "
-                                    "or check the data; no model was written")
-            elapsed = self.base_seconds + time.perf_counter() - self.t0
-            entry = {"epoch": epoch + 1, "loss": loss, "seconds": round(elapsed, 2)}
-            if (epoch + 1) % t.eval_every == 0:
-                v0 = time.perf_counter()
-                try:
-                    m = rank_metrics(embedder, valid_rows, cfg.model.max_len, t.length_buckets, time_b,
-                                     t.eval_batch_size, ks=(10,))
-                    if select == "window_recall@10":
-                        w = window_metrics()
-                        m["window_recall@10"] = w["window_recall@10"]
-                        entry["valid_window_recall@10"] = w["window_recall@10"]
-                        entry["valid_window_ndcg@10"] = w["window_ndcg@10"]
-                except NonFiniteScores as e:
-                    raise TrainingError(f"epoch {epoch + 1}: {e}; no model was written") from e
-                entry["valid_seconds"] = round(time.perf_counter() - v0, 2)
-                entry["valid_ndcg@10"] = m["ndcg@10"]
-                entry["valid_recall@10"] = m["recall@10"]
-                if m[select] > state["best"]:
-                    state.update(best=m[select], best_epoch=epoch + 1, wait=0)
-                    pretrainer.save_weights(best_path)
-                else:
-                    state["wait"] += 1
-            state["history"].append(entry)
-            state["epoch"] = epoch + 1
-            state["train_seconds"] = elapsed
-            log(epoch_line(epoch + 1, t.epochs, elapsed, loss=loss, **{"valid_ndcg@10": entry.get("valid_ndcg@10"),
-                           "valid_window_recall@10": entry.get("valid_window_recall@10")}))
-            save_checkpoint()
-            over_time = t.max_train_seconds and elapsed > t.max_train_seconds
-            if state["wait"] >= t.patience or over_time:
-                self.model.stop_training = True
-
-    callbacks = [EpochEnd()]
+    # In this order at each epoch's end: the loss must be finite; the clock stops before
+    # validation; the best weights and patience see the validation; the history records it all;
+    # the checkpoint saves the state the others left; then the time limit.
+    clock = TrainClock(state)
+    callbacks = [NaNGuard(TrainingError, hint=": lower the learning rate or check the data; no model was written"),
+                 clock, ValidationMetrics(ranking, every=t.eval_every, timed=True),
+                 BestCheckpoint(select, best_path, state, t.patience), EpochRecord(state, line),
+                 Checkpoint(save_checkpoint, state, clock, t.checkpoint_every_steps, full_len, offset=skip),
+                 TimeLimit(t.max_train_seconds)]
     if _tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
                                                      write_graph=False, update_freq="epoch"))
+
     def fit(batches, epochs):
         if keras.backend.backend() == "tensorflow":
             from ptum.tf_input import train_dataset

@@ -1,0 +1,85 @@
+"""ptum.callbacks on a tiny Keras model: what each one writes to the logs and the resumable state."""
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def _model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    m.compile(optimizer="sgd", loss="mse")
+    return m
+
+
+def _data(n=32, nan=False):
+    x = np.random.default_rng(0).normal(size=(n, 3)).astype("float32")
+    y = x.sum(1, keepdims=True)
+    if nan:
+        y[0] = np.nan
+    return x, y
+
+
+def test_pretraining_chain_validates_keeps_the_best_and_stops_on_patience(tmp_path):
+    from ptum.callbacks import BestCheckpoint, Checkpoint, EpochRecord, NaNGuard, TimeLimit, TrainClock, \
+        ValidationMetrics
+
+    scores = [0.1, 0.3, 0.2, 0.25, 0.9, 0.9]
+    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "wait": 0, "history": [], "train_seconds": 0.0}
+    saves, lines = [], []
+    clock = TrainClock(state)
+    model = _model()
+    x, y = _data()
+    fitted = model.fit(x, y, batch_size=8, epochs=6, verbose=0, shuffle=False, callbacks=[
+        NaNGuard(), clock, ValidationMetrics(lambda e: {"ndcg@10": scores[e], "recall@10": 2 * scores[e]}, timed=True),
+        BestCheckpoint("ndcg@10", str(tmp_path / "best.weights.h5"), state, patience=2),
+        EpochRecord(state, lambda epoch, logs: lines.append(epoch)),
+        Checkpoint(lambda: saves.append(dict(state)), state, clock, every_steps=0, epoch_batches=4),
+        TimeLimit(0.0)])
+    # Epoch 2 is the best; epochs 3 and 4 use up the patience of 2.
+    assert state["best_epoch"] == 2 and state["best"] == 0.3 and state["wait"] == 2 and state["epoch"] == 4
+    assert os.path.exists(tmp_path / "best.weights.h5")
+    assert [h["valid_ndcg@10"] for h in state["history"]] == scores[:4]
+    assert [h["valid_recall@10"] for h in state["history"]] == [2 * s for s in scores[:4]]
+    assert all(h["seconds"] >= 0 and "valid_seconds" in h for h in state["history"])
+    assert lines == [0, 1, 2, 3] and len(saves) == 4 and saves[-1]["epoch"] == 4
+    # The validation is in Keras' own logs too (its History, TensorBoard, ...).
+    assert fitted.history["val_ndcg@10"] == scores[:4]
+
+
+def test_validation_every_n_epochs_leaves_the_others_alone(tmp_path):
+    from ptum.callbacks import BestCheckpoint, EpochRecord, TrainClock, ValidationMetrics
+
+    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "wait": 0, "history": [], "train_seconds": 0.0}
+    x, y = _data()
+    _model().fit(x, y, epochs=4, verbose=0, callbacks=[
+        TrainClock(state), ValidationMetrics(lambda e: {"ndcg@10": 0.5}, every=2, timed=True),
+        BestCheckpoint("ndcg@10", str(tmp_path / "b.weights.h5"), state, patience=1),
+        EpochRecord(state, lambda *a: None)])
+    assert ["valid_ndcg@10" in h for h in state["history"]] == [False, True, False, True]
+    # Epoch 4 did not beat epoch 2: patience 1 is used up there, not on the unvalidated epoch 3.
+    assert state["best_epoch"] == 2 and state["epoch"] == 4
+
+
+def test_time_limit_stops_after_the_epoch_that_passes_it():
+    from ptum.callbacks import TimeLimit, TrainClock
+
+    state = {"train_seconds": 100.0}   # a resumed run: 100 s were spent before it
+    x, y = _data()
+    h = _model().fit(x, y, epochs=5, verbose=0, callbacks=[TrainClock(state), TimeLimit(50.0)])
+    assert len(h.history["loss"]) == 1
+
+
+def test_nan_guard_raises_the_callers_error_naming_the_epoch():
+    from ptum.callbacks import NaNGuard
+
+    class Stop(Exception):
+        pass
+
+    x, y = _data(nan=True)
+    with pytest.raises(Stop, match=r"loss is nan at epoch 1: hint"):
+        _model().fit(x, y, epochs=3, verbose=0, callbacks=[NaNGuard(Stop, hint=": hint")])
