@@ -82,13 +82,10 @@ def pad_batch(rows: Rows, idx: np.ndarray, width: int, ends: Optional[np.ndarray
     """Rows `idx` (each cut at `ends`, default its length) -> the newest `width` behaviors,
     left-padded."""
     starts = rows.offsets[idx]
-    stops = starts + (rows.lengths[idx] if ends is None else ends)
-    lens = np.minimum(stops - starts, width)
+    lens = rows.lengths[idx] if ends is None else np.asarray(ends)
     b = len(idx)
-    col = np.arange(width)[None, :]
-    valid = col >= (width - lens)[:, None]
-    src = stops[:, None] - width + col
-    src = np.where(valid, src, 0)
+    pos, valid = transforms.window_positions(lens, width, np)   # the serving graph's windowing too
+    src = np.where(valid, starts[:, None] + pos, 0)
     items = np.where(valid, rows.items[src] if len(rows.items) else 0, contracts.PAD_ID).astype(np.int32)
     beh = np.where(valid, rows.behaviors[src] if len(rows.behaviors) else 0, 0).astype(np.int32)
     ts = np.where(valid, rows.timestamps[src] if len(rows.timestamps) else 0, 0)

@@ -27,7 +27,8 @@ import tensorflow as tf
 
 import keras
 
-from ptum import contracts, transforms
+from ptum import contracts
+from ptum.layers import SequencePreprocessing
 from ptum.features import row_to_example, tf_feature_spec
 
 METADATA_ASSET = "ptum_metadata.json"
@@ -100,28 +101,6 @@ def stamp_version(saved_model_dir: str, version) -> None:
     os.replace(tmp, path)
 
 
-def _window(values, lengths, width: int):
-    """Right-padded [B, T] rows -> their newest `width` entries, left-padded; and the mask."""
-    values = tf.convert_to_tensor(values)
-    lengths = tf.cast(lengths, tf.int32)
-    col = tf.range(width)[None, :]
-    n = tf.minimum(lengths, width)[:, None]
-    valid = col >= width - n
-    src = tf.where(valid, lengths[:, None] - width + col, 0)
-    t = tf.shape(values)[1]
-    values = tf.cond(t > 0, lambda: values, lambda: tf.zeros([tf.shape(values)[0], 1], values.dtype))
-    src = tf.minimum(src, tf.maximum(t - 1, 0))
-    out = tf.gather(values, src, batch_dims=1)
-    return tf.where(valid, out, tf.zeros_like(out)), valid
-
-
-def _time_buckets(ts, valid, buckets: int):
-    """ptum.transforms.time_buckets in the graph (integer arithmetic, as in training)."""
-    if buckets <= 0:
-        return tf.zeros(tf.shape(ts), tf.int32)
-    return tf.cast(transforms.time_buckets(ts, valid, buckets, keras.ops), tf.int32)
-
-
 class _Exporter:
     def __init__(self, encoder, metadata: dict, vocab_dir: str):
         import pyarrow.parquet as pq
@@ -130,6 +109,8 @@ class _Exporter:
         self.metadata = metadata
         self.width = int(metadata["max_len"])
         self.time_buckets = int(metadata.get("time_buckets", 0))
+        # Windowing, padding and time buckets: the layer whose arithmetic training ran too.
+        self.preprocess = SequencePreprocessing(self.width, self.time_buckets, name="preprocess")
         items = pq.read_table(os.path.join(vocab_dir, contracts.ITEMS_VOCAB))
         item_keys = items.column("item_id").to_pylist()
         item_ids = items.column("token_id").to_numpy().astype(np.int64)
@@ -201,11 +182,7 @@ class _Exporter:
     def _embed(self, item_ids, behavior_ids, timestamps, lengths, vector="user"):
         with tf.control_dependencies(self._check_tokens(item_ids, behavior_ids, timestamps, lengths)):
             item_ids = tf.identity(item_ids)
-        ids, valid = _window(tf.cast(item_ids, tf.int64), lengths, self.width)
-        beh, _ = _window(tf.cast(behavior_ids, tf.int64), lengths, self.width)
-        ts, _ = _window(tf.cast(timestamps, tf.int64), lengths, self.width)
-        inputs = {"item_ids": tf.cast(ids, tf.int32), "behavior_ids": tf.cast(beh, tf.int32),
-                  "time_buckets": _time_buckets(ts, valid, self.time_buckets)}
+        inputs = self.preprocess(item_ids, behavior_ids, timestamps, lengths)
         fn = self.encoder.user_embedding if vector == "user" else self.encoder.next_item_query
         return fn(inputs, training=False, item_table=self.extended)
 

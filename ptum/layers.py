@@ -4,6 +4,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ptum import transforms
+
 
 @keras.saving.register_keras_serializable(package="ptum")
 class TransformerBlock(keras.layers.Layer):
@@ -102,3 +104,29 @@ class TitleEncoder(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_words": self.num_words, "dim": self.dim,
                 "max_words": self.max_words, "num_heads": self.num_heads, "dropout": self.dropout_rate}
+
+
+@keras.saving.register_keras_serializable(package="ptum")
+class SequencePreprocessing(keras.layers.Layer):
+    """Right-padded rows (item ids, behavior ids, timestamps: [B, T]; lengths: [B]) -> the
+    encoder's inputs: the newest `width` behaviors left-padded, and their log2 time-gap buckets
+    (0 `time_buckets`: none), in keras.ops. The arithmetic is ptum.transforms', which the numpy
+    input pipeline of training and evaluation (ptum.data.pad_batch) runs too; the SavedModel's
+    signatures, and so the batch embedding export, run it through this layer."""
+
+    def __init__(self, width: int, time_buckets: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.width, self.time_buckets = int(width), int(time_buckets)
+
+    def call(self, item_ids, behavior_ids, timestamps, lengths):
+        lengths = ops.cast(lengths, "int64")
+        ids, valid = transforms.window(ops.cast(item_ids, "int64"), lengths, self.width, ops)
+        beh, _ = transforms.window(ops.cast(behavior_ids, "int64"), lengths, self.width, ops)
+        ts, _ = transforms.window(ops.cast(timestamps, "int64"), lengths, self.width, ops)
+        buckets = (transforms.time_buckets(ts, valid, self.time_buckets, ops) if self.time_buckets
+                   else ops.zeros_like(ts))
+        return {"item_ids": ops.cast(ids, "int32"), "behavior_ids": ops.cast(beh, "int32"),
+                "time_buckets": ops.cast(buckets, "int32")}
+
+    def get_config(self):
+        return {**super().get_config(), "width": self.width, "time_buckets": self.time_buckets}

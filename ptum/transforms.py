@@ -1,5 +1,6 @@
 """Feature transforms with one definition each, shared by the input pipeline (numpy),
-evaluation and the serving graph (keras.ops under TensorFlow).
+evaluation and the serving graph (keras.ops, through ptum.layers.SequencePreprocessing):
+windowing and padding (`window_positions`, `window`) and log2 time-gap buckets (`time_buckets`).
 
 Each function takes the array namespace `xp` (``numpy`` or ``keras.ops``) and uses only
 the names both provide, so training and serving cannot drift apart: the exported graph
@@ -41,3 +42,23 @@ def time_buckets(ts, valid, buckets: int, xp=np):
     gaps = xp.where(xp.logical_and(prev_valid, valid), diff, xp.zeros_like(diff))
     gaps = xp.maximum(gaps, xp.zeros_like(gaps))
     return xp.where(valid, 1 + log2_gap_bucket(gaps, buckets, xp), 0)
+
+
+def window_positions(lengths, width: int, xp=np):
+    """Where each of a row's newest `width` behaviors goes in a left-padded [B, width] window:
+    (src, valid), src[b, c] the behavior's index within its row (0 where not valid)."""
+    col = xp.expand_dims(xp.arange(width), 0)
+    # xp's functions, not operators: keras.ops promotes mixed integer types, TF's operators do not.
+    valid = xp.greater_equal(col, xp.subtract(width, xp.expand_dims(xp.minimum(lengths, width), 1)))
+    return xp.where(valid, xp.add(xp.subtract(xp.expand_dims(lengths, 1), width), col), 0), valid
+
+
+def window(values, lengths, width: int, xp=np):
+    """Right-padded [B, T] integer rows of `lengths` values -> (their newest `width` values,
+    left-padded with 0; the valid mask). T may be 0."""
+    src, valid = window_positions(lengths, width, xp)
+    # One zero column on the right, so every index gathers something even when T is 0.
+    padded = xp.concatenate([values, xp.expand_dims(xp.zeros_like(lengths), 1)], axis=1)
+    src = xp.minimum(src, xp.shape(values)[1])
+    out = xp.take_along_axis(padded, src, axis=1)
+    return xp.where(valid, out, xp.zeros_like(out)), valid
