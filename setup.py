@@ -18,6 +18,7 @@ setup(
         "pyarrow>=10",
         "pyyaml>=6",
         "keras>=3.3,<4",
+        "pydantic>=2.5,<3",           # typed configs (ptum.config)
         "scikit-learn>=1.3",          # embedding probes (ptum evaluate-embeddings, the pipeline's gate)
     ],
     extras_require={

@@ -8,18 +8,23 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
-from typing import List, Optional
+from dataclasses import field
+from typing import List, Literal, Optional
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
+from typing_extensions import Annotated
 
 from ptum import fs
+from ptum.config import Bool, Float, Int
 from ptum.ingest.spans import resolve_spans   # noqa: F401 (part of this module's interface)
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "schema.pbtxt")
 
 
-@dataclass
+@dataclass(config=ConfigDict(extra="forbid", validate_assignment=True))
 class PipelineConfig:
-    """One YAML file (see configs/pipeline.yaml)."""
+    """One YAML file (see configs/pipeline.yaml); each key's type and range checked on load."""
 
     pipeline_root: str
     input_pattern: str                    # {SPAN} (logs/span-{SPAN}/events.csv) or {YYYY}/{MM}/{DD}
@@ -28,40 +33,45 @@ class PipelineConfig:
     metadata_path: str = ""               # default: <pipeline_root>/metadata.sqlite
     input_format: str = "csv"
     items_catalog: str = ""
-    span: Optional[int] = None            # default: the latest span found
-    span_window: int = 1                  # spans of history read per run
+    span: Optional[Annotated[Int, Field(ge=0)]] = None   # default: the latest span found
+    span_window: Int = Field(1, ge=1)     # spans of history read per run
     model_config: str = ""                # PTUM YAML (configs/*.yaml) or a preset name (demo, beauty, ...)
     model_overrides: List[str] = field(default_factory=list)
     tokenize_options: dict = field(default_factory=dict)
-    schema: str = "import"                # import (schemas/schema.pbtxt) | infer (SchemaGen)
-    min_ndcg_at_10: float = 0.0
-    max_regression: float = 0.0
-    max_deadletter_rate: float = 0.05
-    max_oov_rate: float = 0.2
-    max_drift: float = 0.3                # Jensen-Shannon vs the last validated earlier span; 0 = off
+    schema: Literal["import", "infer"] = "import"   # import (schemas/schema.pbtxt) | infer (SchemaGen)
+    min_ndcg_at_10: Float = Field(0.0, ge=0.0, le=1.0)
+    max_regression: Float = Field(0.0, ge=0.0)
+    max_deadletter_rate: Float = Field(0.05, ge=0.0, le=1.0)
+    max_oov_rate: Float = Field(0.2, ge=0.0, le=1.0)
+    max_drift: Float = Field(0.3, ge=0.0)  # Jensen-Shannon vs the last validated earlier span; 0 = off
     drift_features: List[str] = field(default_factory=lambda: ["item_ids", "behavior_ids", "length"])
-    reuse_vocab: bool = True              # the earlier span's blessed model's item vocabulary
-    vocab_rebuild_oov_rate: float = 0.05  # ... unless more events than this are out of it
-    warm_start: bool = True               # from that model, when vocabulary and model config match
+    reuse_vocab: Bool = True              # the earlier span's blessed model's item vocabulary
+    vocab_rebuild_oov_rate: Float = Field(0.05, ge=0.0, le=1.0)  # ... unless more events than this are out of it
+    warm_start: Bool = True               # from that model, when vocabulary and model config match
     finetune_tasks: List[dict] = field(default_factory=list)  # see configs/pipeline.yaml
     # Gate the blessing on a linear probe of the user embeddings: {labels, label_column, min_auc}.
     embedding_probe: dict = field(default_factory=dict)
-    export_embeddings: bool = True
+    export_embeddings: Bool = True
     beam_args: List[str] = field(default_factory=lambda: ["--direct_running_mode=in_memory"])
-    enable_cache: bool = True
+    enable_cache: Bool = True
 
     @classmethod
     def load(cls, path: str) -> "PipelineConfig":
         from dataclasses import fields
 
-        from ptum.config import ConfigError, preset_path, read_yaml
+        from pydantic import ValidationError
+
+        from ptum.config import ConfigError, config_error, preset_path, read_yaml
 
         d = read_yaml(path)
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
         base = os.path.dirname(os.path.abspath(path))
-        cfg = cls(**d)
+        try:
+            cfg = cls(**d)
+        except ValidationError as e:
+            raise ConfigError(f"{path}: {config_error(e)}") from None
         def absolute(v):
             return os.path.normpath(os.path.join(base, v)) if v and fs.is_local(v) and not os.path.isabs(v) else v
 
@@ -78,11 +88,9 @@ class PipelineConfig:
 
 def _check_finetune_tasks(tasks: List[dict]) -> None:
     """Fail at pipeline construction (not hours later in a Trainer) on a malformed task."""
-    from dataclasses import fields
-
     from ptum.finetuning import FinetuneConfig
 
-    known = {f.name for f in fields(FinetuneConfig)}
+    known = set(FinetuneConfig.model_fields)
     names = set()
     for i, task in enumerate(tasks):
         where = f"finetune_tasks[{i}]"

@@ -1,130 +1,179 @@
 """One typed configuration for the PTUM model and its training, loadable from YAML and
-overridable from the command line; saved beside every model it produced."""
+overridable from the command line; saved beside every model it produced.
+
+Each setting is declared once, here: its type, default, allowed values or range and meaning
+(pydantic). Loading checks all of them up front and names the key in a one-line ConfigError;
+the model classes take these sections whole (ptum.model builds from `ModelConfig` and
+`ObjectiveConfig` and saves them in its Keras config), so nothing repeats the list elsewhere.
+"""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Literal, Optional
 
-ATTENTION = ("bidirectional", "causal")
-READOUTS = ("pooled", "position")
-NBP_FROM = ("last", "every")
-NEGATIVES = ("sampled", "shared", "full")
-USER_VECTORS = ("pooled", "last")
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from typing_extensions import Annotated
 
 
 class ConfigError(ValueError):
     pass
 
 
-@dataclass
-class ModelConfig:
+def _no_bool(kind: str):
+    """YAML's `true` is not a number here (pydantic would read it as 1)."""
+    def check(v):
+        if isinstance(v, bool):
+            raise ValueError(f"expected {kind}, got {v!r}")
+        return v
+    return BeforeValidator(check)
+
+
+def _lower_choice(v):
+    """`true` / `false` unquoted (YAML booleans) and any case, for string choices."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return v.lower() if isinstance(v, str) else v
+
+
+Int = Annotated[int, _no_bool("an integer")]
+Float = Annotated[float, _no_bool("a number")]
+Bool = Annotated[bool, Field(strict=True)]          # only true / false: "no" is not silently truthy
+PositiveInts = List[Annotated[int, _no_bool("an integer"), Field(ge=1)]]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys refused; a bad value is a one-line ConfigError naming it."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    where: ClassVar[str] = ""    # the section's name in error messages
+
+    def __init__(self, **data):
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise config_error(e, self.where) from None
+
+
+class ModelConfig(Section):
     """The network. Vocabulary sizes come from the dataset (set at training time)."""
 
-    embedding_dim: int = 64
-    num_blocks: int = 2
-    num_heads: int = 2
-    ff_dim: int = 0                # 0: 4 x embedding_dim
-    dropout: float = 0.2
-    max_len: int = 50
-    attention: str = "causal"      # bidirectional (PTUM, MBP) | causal (next-item)
-    user_vector: str = "last"      # pooled (PTUM's attentive pooling) | last (hidden state)
-    use_behavior: bool = True
-    use_time: bool = True          # log2 time-gap buckets; switched off for datasets without time
-    time_buckets: int = 32
-    use_text: bool = False         # PTUM-style title encoder (needs the dataset's catalog)
-    text_max_words: int = 16
-    text_heads: int = 2
-    num_items: int = 0             # filled from the dataset: reserved ids + vocabulary
-    num_behaviors: int = 0
-    num_words: int = 0
-    future_positions: int = 2      # NBP's K (one future-position embedding per k)
-    # The exported user embedding: "query" (the next-item query: readout + future-position
-    # embedding) or "profile" (the history's item bag through its own item embeddings + a
-    # projection of the mean hidden state; scored against its own item table + bias; trained
-    # by objective.bag).
-    user_embedding: str = "query"
-    profile_newest: bool = False   # the profile also sees the newest hidden state (recency)
+    where: ClassVar[str] = "model"
+
+    embedding_dim: Int = Field(64, ge=1)
+    num_blocks: Int = Field(2, ge=1)
+    num_heads: Int = Field(2, ge=1)
+    ff_dim: Int = Field(0, ge=0, description="0: 4 x embedding_dim")
+    dropout: Float = Field(0.2, ge=0.0, lt=1.0)
+    max_len: Int = Field(50, ge=1)
+    attention: Literal["bidirectional", "causal"] = Field(
+        "causal", description="bidirectional (PTUM, MBP) | causal (next-item)")
+    user_vector: Literal["pooled", "last"] = Field(
+        "last", description="pooled (PTUM's attentive pooling) | last (hidden state)")
+    use_behavior: Bool = True
+    use_time: Bool = Field(True, description="log2 time-gap buckets; switched off for datasets without time")
+    time_buckets: Int = Field(32, ge=1)
+    use_text: Bool = Field(False, description="PTUM-style title encoder (needs the dataset's catalog)")
+    text_max_words: Int = Field(16, ge=1)
+    text_heads: Int = Field(2, ge=1)
+    num_items: Int = Field(0, ge=0, description="filled from the dataset: reserved ids + vocabulary")
+    num_behaviors: Int = Field(0, ge=0)
+    num_words: Int = Field(0, ge=0)
+    future_positions: Int = Field(2, ge=1, description="NBP's K (one future-position embedding per k)")
+    user_embedding: Literal["query", "profile"] = Field(
+        "query", description="the exported user embedding: query (the next-item query: readout + "
+        "future-position embedding) or profile (the history's item bag through its own item embeddings "
+        "+ a projection of the mean hidden state; scored against its own item table + bias; trained by "
+        "objective.bag)")
+    profile_newest: Bool = Field(False, description="the profile also sees the newest hidden state (recency)")
 
 
-@dataclass
-class ObjectiveConfig:
-    mbp: bool = False
-    nbp: bool = True
-    nbp_lambda: float = 1.0
-    mask_rate: float = 0.2
-    mbp_readout: str = "position"  # pooled (PTUM) | position (per masked position)
-    k: int = 1                     # NBP: predict the next K behaviors
-    nbp_from: str = "every"        # last (PTUM: from the last position) | every prefix (dense)
-    negatives: str = "shared"      # sampled (PTUM's per-target candidates) | shared | full
-    num_negatives: int = 256
-    logq_correction: bool = True
-    temperature: float = 1.0
-    bag: bool = False              # set-level: the profile predicts the user's item bag (full softmax)
-    bag_weight: float = 1.0
-    bag_dropout: float = 0.5       # share of behaviors hidden from the encoder in the bag pass
-    bag_future: int = 0            # W > 0: also cut the newest 1..W behaviors off and predict them (future window)
-    bag_contrastive: float = 0.0   # c > 0: two dropped views of a history agree (InfoNCE, in-batch negatives)
-    bag_contrastive_temperature: float = 0.1
+class ObjectiveConfig(Section):
+    where: ClassVar[str] = "objective"
+    mbp: Bool = False
+    nbp: Bool = True
+    nbp_lambda: Float = Field(1.0, ge=0.0)
+    mask_rate: Float = Field(0.2, gt=0.0, lt=1.0)
+    mbp_readout: Literal["pooled", "position"] = Field(
+        "position", description="pooled (PTUM) | position (per masked position)")
+    k: Int = Field(1, ge=1, description="NBP: predict the next K behaviors")
+    nbp_from: Literal["last", "every"] = Field(
+        "every", description="last (PTUM: from the last position) | every prefix (dense)")
+    negatives: Literal["sampled", "shared", "full"] = Field(
+        "shared", description="sampled (PTUM's per-target candidates) | shared | full")
+    num_negatives: Int = Field(256, ge=1)
+    logq_correction: Bool = True
+    temperature: Float = Field(1.0, gt=0.0)
+    bag: Bool = Field(False, description="set-level: the profile predicts the user's item bag (full softmax)")
+    bag_weight: Float = Field(1.0, ge=0.0)
+    bag_dropout: Float = Field(0.5, ge=0.0, lt=1.0, description="share of behaviors hidden from the encoder "
+                               "in the bag pass")
+    bag_future: Int = Field(0, ge=0, description="W > 0: also cut the newest 1..W behaviors off and predict "
+                            "them (future window); 0: off")
+    bag_contrastive: Float = Field(0.0, ge=0.0, description="c > 0: two dropped views of a history agree "
+                                   "(InfoNCE, in-batch negatives); 0: off")
+    bag_contrastive_temperature: Float = Field(0.1, gt=0.0)
 
 
-@dataclass
-class TrainConfig:
-    batch_size: int = 128
-    epochs: int = 50
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    clipnorm: float = 1.0
-    patience: int = 5
-    seed: int = 0
-    length_buckets: List[int] = field(default_factory=lambda: [8, 16, 32])
-    eval_every: int = 1
-    eval_batch_size: int = 512
-    checkpoint_every_steps: int = 0   # 0: at the end of every epoch only
-    mixed_precision: str = "none"     # none | bf16 | fp16
-    jit_compile: str = "auto"         # auto (on accelerators) | true | false
-    steps_per_execution: int = 1
-    max_train_seconds: float = 0.0    # 0: no limit
-    deterministic: bool = False       # TF op determinism (exact resume; slower)
-    # Early stopping / model selection: ndcg@10 (next item on valid), window_recall@10 (the
-    # user embedding retrieves the valid window: needs a `window` split), auto (window_recall@10
-    # for profile embeddings on window-split data, else ndcg@10).
-    select_metric: str = "auto"
+class TrainConfig(Section):
+    where: ClassVar[str] = "train"
+    batch_size: Int = Field(128, ge=1)
+    epochs: Int = Field(50, ge=1)
+    learning_rate: Float = Field(1e-3, gt=0.0)
+    weight_decay: Float = Field(0.0, ge=0.0)
+    clipnorm: Float = Field(1.0, ge=0.0)
+    patience: Int = Field(5, ge=1)
+    seed: Int = 0
+    length_buckets: PositiveInts = Field(default_factory=lambda: [8, 16, 32])
+    eval_every: Int = Field(1, ge=1)
+    eval_batch_size: Int = Field(512, ge=1)
+    checkpoint_every_steps: Int = Field(0, ge=0, description="0: at the end of every epoch only")
+    mixed_precision: Literal["none", "bf16", "fp16"] = "none"
+    jit_compile: Annotated[Literal["auto", "true", "false"], BeforeValidator(_lower_choice)] = Field(
+        "auto", description="auto (on accelerators) | true | false")
+    steps_per_execution: Int = Field(1, ge=1)
+    max_train_seconds: Float = Field(0.0, ge=0.0, description="0: no limit")
+    deterministic: Bool = Field(False, description="TF op determinism (exact resume; slower)")
+    select_metric: Literal["auto", "ndcg@10", "window_recall@10"] = Field(
+        "auto", description="early stopping / model selection: ndcg@10 (next item on valid), "
+        "window_recall@10 (the user embedding retrieves the valid window: needs a `window` split), auto "
+        "(window_recall@10 for profile embeddings on window-split data, else ndcg@10)")
 
 
-@dataclass
-class PTUMConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+def config_error(e: ValidationError, where: str = "") -> ConfigError:
+    """A pydantic ValidationError as one line naming the first bad key (`where`: a prefix)."""
+    err = e.errors()[0]
+    inner = (err.get("ctx") or {}).get("error")
+    if isinstance(inner, ConfigError):     # a nested section's own one-line error
+        return inner
+    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
+    key = ".".join(x for x in (where, loc) if x)
+    if err["type"] == "extra_forbidden":
+        return ConfigError(f"{key}: unknown key")
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    value = f" (value {err['input']!r})" if "input" in err and "got" not in msg else ""
+    return ConfigError(f"{key}: {msg}{value}{more}")
+
+
+class PTUMConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     def validate(self) -> "PTUMConfig":
+        """The rules that tie settings together (each setting's own type and range is checked
+        when it is set)."""
         m, o = self.model, self.objective
         checks = [
-            (m.attention in ATTENTION, f"model.attention must be one of {ATTENTION}"),
-            (m.user_vector in USER_VECTORS, f"model.user_vector must be one of {USER_VECTORS}"),
-            (o.mbp_readout in READOUTS, f"objective.mbp_readout must be one of {READOUTS}"),
-            (o.nbp_from in NBP_FROM, f"objective.nbp_from must be one of {NBP_FROM}"),
-            (o.negatives in NEGATIVES, f"objective.negatives must be one of {NEGATIVES}"),
             (o.mbp or o.nbp or o.bag, "enable at least one objective (mbp, nbp, bag)"),
-            (m.user_embedding in ("query", "profile"), "model.user_embedding must be query or profile"),
             (not o.bag or m.user_embedding == "profile", "objective.bag trains the profile: set model.user_embedding=profile"),
-            (0.0 <= o.bag_dropout < 1.0, "objective.bag_dropout must be in [0, 1)"),
-            (o.bag_future >= 0, "objective.bag_future must be >= 0 (0: off)"),
-            (o.bag_contrastive >= 0, "objective.bag_contrastive must be >= 0 (0: off)"),
             (o.bag_contrastive == 0 or o.bag_dropout > 0, "objective.bag_contrastive needs bag_dropout > 0 (the views)"),
-            (o.bag_contrastive_temperature > 0, "objective.bag_contrastive_temperature must be > 0"),
-            (self.train.select_metric in ("auto", "ndcg@10", "window_recall@10"),
-             "train.select_metric must be auto, ndcg@10 or window_recall@10"),
             (m.embedding_dim % m.num_heads == 0, "embedding_dim must divide by num_heads"),
-            (0.0 < o.mask_rate < 1.0, "objective.mask_rate must be in (0, 1)"),
-            (1 <= o.k <= m.future_positions, "objective.k must be <= model.future_positions"),
+            (o.k <= m.future_positions, "objective.k must be <= model.future_positions"),
             (not (o.nbp and o.nbp_from == "every" and m.attention == "bidirectional"),
              "NBP from every prefix needs causal attention (bidirectional attention sees the future)"),
-            (self.train.mixed_precision in ("none", "bf16", "fp16"), "train.mixed_precision: none|bf16|fp16"),
-            (str(self.train.jit_compile).lower() in ("auto", "true", "false"), "train.jit_compile: auto|true|false"),
+            (m.time_buckets <= 63, "model.time_buckets: at most 63 (2^k must fit int64)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -132,17 +181,22 @@ class PTUMConfig:
         return self
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "PTUMConfig":
         d = d or {}
-        unknown = set(d) - {"model", "objective", "train"}
+        if not isinstance(d, dict):
+            raise ConfigError(f"expected a mapping of settings, got {d!r}")
+        unknown = set(d) - set(cls.model_fields)
         if unknown:
             raise ConfigError(f"unknown config section(s): {sorted(unknown)}")
-        return cls(model=_build(ModelConfig, d.get("model"), "model"),
-                   objective=_build(ObjectiveConfig, d.get("objective"), "objective"),
-                   train=_build(TrainConfig, d.get("train"), "train")).validate()
+        for section, v in d.items():
+            if v is not None and not isinstance(v, dict):
+                raise ConfigError(f"{section}: expected a mapping of settings, got {v!r}")
+        return cls(model=ModelConfig(**(d.get("model") or {})),
+                   objective=ObjectiveConfig(**(d.get("objective") or {})),
+                   train=TrainConfig(**(d.get("train") or {}))).validate()
 
     @classmethod
     def load(cls, path: Optional[str], overrides: Optional[List[str]] = None) -> "PTUMConfig":
@@ -197,104 +251,6 @@ def read_yaml(path: str) -> Dict[str, Any]:
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(d).__name__}")
     return d
-
-
-# Ranges of numeric settings, (section, key) -> (low, high, low inclusive, high inclusive);
-# None: unbounded. Checked for every config, from YAML, overrides or a saved model.
-RANGES = {
-    ("model", "embedding_dim"): (1, None, True, True), ("model", "num_blocks"): (1, None, True, True),
-    ("model", "num_heads"): (1, None, True, True), ("model", "ff_dim"): (0, None, True, True),
-    ("model", "dropout"): (0.0, 1.0, True, False), ("model", "max_len"): (1, None, True, True),
-    ("model", "time_buckets"): (1, None, True, True), ("model", "text_max_words"): (1, None, True, True),
-    ("model", "text_heads"): (1, None, True, True), ("model", "future_positions"): (1, None, True, True),
-    ("model", "num_items"): (0, None, True, True), ("model", "num_behaviors"): (0, None, True, True),
-    ("model", "num_words"): (0, None, True, True),
-    ("objective", "nbp_lambda"): (0.0, None, True, True), ("objective", "num_negatives"): (1, None, True, True),
-    ("objective", "temperature"): (0.0, None, False, True), ("objective", "bag_weight"): (0.0, None, True, True),
-    ("objective", "k"): (1, None, True, True),
-    ("train", "batch_size"): (1, None, True, True), ("train", "epochs"): (1, None, True, True),
-    ("train", "learning_rate"): (0.0, None, False, True), ("train", "weight_decay"): (0.0, None, True, True),
-    ("train", "clipnorm"): (0.0, None, True, True), ("train", "patience"): (1, None, True, True),
-    ("train", "eval_every"): (1, None, True, True), ("train", "eval_batch_size"): (1, None, True, True),
-    ("train", "checkpoint_every_steps"): (0, None, True, True),
-    ("train", "steps_per_execution"): (1, None, True, True),
-    ("train", "max_train_seconds"): (0.0, None, True, True),
-}
-
-
-def _typed(section: str, key: str, t: str, v):
-    """`v` as the field's type `t` (YAML 1.1 reads 1e-3 as a string), or a ConfigError naming
-    section.key. bool accepts only true/false (a string "no" is not silently truthy)."""
-    where = f"{section}.{key}"
-    if t == "bool":
-        if isinstance(v, bool):
-            return v
-        raise ConfigError(f"{where}: expected true or false, got {v!r}")
-    if t == "int":
-        if isinstance(v, bool):
-            raise ConfigError(f"{where}: expected an integer, got {v!r}")
-        if isinstance(v, int):
-            return v
-        if isinstance(v, str):
-            try:
-                return int(v)
-            except ValueError:
-                pass
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        raise ConfigError(f"{where}: expected an integer, got {v!r}")
-    if t == "float":
-        if isinstance(v, bool):
-            raise ConfigError(f"{where}: expected a number, got {v!r}")
-        if isinstance(v, (int, float)):
-            return float(v)
-        if isinstance(v, str):
-            try:
-                return float(v)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {v!r}")
-    if t == "str":
-        if isinstance(v, bool):     # YAML reads `true` / `false` unquoted as booleans
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return v
-        raise ConfigError(f"{where}: expected a string, got {v!r}")
-    if t == "List[int]":
-        if isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v):
-            return list(v)
-        raise ConfigError(f"{where}: expected a list of positive integers, got {v!r}")
-    return v
-
-
-def check_ranges(section: str, obj) -> None:
-    for f in fields(obj):
-        bounds = RANGES.get((section, f.name))
-        if bounds is None:
-            continue
-        lo, hi, lo_in, hi_in = bounds
-        v = getattr(obj, f.name)
-        bad = (lo is not None and (v < lo if lo_in else v <= lo)) or (hi is not None and (v > hi if hi_in else v >= hi))
-        if bad:
-            lo_s = "" if lo is None else ("[" if lo_in else "(") + f"{lo}"
-            hi_s = "inf)" if hi is None else f"{hi}" + ("]" if hi_in else ")")
-            lo_s = lo_s or "(-inf"
-            raise ConfigError(f"{section}.{f.name}: {v!r} is out of range {lo_s}, {hi_s}")
-
-
-def _build(klass, d, section):
-    d = d or {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{section}: expected a mapping of settings, got {d!r}")
-    names = {f.name for f in fields(klass)}
-    unknown = set(d) - names
-    if unknown:
-        raise ConfigError(f"unknown key(s) in {section}: {sorted(unknown)}")
-    types = {f.name: str(f.type) for f in fields(klass)}
-    out = {k: _typed(section, k, types[k], v) for k, v in d.items()}
-    obj = klass(**out)
-    check_ranges(section, obj)
-    return obj
 
 
 def apply_override(d: Dict[str, Any], item: str) -> None:

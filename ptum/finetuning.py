@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, ClassVar, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 
+from pydantic import Field
+
 from ptum import contracts
+from ptum.config import Bool, Float, Int, Section
 from ptum.data import Rows, pad_batch
 
 
@@ -26,48 +28,31 @@ class LabelError(Exception):
     """Labels that cannot give a meaningful run (one class left, no known users, ...)."""
 
 
-@dataclass
-class FinetuneConfig:
-    task: str = "classify"
-    mode: str = "full"
-    head: str = "linear"               # linear (a logistic regression on the embedding) | mlp
-    standardize: bool = True           # scale the embedding by the training users' mean / std
-    head_l2: float = 1.0               # L2 on the head, as 1/C of a logistic regression (divided by 2 n)
-    hidden: int = 64
-    dropout: float = 0.2
-    epochs: int = 30                   # full mode: epochs of encoder + head after the head phase
-    head_epochs: int = 100             # the head alone on cached embeddings (frozen mode: max of the two)
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    encoder_lr_scale: float = 0.1
-    class_weight: str = "balanced"     # balanced | none
-    patience: int = 8
-    valid_fraction: float = 0.2
-    seed: int = 0
+class FinetuneConfig(Section):
+    """A fine-tuning run; a bad setting is a one-line ConfigError naming it (e.g. mode: frozn
+    no longer runs full)."""
 
-    def __post_init__(self):
-        """One line naming the setting, before any work (e.g. mode: frozn no longer runs full)."""
-        from ptum.config import ConfigError
+    where: ClassVar[str] = "finetune"
 
-        choices = {"task": ("classify", "ctr"), "mode": ("full", "frozen"), "head": ("linear", "mlp"),
-                   "class_weight": ("balanced", "none")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"finetune {key}: {getattr(self, key)!r} is not one of {allowed}")
-        ranges = {"hidden": (1, None), "epochs": (0, None), "head_epochs": (0, None), "batch_size": (1, None),
-                  "patience": (1, None), "head_l2": (0.0, None), "encoder_lr_scale": (0.0, None)}
-        for key, (lo, _) in ranges.items():
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo:
-                raise ConfigError(f"finetune {key}: {v!r} must be a number >= {lo}")
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
-            raise ConfigError(f"finetune learning_rate: {self.learning_rate!r} must be > 0")
-        if not (0.0 <= self.dropout < 1.0):
-            raise ConfigError(f"finetune dropout: {self.dropout!r} must be in [0, 1)")
-        if not (0.0 <= self.valid_fraction < 1.0):
-            raise ConfigError(f"finetune valid_fraction: {self.valid_fraction!r} must be in [0, 1)")
-        if not isinstance(self.standardize, bool):
-            raise ConfigError(f"finetune standardize: expected true or false, got {self.standardize!r}")
+    task: Literal["classify", "ctr"] = "classify"
+    mode: Literal["full", "frozen"] = "full"
+    head: Literal["linear", "mlp"] = Field("linear", description="linear (a logistic regression on the "
+                                           "embedding) | mlp")
+    standardize: Bool = Field(True, description="scale the embedding by the training users' mean / std")
+    head_l2: Float = Field(1.0, ge=0.0, description="L2 on the head, as 1/C of a logistic regression "
+                           "(divided by 2 n)")
+    hidden: Int = Field(64, ge=1)
+    dropout: Float = Field(0.2, ge=0.0, lt=1.0)
+    epochs: Int = Field(30, ge=0, description="full mode: epochs of encoder + head after the head phase")
+    head_epochs: Int = Field(100, ge=0, description="the head alone on cached embeddings (frozen mode: "
+                             "max of the two)")
+    batch_size: Int = Field(32, ge=1)
+    learning_rate: Float = Field(3e-3, gt=0.0)
+    encoder_lr_scale: Float = Field(0.1, ge=0.0)
+    class_weight: Literal["balanced", "none"] = "balanced"
+    patience: Int = Field(8, ge=1)
+    valid_fraction: Float = Field(0.2, ge=0.0, lt=1.0)
+    seed: Int = 0
 
 
 # ------------------------------------------------------------------ labels
@@ -442,6 +427,6 @@ def _run_rows(pretrained, ds, rows, labels_path, output, cfg, label_column, from
            "from_scratch": from_scratch, "pretrained": os.path.abspath(pretrained), "vocab_hash": ds.vocab_hash,
            "user_embedding": meta["user_embedding"], "max_len": meta["max_len"],
            "time_buckets": meta["time_buckets"], "length_buckets": meta["length_buckets"],
-           "labels": report, "valid": metrics, "history": history, "config": asdict(cfg)}
+           "labels": report, "valid": metrics, "history": history, "config": cfg.model_dump()}
     contracts.write_json_atomic(os.path.join(output, "metadata.json"), out)
     return out

@@ -14,6 +14,7 @@ import numpy as np
 from keras import ops
 
 from ptum import contracts
+from ptum.config import ModelConfig, ObjectiveConfig
 from ptum.layers import AttentivePooling, TitleEncoder, TransformerBlock
 
 NEG_INF = -1e9
@@ -29,46 +30,50 @@ class UserEncoder(keras.Model):
     "profile") the profile vector, scored in `embedding_space()`.
     """
 
-    def __init__(self, num_items, embedding_dim=64, num_blocks=2, num_heads=2, ff_dim=0, dropout=0.2,
-                 max_len=50, attention="causal", user_vector="last", num_behaviors=0, time_buckets=0,
-                 num_words=0, text_max_words=16, text_heads=2, future_positions=2, title_words=None,
-                 embedding_vector="query", profile_newest=False, pooling=True, **kwargs):
+    def __init__(self, config, title_words=None, pooling=True, **kwargs):
+        """`config`: the model section (ptum.config.ModelConfig or its dict) with the dataset's
+        vocabulary sizes filled in; the Keras config saves it whole (get_config)."""
         super().__init__(**kwargs)
-        self.num_items, self.embedding_dim, self.num_blocks = num_items, embedding_dim, num_blocks
-        self.num_heads, self.ff_dim = num_heads, ff_dim or 4 * embedding_dim
-        self.dropout_rate, self.max_len, self.attention = dropout, max_len, attention
-        self.user_vector, self.num_behaviors, self.time_buckets = user_vector, num_behaviors, time_buckets
-        self.num_words, self.text_max_words, self.text_heads = num_words, text_max_words, text_heads
-        self.future_positions = future_positions
-        self.embedding_vector, self.profile_newest = embedding_vector, profile_newest
+        self.settings = m = config if isinstance(config, ModelConfig) else ModelConfig(**config)
+        # The settings as they take effect (a switched-off input has size 0), read by the methods.
+        self.num_items, self.embedding_dim, self.max_len = m.num_items, m.embedding_dim, m.max_len
+        self.attention, self.user_vector = m.attention, m.user_vector
+        self.ff_dim = m.ff_dim or 4 * m.embedding_dim
+        self.num_behaviors = m.num_behaviors if m.use_behavior else 0
+        self.time_buckets = m.time_buckets if m.use_time else 0
+        self.num_words = m.num_words if m.use_text else 0
+        self.text_max_words = m.text_max_words
+        self.embedding_vector, self.profile_newest = m.user_embedding, m.profile_newest
+        title_words = title_words if m.use_text else None
+        num_items, embedding_dim, dropout = m.num_items, m.embedding_dim, m.dropout
         init = keras.initializers.TruncatedNormal(stddev=0.02)
         self.item_embedding = keras.layers.Embedding(num_items, embedding_dim, embeddings_initializer=init,
                                                      name="item_embedding")
-        self.position_embedding = keras.layers.Embedding(max_len + 1, embedding_dim, embeddings_initializer=init,
+        self.position_embedding = keras.layers.Embedding(m.max_len + 1, embedding_dim, embeddings_initializer=init,
                                                          name="position_embedding")
-        self.behavior_embedding = (keras.layers.Embedding(num_behaviors, embedding_dim, embeddings_initializer=init,
-                                                          name="behavior_embedding") if num_behaviors else None)
-        self.time_embedding = (keras.layers.Embedding(time_buckets + 1, embedding_dim, embeddings_initializer=init,
-                                                      name="time_embedding") if time_buckets else None)
-        self.future_embedding = keras.layers.Embedding(future_positions, embedding_dim,
+        self.behavior_embedding = (keras.layers.Embedding(self.num_behaviors, embedding_dim, embeddings_initializer=init,
+                                                          name="behavior_embedding") if self.num_behaviors else None)
+        self.time_embedding = (keras.layers.Embedding(self.time_buckets + 1, embedding_dim, embeddings_initializer=init,
+                                                      name="time_embedding") if self.time_buckets else None)
+        self.future_embedding = keras.layers.Embedding(m.future_positions, embedding_dim,
                                                        embeddings_initializer="zeros", name="future_embedding")
-        self.title_encoder = (TitleEncoder(num_words, embedding_dim, text_max_words, text_heads, dropout,
-                                           name="title_encoder") if num_words else None)
+        self.title_encoder = (TitleEncoder(self.num_words, embedding_dim, m.text_max_words, m.text_heads, dropout,
+                                           name="title_encoder") if self.num_words else None)
         self.input_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="input_norm")
-        self.blocks = [TransformerBlock(embedding_dim, num_heads, self.ff_dim, dropout, name=f"block_{i}")
-                       for i in range(num_blocks)]
+        self.blocks = [TransformerBlock(embedding_dim, m.num_heads, self.ff_dim, dropout, name=f"block_{i}")
+                       for i in range(m.num_blocks)]
         self.final_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")
         # Attentive pooling, built only when something reads it (a pooled readout or PTUM's pooled
         # MBP head): an unused layer would get no gradients. Models saved before this flag
         # default to having it, so their weights still load.
-        self.pooling = bool(pooling or user_vector == "pooled")
+        self.pooling = bool(pooling or m.user_vector == "pooled")
         self.pool = AttentivePooling(embedding_dim, name="user_pool") if self.pooling else None
         # The profile (embedding_vector == "profile"): the exported user embedding, apart from
         # the next-item query. The whole history's item bag (sum of its own input item
         # embeddings / sqrt(n)) plus a projection of the mean hidden state (zero at start),
         # scored against its own output item table and per-item bias (trained by the bag
         # objective: a Mult-DAE encoder/decoder over the transformer).
-        self.has_profile = embedding_vector == "profile"
+        self.has_profile = m.user_embedding == "profile"
         if self.has_profile:
             self.profile_inputs = keras.layers.Embedding(num_items, embedding_dim, embeddings_initializer=init,
                                                          name="profile_inputs")
@@ -78,8 +83,8 @@ class UserEncoder(keras.Model):
             self.profile_bias = self.add_weight(shape=(num_items,), initializer="zeros", name="profile_bias")
         self.drop = keras.layers.Dropout(dropout)
         self.title_words = None
-        if num_words:
-            self.title_words = self.add_weight(shape=(num_items, text_max_words), dtype="int32",
+        if self.num_words:
+            self.title_words = self.add_weight(shape=(num_items, m.text_max_words), dtype="int32",
                                                initializer="zeros", trainable=False, name="title_words")
             if title_words is not None:
                 self.title_words.assign(np.asarray(title_words, dtype="int32"))
@@ -205,19 +210,31 @@ class UserEncoder(keras.Model):
         return self.profile(self(inputs, training=training, item_table=item_table))
 
     def get_config(self):
-        return {"num_items": self.num_items, "embedding_dim": self.embedding_dim,
-                "num_blocks": self.num_blocks, "num_heads": self.num_heads, "ff_dim": self.ff_dim,
-                "dropout": self.dropout_rate, "max_len": self.max_len, "attention": self.attention,
-                "user_vector": self.user_vector, "num_behaviors": self.num_behaviors,
-                "time_buckets": self.time_buckets, "num_words": self.num_words,
-                "text_max_words": self.text_max_words, "text_heads": self.text_heads,
-                "future_positions": self.future_positions, "embedding_vector": self.embedding_vector,
-                "profile_newest": self.profile_newest, "pooling": self.pooling,
-                "name": self.name, "trainable": self.trainable}
+        return {"config": self.settings.model_dump(), "pooling": self.pooling, "name": self.name,
+                "trainable": self.trainable}
 
     @classmethod
     def from_config(cls, config):
+        config = dict(config)
+        if "config" not in config:      # saved before the model took its config section whole
+            config = _legacy_encoder_config(config)
         return cls(**config)
+
+
+_LEGACY_SAME = ("num_items", "embedding_dim", "num_blocks", "num_heads", "ff_dim", "dropout", "max_len", "attention",
+                "user_vector", "text_max_words", "text_heads", "future_positions", "profile_newest")
+
+
+def _legacy_encoder_config(c: dict) -> dict:
+    """The keyword config models saved before this version carry -> today's (same network)."""
+    m = {k: c[k] for k in _LEGACY_SAME if k in c}
+    m.update(num_behaviors=c.get("num_behaviors", 0), use_behavior=bool(c.get("num_behaviors", 0)),
+             use_time=bool(c.get("time_buckets", 0)), num_words=c.get("num_words", 0),
+             use_text=bool(c.get("num_words", 0)), user_embedding=c.get("embedding_vector", "query"))
+    if c.get("time_buckets"):
+        m["time_buckets"] = c["time_buckets"]
+    rest = {k: c[k] for k in ("pooling", "name", "trainable", "dtype") if k in c}
+    return {"config": m, **rest}
 
 
 def scored_cross_entropy(logits, target_col=0):
@@ -478,24 +495,22 @@ def _per_replica(loss):
 class PTUMPretrainer(keras.Model):
     """Backbone + the two self-supervised tasks. Loss = L_MBP + lambda * L_NBP."""
 
-    def __init__(self, encoder: UserEncoder, mbp=False, nbp=True, nbp_lambda=1.0, mask_rate=0.2,
-                 mbp_readout="position", k=1, nbp_from="every", negatives="shared", num_negatives=256,
-                 logq_correction=True, temperature=1.0, seed=0, bag=False, bag_weight=1.0, bag_dropout=0.5,
-                 bag_future=0, bag_contrastive=0.0, bag_contrastive_temperature=0.1, **kwargs):
+    def __init__(self, encoder: UserEncoder, objective=None, seed: int = 0, **kwargs):
+        """`objective`: the objective section (ptum.config.ObjectiveConfig or its dict); `seed`
+        draws masks, negatives and bag views."""
         super().__init__(**kwargs)
         self.encoder = encoder
-        self.use_mbp, self.use_nbp, self.nbp_lambda = mbp, nbp, nbp_lambda
-        self.use_bag, self.bag_weight = bag, bag_weight
-        self._cfg = dict(mask_rate=mask_rate, mbp_readout=mbp_readout, k=k, nbp_from=nbp_from,
-                         negatives=negatives, num_negatives=num_negatives, logq_correction=logq_correction,
-                         temperature=temperature, seed=seed, bag_dropout=bag_dropout, bag_future=bag_future,
-                         bag_contrastive=bag_contrastive, bag_contrastive_temperature=bag_contrastive_temperature)
-        self.scoring = CandidateScoring(negatives, num_negatives, logq_correction, temperature, seed,
+        self.objective = o = (objective if isinstance(objective, ObjectiveConfig)
+                              else ObjectiveConfig(**(objective or {})))
+        self.seed = seed
+        self.use_mbp, self.use_nbp, self.nbp_lambda = o.mbp, o.nbp, o.nbp_lambda
+        self.use_bag, self.bag_weight = o.bag, o.bag_weight
+        self.scoring = CandidateScoring(o.negatives, o.num_negatives, o.logq_correction, o.temperature, seed,
                                         name="scoring")
-        self.mbp = MaskedBehaviorPrediction(mask_rate, mbp_readout, seed, name="mbp") if mbp else None
-        self.nbp = NextBehaviorsPrediction(k, nbp_from, name="nbp") if nbp else None
-        self.bag = BagPrediction(bag_dropout, seed, bag_future, bag_contrastive, bag_contrastive_temperature,
-                                 name="bag") if bag else None
+        self.mbp = MaskedBehaviorPrediction(o.mask_rate, o.mbp_readout, seed, name="mbp") if o.mbp else None
+        self.nbp = NextBehaviorsPrediction(o.k, o.nbp_from, name="nbp") if o.nbp else None
+        self.bag = BagPrediction(o.bag_dropout, seed, o.bag_future, o.bag_contrastive, o.bag_contrastive_temperature,
+                                 name="bag") if o.bag else None
 
     def call(self, inputs, training=False):
         losses = {}
@@ -527,30 +542,22 @@ class PTUMPretrainer(keras.Model):
         return _per_replica(total)
 
     def get_config(self):
-        return {"encoder": keras.saving.serialize_keras_object(self.encoder), "mbp": self.use_mbp,
-                "nbp": self.use_nbp, "nbp_lambda": self.nbp_lambda, "bag": self.use_bag,
-                "bag_weight": self.bag_weight, **self._cfg, "name": self.name}
+        return {"encoder": keras.saving.serialize_keras_object(self.encoder), "objective": self.objective.model_dump(),
+                "seed": self.seed, "name": self.name}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        if "objective" not in config:   # saved before: the objective's settings as keywords
+            config["objective"] = {k: config.pop(k) for k in list(config) if k in ObjectiveConfig.model_fields}
         return cls(**config)
 
 
 def build_encoder(model_cfg, title_words: Optional[np.ndarray] = None, pooling: bool = True) -> UserEncoder:
     """`pooling`: build the attentive pooling layer even when the readout does not use it
     (PTUM's pooled MBP head reads it); build_encoder_for(cfg) decides from the objective."""
-    m = model_cfg
-    return UserEncoder(
-        num_items=m.num_items, embedding_dim=m.embedding_dim, num_blocks=m.num_blocks, num_heads=m.num_heads,
-        ff_dim=m.ff_dim, dropout=m.dropout, max_len=m.max_len, attention=m.attention,
-        user_vector=m.user_vector, num_behaviors=m.num_behaviors if m.use_behavior else 0,
-        time_buckets=m.time_buckets if m.use_time else 0, num_words=m.num_words if m.use_text else 0,
-        text_max_words=m.text_max_words, text_heads=m.text_heads, future_positions=m.future_positions,
-        title_words=title_words if m.use_text else None, embedding_vector=m.user_embedding,
-        profile_newest=m.profile_newest, pooling=pooling,
-        name="user_encoder")
+    return UserEncoder(model_cfg, title_words=title_words, pooling=pooling, name="user_encoder")
 
 
 def build_encoder_for(cfg, title_words: Optional[np.ndarray] = None) -> UserEncoder:
@@ -560,13 +567,7 @@ def build_encoder_for(cfg, title_words: Optional[np.ndarray] = None) -> UserEnco
 
 
 def build_pretrainer(cfg, encoder: UserEncoder) -> PTUMPretrainer:
-    o = cfg.objective
-    return PTUMPretrainer(encoder, mbp=o.mbp, nbp=o.nbp, nbp_lambda=o.nbp_lambda, mask_rate=o.mask_rate,
-                          mbp_readout=o.mbp_readout, k=o.k, nbp_from=o.nbp_from, negatives=o.negatives,
-                          num_negatives=o.num_negatives, logq_correction=o.logq_correction,
-                          temperature=o.temperature, seed=cfg.train.seed, bag=o.bag, bag_weight=o.bag_weight,
-                          bag_dropout=o.bag_dropout, bag_future=o.bag_future, bag_contrastive=o.bag_contrastive,
-                          bag_contrastive_temperature=o.bag_contrastive_temperature, name="ptum_pretrainer")
+    return PTUMPretrainer(encoder, cfg.objective, seed=cfg.train.seed, name="ptum_pretrainer")
 
 
 @keras.saving.register_keras_serializable(package="ptum")

@@ -170,6 +170,20 @@ def test_config_types_and_ranges_are_checked_up_front(override, needle):
         PTUMConfig.load(None, [override])
 
 
+@pytest.mark.parametrize("bad,needle", [({"max_drift": -1}, "max_drift"), ({"reuse_vocab": "no"}, "reuse_vocab"),
+                                        ({"schema": "inferr"}, "schema"), ({"span_window": 0}, "span_window")])
+def test_pipeline_config_types_and_ranges_are_checked_on_load(tmp_path, bad, needle):
+    import yaml
+
+    from pipelines.tfx_pipeline import PipelineConfig
+    from ptum.config import ConfigError
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"pipeline_root": "p", "input_pattern": "x", "serving_dir": "s", **bad}))
+    with pytest.raises(ConfigError, match=f"pipeline.yaml: {needle}:"):
+        PipelineConfig.load(str(path))
+
+
 def test_config_errors_at_the_cli_and_in_finetune(tmp_path):
     one_line(ptum("pretrain", "--data", str(tmp_path), "--output", str(tmp_path / "m"),
                   "--set", "model.dropout=1.5"), "model.dropout")

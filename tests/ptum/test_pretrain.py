@@ -84,6 +84,21 @@ def test_objectives_train_and_round_trip(clean_dataset, overrides, tmp_path):
     after = keras.ops.convert_to_numpy(loaded.user_embedding(batch))
     np.testing.assert_allclose(before, after, rtol=1e-5, atol=1e-6)
     assert type(enc).from_config(enc.get_config()).get_config() == enc.get_config()
+    # The encoder's Keras config is the config's model section, whole (declared once).
+    assert enc.get_config()["config"] == cfg.model.model_dump()
+    assert pre.get_config()["objective"] == cfg.objective.model_dump()
+    # A model saved by the earlier version (keyword config) loads to the same network.
+    m = cfg.model
+    old = {"num_items": m.num_items, "embedding_dim": m.embedding_dim, "num_blocks": m.num_blocks,
+           "num_heads": m.num_heads, "ff_dim": enc.ff_dim, "dropout": m.dropout, "max_len": m.max_len,
+           "attention": m.attention, "user_vector": m.user_vector, "num_behaviors": enc.num_behaviors,
+           "time_buckets": enc.time_buckets, "num_words": enc.num_words, "text_max_words": m.text_max_words,
+           "text_heads": m.text_heads, "future_positions": m.future_positions, "embedding_vector": m.user_embedding,
+           "profile_newest": m.profile_newest, "pooling": enc.pooling, "name": "user_encoder", "trainable": True}
+    legacy = type(enc).from_config(old)
+    assert [(w.path, w.shape) for w in legacy.weights] == [(w.path, w.shape) for w in enc.weights]
+    legacy.set_weights(enc.get_weights())
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(legacy.user_embedding(batch)), before)
 
 
 def test_pretrain_then_evaluate_cli(clean_dataset, tmp_path):
