@@ -22,14 +22,13 @@ import shutil
 import time
 from typing import Optional
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-import keras
-
 from ptum import contracts
-from ptum.layers import SequencePreprocessing
 from ptum.features import row_to_example, tf_feature_spec
+from ptum.layers import SequencePreprocessing
 
 METADATA_ASSET = "ptum_metadata.json"
 PUSHED_FROM_ASSET = "ptum_pushed_from.txt"
@@ -271,8 +270,6 @@ def export_saved_model(model_dir: str, export_base: str, version: Optional[int] 
     """Write `export_base/<version>/` (the layout TF Serving watches); it appears whole or not at all.
 
     Returns the version directory."""
-    import keras
-
     from ptum.saving import load_model_dir
 
     encoder, metadata, cfg = load_model_dir(model_dir)
