@@ -112,7 +112,9 @@ class SequencePreprocessing(keras.layers.Layer):
     encoder's inputs: the newest `width` behaviors left-padded, and their log2 time-gap buckets
     (0 `time_buckets`: none), in keras.ops. The arithmetic is ptum.transforms', which the numpy
     input pipeline of training and evaluation (ptum.data.pad_batch) runs too; the SavedModel's
-    signatures, and so the batch embedding export, run it through this layer."""
+    signatures, and so the batch embedding export, run it through this layer. Under JAX, turn on
+    64-bit integers (JAX_ENABLE_X64=1) before feeding epoch timestamps: JAX truncates int64 to
+    int32 otherwise, and time gaps come out wrong."""
 
     def __init__(self, width: int, time_buckets: int = 0, **kwargs):
         super().__init__(**kwargs)

@@ -68,3 +68,21 @@ def test_layer_takes_rows_with_no_columns_and_serializes():
     assert ops.convert_to_numpy(out["item_ids"]).tolist() == [[0] * 4] * 2
     again = keras.layers.deserialize(keras.layers.serialize(layer))
     assert (again.width, again.time_buckets) == (4, 8)
+
+
+def test_layer_equals_the_training_input_pipeline_under_jax():
+    """The same check on the JAX backend (a fresh process: Keras picks its backend once), with
+    64-bit integers on: JAX truncates int64 timestamps to int32 otherwise."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    code = ("import numpy as np, tests.ptum.test_preprocessing as t\n"
+            "for width, buckets, seed in [(50, 32, 0), (8, 32, 1), (3, 63, 3)]:\n"
+            "    t.test_layer_equals_the_training_input_pipeline(width, buckets, seed)\n"
+            "t.test_layer_takes_rows_with_no_columns_and_serializes()\n"
+            "import keras; assert keras.backend.backend() == 'jax'\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                       env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
