@@ -101,8 +101,8 @@ def main() -> None:
 
     from ptum.config import PTUMConfig
     from ptum.contracts import open_dataset
-    from ptum.finetuning import FinetuneConfig, classification_metrics, finetune, join_labels, latest_rows, read_table
-    from ptum.saving import load_model_dir
+    from ptum.finetuning import (FinetuneConfig, classification_metrics, finetune, join_labels, latest_rows,
+                                 load_encoder, read_table)
     from ptum.train import pretrain
     from ptum.ingest import core, reference
 
@@ -129,10 +129,8 @@ def main() -> None:
     empty = np.zeros(0, np.int64)
 
     def network_auc(model_dir, mode, scratch, row_idx, y, n_classes, train, test, seed):
-        encoder, meta, _ = load_model_dir(model_dir)
-        if scratch:
-            encoder = type(encoder).from_config(encoder.get_config())
-        cfg = FinetuneConfig(**{**ft_cfg.__dict__, "mode": mode, "seed": seed,
+        encoder, meta = load_encoder(model_dir, seed, from_scratch=scratch)
+        cfg = FinetuneConfig(**{**ft_cfg.model_dump(), "mode": mode, "seed": seed,
                                 **({"epochs": args.scratch_epochs} if scratch else {})})
         _, _, _, predict = finetune(encoder, meta, rows, cfg, row_idx, y, n_classes, train, empty,
                                     log=lambda s: None)

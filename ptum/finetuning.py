@@ -385,6 +385,22 @@ def run(pretrained: str, data: str, labels_path: str, output: str, cfg: Finetune
                     from_scratch=from_scratch, log=log)
 
 
+def load_encoder(pretrained: str, seed: int, from_scratch: bool = False):
+    """(the pre-trained encoder, its metadata), or a freshly initialised encoder of the same
+    config (`from_scratch`), seeded first: its dropout layers draw their seeds (from Python's
+    `random`) as they are built, so seeding only later would leave full-mode fine-tuning's
+    dropout masks, and so its results, different run to run."""
+    import keras
+
+    from ptum.saving import load_model_dir
+
+    keras.utils.set_random_seed(seed)
+    encoder, meta, _ = load_model_dir(pretrained)
+    if from_scratch:
+        encoder = type(encoder).from_config(encoder.get_config())
+    return encoder, meta
+
+
 def run_rows(pretrained: str, ds: contracts.SequenceDataset, rows: Rows, labels_path: str, output: str,
              cfg: FinetuneConfig, label_column: Optional[str] = None, from_scratch: bool = False,
              log: Callable[[str], None] = print) -> dict:
@@ -394,14 +410,12 @@ def run_rows(pretrained: str, ds: contracts.SequenceDataset, rows: Rows, labels_
 
 
 def _run_rows(pretrained, ds, rows, labels_path, output, cfg, label_column, from_scratch, log) -> dict:
-    from ptum.saving import atomic_save_keras, load_model_dir
+    from ptum.saving import atomic_save_keras
 
-    encoder, meta, pcfg = load_model_dir(pretrained)
+    encoder, meta = load_encoder(pretrained, cfg.seed, from_scratch)
     if ds.vocab_hash != meta["vocab_hash"]:
         raise LabelError(f"{ds.root}: vocabulary {ds.vocab_hash} does not match the pre-trained model's "
                          f"{meta['vocab_hash']}")
-    if from_scratch:
-        encoder = type(encoder).from_config(encoder.get_config())
     table = read_table(labels_path)
     cand = None
     if cfg.task == "classify":
