@@ -2,9 +2,10 @@
 
 Reads the Examples through TFX's data accessor (TFXIO, the schema from schemas/),
 trains with ptum.train.pretrain_rows, writes the ptum model folder and its SavedModel
-under the serving model dir (the dataset's manifest and vocabulary come from the path the
-Trainer's executor passes in custom_config["dataset"], see components/dataset_trainer.py): Format-Serving/ptum_model/ and Format-Serving/saved_model/;
-checkpoints and TensorBoard logs go to the ModelRun artifact (model_run_dir).
+under the serving model dir: Format-Serving/ptum_model/ and Format-Serving/saved_model/;
+checkpoints and TensorBoard logs go to the ModelRun artifact (model_run_dir). The dataset's
+manifest and vocabulary come from the path the Trainer's executor passes in
+custom_config["dataset"] (components/dataset_trainer.py).
 """
 from __future__ import annotations
 

@@ -88,6 +88,7 @@ class PipelineConfig:
 
 def _check_finetune_tasks(tasks: List[dict]) -> None:
     """Fail at pipeline construction (not hours later in a Trainer) on a malformed task."""
+    from ptum.config import ConfigError
     from ptum.finetuning import FinetuneConfig
 
     known = set(FinetuneConfig.model_fields)
@@ -100,13 +101,15 @@ def _check_finetune_tasks(tasks: List[dict]) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_]+", task["name"]) or task["name"] in names:
             raise ValueError(f"{where}: name {task['name']!r} must be unique and [A-Za-z0-9_]+")
         names.add(task["name"])
-        if task.get("task", "classify") not in ("classify", "ctr"):
-            raise ValueError(f"{where}: task must be classify or ctr, not {task.get('task')!r}")
-        if task.get("task", "classify") == "classify" and not task.get("label_column"):
-            raise ValueError(f"{where}: a classify task needs label_column")
         unknown = set(task.get("config", {})) - known
         if unknown:
             raise ValueError(f"{where}: unknown config keys {sorted(unknown)} (known: {sorted(known)})")
+        try:    # the fine-tune Trainer's own config, checked now: the task, each setting's type and range
+            cfg = FinetuneConfig(**{**task.get("config", {}), "task": task.get("task", "classify")})
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if cfg.task == "classify" and not task.get("label_column"):
+            raise ValueError(f"{where}: a classify task needs label_column")
         if fs.is_local(task["labels"]) and not fs.exists(task["labels"]):
             raise FileNotFoundError(f"{where}: labels {task['labels']} not found")
 

@@ -6,13 +6,13 @@ Stock callbacks are used where they keep the behaviour (TensorBoard); these stay
 - `ValidationMetrics` writes metrics on held-out users to the epoch's logs (`val_auc`,
   `val_log_loss`, ... in fine-tuning; `val_ndcg@10`, `val_recall@10` in pre-training), for the
   callbacks after it (and TensorBoard);
-- `KeepBest` is fine-tuning's early stopping on `val_log_loss` whose best score and weights are
-  shared between the runs of one fine-tuning (head, then full): the full phase keeps the probe
-  unless it beats the probe's best, which keras' EarlyStopping cannot express (its `baseline`
-  gates patience, not the weights kept);
-- pre-training: `TrainClock` (training seconds across resumed runs), `BestCheckpoint` (best
-  weights to a file and patience, both in the resumable state: keras' EarlyStopping keeps them
-  in memory, so a resumed run would forget them), `EpochRecord` (history + the progress line),
+- `KeepBest` is early stopping whose best and patience live in a state that outlives one fit:
+  fine-tuning's head and full phases share it (the full phase keeps the probe unless it beats
+  the probe's best, which keras' EarlyStopping cannot express: its `baseline` gates patience, not
+  the weights kept), and pre-training saves it with every checkpoint (keras' EarlyStopping keeps
+  it in memory, so a resumed run would forget it);
+- pre-training: `TrainClock` (training seconds across resumed runs), `EpochRecord` (history +
+  the progress line),
   `Checkpoint` (weights and state every epoch and every N batches, with the data position and
   the epoch's running loss, for a bit-identical resume after a kill) and `TimeLimit`.
 """
@@ -23,7 +23,6 @@ import time
 from typing import Callable, List, Optional
 
 import keras
-import numpy as np
 
 
 class ValidationMetrics(keras.callbacks.Callback):
@@ -60,24 +59,36 @@ class NaNGuard(keras.callbacks.Callback):
 
 
 class KeepBest(keras.callbacks.Callback):
-    """Early stopping on `val_log_loss` (without validation users: the latest epoch is best)
-    with `best` = {"score", "weights"} shared across fits; the weights are of `keep` (the whole
-    model, also while only its head trains)."""
+    """Early stopping on `logs[key]` whose best lives in `state` ({"best", "best_epoch", "wait"}),
+    so it can outlive one fit: fine-tuning's head and full phases share it (the full phase keeps
+    the probe unless it beats the probe's best), pre-training saves it with every checkpoint (a
+    resumed run remembers its patience). A better epoch (higher, or lower with
+    `lower_is_better`, by more than `min_delta`) updates the best, resets the wait and calls
+    `keep(epoch)`; `patience` epochs without one stop the fit. An epoch without the key is
+    skipped, or scored `missing()` when that is given."""
 
-    def __init__(self, keep: keras.Model, best: dict, patience: int, history: List[dict]):
+    def __init__(self, key: str, state: dict, patience: int, keep: Callable[[int], None],
+                 lower_is_better: bool = False, min_delta: float = 0.0,
+                 missing: Optional[Callable[[], float]] = None):
         super().__init__()
-        self._keep, self._best, self._patience, self._history = keep, best, patience, history
-        self._wait = 0
+        self._key, self._state, self._patience, self._keep = key, state, patience, keep
+        self._lower, self._delta, self._missing = lower_is_better, min_delta, missing
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        score = logs.get("val_log_loss", -(len(self._history) + 1))
-        if score < self._best["score"] - 1e-6:
-            self._best.update(score=score, weights=[np.array(v) for v in self._keep.get_weights()])
-            self._wait = 0
+        if self._key in logs:
+            score = logs[self._key]
+        elif self._missing is not None:
+            score = self._missing()
         else:
-            self._wait += 1
-        if self._wait >= self._patience:
+            return
+        state = self._state
+        if score < state["best"] - self._delta if self._lower else score > state["best"] + self._delta:
+            state.update(best=score, best_epoch=epoch + 1, wait=0)
+            self._keep(epoch)
+        else:
+            state["wait"] += 1
+        if state["wait"] >= self._patience:
             self.model.stop_training = True
 
 
@@ -114,27 +125,6 @@ class TrainClock(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["seconds"] = self.elapsed()
-
-
-class BestCheckpoint(keras.callbacks.Callback):
-    """Early stopping on `logs["val_" + monitor]` (higher is better): a better epoch's weights go
-    to `path`; `state` keeps best, best_epoch and wait (patience used) across resumed runs."""
-
-    def __init__(self, monitor: str, path: str, state: dict, patience: int):
-        super().__init__()
-        self._key, self._path, self._state, self._patience = "val_" + monitor, path, state, patience
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self._key not in (logs or {}):
-            return
-        state = self._state
-        if logs[self._key] > state["best"]:
-            state.update(best=logs[self._key], best_epoch=epoch + 1, wait=0)
-            self.model.save_weights(self._path)
-        else:
-            state["wait"] += 1
-        if state["wait"] >= self._patience:
-            self.model.stop_training = True
 
 
 # history.json's name for each validation key of the logs, in the order entries have always had.

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Dict, List, Literal, Optional
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from typing_extensions import Annotated
 
+from ptum.transforms import MAX_TIME_BUCKETS
+
 
 class ConfigError(ValueError):
     pass
@@ -72,7 +74,7 @@ class ModelConfig(Section):
         "last", description="pooled (PTUM's attentive pooling) | last (hidden state)")
     use_behavior: Bool = True
     use_time: Bool = Field(True, description="log2 time-gap buckets; switched off for datasets without time")
-    time_buckets: Int = Field(32, ge=1)
+    time_buckets: Int = Field(32, ge=1, le=MAX_TIME_BUCKETS, description="log2 gap buckets (2^k must fit int64)")
     use_text: Bool = Field(False, description="PTUM-style title encoder (needs the dataset's catalog)")
     text_max_words: Int = Field(16, ge=1)
     text_heads: Int = Field(2, ge=1)
@@ -173,7 +175,6 @@ class PTUMConfig(Section):
             (o.k <= m.future_positions, "objective.k must be <= model.future_positions"),
             (not (o.nbp and o.nbp_from == "every" and m.attention == "bidirectional"),
              "NBP from every prefix needs causal attention (bidirectional attention sees the future)"),
-            (m.time_buckets <= 63, "model.time_buckets: at most 63 (2^k must fit int64)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -194,9 +195,8 @@ class PTUMConfig(Section):
         for section, v in d.items():
             if v is not None and not isinstance(v, dict):
                 raise ConfigError(f"{section}: expected a mapping of settings, got {v!r}")
-        return cls(model=ModelConfig(**(d.get("model") or {})),
-                   objective=ObjectiveConfig(**(d.get("objective") or {})),
-                   train=TrainConfig(**(d.get("train") or {}))).validate()
+        # Each section built on its own, so its error names it (model.dropout: ...).
+        return cls(**{name: f.annotation(**(d.get(name) or {})) for name, f in cls.model_fields.items()}).validate()
 
     @classmethod
     def load(cls, path: Optional[str], overrides: Optional[List[str]] = None) -> "PTUMConfig":

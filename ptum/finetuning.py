@@ -307,7 +307,14 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
         return classification_metrics(y[valid], prob, max(n_classes, 2))
 
     # Shared by both phases: fine-tuning keeps the probe unless it beats the probe's best.
-    best = {"score": float("inf"), "weights": None}
+    best = {"best": float("inf"), "best_epoch": -1, "wait": 0, "weights": None}
+
+    def keep_best():
+        """Early stopping on the validation log-loss (without validation users the latest epoch
+        is best) keeping the whole model's weights, also while only its head trains."""
+        return KeepBest("val_log_loss", best, cfg.patience, lower_is_better=True, min_delta=1e-6,
+                        keep=lambda _: best.update(weights=[np.array(v) for v in model.get_weights()]),
+                        missing=lambda: -(len(history) + 1))
     guard = NaNGuard(what="fine-tuning loss", epoch_number=lambda _: len(history) + 1)
     target = (lambda yb: yb) if task == "classify" else (lambda yb: yb.astype(np.float32)[:, None])
     n_batches = -(-len(train) // cfg.batch_size)
@@ -342,11 +349,12 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
 
         _fit(head, head_epoch, head_epochs, n_batches, [
             ValidationMetrics((lambda _: valid_metrics(head_valid())) if len(valid) else None), guard,
-            KeepBest(model, best, cfg.patience, history), History(history, "head", head_line)])
+            keep_best(), History(history, "head", head_line)])
     # Phase 2 (full mode): encoder and head together, at encoder_lr_scale x the learning rate.
     if cfg.mode == "full" and cfg.epochs:
         if best["weights"] is not None:         # fine-tuning starts from the best probe
             model.set_weights(best["weights"])
+        best["wait"] = 0                         # its own patience; the probe's best stands
         encoder.trainable = True
         # What the embedding does not read (pre-training's scoring tables) stays as it is.
         off_path = list(getattr(encoder, "off_embedding_path", lambda: [])())
@@ -365,7 +373,7 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
 
         _fit(model, full_epoch, cfg.epochs, n_batches, [
             ValidationMetrics((lambda _: valid_metrics(predict(valid))) if len(valid) else None), guard,
-            KeepBest(model, best, cfg.patience, history), History(history, "full", full_line)])
+            keep_best(), History(history, "full", full_line)])
         for v in off_path:
             v.trainable = True
     if len(valid) and best["weights"] is not None:

@@ -121,10 +121,8 @@ class SequencePreprocessing(keras.layers.Layer):
         self.width, self.time_buckets = int(width), int(time_buckets)
 
     def call(self, item_ids, behavior_ids, timestamps, lengths):
-        lengths = ops.cast(lengths, "int64")
-        ids, valid = transforms.window(ops.cast(item_ids, "int64"), lengths, self.width, ops)
-        beh, _ = transforms.window(ops.cast(behavior_ids, "int64"), lengths, self.width, ops)
-        ts, _ = transforms.window(ops.cast(timestamps, "int64"), lengths, self.width, ops)
+        columns = [ops.cast(x, "int64") for x in (item_ids, behavior_ids, timestamps)]
+        (ids, beh, ts), valid = transforms.window(columns, ops.cast(lengths, "int64"), self.width, ops)
         buckets = (transforms.time_buckets(ts, valid, self.time_buckets, ops) if self.time_buckets
                    else ops.zeros_like(ts))
         return {"item_ids": ops.cast(ids, "int32"), "behavior_ids": ops.cast(beh, "int32"),

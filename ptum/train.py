@@ -294,8 +294,7 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
     `run_dir`: checkpoints and TensorBoard logs (default `output`)."""
     import keras
 
-    from ptum.callbacks import (BestCheckpoint, Checkpoint, EpochRecord, NaNGuard, TimeLimit, TrainClock,
-                                ValidationMetrics)
+    from ptum.callbacks import Checkpoint, EpochRecord, KeepBest, NaNGuard, TimeLimit, TrainClock, ValidationMetrics
     from ptum.data import TrainBatches
     from ptum.ranking import NonFiniteScores, rank_metrics
     from ptum.model import UserEmbedder, build_encoder_for, build_pretrainer
@@ -410,7 +409,8 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
     clock = TrainClock(state)
     callbacks = [NaNGuard(TrainingError, hint=": lower the learning rate or check the data; no model was written"),
                  clock, ValidationMetrics(ranking, every=t.eval_every, timed=True),
-                 BestCheckpoint(select, best_path, state, t.patience), EpochRecord(state, line),
+                 KeepBest("val_" + select, state, t.patience, keep=lambda _: pretrainer.save_weights(best_path)),
+                 EpochRecord(state, line),
                  Checkpoint(save_checkpoint, state, clock, t.checkpoint_every_steps, full_len, offset=skip),
                  TimeLimit(t.max_train_seconds)]
     if _tensorboard_available():

@@ -53,12 +53,13 @@ def window_positions(lengths, width: int, xp=np):
     return xp.where(valid, xp.add(xp.subtract(xp.expand_dims(lengths, 1), width), col), 0), valid
 
 
-def window(values, lengths, width: int, xp=np):
-    """Right-padded [B, T] integer rows of `lengths` values -> (their newest `width` values,
-    left-padded with 0; the valid mask). T may be 0."""
+def window(columns, lengths, width: int, xp=np):
+    """Right-padded [B, T] integer rows, one array per column (item ids, timestamps, ...) with
+    the rows' `lengths` -> (each column's newest `width` values, left-padded with 0; the valid
+    mask). T may be 0; the positions are worked out once for all columns."""
     src, valid = window_positions(lengths, width, xp)
     # One zero column on the right, so every index gathers something even when T is 0.
-    padded = xp.concatenate([values, xp.expand_dims(xp.zeros_like(lengths), 1)], axis=1)
-    src = xp.minimum(src, xp.shape(values)[1])
-    out = xp.take_along_axis(padded, src, axis=1)
-    return xp.where(valid, out, xp.zeros_like(out)), valid
+    pad = xp.expand_dims(xp.zeros_like(lengths), 1)
+    src = xp.minimum(src, xp.shape(columns[0])[1])
+    out = [xp.take_along_axis(xp.concatenate([values, pad], axis=1), src, axis=1) for values in columns]
+    return [xp.where(valid, o, xp.zeros_like(o)) for o in out], valid

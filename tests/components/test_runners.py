@@ -98,7 +98,9 @@ def test_malformed_finetune_tasks_fail_before_running(tmp_path):
     for bad, msg in (({**good, "config": {"epochz": 2}}, "unknown config keys"),
                      ({**good, "labels": str(tmp_path / "nope.csv")}, "not found"),
                      ({k: v for k, v in good.items() if k != "label_column"}, "label_column"),
-                     ({**good, "name": "a b"}, "name")):
+                     ({**good, "name": "a b"}, "name"),
+                     ({**good, "task": "regress"}, "finetune.task"),
+                     ({**good, "config": {"epochs": "many"}}, r"finetune_tasks\[0\]: finetune.epochs")):
         with pytest.raises((ValueError, FileNotFoundError), match=msg):
             _check_finetune_tasks([bad])
     with pytest.raises(ValueError, match="unique"):

@@ -25,18 +25,18 @@ def _data(n=32, nan=False):
 
 
 def test_pretraining_chain_validates_keeps_the_best_and_stops_on_patience(tmp_path):
-    from ptum.callbacks import BestCheckpoint, Checkpoint, EpochRecord, NaNGuard, TimeLimit, TrainClock, \
-        ValidationMetrics
+    from ptum.callbacks import Checkpoint, EpochRecord, KeepBest, NaNGuard, TimeLimit, TrainClock, ValidationMetrics
 
     scores = [0.1, 0.3, 0.2, 0.25, 0.9, 0.9]
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "wait": 0, "history": [], "train_seconds": 0.0}
     saves, lines = [], []
     clock = TrainClock(state)
     model = _model()
+    best_path = str(tmp_path / "best.weights.h5")
     x, y = _data()
     fitted = model.fit(x, y, batch_size=8, epochs=6, verbose=0, shuffle=False, callbacks=[
         NaNGuard(), clock, ValidationMetrics(lambda e: {"ndcg@10": scores[e], "recall@10": 2 * scores[e]}, timed=True),
-        BestCheckpoint("ndcg@10", str(tmp_path / "best.weights.h5"), state, patience=2),
+        KeepBest("val_ndcg@10", state, patience=2, keep=lambda _: model.save_weights(best_path)),
         EpochRecord(state, lambda epoch, logs: lines.append(epoch)),
         Checkpoint(lambda: saves.append(dict(state)), state, clock, every_steps=0, epoch_batches=4),
         TimeLimit(0.0)])
@@ -52,13 +52,13 @@ def test_pretraining_chain_validates_keeps_the_best_and_stops_on_patience(tmp_pa
 
 
 def test_validation_every_n_epochs_leaves_the_others_alone(tmp_path):
-    from ptum.callbacks import BestCheckpoint, EpochRecord, TrainClock, ValidationMetrics
+    from ptum.callbacks import EpochRecord, KeepBest, TrainClock, ValidationMetrics
 
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "wait": 0, "history": [], "train_seconds": 0.0}
     x, y = _data()
     _model().fit(x, y, epochs=4, verbose=0, callbacks=[
         TrainClock(state), ValidationMetrics(lambda e: {"ndcg@10": 0.5}, every=2, timed=True),
-        BestCheckpoint("ndcg@10", str(tmp_path / "b.weights.h5"), state, patience=1),
+        KeepBest("val_ndcg@10", state, patience=1, keep=lambda _: None),
         EpochRecord(state, lambda *a: None)])
     assert ["valid_ndcg@10" in h for h in state["history"]] == [False, True, False, True]
     # Epoch 4 did not beat epoch 2: patience 1 is used up there, not on the unvalidated epoch 3.
