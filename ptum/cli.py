@@ -109,7 +109,7 @@ def tokenize_options(a):
         finetune_fraction=a.finetune_fraction, window=a.window, min_item_count=a.min_item_count,
         max_history=a.max_history, max_line_bytes=a.max_line_bytes, num_shards=a.num_shards,
         min_word_count=a.min_word_count, vocab_from=a.vocab_from, time_unit=a.time_unit,
-        allow_truncated=a.allow_truncated, catalog_item_column=a.catalog_item_column,
+        allow_truncated=a.allow_truncated, allow_empty=a.allow_empty, catalog_item_column=a.catalog_item_column,
         catalog_title_column=a.catalog_title_column, catalog_categories_column=a.catalog_categories_column,
         **({} if a.split_bytes is None else {"split_bytes": a.split_bytes}))
 
@@ -168,6 +168,9 @@ def _add_tokenize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-unit", default="s", choices=["s", "ms", "us", "ns"],
                    help="unit of numeric timestamps (stored as epoch seconds; out-of-range values are "
                         "dead letters)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="commit a dataset in which no event was accepted (default: such a run fails and "
+                        "the previous output stays)")
     p.add_argument("--allow-truncated", action="store_true",
                    help="a truncated compressed input keeps the lines before the damage (one dead letter) "
                         "instead of failing the run")

@@ -36,7 +36,9 @@ FIRST_WORD_ID = 2
 MANIFEST = "manifest.json"
 # 2: the vocab hash covers items, behaviors and title words (1: items only); format-1
 # datasets must be tokenized again (their hash cannot be compared with a model's).
-FORMAT_VERSION = 2
+# 3: the manifest is sealed with its own digest and counts users per split (users_train_only,
+# users_eval_only, users_test_only; file_rows per split file).
+FORMAT_VERSION = 3
 SEQUENCES_DIR = "sequences"
 VOCAB_DIR = "vocab"
 DEADLETTER_DIR = "deadletter"
@@ -51,6 +53,23 @@ SPLIT_SCHEMES = {
     "time": ("train", "test"),
     "user-hash": ("pretrain", "finetune"),
     "window": ("train", "valid", "test"),
+}
+
+# Every user of a dataset is in at least one split. A user category below names users left out
+# of some splits (and why), so that each split's row count follows from the user count:
+#   rows(split) = users - sum(counts[c] for c in USERS_LEFT_OUT[scheme][split]).
+#   users_train_only: too few behaviors for a target or window: the whole history is in train
+#                     (leave-one-out: < 3 behaviors; window W: <= W; time cut: no event at or
+#                     after the cut);
+#   users_eval_only:  window W: W+1..2W behaviors, none outside the two windows: valid and test;
+#   users_test_only:  time cut: every event at or after the cut: a test row whose history is
+#                     empty (the target is its first event).
+USER_CATEGORIES = ("users_train_only", "users_eval_only", "users_test_only")
+USERS_LEFT_OUT = {
+    "leave-one-out": {"train": (), "valid": ("users_train_only",), "test": ("users_train_only",)},
+    "window": {"train": ("users_eval_only",), "valid": ("users_train_only",), "test": ("users_train_only",)},
+    "time": {"train": ("users_test_only",), "test": ("users_train_only",)},
+    "user-hash": {},   # a partition: rows(pretrain) + rows(finetune) = users
 }
 
 # Dead-letter reasons, in one place so tests and docs enumerate the same set.
@@ -82,6 +101,57 @@ def output_folder_problem(output: str) -> Optional[str]:
     if fs.is_local(output) and fs.isfile(output):
         return f"{output}: is a file; the output must be a folder"
     return None
+
+
+# What each kind of output folder may hold (besides the lock file, hidden stages and
+# temporary files): a run replaces the whole folder, so a folder holding anything else (or an
+# output of another kind) is refused before anything is touched.
+OUTPUT_ENTRIES = {
+    "dataset": {MANIFEST, SEQUENCES_DIR, VOCAB_DIR, DEADLETTER_DIR, LABELS_DIR, ".staging"},
+    "model": {"metadata.json", "encoder.keras", "config.json", "history.json", VOCAB_DIR, "checkpoints",
+              "tensorboard"},
+    "embeddings": {MANIFEST, "embeddings", "saved_model"},
+}
+_KIND_NAMES = {"dataset": "sequence dataset (ptum tokenize)", "model": "pre-trained model (ptum pretrain)",
+               "embeddings": "embedding export (ptum export-embeddings)"}
+
+
+def output_kind(path: str) -> Optional[str]:
+    """What a local folder holds, from its commit marker: dataset, model, embeddings,
+    finetuned (ptum finetune), savedmodel; None when it has no marker (empty, new, or an
+    unfinished run's)."""
+    def load(name):
+        try:
+            with open(os.path.join(path, name), "rb") as f:
+                value = json.loads(f.read().decode("utf-8"))
+            return value if isinstance(value, dict) else {}
+        except (OSError, ValueError):
+            return {}
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return "savedmodel"
+    if os.path.exists(os.path.join(path, MANIFEST)):
+        m = load(MANIFEST)
+        return "embeddings" if "saved_model_sha256" in m or m.get("kind") == "embeddings" else "dataset"
+    if os.path.exists(os.path.join(path, "metadata.json")):
+        return "model" if load("metadata.json").get("model") == "ptum-user-encoder" else "finetuned"
+    return None
+
+
+def check_output_kind(output: str, kind: str, error) -> None:
+    """Refuse (raise `error`) to replace a local folder holding another kind of output, or files
+    that are not part of a `kind` output; a new, empty or same-kind folder passes."""
+    if not fs.is_local(output) or not os.path.isdir(output):
+        return
+    found = output_kind(output)
+    if found is not None and found != kind:
+        what = _KIND_NAMES.get(found, {"finetuned": "fine-tuned model (ptum finetune)",
+                                       "savedmodel": "SavedModel"}.get(found, found))
+        raise error(f"{output}: holds a {what}; a {kind} output would replace it: choose another folder")
+    foreign = sorted(e for e in os.listdir(output)
+                     if e not in OUTPUT_ENTRIES[kind] and e != LOCK_FILE and ".tmp" not in e)
+    if foreign:
+        raise error(f"{output}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, not part of a "
+                    f"{kind} output; the run replaces the whole folder: choose a new or empty one")
 
 
 @contextlib.contextmanager
@@ -223,12 +293,18 @@ class SequenceDataset:
                 f"{self.root}: no split {split!r}; this dataset has {sorted(self.manifest['splits'])}")
         return [self.path(SEQUENCES_DIR, f) for f in self.manifest["splits"][split]["files"]]
 
+    def file_rows(self, split: str) -> List[Optional[int]]:
+        """The row count the manifest records for each file of `split` (None: not recorded)."""
+        files = self.split_files(split)
+        return list(self.manifest["splits"][split].get("file_rows") or [None] * len(files))
+
     def read_split(self, split: str, columns: Optional[List[str]] = None):
-        """The split as one pyarrow Table (rows in file order)."""
+        """The split as one pyarrow Table (rows in file order). A missing, unreadable or
+        shortened file is a DatasetError naming it."""
         import pyarrow as pa
 
         files = self.split_files(split)
-        tables = [read_parquet(f, columns) for f in files]
+        tables = [read_dataset_file(f, columns, rows) for f, rows in zip(files, self.file_rows(split))]
         if not tables:
             schema = sequence_schema()
             if columns:
@@ -236,14 +312,65 @@ class SequenceDataset:
             return schema.empty_table()
         return pa.concat_tables(tables)
 
+    def read_checked_bytes(self, rel: str) -> bytes:
+        """A vocabulary/catalog/labels file, verified against the digest in the manifest."""
+        path = self.path(rel)
+        try:
+            data = fs.read_bytes(path)
+        except (OSError, FileNotFoundError) as e:
+            raise DatasetError(f"{path}: missing or unreadable ({e}); the dataset is damaged: "
+                               "run ptum tokenize again") from None
+        expected = (self.manifest.get("file_sha256") or {}).get(rel)
+        if expected is None:
+            raise DatasetError(f"{path}: the manifest records no digest for it; run ptum tokenize again")
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise DatasetError(f"{path}: does not match the digest in the manifest (changed after the tokenize "
+                               "run that wrote the dataset); run ptum tokenize again")
+        return data
+
+    def vocab_files(self) -> Dict[str, bytes]:
+        """Every vocabulary file of the dataset (relative path -> verified bytes): what a model
+        trained on it must copy (a snapshot: later changes to the folder do not reach it)."""
+        return {rel: self.read_checked_bytes(rel) for rel in sorted(self.manifest.get("file_sha256") or {})
+                if rel.startswith(VOCAB_DIR + "/")}
+
     def read_items_vocab(self):
-        return read_parquet(self.path(VOCAB_DIR, ITEMS_VOCAB))
+        return self.read_vocab_table(ITEMS_VOCAB)
 
     def read_vocab_table(self, name: str):
-        path = self.path(VOCAB_DIR, name)
-        if not fs.exists(path):
+        rel = f"{VOCAB_DIR}/{name}"
+        if rel not in (self.manifest.get("file_sha256") or {}):
             return None
-        return read_parquet(path)
+        return parquet_from_bytes(self.read_checked_bytes(rel))
+
+
+def parquet_from_bytes(data: bytes):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.read_table(pa.BufferReader(data))
+
+
+def file_sha256(paths: Dict[str, str]) -> Dict[str, str]:
+    """{relative path: sha256 of the file at the full path} for the manifest."""
+    return {rel: hashlib.sha256(fs.read_bytes(full)).hexdigest() for rel, full in sorted(paths.items())}
+
+
+def read_dataset_file(path: str, columns: Optional[Sequence[str]] = None, rows: Optional[int] = None):
+    """A sequence file of a dataset: a DatasetError naming it when it is missing, unreadable or
+    does not hold the rows the manifest records."""
+    try:
+        table = read_parquet(path, columns)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing (the manifest lists it); the dataset is damaged: "
+                           "run ptum tokenize again") from None
+    except (OSError, ValueError) as e:   # pyarrow's ArrowInvalid is a ValueError
+        raise DatasetError(f"{path}: unreadable Parquet ({str(e).splitlines()[0][:160]}); the dataset is "
+                           "damaged: run ptum tokenize again") from None
+    if rows is not None and table.num_rows != rows:
+        raise DatasetError(f"{path}: {table.num_rows} rows, the manifest records {rows}; the dataset is "
+                           "damaged: run ptum tokenize again")
+    return table
 
 
 def read_parquet(path: str, columns: Optional[Sequence[str]] = None):
@@ -264,12 +391,23 @@ def open_dataset(root: str) -> SequenceDataset:
         raise DatasetError(
             f"{root}: no {MANIFEST}: the dataset was not committed (the tokenize run failed, "
             "was killed, or is still running)")
-    manifest = json.loads(fs.read_bytes(mpath).decode("utf-8"))
-    version = int(manifest.get("format_version", 1))
+    manifest = read_manifest(mpath)
+    try:
+        version = int(manifest.get("format_version", 1))
+    except (TypeError, ValueError):
+        version = 0
     if version < FORMAT_VERSION:
         raise DatasetError(
-            f"{root}: dataset format {version} is older than {FORMAT_VERSION} (its vocab hash covers items "
-            "only); run ptum tokenize again (with --vocab-from for a frozen vocabulary)")
+            f"{root}: dataset format {version} is older than {FORMAT_VERSION} (format 3 seals the manifest "
+            "with a digest and counts users per split); run ptum tokenize again (with --vocab-from for a "
+            "frozen vocabulary)")
+    check_seal(mpath, manifest)
+    try:
+        problems = check_invariants(manifest)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        problems = [f"missing or malformed field ({type(e).__name__}: {e})"]
+    if problems:
+        raise DatasetError(f"{mpath}: counts do not add up ({'; '.join(problems)}); run ptum tokenize again")
     return SequenceDataset(root=root, manifest=manifest)
 
 
@@ -284,7 +422,67 @@ def check_invariants(manifest: dict) -> List[str]:
         problems.append("dead letters by reason do not add up to the total")
     if c["events_accepted"] != c["events_in_sequences"] + c["events_truncated"]:
         problems.append("events_accepted != events_in_sequences + events_truncated")
+    problems += _user_invariants(manifest)
     return problems
+
+
+def _user_invariants(manifest: dict) -> List[str]:
+    """Every accepted user is in the splits its category says (see USERS_LEFT_OUT)."""
+    c, splits, scheme = manifest["counts"], manifest["splits"], manifest.get("split_scheme")
+    if scheme not in USERS_LEFT_OUT or set(splits) != set(SPLIT_SCHEMES[scheme]):
+        return [f"split scheme {scheme!r} with splits {sorted(splits)}"]
+    users = int(c.get("users", -1))
+    problems = []
+    if scheme == "user-hash":
+        if sum(int(s["rows"]) for s in splits.values()) != users:
+            problems.append("rows(pretrain) + rows(finetune) != users")
+    for name, left_out in USERS_LEFT_OUT[scheme].items():
+        expected = users - sum(int(c.get(k, 0)) for k in left_out)
+        if int(splits[name]["rows"]) != expected:
+            problems.append(f"rows({name}) = {splits[name]['rows']} != users - {' - '.join(left_out) or '0'} "
+                            f"= {expected}")
+    for name, s in splits.items():
+        if "file_rows" in s and (len(s["file_rows"]) != len(s["files"]) or sum(s["file_rows"]) != s["rows"]):
+            problems.append(f"the files of split {name} do not add up to its rows")
+    return problems
+
+
+MANIFEST_DIGEST = "manifest_sha256"
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON without its own digest field."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def commit_manifest(path: str, manifest: dict) -> dict:
+    """Seal the manifest with its digest and write it atomically (the commit step)."""
+    manifest = json.loads(json.dumps(manifest, default=str))   # what the file will hold
+    manifest[MANIFEST_DIGEST] = manifest_digest(manifest)
+    write_json_atomic(path, manifest)
+    return manifest
+
+
+def read_manifest(path: str, error=None) -> dict:
+    """A sealed manifest, checked: readable JSON, its digest matches (an edit after the run
+    that wrote it is refused). `error`: the exception class to raise (default DatasetError)."""
+    error = error or DatasetError
+    try:
+        manifest = json.loads(fs.read_bytes(path).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise error(f"{path}: unreadable manifest ({type(e).__name__}: {str(e)[:120]}); "
+                    "run the job that wrote it again") from None
+    if not isinstance(manifest, dict):
+        raise error(f"{path}: unreadable manifest (not a JSON object); run the job that wrote it again")
+    return manifest
+
+
+def check_seal(path: str, manifest: dict, error=None) -> None:
+    error = error or DatasetError
+    if manifest.get(MANIFEST_DIGEST) != manifest_digest(manifest):
+        raise error(f"{path}: the manifest's digest does not match its content (edited or damaged after the "
+                    "run that wrote it); run that job again")
 
 
 def write_json_atomic(path: str, obj: dict) -> None:

@@ -204,7 +204,7 @@ def _write_manifest(parts, opts, fingerprints, has_time, runner):
     vocab = one("vocab")
     manifest = core.make_manifest(opts, total, [v for k, v in parts if k == FILES], vocab["items"],
                                   vocab["behaviors"], fingerprints, has_time, runner, one("written"))
-    contracts.write_json_atomic(core.join(opts.output, contracts.MANIFEST), manifest)
+    manifest = contracts.commit_manifest(core.join(opts.output, contracts.MANIFEST), manifest)
     core.remove_tree(core.join(opts.output, STAGING))
     return manifest
 
@@ -365,12 +365,11 @@ def run(opts: core.TokenizeOptions, beam_args: Optional[List[str]] = None) -> di
     specs, extra = core.plan_inputs(opts)
     num_shards = opts.num_shards or core.auto_shards(specs)
     fingerprints = core.fingerprints(specs)
-    with core.output_lock(opts.output):
-        core.reset_output(opts.output)
+    with core.staged_output(opts, "ptum tokenize") as staged:
         p, runner = make_pipeline(beam_args)
-        build(p, opts, specs, extra, fingerprints, num_shards, runner)
+        build(p, staged, specs, extra, fingerprints, num_shards, runner)
         run_pipeline(p)
-        return contracts.open_dataset(opts.output).manifest
+    return contracts.open_dataset(opts.output).manifest
 
 
 def run_pipeline(p: beam.Pipeline) -> None:

@@ -7,6 +7,7 @@ runs them in one process (the benchmark's baseline). Both produce the same datas
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import logging
 import lzma
@@ -14,7 +15,7 @@ import os
 import re
 import zlib
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -69,11 +70,26 @@ class TokenizeOptions:
     catalog_item_column: Optional[str] = None    # default: item_id, else the events' item column
     catalog_title_column: str = "title"
     catalog_categories_column: Optional[str] = None  # default: categories, else genres, if present
+    allow_empty: bool = False      # commit a dataset with no accepted event (default: fail)
+    stage_of: Optional[str] = None  # set by the runs: `output` is a stage that replaces this folder
 
     def manifest_params(self) -> dict:
         d = asdict(self)
         d["columns"] = asdict(self.columns)
+        d["output"] = d.pop("stage_of") or self.output
         return d
+
+
+@contextlib.contextmanager
+def staged_output(opts: TokenizeOptions, what: str) -> Iterator[TokenizeOptions]:
+    """Hold the output's lock, refuse an output of another kind, and yield the options of a run
+    that writes a stage which replaces the output when the block ends without an error (see
+    ptum.fs.staged_dir: a failed or killed run leaves the previous dataset as it was)."""
+    with output_lock(opts.output, what):
+        contracts.check_output_kind(opts.output, "dataset", InputError)
+        with fs.staged_dir(opts.output) as stage:
+            reset_output(stage)
+            yield replace(opts, output=stage, stage_of=opts.output)
 
 
 # ------------------------------------------------------------------ planning
@@ -879,7 +895,7 @@ def tokenize_histories(histories: pa.Table, items_vocab: pa.Table, behavior_voca
     """Sorted histories of some users -> sequence rows per split (+ counts)."""
     names = contracts.SPLIT_SCHEMES[split.scheme]
     counts = {"users": 0, "events_in_sequences": 0, "oov_events": 0, "oov_behavior_events": 0,
-              "users_train_only": 0, "events_after_target": 0}
+              **{c: 0 for c in contracts.USER_CATEGORIES}, "events_after_target": 0}
     if histories.num_rows == 0:
         return {n: contracts.sequence_schema().empty_table() for n in names}, counts
     idx = pc.index_in(histories.column("item_id"), value_set=items_vocab.column("item_id"))
@@ -916,20 +932,30 @@ def tokenize_histories(histories: pa.Table, items_vocab: pa.Table, behavior_voca
         n_before = np.add.reduceat(before.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
         has_train = n_before > 0
         out["train"] = _rows(histories, tokens, beh, users, starts, starts + n_before, np.flatnonzero(has_train))
-        has_target = (n_before > 0) & (n_before < lens)
+        # Test: history before the cut + the first event at or after it. A user whose events all
+        # come after the cut is a test row with an empty history (users_test_only); one whose
+        # events all come before it is in train only (users_train_only).
+        has_target = n_before < lens
         ev = np.flatnonzero(has_target)
         out["test"] = _rows(histories, tokens, beh, users, starts, starts + n_before + 1, ev)
+        counts["users_train_only"] = int((~has_target).sum())
+        counts["users_test_only"] = int((~has_train).sum())
         counts["events_after_target"] = int(np.maximum(lens - n_before - 1, 0)[has_target].sum())
     elif split.scheme == "window":
         # Future windows of W behaviors: train = all but the last 2W (what pre-training
         # sees), valid = all but the last W (its own last W are the validation window, never
-        # trained on), test = all (the last W are the test window).
+        # trained on), test = all (the last W are the test window). A user with W behaviors or
+        # fewer has no window: the whole history is in train (users_train_only). One with
+        # W+1..2W has no behavior outside the two windows: valid and test only (users_eval_only).
         w = split.window
-        has_train = lens - 2 * w >= 1
-        counts["users_train_only"] = int((lens <= w).sum())
-        out["train"] = _rows(histories, tokens, beh, users, starts, ends - 2 * w, np.flatnonzero(has_train))
-        out["valid"] = _rows(histories, tokens, beh, users, starts, ends - w, np.flatnonzero(lens - w >= 1))
-        out["test"] = _rows(histories, tokens, beh, users, starts, ends, np.flatnonzero(lens - w >= 1))
+        evaluated = lens > w
+        has_train = (lens - 2 * w >= 1) | ~evaluated
+        counts["users_train_only"] = int((~evaluated).sum())
+        counts["users_eval_only"] = int((~has_train).sum())
+        train_end = np.where(evaluated, ends - 2 * w, ends)
+        out["train"] = _rows(histories, tokens, beh, users, starts, train_end, np.flatnonzero(has_train))
+        out["valid"] = _rows(histories, tokens, beh, users, starts, ends - w, np.flatnonzero(evaluated))
+        out["test"] = _rows(histories, tokens, beh, users, starts, ends, np.flatnonzero(evaluated))
     else:
         h = np.array([contracts.stable_user_hash(u) for u in users.to_pylist()])
         fine = h < split.finetune_fraction
@@ -1018,7 +1044,7 @@ def make_manifest(opts: TokenizeOptions, counts: dict, files: List[Tuple[str, st
 
     by_reason = {r: 0 for r in contracts.DEADLETTER_REASONS}
     by_reason.update(counts.get("dead_by_reason", {}))
-    splits: Dict[str, dict] = {n: {"files": [], "rows": 0, "events": 0}
+    splits: Dict[str, dict] = {n: {"files": [], "file_rows": [], "rows": 0, "events": 0}
                                for n in contracts.SPLIT_SCHEMES[opts.split]}
     deadletter_files = []
     for kind, name, rows, events in sorted(files):
@@ -1027,6 +1053,7 @@ def make_manifest(opts: TokenizeOptions, counts: dict, files: List[Tuple[str, st
             continue
         s = splits[kind]
         s["files"].append(name)
+        s["file_rows"].append(int(rows))
         s["rows"] += rows
         s["events"] += events
     extras = dict(extras)
@@ -1044,7 +1071,7 @@ def make_manifest(opts: TokenizeOptions, counts: dict, files: List[Tuple[str, st
         "events_in_sequences": int(counts.get("events_in_sequences", 0)),
         "events_after_target": int(counts.get("events_after_target", 0)),
         "users": int(counts.get("users", 0)),
-        "users_train_only": int(counts.get("users_train_only", 0)),
+        **{c: int(counts.get(c, 0)) for c in contracts.USER_CATEGORIES},
         "items": int(items_vocab.num_rows),
         "items_seen": int(counts.get("items_seen", items_vocab.num_rows)),
         "behaviors": int(behavior_vocab.num_rows),
@@ -1068,7 +1095,15 @@ def make_manifest(opts: TokenizeOptions, counts: dict, files: List[Tuple[str, st
         "inputs": fingerprints_,
         "runner": runner,
         "files": extras,
+        # Vocabularies, catalog and labels decide what token ids mean: readers verify them.
+        "file_sha256": contracts.file_sha256({rel: join(opts.output, rel) for rel in extras.values()}),
     }
+    if c["events_accepted"] == 0 and not opts.allow_empty:
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items(), key=lambda x: -x[1]) if n)[:200]
+        raise InputError(f"no event was accepted ({c['events_read']} read, "
+                         f"{c['events_dead_lettered']['total']} dead-lettered{': ' + reasons if reasons else ''}, "
+                         f"{c['duplicates_dropped']} duplicates); nothing was committed (--allow-empty commits "
+                         "an empty dataset)")
     problems = contracts.check_invariants(manifest)
     if problems:
         raise AssertionError(f"count invariants violated: {problems}; counts={c}")

@@ -12,8 +12,9 @@ from ptum.ingest import core, formats
 
 
 def run(opts: core.TokenizeOptions) -> dict:
-    with core.output_lock(opts.output, "ptum tokenize (reference)"):
-        return _run(opts)
+    with core.staged_output(opts, "ptum tokenize (reference)") as staged:
+        _run(staged)
+    return contracts.open_dataset(opts.output).manifest
 
 
 def _run(opts: core.TokenizeOptions) -> dict:
@@ -21,7 +22,6 @@ def _run(opts: core.TokenizeOptions) -> dict:
     split = core.SplitSpec.from_options(opts)
     num_shards = opts.num_shards or core.auto_shards(specs)
     fps = core.fingerprints(specs)
-    core.reset_output(opts.output)
     buckets = defaultdict(list)
     dls, counts = [], []
     for spec in specs:
@@ -59,5 +59,5 @@ def _run(opts: core.TokenizeOptions) -> dict:
     total["items_seen"] = merged_items.num_rows
     manifest = core.make_manifest(opts, total, files, items_vocab, behavior_vocab, fps,
                                   extra["has_time"], "pyarrow-reference", written)
-    contracts.write_json_atomic(core.join(opts.output, contracts.MANIFEST), manifest)
+    manifest = contracts.commit_manifest(core.join(opts.output, contracts.MANIFEST), manifest)
     return manifest

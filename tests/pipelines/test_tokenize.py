@@ -272,11 +272,12 @@ def test_clear_errors_before_work(tmp_path):
         contracts.open_dataset(str(tmp_path / "o"))
 
 
-def test_failed_run_leaves_no_manifest(sample_logs, tmp_path, monkeypatch):
+def test_failed_run_leaves_the_previous_dataset(sample_logs, tmp_path, monkeypatch):
     logs, _ = sample_logs
     out = tmp_path / "ds"
     run_beam([os.path.join(logs, "events.csv")], "csv", out)
-    assert (out / "manifest.json").exists()
+    before = contracts.open_dataset(str(out))
+    rows = before.read_split("test").to_pylist()
     real_write = core.write_parquet
 
     def failing(table, path):
@@ -288,29 +289,38 @@ def test_failed_run_leaves_no_manifest(sample_logs, tmp_path, monkeypatch):
     monkeypatch.setattr(core, "write_parquet", failing)
     with pytest.raises(Exception, match="simulated storage failure"):
         run_beam([os.path.join(logs, "events.csv")], "csv", out)
-    assert not (out / "manifest.json").exists()
-    with pytest.raises(contracts.DatasetError, match="not committed"):
-        contracts.open_dataset(str(out))
+    after = contracts.open_dataset(str(out))
+    assert after.manifest == before.manifest and after.read_split("test").to_pylist() == rows
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ds")] == []   # the stage is gone
 
 
-def test_killed_run_leaves_no_manifest(tmp_path):
+def test_killed_run_leaves_the_previous_dataset(sample_logs, tmp_path):
     from ptum.generate import generate
 
     logs = str(tmp_path / "logs")
     generate(logs, users=4000, items=500, seed=1, mean_events=40)
     out = tmp_path / "ds"
-    out.mkdir()
-    (out / "manifest.json").write_text("{}")  # a previous run's commit marker
+    run_beam([os.path.join(sample_logs[0], "events.csv")], "csv", out)   # the previous run's dataset
+    before = contracts.open_dataset(str(out))
     proc = subprocess.Popen([sys.executable, "-m", "ptum.cli", "tokenize", "--input",
                              os.path.join(logs, "events.csv"), "--format", "csv", "--output", str(out),
                              "--num-shards", "8"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not (out / "sequences").exists() and proc.poll() is None:
+
+    def writing():
+        return any((p / "sequences").exists() for p in tmp_path.iterdir() if p.name.startswith(".ds.ptum-new-"))
+    while time.time() < deadline and not writing() and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (out / "sequences").exists(), "the run ended before it wrote anything"
-    assert not (out / "manifest.json").exists()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    after = contracts.open_dataset(str(out))
+    assert after.manifest == before.manifest
+    assert after.read_split("test").num_rows == before.manifest["splits"]["test"]["rows"]
+    # The next run removes the killed run's stage and replaces the dataset.
+    run_beam([os.path.join(sample_logs[0], "events.csv")], "csv", out, num_shards=3)
+    assert contracts.open_dataset(str(out)).manifest["parameters"]["num_shards"] == 3
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ds")] == []
 
 
 def test_pipeline_survives_runner_api_round_trip(sample_logs, tmp_path):
