@@ -196,11 +196,16 @@ def _sum(dicts):
 
 
 def _write_manifest(counts, output, info):
+    """The commit step: refuses (no manifest, so the previous export stays) when the export
+    does not hold every user of the dataset."""
+    expected = info.get("dataset_users")
+    if expected is not None and counts["users"] != expected:
+        raise tcore.InputError(f"{output}: {counts['users']} users embedded, the dataset has {expected}; "
+                               "nothing was committed")
     manifest = {**info, "counts": {k: v for k, v in counts.items() if k != "files"},
                 "files": sorted(tcore.join(EMBEDDINGS_DIR, f) for f in counts["files"]),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    contracts.write_json_atomic(tcore.join(output, contracts.MANIFEST), manifest)
-    return manifest
+    return contracts.commit_manifest(tcore.join(output, contracts.MANIFEST), manifest)
 
 
 def resolve_saved_model(model: str, output: str):
@@ -224,14 +229,37 @@ def run(model: str, data: str, output: str, split: Optional[str] = None, batch_r
         tfrecord: bool = False, beam_args: Optional[List[str]] = None,
         expected_sha256: Optional[str] = None) -> dict:
     """Embed every user (see `_run`), holding the output folder's lock."""
+    import re
+
+    if expected_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", expected_sha256.strip().lower()):
+        raise ExportError(f"--expected-sha256 {expected_sha256!r}: not a sha256 digest (64 hex digits); leave the "
+                          "option out to check the model against its own metadata only")
+    expected_sha256 = expected_sha256.strip().lower() if expected_sha256 is not None else None
+    contracts.check_output_kind(output, "embeddings", ExportError)
+    if os.path.abspath(output) in (os.path.abspath(data), os.path.abspath(model)):
+        raise ExportError(f"--output {output}: is the {'dataset' if os.path.abspath(output) == os.path.abspath(data) else 'model'} "
+                          "itself; choose another folder")
     with contracts.output_lock(output, "ptum export-embeddings", ExportError):
-        return _run(model, data, output, split, batch_rows, tfrecord, beam_args, expected_sha256)
+        with fs.staged_dir(output) as stage:
+            _run(model, data, stage, split, batch_rows, tfrecord, beam_args, expected_sha256, final=output)
+    return read_manifest(output)
+
+
+def read_manifest(output: str) -> dict:
+    """The committed export's manifest, its seal checked (refuses an unfinished export)."""
+    mpath = tcore.join(output, contracts.MANIFEST)
+    if not fs.exists(mpath):
+        raise ExportError(f"{output}: no manifest: the export did not finish")
+    m = contracts.read_manifest(mpath, ExportError)
+    contracts.check_seal(mpath, m, ExportError)
+    return m
 
 
 def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_rows: int = 2048,
          tfrecord: bool = False, beam_args: Optional[List[str]] = None,
-         expected_sha256: Optional[str] = None) -> dict:
-    """`expected_sha256`: the SavedModel's digest from a trusted record (the pusher's MLMD
+         expected_sha256: Optional[str] = None, final: Optional[str] = None) -> None:
+    """Write the export into `output` (a stage that replaces `final`).
+    `expected_sha256`: the SavedModel's digest from a trusted record (the pusher's MLMD
     property, `ptum export-model`'s output); without it the model is checked against the
     digest in its own metadata only (integrity, not trust)."""
     from ptum.export import UntrustedModel, verify_saved_model
@@ -257,15 +285,23 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
         # (leave-one-out users with fewer than 3 behaviors, time-cut users with no target).
         split = "test+train"
         units = [(f, []) for f in ds.split_files("test")] + sorted(same_users_files(ds, "train", "test").items())
+    for name in ({"test+train": ("test", "train"), "pretrain+finetune": ("pretrain", "finetune")}.get(split)
+                 or (split,)):
+        ds.check_files(name)
+    final = final or output
     mpath = tcore.join(output, contracts.MANIFEST)
-    fs.remove(mpath)                    # uncommit the old export first
+    fs.remove(mpath)                    # an object store's output is written in place: uncommit first
     fs.remove(tcore.join(output, EMBEDDINGS_DIR))
     fs.makedirs(output)
-    info = {"model": os.path.abspath(saved), "model_version": str(meta["version"]),
+    where = os.path.abspath(saved)
+    if fs.is_local(output) and where.startswith(os.path.abspath(output) + os.sep):   # exported into the stage
+        where = os.path.join(os.path.abspath(final), os.path.relpath(where, os.path.abspath(output)))
+    expected_users = ds.manifest["counts"]["users"] if split in ("test+train", "pretrain+finetune") else None
+    info = {"kind": "embeddings", "model": where, "model_version": str(meta["version"]),
             "saved_model_sha256": meta["saved_model_sha256"], "model_verified": meta["verified"],
             "vocab_hash": ds.vocab_hash,
             "data": data, "split": split, "dim": meta["user_embedding"]["dim"],
-            "user_embedding": meta["user_embedding"], "tfrecord": tfrecord}
+            "user_embedding": meta["user_embedding"], "tfrecord": tfrecord, "dataset_users": expected_users}
     p, runner = make_pipeline(beam_args)
     info["runner"] = runner
     counts = p | "EmbedUsers" >> EmbedUsers(units, saved, output, int(meta["max_len"]), str(meta["version"]),
@@ -273,16 +309,13 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
     # The counts are the commit step's main input (no side input): it is the last step and
     # depends on every embedding shard.
     _ = counts | "WriteManifest" >> beam.Map(_write_manifest, output, info)
-    run_pipeline(p)
-    import json
-    return json.loads(fs.read_bytes(mpath))
+    try:
+        run_pipeline(p)
+    except tcore.InputError as e:   # the commit step's refusal, or a damaged dataset file
+        raise ExportError(str(e)) from None
 
 
 def read_embeddings(output: str) -> pa.Table:
     """The committed embedding table (refuses an export without a manifest)."""
-    import json
-    mpath = tcore.join(output, contracts.MANIFEST)
-    if not fs.exists(mpath):
-        raise ExportError(f"{output}: no manifest: the export did not finish")
-    m = json.loads(fs.read_bytes(mpath))
+    m = read_manifest(output)
     return pa.concat_tables([tcore.read_parquet(tcore.join(output, f)) for f in m["files"] if f.endswith(".parquet")])

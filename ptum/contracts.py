@@ -312,6 +312,25 @@ class SequenceDataset:
             return schema.empty_table()
         return pa.concat_tables(tables)
 
+    def check_files(self, split: str) -> None:
+        """Every file of `split` exists, is Parquet and holds the rows the manifest records
+        (footers only: cheap enough before a long job), else a DatasetError naming it."""
+        import pyarrow.parquet as pq
+
+        for path, rows in zip(self.split_files(split), self.file_rows(split)):
+            try:
+                with fs.open_input(path) as f:
+                    found = pq.ParquetFile(f).metadata.num_rows
+            except FileNotFoundError:
+                raise DatasetError(f"{path}: missing (the manifest lists it); the dataset is damaged: "
+                                   "run ptum tokenize again") from None
+            except (OSError, ValueError) as e:
+                raise DatasetError(f"{path}: unreadable Parquet ({str(e).splitlines()[0][:160]}); the dataset "
+                                   "is damaged: run ptum tokenize again") from None
+            if rows is not None and found != rows:
+                raise DatasetError(f"{path}: {found} rows, the manifest records {rows}; the dataset is damaged: "
+                                   "run ptum tokenize again")
+
     def read_checked_bytes(self, rel: str) -> bytes:
         """A vocabulary/catalog/labels file, verified against the digest in the manifest."""
         path = self.path(rel)

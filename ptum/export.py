@@ -32,8 +32,12 @@ from ptum.layers import SequencePreprocessing
 
 METADATA_ASSET = "ptum_metadata.json"
 PUSHED_FROM_ASSET = "ptum_pushed_from.txt"
-# Files outside the digest: the metadata that records it, and the pusher's provenance note.
-_UNDIGESTED = {os.path.join("assets.extra", METADATA_ASSET), os.path.join("assets.extra", PUSHED_FROM_ASSET)}
+# Outside the digest: the pusher's provenance note. The metadata asset is in it, without the
+# fields that record the digest itself and the serving version (the directory's name, stamped
+# by the pusher) and how it was verified.
+_UNDIGESTED = {os.path.join("assets.extra", PUSHED_FROM_ASSET)}
+_METADATA_REL = os.path.join("assets.extra", METADATA_ASSET)
+_UNDIGESTED_FIELDS = ("saved_model_sha256", "version", "verified")
 
 
 class UntrustedModel(Exception):
@@ -42,8 +46,11 @@ class UntrustedModel(Exception):
 
 
 def saved_model_digest(saved_model_dir: str) -> str:
-    """sha256 over every file of a SavedModel folder (relative path + content), except the
-    ptum metadata asset that records the digest."""
+    """sha256 over every file of a SavedModel folder (relative path + content): the graph,
+    the variables (vocabularies are tables in the graph), the warmup requests and the ptum
+    metadata (vocab hash, which vector is which, windowing) without the fields that record
+    the digest, the version and how it was verified. One digest for all that decides
+    behaviour: editing the metadata's vocab_hash changes it."""
     import hashlib
 
     h = hashlib.sha256()
@@ -55,9 +62,18 @@ def saved_model_digest(saved_model_dir: str) -> str:
             if rel in _UNDIGESTED:
                 continue
             fh = hashlib.sha256()
-            with open(full, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    fh.update(block)
+            if rel == _METADATA_REL:
+                try:
+                    with open(full, "rb") as f:
+                        meta = json.loads(f.read().decode("utf-8"))
+                    body = {k: v for k, v in meta.items() if k not in _UNDIGESTED_FIELDS}
+                    fh.update(json.dumps(body, sort_keys=True, default=str).encode("utf-8"))
+                except (ValueError, AttributeError):
+                    fh.update(b"unreadable metadata")
+            else:
+                with open(full, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        fh.update(block)
             h.update(rel.replace(os.sep, "/").encode() + b"\0" + fh.hexdigest().encode() + b"\n")
     return h.hexdigest()
 
@@ -309,8 +325,11 @@ def export_saved_model(model_dir: str, export_base: str, version: Optional[int] 
     meta.update({"config": cfg.to_dict(), "version": version, "source_model": os.path.abspath(model_dir),
                  "catalog_only_items": exp.catalog_only,
                  "signatures": ["serving_default", "embed_tokens", "embed_sequences", "top_k", "item_embeddings"]})
-    meta["saved_model_sha256"] = saved_model_digest(tmp)
-    with open(os.path.join(extra, METADATA_ASSET), "w") as f:
+    meta_path = os.path.join(extra, METADATA_ASSET)
+    with open(meta_path, "w") as f:
+        json.dump(meta, f, indent=2, default=str)
+    meta["saved_model_sha256"] = saved_model_digest(tmp)    # covers the metadata just written
+    with open(meta_path, "w") as f:
         json.dump(meta, f, indent=2, default=str)
     os.replace(tmp, final)
     return final

@@ -32,6 +32,36 @@ class ModelError(Exception):
     pass
 
 
+def file_digests(folder: str, rels) -> dict:
+    """{relative path: sha256 of its bytes} (what metadata.json records as files_sha256)."""
+    import hashlib
+
+    out = {}
+    for rel in sorted(rels):
+        h = hashlib.sha256()
+        with open(os.path.join(folder, rel), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out[rel] = h.hexdigest()
+    return out
+
+
+def verify_model_files(path: str, metadata: dict) -> None:
+    """The files a model's metadata records digests of (encoder, config, vocabularies) must
+    match them: a vocabulary replaced in the folder (another tokenize's) is refused."""
+    recorded = metadata.get("files_sha256")
+    if not recorded:
+        return   # a model from before digests were recorded
+    missing = [rel for rel in recorded if not os.path.exists(os.path.join(path, rel))]
+    if missing:
+        raise ModelError(f"{path}: {missing[0]} is missing; the model folder is damaged: train it again")
+    actual = file_digests(path, recorded)
+    changed = [rel for rel in recorded if actual[rel] != recorded[rel]]
+    if changed:
+        raise ModelError(f"{path}: {', '.join(changed)} changed after training (digest differs from "
+                         "metadata.json); the model folder was modified: train it again")
+
+
 def load_model_dir(path: str):
     """(encoder, metadata, config) of a finished model directory."""
     import keras
@@ -47,6 +77,7 @@ def load_model_dir(path: str):
             cfg = PTUMConfig.from_dict(json.load(f))
     except (OSError, ValueError) as e:
         raise ModelError(f"{path}: unreadable model metadata ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    verify_model_files(path, metadata)
     try:
         encoder = keras.saving.load_model(os.path.join(path, ENCODER_FILE), compile=False)
     except (ValueError, TypeError, OSError, KeyError) as e:

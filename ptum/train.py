@@ -13,7 +13,7 @@ import numpy as np
 
 from ptum import contracts, fs
 from ptum.config import PTUMConfig
-from ptum.saving import ENCODER_FILE, METADATA, ModelError, atomic_save_keras, load_model_dir
+from ptum.saving import ENCODER_FILE, METADATA, ModelError, atomic_save_keras, file_digests, load_model_dir
 
 
 class TrainingError(Exception):
@@ -280,6 +280,7 @@ def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output:
         output = tempfile.mkdtemp(prefix="ptum-worker-")
         run_dir = None
         log(f"not the chief of the TF_CONFIG cluster: this worker writes to {output}")
+    contracts.check_output_kind(output, "model", TrainingError)
     with contracts.output_lock(output, "ptum pretrain", TrainingError):
         return _pretrain_rows(ds, train_rows, valid_rows, output, cfg, log=log, resume=resume,
                               warm_start=warm_start, run_dir=run_dir)
@@ -305,15 +306,22 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
     cfg, title_words = fill_from_dataset(cfg, ds)
     cfg.validate()
     t = cfg.train
-    os.makedirs(output, exist_ok=True)
-    if os.path.exists(os.path.join(output, METADATA)):
-        os.remove(os.path.join(output, METADATA))  # the directory is unfinished from here on
+    # The vocabularies the model will carry, read (and verified) now: a dataset folder
+    # rewritten during training cannot hand the model other vocabularies than it trained on.
+    vocab_snapshot = ds.vocab_files()
     run_dir = run_dir or output
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    os.makedirs(ckpt_dir, exist_ok=True)
     state_path = os.path.join(ckpt_dir, "state.json")
     latest = os.path.join(ckpt_dir, "latest.keras")
     best_path = os.path.join(ckpt_dir, "best.weights.h5")
+    if resume and os.path.exists(state_path) and os.path.exists(latest):
+        # Refused before anything in the output is touched.
+        with open(state_path) as f:
+            saved_vocab = json.load(f).get("vocab_hash")
+        if saved_vocab != ds.vocab_hash:
+            raise TrainingError(f"{output}: checkpoint was trained on vocabulary {saved_vocab}, "
+                                f"dataset has {ds.vocab_hash}; use a new --output or --no-resume")
+    os.makedirs(ckpt_dir, exist_ok=True)
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "wait": 0, "history": [], "train_seconds": 0.0,
              "vocab_hash": ds.vocab_hash, "config": cfg.to_dict()}
     keras.utils.set_random_seed(t.seed)
@@ -326,9 +334,6 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
         if resume and os.path.exists(state_path) and os.path.exists(latest):
             with open(state_path) as f:
                 saved = json.load(f)
-            if saved.get("vocab_hash") != ds.vocab_hash:
-                raise TrainingError(f"{output}: checkpoint was trained on vocabulary {saved.get('vocab_hash')}, "
-                                    f"dataset has {ds.vocab_hash}; use a new --output or --no-resume")
             if saved.get("config") != cfg.to_dict():
                 log("checkpoint config differs from this run's: starting over")
             else:
@@ -443,19 +448,25 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
         raise TrainingError("no validation result was recorded; no model was written")
     pretrainer.load_weights(best_path)
     state["distribution"] = distribution_info(pretrainer)
-    return _finish(output, ds, cfg, encoder, state, log)
+    if contracts.open_dataset(ds.root).manifest.get(contracts.MANIFEST_DIGEST) != \
+            ds.manifest.get(contracts.MANIFEST_DIGEST):
+        raise TrainingError(f"{ds.root}: the dataset was replaced while the model trained on it; no model was "
+                            f"written (the checkpoints in {ckpt_dir} stay)")
+    carry = ("checkpoints", "tensorboard") if os.path.abspath(run_dir) == os.path.abspath(output) else ()
+    with fs.staged_dir(output, carry=carry) as stage:
+        metadata = _finish(stage, ds, cfg, encoder, state, vocab_snapshot)
+    log(f"model written to {output} (best epoch {state['best_epoch']}, valid "
+        f"{state.get('select_metric', 'ndcg@10')} {state['best']:.4f})")
+    return metadata
 
 
-def _finish(output, ds, cfg, encoder, state, log) -> dict:
+def _finish(output, ds, cfg, encoder, state, vocab_snapshot: Dict[str, bytes]) -> dict:
+    """Write the finished model's files into `output` (a stage that replaces the model folder)."""
     atomic_save_keras(encoder, os.path.join(output, ENCODER_FILE))
-    vocab_out = os.path.join(output, "vocab")
-    os.makedirs(vocab_out, exist_ok=True)
-    for name in (contracts.ITEMS_VOCAB, contracts.BEHAVIORS_VOCAB, contracts.CATALOG, contracts.WORDS_VOCAB):
-        src = ds.path(contracts.VOCAB_DIR, name)
-        if fs.exists(src):  # the dataset may live on gs://, s3://, ...
-            data = fs.read_bytes(src)
-            with open(os.path.join(vocab_out, name), "wb") as f:
-                f.write(data)
+    for rel, data in vocab_snapshot.items():   # vocab/<name>, as verified at the start
+        os.makedirs(os.path.dirname(os.path.join(output, rel)), exist_ok=True)
+        with open(os.path.join(output, rel), "wb") as f:
+            f.write(data)
     with open(os.path.join(output, "config.json"), "w") as f:
         f.write(cfg.dump_json())
     with open(os.path.join(output, "history.json"), "w") as f:
@@ -483,8 +494,8 @@ def _finish(output, ds, cfg, encoder, state, log) -> dict:
                           "inputs": ds.manifest.get("inputs"), "counts": ds.manifest.get("counts")},
         "stack": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # What decides the model's behaviour besides metadata.json: loaders verify these.
+        "files_sha256": file_digests(output, [ENCODER_FILE, "config.json", *vocab_snapshot]),
     }
     contracts.write_json_atomic(os.path.join(output, METADATA), metadata)
-    log(f"model written to {output} (best epoch {state['best_epoch']}, valid "
-        f"{state.get('select_metric', 'ndcg@10')} {state['best']:.4f})")
     return metadata

@@ -226,7 +226,10 @@ def test_bad_inputs_give_clear_errors(clean_dataset, tmp_path):
     empty_csv = tmp_path / "empty.csv"
     empty_csv.write_text("user_id,item_id,timestamp\n")
     empty = str(tmp_path / "empty")
-    reference.run(core.TokenizeOptions(inputs=[str(empty_csv)], format="csv", output=empty))
+    with pytest.raises(core.InputError, match="no event was accepted"):   # refused unless asked for
+        reference.run(core.TokenizeOptions(inputs=[str(empty_csv)], format="csv", output=empty))
+    assert os.listdir(empty) in ([], [contracts.LOCK_FILE])          # nothing but the lock file
+    reference.run(core.TokenizeOptions(inputs=[str(empty_csv)], format="csv", output=empty, allow_empty=True))
     with pytest.raises(TrainingError, match="no sequence"):
         pretrain(empty, str(tmp_path / "e"), small_cfg(), log=lambda s: None)
     # Vocabulary mismatch at evaluation.
