@@ -123,6 +123,7 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
         return job.run(opts, json.loads(beam_args))
 
     manifest = tokenize(source)
+    oov = None
     if source:
         c = manifest["counts"]
         oov = c["oov_events"] / max(c["events_accepted"], 1)
@@ -141,10 +142,34 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
         art.set_int_custom_property("vocab_reused", int(source is not None))
         art.set_string_custom_property("vocab_source", why)
     dataset.set_string_custom_property("counts", json.dumps(manifest["counts"]))
+    dataset.set_string_custom_property("span_checks", json.dumps(
+        _span_checks(manifest, output, input_pattern, span, span_window, paths, source, oov)))
     examples.set_string_custom_property("rows", json.dumps(counts))
     # The Trainers read rows from the Examples and the manifest and vocabulary from here
     # (components.dataset_trainer hands this path to their run_fn).
     examples.set_string_custom_property(DATASET_PROPERTY, output)
+
+
+def _span_checks(manifest, output, pattern, span, window, paths, blessed_data, oov_vs_blessed) -> dict:
+    """What the ValidationGate judges the newest span on: its own files' dead letters, how many
+    spans the window held (drift compares like with like), and its id columns against the
+    blessed model's dataset (when there is one)."""
+    from ptum import contracts
+    from ptum.ingest import checks, core
+    from ptum.ingest.spans import span_files
+
+    if pattern and any(p in pattern for p in ("{SPAN}", "{YYYY}")):
+        _, by_span = span_files(pattern, span, window)
+        newest = {f for p in by_span.get(span, []) for f in core.expand_paths(p)}
+        window_spans = len(by_span)
+    else:
+        newest, window_spans = {f for p in paths for f in core.expand_paths(p)}, 1
+    files = [f for f in manifest.get("inputs_read", {}) if f in newest]
+    out = {"window_spans": window_spans, "newest_span": checks.newest_span_counts(manifest, files), "ids": None}
+    if blessed_data and oov_vs_blessed is not None:
+        out["ids"] = checks.id_measures(contracts.open_dataset(output), contracts.open_dataset(blessed_data),
+                                        oov_vs_blessed)
+    return out
 
 
 def _drift(statistics, baseline_statistics, schema, features, threshold) -> tuple:
@@ -185,28 +210,41 @@ def ValidationGate(  # noqa: N802
         dataset: InputArtifact[SequenceDataset],
         report: OutputArtifact[ValidationReport],
         baseline_statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None,
+        baseline_report: InputArtifact[ValidationReport] = None,
         max_deadletter_rate: Parameter[float] = 0.05,
         max_oov_rate: Parameter[float] = 0.2,
         max_drift: Parameter[float] = 0.3,
         drift_features: Parameter[str] = '["item_ids", "behavior_ids", "length"]',
+        min_item_overlap: Parameter[float] = 0.5,
+        max_id_crossing: Parameter[float] = 0.2,
+        max_id_ratio_change: Parameter[float] = 3.0,
         report_dir: Parameter[str] = ""):
-    """Stops the run (raises) when the data is not fit to train on: schema anomalies, the
-    manifest's dead-letter or OOV rate past its threshold, or drift against the last validated
-    earlier span past `max_drift` (0 turns drift off). Writes a readable report (also to
-    `report_dir`: TFX removes the outputs of a failed execution)."""
+    """Stops the run (raises) when the newest span is not fit to train on: schema anomalies; its
+    own files' dead-letter rate (not the window's average) or the window's OOV rate past its
+    threshold; id columns that do not match the blessed model's data (ptum.ingest.checks:
+    swapped or shifted columns); drift against the last validated earlier span past `max_drift`
+    (0 turns drift off), measured only when both sides read as many spans (like with like).
+    Writes a readable report (also to `report_dir`: TFX removes the outputs of a failed
+    execution)."""
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
     from ptum import contracts
+    from ptum.ingest import checks
 
-    problems = []
     manifest = contracts.open_dataset(os.path.join(dataset.uri, DATASET_SUBDIR)).manifest
     c = manifest["counts"]
-    read = max(c["events_read"], 1)
-    dl_rate = c["events_dead_lettered"]["total"] / read
+    span_checks = json.loads(dataset.get_string_custom_property("span_checks") or "{}")
+    newest = span_checks.get("newest_span") or {
+        "files": len(manifest.get("inputs_read", {})), "events_read": c["events_read"],
+        "dead_lettered": c["events_dead_lettered"]["total"],
+        "rate": c["events_dead_lettered"]["total"] / max(c["events_read"], 1)}
+    dl_rate = newest["rate"]
     oov_rate = c["oov_events"] / max(c["events_accepted"], 1)
-    if dl_rate > max_deadletter_rate:
-        problems.append({"kind": "dead_letters", "rate": dl_rate, "threshold": max_deadletter_rate,
-                         "by_reason": {k: v for k, v in c["events_dead_lettered"]["by_reason"].items() if v}})
+    problems = checks.judge(newest, span_checks.get("ids"), max_deadletter_rate, min_item_overlap,
+                            max_id_crossing, max_id_ratio_change)
+    for p in problems:
+        if p["kind"] == "dead_letters":
+            p["by_reason_in_window"] = {k: v for k, v in c["events_dead_lettered"]["by_reason"].items() if v}
     if oov_rate > max_oov_rate:
         problems.append({"kind": "oov", "rate": oov_rate, "threshold": max_oov_rate})
     for split in ("train", "eval"):
@@ -219,7 +257,14 @@ def ValidationGate(  # noqa: N802
             problems.append({"kind": "schema", "split": split, "feature": feature,
                              "description": info.description or info.short_description})
     drift = {"checked": False}
-    if baseline_statistics is not None and max_drift > 0:
+    window_spans = int(span_checks.get("window_spans", 1))
+    baseline_spans = None
+    if baseline_report is not None and "window_spans" in baseline_report.mlmd_artifact.custom_properties:
+        baseline_spans = baseline_report.get_int_custom_property("window_spans")
+    if baseline_spans is not None and baseline_spans != window_spans and max_drift > 0:
+        drift["why_not"] = (f"not like with like: the baseline's window held {baseline_spans} span(s), this "
+                            f"run's {window_spans}")
+    elif baseline_statistics is not None and max_drift > 0:
         measured, drift_problems = _drift(statistics, baseline_statistics, schema, json.loads(drift_features),
                                           max_drift)
         drift = {"checked": True, "against_span": baseline_statistics.span, "threshold": max_drift,
@@ -229,15 +274,25 @@ def ValidationGate(  # noqa: N802
         drift["why_not"] = "no validated earlier span"
     span = dataset.get_int_custom_property("span")
     text = {"passed": not problems, "problems": problems, "deadletter_rate": dl_rate, "oov_rate": oov_rate,
+            "newest_span": newest, "window_spans": window_spans, "id_columns": span_checks.get("ids"),
             "drift": drift, "counts": c, "dataset": dataset.uri, "span": span,
             "vocabulary": dataset.get_string_custom_property("vocab_source")}
     lines = [f"validation {'passed' if not problems else 'FAILED'} for span {span} ({dataset.uri})",
-             f"  dead-letter rate {dl_rate:.4f} (max {max_deadletter_rate}), OOV rate {oov_rate:.4f} (max {max_oov_rate})",
+             f"  newest span's dead-letter rate {dl_rate:.4f} (max {max_deadletter_rate}; {newest['files']} file(s)), "
+             f"OOV rate {oov_rate:.4f} (max {max_oov_rate})",
              f"  vocabulary: {text['vocabulary']}"]
+    if span_checks.get("ids"):
+        ids = span_checks["ids"]
+        lines.append(f"  id columns vs the blessed model's data: items known {ids['item_overlap']:.3f} "
+                     f"(min {min_item_overlap}), user ids that are its items {ids['users_known_as_items']:.3f} / "
+                     f"its users {ids['users_known_as_users']:.3f}, items per user {ids['items_per_user']:.3f} "
+                     f"(blessed {ids['blessed_items_per_user']:.3f})")
+    if drift.get("why_not"):
+        lines.append(f"  drift not measured: {drift['why_not']}")
     if drift["checked"]:
         lines.append(f"  drift vs span {drift['against_span']} (Jensen-Shannon, max {max_drift}): " +
                      ", ".join(f"{k} {v['jensen_shannon_divergence']:.4f}" for k, v in sorted(drift["features"].items())))
-    lines += [f"  - {json.dumps(p)}" for p in problems]
+    lines += [f"  - {p['reason']}" if "reason" in p else f"  - {json.dumps(p)}" for p in problems]
     stamp = time.strftime("%Y%m%dT%H%M%S")
     targets = [(report.uri, "validation_report")]
     if report_dir:
@@ -251,6 +306,7 @@ def ValidationGate(  # noqa: N802
     report.set_int_custom_property("passed", int(not problems))
     report.set_int_custom_property("span", span)
     report.set_int_custom_property("statistics_id", statistics.id)
+    report.set_int_custom_property("window_spans", window_spans)
     if problems:
         folder, stem = targets[-1]
         raise RuntimeError("data validation failed; the run stops before training:\n" + "\n".join(lines) +

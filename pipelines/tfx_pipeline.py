@@ -45,6 +45,10 @@ class PipelineConfig:
     max_oov_rate: Float = Field(0.2, ge=0.0, le=1.0)
     max_drift: Float = Field(0.3, ge=0.0)  # Jensen-Shannon vs the last validated earlier span; 0 = off
     drift_features: List[str] = field(default_factory=lambda: ["item_ids", "behavior_ids", "length"])
+    # Id columns of the new window against the blessed model's data (swapped or shifted columns):
+    min_item_overlap: Float = Field(0.5, ge=0.0, le=1.0)     # share of events whose item it knows
+    max_id_crossing: Float = Field(0.2, ge=0.0, le=1.0)      # user ids that are its items, beyond its users
+    max_id_ratio_change: Float = Field(3.0, ge=0.0)          # items per user, x or / this; 0 = off
     reuse_vocab: Bool = True              # the earlier span's blessed model's item vocabulary
     vocab_rebuild_oov_rate: Float = Field(0.05, ge=0.0, le=1.0)  # ... unless more events than this are out of it
     warm_start: Bool = True               # from that model, when vocabulary and model config match
@@ -189,8 +193,11 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
     gate = ValidationGate(anomalies=validator.outputs["anomalies"], statistics=statistics.outputs["statistics"],
                           schema=schema.outputs["schema"], dataset=ingestion.outputs["dataset"],
                           baseline_statistics=earlier_stats.outputs["statistics"],
+                          baseline_report=earlier_stats.outputs["report"] if resolvers == "earlier-span" else None,
                           max_deadletter_rate=cfg.max_deadletter_rate, max_oov_rate=cfg.max_oov_rate,
                           max_drift=cfg.max_drift, drift_features=json.dumps(cfg.drift_features),
+                          min_item_overlap=cfg.min_item_overlap, max_id_crossing=cfg.max_id_crossing,
+                          max_id_ratio_change=cfg.max_id_ratio_change,
                           report_dir=os.path.join(cfg.pipeline_root, "validation_reports"))
     ptum_cfg = PTUMConfig.load(cfg.model_config or None, cfg.model_overrides)
     trainer = tfx.components.Trainer(

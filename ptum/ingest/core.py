@@ -1095,6 +1095,8 @@ def make_manifest(opts: TokenizeOptions, counts: dict, files: List[Tuple[str, st
         "inputs": fingerprints_,
         "runner": runner,
         "files": extras,
+        "inputs_read": {p: {"events_read": int(n), "dead_lettered": int(counts.get("dead_by_file", {}).get(p, 0))}
+                        for p, n in sorted(counts.get("read_by_file", {}).items())},
         # Vocabularies, catalog and labels decide what token ids mean: readers verify them.
         "file_sha256": contracts.file_sha256({rel: join(opts.output, rel) for rel in extras.values()}),
     }
@@ -1111,6 +1113,12 @@ def make_manifest(opts: TokenizeOptions, counts: dict, files: List[Tuple[str, st
 
 
 # ------------------------------------------------------------------ stage helpers
+def read_counts(path: str, read: int, dead: int) -> dict:
+    """Counts of one unit of input: records read, also per input file with its dead letters
+    (the manifest's `inputs_read`: a gate judges the newest span's files on their own)."""
+    return {"events_read": read, "read_by_file": {path: read}, "dead_by_file": {path: dead}}
+
+
 def parse_input_unit(unit, max_line_bytes: int):
     """A Chunk, a (spec, record batch, first row) tuple or a reader dead-letter table
     -> (events, dead letters, records read)."""

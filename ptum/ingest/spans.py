@@ -7,7 +7,7 @@ Kubeflow pipeline carries the pattern, not the files that existed when it was co
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ptum import fs
 
@@ -25,13 +25,19 @@ def _span_of(m: "re.Match") -> int:
 
 
 def resolve_spans(pattern: str, span: Optional[int], window: int) -> Tuple[int, List[str]]:
+    """(span, input paths of the spans in (span - window, span]); see `span_files`."""
+    span, by_span = span_files(pattern, span, window)
+    return span, [p for s in sorted(by_span) for p in by_span[s]]
+
+
+def span_files(pattern: str, span: Optional[int], window: int) -> Tuple[int, Dict[int, List[str]]]:
     """(pattern with {SPAN} or {YYYY}/{MM}/{DD}, requested span or latest, window) ->
     (span, input paths of the spans in (span - window, span]). With a date pattern the span
     is the day number since 1970-01-01, so the window counts days. Local or on an object
     store (ptum.fs)."""
     parts = [p for p in _SPAN_PARTS if p in pattern]
     if not parts:
-        return 0, [pattern]
+        return 0, {0: [pattern]}
     if "{SPAN}" in parts and len(parts) > 1 or "{SPAN}" not in parts and len(parts) != 3:
         raise ValueError(f"{pattern}: use either {{SPAN}} or all of {{YYYY}}, {{MM}}, {{DD}}")
     regex, wildcard = re.escape(pattern), pattern
@@ -49,5 +55,4 @@ def resolve_spans(pattern: str, span: Optional[int], window: int) -> Tuple[int, 
     span = max(found) if span is None else span
     if span not in found:
         raise FileNotFoundError(f"span {span} not found for {pattern} (have {sorted(found)})")
-    paths = [p for s in sorted(found) if span - window < s <= span for p in sorted(found[s])]
-    return span, paths
+    return span, {s: sorted(found[s]) for s in sorted(found) if span - window < s <= span}

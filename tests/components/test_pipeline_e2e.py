@@ -5,8 +5,12 @@ One module-scoped fixture runs the scenario once; the tests read its artifacts:
   run 2  span 1 again                  -> every component hits the cache
   run 3  span 1, a much weaker model   -> evaluated against the blessed model, not blessed, nothing pushed
   run 4  span 2 (new logs)             -> ingests and trains again
-  run 5  span 3, 20% malformed rows    -> stopped by validation before training, nothing pushed
+  run 5  span 3, 12% malformed rows, read in a window of 3 spans (4% on average)
+                                       -> stopped by the newest span's own dead-letter rate, nothing pushed
   run 6  span 4, items collapsed       -> stopped by drift against span 2 (the last validated span)
+  run 7  span 5, user and item columns swapped
+                                       -> stopped by the id-column checks, nothing pushed
+  run 8  span 6, clean                 -> passes validation and trains again
 Every run also fine-tunes a gender classifier (a second Trainer) on the pre-trained model.
 """
 import json
@@ -39,7 +43,7 @@ def scenario(tmp_path_factory):
     from pipelines.tfx_pipeline import PipelineConfig, run_local, summarize
 
     root = tmp_path_factory.mktemp("tfx")
-    for span, seed, bad in ((1, 1, 0.0), (2, 2, 0.0), (3, 3, 0.2)):
+    for span, seed, bad in ((1, 1, 0.0), (2, 2, 0.0), (3, 3, 0.12), (6, 6, 0.0)):
         generate(str(root / "logs" / f"span-{span}"), users=120, items=50, seed=seed, mean_events=10,
                  malformed_rate=bad)
     base = dict(pipeline_root=str(root / "pipeline"), input_pattern=str(root / "logs" / "span-{SPAN}" / "events.csv"),
@@ -69,9 +73,10 @@ def scenario(tmp_path_factory):
     cfg.span = 2
     result["run4"] = run_local(cfg)
     result["execs4"] = _node_executions(meta)
-    cfg.span = 3
+    cfg.span, cfg.span_window = 3, 3
     with pytest.raises(RuntimeError) as err:
         run_local(cfg)
+    cfg.span_window = 1
     result["run5_error"] = str(err.value)
     result["run5"] = summarize(cfg)
     result["execs5"] = _node_executions(meta)
@@ -91,6 +96,24 @@ def scenario(tmp_path_factory):
         run_local(cfg)
     result["run6_error"] = str(err.value)
     result["execs6"] = _node_executions(meta)
+    # Span 5: span 2's events with the user and item columns swapped (values, not header).
+    (root / "logs" / "span-5").mkdir()
+    with open(root / "logs" / "span-2" / "events.csv", newline="") as src, \
+            open(root / "logs" / "span-5" / "events.csv", "w", newline="") as dst:
+        rows = csv.DictReader(src)
+        w = csv.DictWriter(dst, fieldnames=rows.fieldnames)
+        w.writeheader()
+        for r in rows:
+            r["user_id"], r["item_id"] = r["item_id"], r["user_id"]
+            w.writerow(r)
+    cfg.span = 5
+    with pytest.raises(RuntimeError) as err:
+        run_local(cfg)
+    result["run7_error"] = str(err.value)
+    result["execs7"] = _node_executions(meta)
+    cfg.span = 6
+    result["run8"] = run_local(cfg)
+    result["execs8"] = _node_executions(meta)
     return result
 
 
@@ -217,9 +240,35 @@ def test_corrupted_span_is_stopped_by_validation(scenario):
     assert os.path.exists(txt) and "dead_letters" in open(txt).read()
     report = json.load(open(txt[:-4] + ".json"))
     assert report["passed"] is False and report["problems"][0]["kind"] == "dead_letters"
+    # Judged on the newest span's own file: ~12%, though the window of 3 spans averages ~4%.
+    assert report["window_spans"] == 3 and report["newest_span"]["files"] == 1
+    assert report["newest_span"]["rate"] > 0.08
+    window_rate = report["counts"]["events_dead_lettered"]["total"] / report["counts"]["events_read"]
+    assert window_rate < 0.05
+    assert "not like with like" in report["drift"]["why_not"]
     execs = scenario["execs5"]
     assert len(execs["Trainer"]) == len(scenario["execs4"]["Trainer"])
     serving = os.path.dirname(scenario["run1"]["pushed_model"]["pushed_destination"])
     pushed = [v for v in os.listdir(serving) if v.isdigit()]
     assert len(pushed) == 1 + int(scenario["run4"]["pushed_model"]["pushed"])
     assert not [v for v in os.listdir(serving) if v.startswith(".tmp")]
+
+
+def test_swapped_columns_span_is_stopped_and_the_next_clean_span_passes(scenario):
+    err = scenario["run7_error"]
+    assert "data validation failed" in err and "columns look swapped" in err
+    report = json.load(open(err.split("report: ")[-1].strip()[:-4] + ".json"))
+    checks = {p.get("check") for p in report["problems"] if p["kind"] == "id_columns"}
+    assert {"item_overlap", "user_ids_are_items"} <= checks, report["problems"]
+    assert report["id_columns"]["users_known_as_items"] > 0.9
+    execs7, execs8 = scenario["execs7"], scenario["execs8"]
+    assert len(execs7["Trainer"]) == len(scenario["execs6"]["Trainer"])      # nothing trained on it
+    assert len(execs7["VersionedPusher"]) == len(scenario["execs6"]["VersionedPusher"])
+    # The next clean span passes the gate and trains; whatever is pushed comes from it.
+    assert execs8["ValidationGate"][-1] == "COMPLETE" and execs8["Trainer"][-1] == "COMPLETE"
+    run8 = scenario["run8"]
+    report8 = json.load(open(os.path.join(run8["validation_report"]["uri"], "validation_report.json")))
+    assert report8["passed"] is True and report8["span"] == 6 and report8["id_columns"]["item_overlap"] > 0.9
+    if run8["pushed_model"]["pushed"]:
+        assert run8["blessing"]["current_model"] in open(os.path.join(
+            run8["pushed_model"]["pushed_destination"], "assets.extra", "ptum_pushed_from.txt")).read()
