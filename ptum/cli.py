@@ -109,7 +109,8 @@ def tokenize_options(a):
         finetune_fraction=a.finetune_fraction, window=a.window, min_item_count=a.min_item_count,
         max_history=a.max_history, max_line_bytes=a.max_line_bytes, num_shards=a.num_shards,
         min_word_count=a.min_word_count, vocab_from=a.vocab_from, time_unit=a.time_unit,
-        allow_truncated=a.allow_truncated, allow_empty=a.allow_empty, catalog_item_column=a.catalog_item_column,
+        allow_truncated=a.allow_truncated, allow_empty=a.allow_empty, strip_ids=a.strip_ids,
+        catalog_item_column=a.catalog_item_column,
         catalog_title_column=a.catalog_title_column, catalog_categories_column=a.catalog_categories_column,
         **({} if a.split_bytes is None else {"split_bytes": a.split_bytes}))
 
@@ -168,6 +169,10 @@ def _add_tokenize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-unit", default="s", choices=["s", "ms", "us", "ns"],
                    help="unit of numeric timestamps (stored as epoch seconds; out-of-range values are "
                         "dead letters)")
+    p.add_argument("--strip-ids", action="store_true",
+                   help="trim whitespace around user and item ids (default: ids exactly as written, so "
+                        "'u1' and ' u1' are two users; either way the manifest counts "
+                        "ids_with_surrounding_space)")
     p.add_argument("--allow-empty", action="store_true",
                    help="commit a dataset in which no event was accepted (default: such a run fails and "
                         "the previous output stays)")

@@ -39,9 +39,9 @@ def _lower_choice(v):
 
 
 Int = Annotated[int, _no_bool("an integer")]
-Float = Annotated[float, _no_bool("a number")]
+Float = Annotated[float, _no_bool("a number"), Field(allow_inf_nan=False)]   # finite only
 Bool = Annotated[bool, Field(strict=True)]          # only true / false: "no" is not silently truthy
-PositiveInts = List[Annotated[int, _no_bool("an integer"), Field(ge=1)]]
+PositiveInts = List[Annotated[int, _no_bool("an integer"), Field(ge=1, le=8192)]]
 
 
 class Section(BaseModel):
@@ -62,12 +62,12 @@ class ModelConfig(Section):
 
     where: ClassVar[str] = "model"
 
-    embedding_dim: Int = Field(64, ge=1)
-    num_blocks: Int = Field(2, ge=1)
-    num_heads: Int = Field(2, ge=1)
-    ff_dim: Int = Field(0, ge=0, description="0: 4 x embedding_dim")
+    embedding_dim: Int = Field(64, ge=1, le=8192)
+    num_blocks: Int = Field(2, ge=1, le=64)
+    num_heads: Int = Field(2, ge=1, le=256)
+    ff_dim: Int = Field(0, ge=0, le=65536, description="0: 4 x embedding_dim")
     dropout: Float = Field(0.2, ge=0.0, lt=1.0)
-    max_len: Int = Field(50, ge=1)
+    max_len: Int = Field(50, ge=1, le=8192)
     attention: Literal["bidirectional", "causal"] = Field(
         "causal", description="bidirectional (PTUM, MBP) | causal (next-item)")
     user_vector: Literal["pooled", "last"] = Field(
@@ -76,12 +76,12 @@ class ModelConfig(Section):
     use_time: Bool = Field(True, description="log2 time-gap buckets; switched off for datasets without time")
     time_buckets: Int = Field(32, ge=1, le=MAX_TIME_BUCKETS, description="log2 gap buckets (2^k must fit int64)")
     use_text: Bool = Field(False, description="PTUM-style title encoder (needs the dataset's catalog)")
-    text_max_words: Int = Field(16, ge=1)
-    text_heads: Int = Field(2, ge=1)
+    text_max_words: Int = Field(16, ge=1, le=1024)
+    text_heads: Int = Field(2, ge=1, le=256)
     num_items: Int = Field(0, ge=0, description="filled from the dataset: reserved ids + vocabulary")
     num_behaviors: Int = Field(0, ge=0)
     num_words: Int = Field(0, ge=0)
-    future_positions: Int = Field(2, ge=1, description="NBP's K (one future-position embedding per k)")
+    future_positions: Int = Field(2, ge=1, le=256, description="NBP's K (one future-position embedding per k)")
     user_embedding: Literal["query", "profile"] = Field(
         "query", description="the exported user embedding: query (the next-item query: readout + "
         "future-position embedding) or profile (the history's item bag through its own item embeddings "
@@ -94,46 +94,46 @@ class ObjectiveConfig(Section):
     where: ClassVar[str] = "objective"
     mbp: Bool = False
     nbp: Bool = True
-    nbp_lambda: Float = Field(1.0, ge=0.0)
+    nbp_lambda: Float = Field(1.0, ge=0.0, le=1e4)
     mask_rate: Float = Field(0.2, gt=0.0, lt=1.0)
     mbp_readout: Literal["pooled", "position"] = Field(
         "position", description="pooled (PTUM) | position (per masked position)")
-    k: Int = Field(1, ge=1, description="NBP: predict the next K behaviors")
+    k: Int = Field(1, ge=1, le=256, description="NBP: predict the next K behaviors")
     nbp_from: Literal["last", "every"] = Field(
         "every", description="last (PTUM: from the last position) | every prefix (dense)")
     negatives: Literal["sampled", "shared", "full"] = Field(
         "shared", description="sampled (PTUM's per-target candidates) | shared | full")
-    num_negatives: Int = Field(256, ge=1)
+    num_negatives: Int = Field(256, ge=1, le=1_000_000)
     logq_correction: Bool = True
-    temperature: Float = Field(1.0, gt=0.0)
+    temperature: Float = Field(1.0, gt=0.0, le=1e4)
     bag: Bool = Field(False, description="set-level: the profile predicts the user's item bag (full softmax)")
-    bag_weight: Float = Field(1.0, ge=0.0)
+    bag_weight: Float = Field(1.0, ge=0.0, le=1e4)
     bag_dropout: Float = Field(0.5, ge=0.0, lt=1.0, description="share of behaviors hidden from the encoder "
                                "in the bag pass")
-    bag_future: Int = Field(0, ge=0, description="W > 0: also cut the newest 1..W behaviors off and predict "
+    bag_future: Int = Field(0, ge=0, le=8192, description="W > 0: also cut the newest 1..W behaviors off and predict "
                             "them (future window); 0: off")
-    bag_contrastive: Float = Field(0.0, ge=0.0, description="c > 0: two dropped views of a history agree "
+    bag_contrastive: Float = Field(0.0, ge=0.0, le=1e4, description="c > 0: two dropped views of a history agree "
                                    "(InfoNCE, in-batch negatives); 0: off")
-    bag_contrastive_temperature: Float = Field(0.1, gt=0.0)
+    bag_contrastive_temperature: Float = Field(0.1, gt=0.0, le=1e4)
 
 
 class TrainConfig(Section):
     where: ClassVar[str] = "train"
-    batch_size: Int = Field(128, ge=1)
-    epochs: Int = Field(50, ge=1)
+    batch_size: Int = Field(128, ge=1, le=1 << 20)
+    epochs: Int = Field(50, ge=1, le=1_000_000)
     learning_rate: Float = Field(1e-3, gt=0.0)
-    weight_decay: Float = Field(0.0, ge=0.0)
-    clipnorm: Float = Field(1.0, ge=0.0)
-    patience: Int = Field(5, ge=1)
+    weight_decay: Float = Field(0.0, ge=0.0, le=10.0)
+    clipnorm: Float = Field(1.0, ge=0.0, le=1e6)
+    patience: Int = Field(5, ge=1, le=1_000_000)
     seed: Int = 0
     length_buckets: PositiveInts = Field(default_factory=lambda: [8, 16, 32])
-    eval_every: Int = Field(1, ge=1)
-    eval_batch_size: Int = Field(512, ge=1)
+    eval_every: Int = Field(1, ge=1, le=1_000_000)
+    eval_batch_size: Int = Field(512, ge=1, le=1 << 20)
     checkpoint_every_steps: Int = Field(0, ge=0, description="0: at the end of every epoch only")
     mixed_precision: Literal["none", "bf16", "fp16"] = "none"
     jit_compile: Annotated[Literal["auto", "true", "false"], BeforeValidator(_lower_choice)] = Field(
         "auto", description="auto (on accelerators) | true | false")
-    steps_per_execution: Int = Field(1, ge=1)
+    steps_per_execution: Int = Field(1, ge=1, le=1_000_000)
     max_train_seconds: Float = Field(0.0, ge=0.0, description="0: no limit")
     deterministic: Bool = Field(False, description="TF op determinism (exact resume; slower)")
     select_metric: Literal["auto", "ndcg@10", "window_recall@10"] = Field(
@@ -261,4 +261,12 @@ def apply_override(d: Dict[str, Any], item: str) -> None:
         raise ConfigError(f"override {item!r}: expected section.key=value, e.g. model.num_blocks=2")
     key, value = item.split("=", 1)
     section, name = key.split(".", 1)
-    d.setdefault(section, {})[name] = yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        tag = " (Python object tags are not allowed in configs)" if "python/" in str(e) or "tag" in str(e) else ""
+        raise ConfigError(f"override {item!r}: invalid YAML value: {problem}{tag}") from None
+    if not isinstance(d.setdefault(section, {}), dict):
+        raise ConfigError(f"override {item!r}: {section} is not a section")
+    d[section][name] = parsed

@@ -31,6 +31,7 @@ from ptum.features import row_to_example, tf_feature_spec
 from ptum.layers import SequencePreprocessing
 
 METADATA_ASSET = "ptum_metadata.json"
+MAX_TIMESTAMP = 253402300799     # 9999-12-31T23:59:59Z: the tokenizer's upper bound (seconds)
 PUSHED_FROM_ASSET = "ptum_pushed_from.txt"
 # Outside the digest: the pusher's provenance note. The metadata asset is in it, without the
 # fields that record the digest itself and the serving version (the directory's name, stamped
@@ -192,6 +193,25 @@ class _Exporter:
             tf.debugging.assert_less(tf.cast(behavior_ids, tf.int64), tf.cast(self.num_behaviors, tf.int64),
                                      message="behavior id outside the behavior vocabulary"),
         ]
+        # Within each row's length: no padding or mask token (they are not behaviors), timestamps
+        # inside 1970..9999 (the tokenizer's range, in seconds) and never decreasing.
+        inside = tf.range(shape[1])[None, :] < tf.cast(lengths, tf.int64)[:, None]
+        ids = tf.cast(item_ids, tf.int64)
+        ts = tf.cast(timestamps, tf.int64)
+        reserved = tf.logical_and(inside, tf.logical_or(tf.equal(ids, contracts.PAD_ID), tf.equal(ids, contracts.MASK_ID)))
+        out_of_range = tf.logical_and(inside, tf.logical_or(ts < 0, ts > MAX_TIMESTAMP))
+        back = tf.logical_and(inside[:, 1:], ts[:, 1:] < ts[:, :-1])
+        checks += [
+            tf.debugging.assert_equal(tf.reduce_any(reserved), False,
+                                      message="padding (0) or mask (1) item id inside a row's length"),
+            tf.debugging.assert_equal(tf.reduce_any(tf.logical_and(inside, tf.equal(tf.cast(behavior_ids, tf.int64),
+                                                                                    contracts.BEHAVIOR_PAD_ID))),
+                                      False, message="padding behavior id (0) inside a row's length"),
+            tf.debugging.assert_equal(tf.reduce_any(out_of_range), False,
+                                      message=f"timestamp outside 0..{MAX_TIMESTAMP} (epoch seconds, years 1970..9999)"),
+            tf.debugging.assert_equal(tf.reduce_any(back), False,
+                                      message="timestamps must not decrease within a row (oldest first)"),
+        ]
         return checks
 
     def _embed(self, item_ids, behavior_ids, timestamps, lengths, vector="user"):
@@ -212,10 +232,12 @@ class _Exporter:
         ids = tf.sparse.to_dense(parsed["item_ids"])
         beh = tf.sparse.to_dense(parsed["behavior_ids"])
         ts = tf.sparse.to_dense(parsed["timestamps"])
-        return {"user_embedding": self._embed(ids, beh, ts, lengths)}
+        return {"user_embedding": self._embed(ids, beh, ts, lengths), "empty_history": tf.equal(lengths, 0)}
 
     def embed_tokens(self, item_ids, behavior_ids, timestamps, lengths):
-        return {"user_embedding": self._embed(item_ids, behavior_ids, timestamps, lengths)}
+        """`empty_history`: the row has no behavior (its embedding is the model's fixed prior)."""
+        return {"user_embedding": self._embed(item_ids, behavior_ids, timestamps, lengths),
+                "empty_history": tf.equal(tf.cast(lengths, tf.int64), 0)}
 
     def _raw(self, item_ids, behaviors, timestamps):
         present = tf.not_equal(item_ids, "")
@@ -237,7 +259,7 @@ class _Exporter:
 
     def embed_sequences(self, item_ids, behaviors, timestamps):
         ids, beh, ts, lengths = self._raw(item_ids, behaviors, timestamps)
-        return {"user_embedding": self._embed(ids, beh, ts, lengths)}
+        return {"user_embedding": self._embed(ids, beh, ts, lengths), "empty_history": tf.equal(lengths, 0)}
 
     def top_k(self, item_ids, behaviors, timestamps, k):
         ids, beh, ts, lengths = self._raw(item_ids, behaviors, timestamps)
@@ -252,10 +274,13 @@ class _Exporter:
             k = tf.identity(k)
         top = tf.math.top_k(scores, k=tf.minimum(k, n - contracts.FIRST_ITEM_ID))
         # Fewer than k unseen items: the rest are marked (item id "", score -inf, ok False),
-        # never a reserved or already-seen id.
-        ok = tf.math.is_finite(top.values)
-        names = tf.where(ok, tf.gather(self.token_names, top.indices), tf.fill(tf.shape(top.indices), ""))
-        return {"item_ids": names, "scores": top.values, "ok": ok}
+        # never a reserved or already-seen id. An empty history's list is the model's prior, not a
+        # recommendation for that user: returned, with ok False and empty_history True.
+        empty = tf.equal(lengths, 0)
+        ok = tf.logical_and(tf.math.is_finite(top.values), tf.logical_not(empty)[:, None])
+        names = tf.where(tf.math.is_finite(top.values), tf.gather(self.token_names, top.indices),
+                         tf.fill(tf.shape(top.indices), ""))
+        return {"item_ids": names, "scores": top.values, "ok": ok, "empty_history": empty}
 
     def item_embeddings(self):
         vecs = tf.gather(self.extended, self.item_tokens)

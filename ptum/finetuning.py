@@ -53,6 +53,9 @@ class FinetuneConfig(Section):
     patience: Int = Field(8, ge=1)
     valid_fraction: Float = Field(0.2, ge=0.0, lt=1.0)
     seed: Int = 0
+    duplicate_labels: Literal["error", "first", "last", "drop"] = Field(
+        "error", description="a user with label rows that disagree: error (name them and stop) | first | "
+        "last (that row's label) | drop (the user); identical repeats are counted either way")
 
 
 # ------------------------------------------------------------------ labels
@@ -84,8 +87,10 @@ def latest_rows(ds: contracts.SequenceDataset) -> Rows:
     return Rows.from_table(pa.concat_tables([test, extra]))
 
 
-def join_labels(rows: Rows, labels, label_column: str) -> Tuple[np.ndarray, List[str], np.ndarray, dict]:
-    """(row index per labelled user, class names, label index per user, report)."""
+def join_labels(rows: Rows, labels, label_column: str,
+                duplicates: str = "error") -> Tuple[np.ndarray, List[str], np.ndarray, dict]:
+    """(row index per labelled user, class names, label index per user, report).
+    `duplicates`: what a user whose label rows disagree gets (FinetuneConfig.duplicate_labels)."""
     if "user_id" not in labels.column_names:
         raise LabelError(f"label table has no user_id column (columns: {labels.column_names})")
     if label_column not in labels.column_names:
@@ -93,22 +98,31 @@ def join_labels(rows: Rows, labels, label_column: str) -> Tuple[np.ndarray, List
     users = [None if u is None else str(u) for u in labels.column("user_id").to_pylist()]
     values = labels.column(label_column).to_pylist()
     report = {"label_rows": len(users), "missing_values": 0, "duplicate_user_rows": 0,
-              "users_absent_from_dataset": 0}
+              "conflicting_label_users": 0, "duplicate_policy": duplicates, "users_absent_from_dataset": 0}
     row_of = {u: i for i, u in enumerate(rows.user_ids.tolist())}
-    seen, kept_u, kept_v = set(), [], []
+    by_user: Dict[str, List[str]] = {}
     for u, v in zip(users, values):
         if u is None or v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v):
             report["missing_values"] += 1
             continue
-        if u in seen:
+        if u in by_user:
             report["duplicate_user_rows"] += 1
-            continue
-        seen.add(u)
+        by_user.setdefault(u, []).append(str(v))
+    conflicts = [u for u, vs in by_user.items() if len(set(vs)) > 1]
+    report["conflicting_label_users"] = len(conflicts)
+    if conflicts and duplicates == "error":
+        u = conflicts[0]
+        raise LabelError(f"{label_column}: {len(conflicts)} user(s) have label rows that disagree, e.g. {u!r}: "
+                         f"{sorted(set(by_user[u]))}; fix the labels or set duplicate_labels to first, last or drop")
+    kept_u, kept_v = [], []
+    for u, vs in by_user.items():
         if u not in row_of:
             report["users_absent_from_dataset"] += 1
             continue
+        if len(set(vs)) > 1 and duplicates == "drop":
+            continue
         kept_u.append(row_of[u])
-        kept_v.append(str(v))
+        kept_v.append(vs[-1] if duplicates == "last" else vs[0])
     classes = sorted(set(kept_v))
     report["users_labelled"] = len(kept_u)
     report["class_counts"] = {c: kept_v.count(c) for c in classes}
@@ -429,7 +443,7 @@ def _run_rows(pretrained, ds, rows, labels_path, output, cfg, label_column, from
     if cfg.task == "classify":
         if not label_column:
             raise LabelError("--task classify needs --label-column")
-        row_idx, classes, y, report = join_labels(rows, table, label_column)
+        row_idx, classes, y, report = join_labels(rows, table, label_column, cfg.duplicate_labels)
         n_classes = len(classes)
     elif cfg.task == "ctr":
         row_idx, cand, y, report = join_impressions(rows, table, ds.read_items_vocab())

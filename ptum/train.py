@@ -58,6 +58,51 @@ def fill_from_dataset(cfg: PTUMConfig, ds: contracts.SequenceDataset) -> Tuple[P
     return cfg, table
 
 
+def memory_estimate(cfg: PTUMConfig) -> Dict[str, int]:
+    """Bytes a training run needs at least, by part (a float32 lower bound: weights with their
+    gradients and two Adam moments; per batch, the activations kept for the backward pass,
+    attention maps and the objective's score matrix; evaluation's scores over the catalog)."""
+    m, o, t = cfg.model, cfg.objective, cfg.train
+    d, L, B = m.embedding_dim, m.max_len, t.batch_size
+    ff = m.ff_dim or 4 * d
+    params = (m.num_items * d * (2 if m.user_embedding == "profile" else 1) + m.num_blocks * (4 * d * d + 2 * d * ff)
+              + (m.num_words * d if m.use_text else 0) + (L + m.future_positions + m.time_buckets + m.num_behaviors) * d)
+    activations = B * L * m.num_blocks * (6 * d + ff) + B * m.num_heads * L * L * m.num_blocks
+    candidates = m.num_items if o.negatives == "full" else o.num_negatives
+    positions = L if o.nbp_from == "every" else 1
+    scores = B * positions * o.k * candidates * (2 if o.negatives == "sampled" else 1)
+    if o.bag:
+        scores += B * m.num_items
+    return {"weights": 4 * 4 * params, "activations": 4 * 2 * activations, "scores": 4 * 2 * scores,
+            "evaluation": 4 * t.eval_batch_size * m.num_items}
+
+
+def _available_memory() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(cfg: PTUMConfig, available: Optional[int] = None) -> Dict[str, int]:
+    """Refuse, before anything is built, a config whose lower-bound estimate exceeds the memory
+    this machine has available (a run that would grow until the kernel kills it)."""
+    parts = memory_estimate(cfg)
+    available = _available_memory() if available is None else available
+    total = sum(parts.values())
+    if available is not None and total > available:
+        gib = 1 << 30
+        detail = ", ".join(f"{k} {v / gib:.1f}" for k, v in parts.items())
+        raise TrainingError(f"this config needs at least {total / gib:.1f} GiB ({detail}) and {available / gib:.1f} GiB "
+                            "is available: lower train.batch_size, model.max_len, objective.num_negatives or "
+                            "model.embedding_dim")
+    return parts
+
+
 def _query_definition(cfg: PTUMConfig) -> str:
     return ("attentive pooling of the hidden states" if cfg.model.user_vector == "pooled"
             else "hidden state at the newest behavior") + " + future-position embedding k=1"
@@ -305,6 +350,7 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
         raise TrainingError(f"{data_dir}: the train split has no sequence with 2 or more behaviors")
     cfg, title_words = fill_from_dataset(cfg, ds)
     cfg.validate()
+    check_memory(cfg)
     t = cfg.train
     # The vocabularies the model will carry, read (and verified) now: a dataset folder
     # rewritten during training cannot hand the model other vocabularies than it trained on.

@@ -83,7 +83,7 @@ class ReadAndParse(beam.DoFn):
                 continue
             events, dl, read = core.parse_input_unit(unit, self._opts.max_line_bytes)
             self._read.inc(read)
-            yield COUNTS, core.read_counts(split.spec.path, read, dl.num_rows)
+            yield COUNTS, core.read_counts(split.spec.path, read, dl.num_rows, events)
             if dl.num_rows:
                 self._dead.inc(dl.num_rows)
                 yield DEADLETTER, (split.spec.file_idx, dl)

@@ -71,6 +71,7 @@ class TokenizeOptions:
     catalog_title_column: str = "title"
     catalog_categories_column: Optional[str] = None  # default: categories, else genres, if present
     allow_empty: bool = False      # commit a dataset with no accepted event (default: fail)
+    strip_ids: bool = False        # trim surrounding whitespace from ids (default: exact, counted)
     stage_of: Optional[str] = None  # set by the runs: `output` is a stage that replaces this folder
 
     def manifest_params(self) -> dict:
@@ -233,7 +234,8 @@ def plan_inputs(opts: TokenizeOptions) -> Tuple[List[FileSpec], dict]:
         extra["catalog"] = read_catalog_csv(opts.items_catalog, opts.encoding, opts.catalog_item_column
                                             or opts.columns.item, opts.catalog_title_column,
                                             opts.catalog_categories_column)
-    specs = [replace(s, time_unit=opts.time_unit, allow_truncated=opts.allow_truncated) for s in specs]
+    specs = [replace(s, time_unit=opts.time_unit, allow_truncated=opts.allow_truncated, strip_ids=opts.strip_ids)
+             for s in specs]
     return specs, extra
 
 
@@ -1077,6 +1079,8 @@ def make_manifest(opts: TokenizeOptions, counts: dict, files: List[Tuple[str, st
         "behaviors": int(behavior_vocab.num_rows),
         "oov_events": int(counts.get("oov_events", 0)),
         "oov_behavior_events": int(counts.get("oov_behavior_events", 0)),
+        # ids as written unless --strip-ids (parameters.strip_ids): these had surrounding whitespace
+        "ids_with_surrounding_space": int(counts.get("ids_with_surrounding_space", 0)),
     }
     manifest = {
         "format_version": contracts.FORMAT_VERSION,
@@ -1113,10 +1117,13 @@ def make_manifest(opts: TokenizeOptions, counts: dict, files: List[Tuple[str, st
 
 
 # ------------------------------------------------------------------ stage helpers
-def read_counts(path: str, read: int, dead: int) -> dict:
+def read_counts(path: str, read: int, dead: int, events: Optional[pa.Table] = None) -> dict:
     """Counts of one unit of input: records read, also per input file with its dead letters
-    (the manifest's `inputs_read`: a gate judges the newest span's files on their own)."""
-    return {"events_read": read, "read_by_file": {path: read}, "dead_by_file": {path: dead}}
+    (the manifest's `inputs_read`: a gate judges the newest span's files on their own), and
+    the events whose ids had surrounding whitespace."""
+    meta = (events.schema.metadata or {}) if events is not None else {}
+    return {"events_read": read, "read_by_file": {path: read}, "dead_by_file": {path: dead},
+            "ids_with_surrounding_space": int(meta.get(formats.SPACED_IDS_KEY, b"0"))}
 
 
 def parse_input_unit(unit, max_line_bytes: int):

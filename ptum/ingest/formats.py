@@ -69,6 +69,12 @@ class FileSpec:
     columns: Columns = field(default_factory=Columns)
     time_unit: str = "s"
     allow_truncated: bool = False
+    strip_ids: bool = False     # trim surrounding whitespace from user/item ids (default: ids as written)
+
+
+# Schema metadata key of a parsed events table: how many of its rows had a user or item id with
+# surrounding whitespace (kept as written, or trimmed with strip_ids); the manifest counts them.
+SPACED_IDS_KEY = b"ids_with_surrounding_space"
 
 
 @dataclass
@@ -247,8 +253,11 @@ def validate_events(spec: FileSpec, user, item, ts_raw, behavior, value_raw, row
                     raw_lines: Optional[pa.Array]) -> Tuple[pa.Table, pa.Table]:
     """Columns of strings -> (events, dead letters), checking each field vectorised."""
     n = len(user)
-    user = pc.utf8_trim_whitespace(pc.fill_null(user, ""))
-    item = pc.utf8_trim_whitespace(pc.fill_null(item, ""))
+    user, item = pc.fill_null(user, ""), pc.fill_null(item, "")
+    user_t, item_t = pc.utf8_trim_whitespace(user), pc.utf8_trim_whitespace(item)
+    spaced = pc.or_(pc.not_equal(user, user_t), pc.not_equal(item, item_t))
+    if spec.strip_ids:
+        user, item = user_t, item_t
     if ts_raw is not None:
         ts, ts_range = parse_timestamps(ts_raw, spec.time_unit)
     else:
@@ -263,9 +272,9 @@ def validate_events(spec: FileSpec, user, item, ts_raw, behavior, value_raw, row
     else:
         value_ok = pa.array(np.ones(n, bool))
         value = pa.nulls(n, pa.float64())
-    checks = [
-        ("empty_user_id", spec.columns.user, pc.equal(pc.utf8_length(user), 0)),
-        ("empty_item_id", spec.columns.item, pc.equal(pc.utf8_length(item), 0)),
+    checks = [   # an id of whitespace only is empty either way
+        ("empty_user_id", spec.columns.user, pc.equal(pc.utf8_length(user_t), 0)),
+        ("empty_item_id", spec.columns.item, pc.equal(pc.utf8_length(item_t), 0)),
         ("timestamp_out_of_range", spec.columns.time, pa.array(ts_range)),
         ("unparsable_timestamp", spec.columns.time, pc.is_null(ts)),
         ("unparsable_value", spec.columns.value, pc.invert(value_ok)),
@@ -289,8 +298,11 @@ def validate_events(spec: FileSpec, user, item, ts_raw, behavior, value_raw, row
         "file_idx": pa.array(np.full(n, spec.file_idx, np.int32)),
         "row": pa.array(rows, pa.int64()),
     }, schema=EVENT_SCHEMA)
+    n_spaced = int((spaced.to_numpy(zero_copy_only=False) & ~bad).sum()) if n else 0
     if bad.any():
         events = events.filter(pa.array(~bad))
+    if n_spaced:
+        events = events.replace_schema_metadata({SPACED_IDS_KEY: str(n_spaced).encode()})
     return events, deadletters(spec, dl_rows, dl_fields, dl_reasons, dl_raw)
 
 

@@ -27,7 +27,7 @@ def _run(opts: core.TokenizeOptions) -> dict:
     for spec in specs:
         for unit in core.read_units(core.Split(spec), opts):   # files read whole
             events, dl, read = core.parse_input_unit(unit, opts.max_line_bytes)
-            counts.append(core.read_counts(spec.path, read, dl.num_rows))
+            counts.append(core.read_counts(spec.path, read, dl.num_rows, events))
             if dl.num_rows:
                 dls.append(dl)
             for b, t in formats.split_by_bucket(events, num_shards):

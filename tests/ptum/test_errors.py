@@ -107,7 +107,9 @@ def test_sigint_ends_with_one_line(tmp_path):
                              os.path.join(logs, "events.csv"), "--format", "csv", "--output", str(out),
                              "--num-shards", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not (out / ".staging").exists() and proc.poll() is None:
+    def staging():   # the run writes a stage beside the output (see ptum.fs.staged_dir)
+        return any((p / ".staging").exists() for p in tmp_path.iterdir() if p.name.startswith(".ds.ptum-new-"))
+    while time.time() < deadline and not staging() and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
@@ -116,6 +118,7 @@ def test_sigint_ends_with_one_line(tmp_path):
     assert proc.returncode == 130, err[-3000:]
     assert lines == ["ptum tokenize: interrupted; nothing was committed"], err[-3000:]
     assert not (out / "manifest.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ds.ptum-new-")]   # the stage is gone
 
 
 def test_interrupted_pipeline_marks_its_executions(tmp_path):
@@ -162,6 +165,14 @@ def test_cli_logging_drops_known_harmless_lines_only():
     ("train.batch_size=0", "train.batch_size"), ("model.max_len=0", "model.max_len"),
     ("model.embedding_dim=0", "model.embedding_dim"), ("train.length_buckets=[8,0]", "train.length_buckets"),
     ("train.jit_compile=sometimes", "train.jit_compile"), ("model.num_heads=2.5", "model.num_heads"),
+    # Upper bounds and finite numbers (a size of 1e9 grew memory until the kernel killed the run).
+    ("model.num_blocks=1000000000", "model.num_blocks"), ("objective.num_negatives=1000000000",
+                                                          "objective.num_negatives"),
+    ("train.learning_rate=.inf", "train.learning_rate"), ("train.learning_rate=.nan", "train.learning_rate"),
+    ("objective.temperature=.inf", "objective.temperature"), ("train.batch_size=100000000", "train.batch_size"),
+    # A YAML tag through --set: one line, not a traceback.
+    ("model.embedding_dim=!!python/object/apply:os.system ['echo pwned']", "invalid YAML value"),
+    ("model=3", "section.key=value"),
 ])
 def test_config_types_and_ranges_are_checked_up_front(override, needle):
     from ptum.config import ConfigError, PTUMConfig
@@ -195,3 +206,20 @@ def test_config_errors_at_the_cli_and_in_finetune(tmp_path):
         FinetuneConfig(mode="frozn")
     with pytest.raises(ConfigError, match="batch_size"):
         FinetuneConfig(batch_size=0)
+
+
+def test_memory_estimate_refuses_a_config_before_training(tmp_path):
+    from ptum.config import PTUMConfig
+    from ptum.train import TrainingError, check_memory
+
+    cfg = PTUMConfig.load(None, ["model.embedding_dim=4096", "model.num_blocks=48", "model.max_len=4096",
+                                 "train.batch_size=65536", "objective.num_negatives=1000000"])
+    cfg.model.num_items = 5_000_000
+    with pytest.raises(TrainingError, match=r"needs at least [0-9.]+ GiB .* is available"):
+        check_memory(cfg)
+    small = PTUMConfig.load(None, [])
+    small.model.num_items = 10_000
+    parts = check_memory(small, available=1 << 30)
+    assert 0 < sum(parts.values()) < 1 << 30
+    with pytest.raises(TrainingError, match="lower train.batch_size"):
+        check_memory(small, available=1 << 20)

@@ -92,12 +92,23 @@ def test_label_problems_are_counted_and_fatal_ones_are_clear(pretrained, tmp_pat
         lines.append(f"user_{u:07d},{'a' if u % 3 else 'b'}")
     lines += ["user_0000001,b", "nobody,a", "user_0000070,", "user_0000071,a"]
     labels.write_text("\n".join(lines) + "\n")
+    # user_0000001 is labelled a, then b: refused by default, naming the user.
     r = cli("finetune", "--pretrained", model, "--data", data, "--labels", str(labels), "--task", "classify",
             "--label-column", "segment", "--output", str(tmp_path / "o"))
-    assert r.returncode == 0, r.stderr[-2000:]
-    rep = json.load(open(tmp_path / "o" / "metadata.json"))["labels"]
-    assert rep["duplicate_user_rows"] == 1 and rep["users_absent_from_dataset"] == 1
-    assert rep["missing_values"] == 1 and rep["users_labelled"] == 61
+    assert r.returncode == 2 and "disagree" in r.stderr and "user_0000001" in r.stderr, r.stderr[-2000:]
+    for policy, kept in (("first", "a"), ("last", "b"), ("drop", None)):
+        conf = tmp_path / f"{policy}.yaml"
+        conf.write_text(SMALL_FT + f"\nduplicate_labels: {policy}\n")
+        r = subprocess.run([sys.executable, "-m", "ptum.cli", "finetune", "--pretrained", model, "--data", data,
+                            "--labels", str(labels), "--task", "classify", "--label-column", "segment",
+                            "--output", str(tmp_path / policy), "--config", str(conf)],
+                           capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        assert r.returncode == 0, r.stderr[-2000:]
+        rep = json.load(open(tmp_path / policy / "metadata.json"))["labels"]
+        assert rep["duplicate_user_rows"] == 1 and rep["users_absent_from_dataset"] == 1
+        assert rep["conflicting_label_users"] == 1 and rep["duplicate_policy"] == policy
+        assert rep["missing_values"] == 1 and rep["users_labelled"] == (60 if kept is None else 61)
+        assert rep["class_counts"]["a"] == 40 + (kept == "a")
     one = tmp_path / "one.csv"
     one.write_text("user_id,segment\nuser_0000001,a\nuser_0000002,a\n")
     r = cli("finetune", "--pretrained", model, "--data", data, "--labels", str(one), "--task", "classify",

@@ -220,7 +220,13 @@ def test_serving_inputs_are_checked(timed):
            dict(ok, item_ids=tf.constant([[3, 10 ** 6]], tf.int64)),        # past the vocabulary
            dict(ok, behavior_ids=tf.constant([[2, 99]], tf.int64)),         # unknown behavior id
            dict(ok, lengths=tf.constant([3], tf.int64)),                    # longer than the row
-           dict(ok, lengths=tf.constant([2, 2], tf.int64))]                 # one length too many
+           dict(ok, lengths=tf.constant([2, 2], tf.int64)),                 # one length too many
+           dict(ok, item_ids=tf.constant([[3, 0]], tf.int64)),              # padding inside the length
+           dict(ok, item_ids=tf.constant([[1, 4]], tf.int64)),              # the mask token
+           dict(ok, behavior_ids=tf.constant([[2, 0]], tf.int64)),          # behavior padding
+           dict(ok, timestamps=tf.constant([[1, 10 ** 18]], tf.int64)),     # far past year 9999
+           dict(ok, timestamps=tf.constant([[-(2 ** 63), 2]], tf.int64)),   # int64 minimum
+           dict(ok, timestamps=tf.constant([[5, 2]], tf.int64))]            # decreasing
     for b in bad:
         with pytest.raises(tf.errors.InvalidArgumentError):
             sig["embed_tokens"](**b)
@@ -239,6 +245,16 @@ def test_serving_inputs_are_checked(timed):
     assert sorted(x for x in got if x) == sorted(iv[-2:])
     assert got.count("") == 3 and top["ok"].numpy()[0].tolist() == [True, True, False, False, False]
     assert not any(x.startswith("<") for x in got)
+    # Padding beyond the length is not checked (any value may pad); an empty history is flagged.
+    padded = dict(ok, item_ids=tf.constant([[3, 0]], tf.int64), timestamps=tf.constant([[1, -5]], tf.int64),
+                  lengths=tf.constant([1], tf.int64))
+    assert sig["embed_tokens"](**padded)["empty_history"].numpy().tolist() == [False]
+    empty = sig["embed_tokens"](**dict(padded, lengths=tf.constant([0], tf.int64)))
+    assert empty["empty_history"].numpy().tolist() == [True]
+    top = sig["top_k"](item_ids=tf.constant([["", ""], [iv[0], ""]]), behaviors=tf.constant([["", ""], ["click", ""]]),
+                       timestamps=tf.constant([[0, 0], [5, 0]], tf.int64), k=tf.constant(3))
+    assert top["empty_history"].numpy().tolist() == [True, False]
+    assert top["ok"].numpy().tolist() == [[False] * 3, [True] * 3]
 
 
 def test_one_version_and_a_verified_digest(timed, tmp_path):

@@ -33,8 +33,11 @@ def test_window_split_rows(tmp_path):
     ds = contracts.open_dataset(str(tmp_path / "d"))
     lens = {s: dict(zip(*[ds.read_split(s).column(c).to_pylist() for c in ("user_id", "length")]))
             for s in ("train", "valid", "test")}
-    # train = all but the last 2W, valid = all but the last W, test = all (users with more than W).
-    assert lens["train"] == {"a": 3}
+    # train = all but the last 2W, valid = all but the last W, test = all (users with more than W);
+    # a user with W or fewer behaviors keeps the whole history in train, one with W+1..2W is in
+    # valid and test only (nobody is dropped).
+    assert lens["train"] == {"a": 3, "c": 3}
+    assert ds.manifest["counts"]["users_train_only"] == 1 and ds.manifest["counts"]["users_eval_only"] == 1
     assert lens["valid"] == {"a": 6, "b": 2}
     assert lens["test"] == {"a": 9, "b": 5}
     assert ds.manifest["parameters"]["window"] == 3
