@@ -111,9 +111,11 @@ OUTPUT_ENTRIES = {
     "model": {"metadata.json", "encoder.keras", "config.json", "history.json", VOCAB_DIR, "checkpoints",
               "tensorboard"},
     "embeddings": {MANIFEST, "embeddings", "saved_model"},
+    "finetuned": {"model.keras", "metrics.json", "metadata.json"},
 }
 _KIND_NAMES = {"dataset": "sequence dataset (ptum tokenize)", "model": "pre-trained model (ptum pretrain)",
-               "embeddings": "embedding export (ptum export-embeddings)"}
+               "embeddings": "embedding export (ptum export-embeddings)",
+               "finetuned": "fine-tuned model (ptum finetune)", "savedmodel": "SavedModel"}
 
 
 def output_kind(path: str) -> Optional[str]:
@@ -144,8 +146,7 @@ def check_output_kind(output: str, kind: str, error) -> None:
         return
     found = output_kind(output)
     if found is not None and found != kind:
-        what = _KIND_NAMES.get(found, {"finetuned": "fine-tuned model (ptum finetune)",
-                                       "savedmodel": "SavedModel"}.get(found, found))
+        what = _KIND_NAMES.get(found, found)
         raise error(f"{output}: holds a {what}; a {kind} output would replace it: choose another folder")
     foreign = sorted(e for e in os.listdir(output)
                      if e not in OUTPUT_ENTRIES[kind] and e != LOCK_FILE and ".tmp" not in e)

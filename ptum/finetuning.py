@@ -19,7 +19,7 @@ import numpy as np
 
 from pydantic import Field
 
-from ptum import contracts
+from ptum import contracts, fs
 from ptum.config import Bool, Float, Int, Section
 from ptum.data import Rows, pad_batch
 
@@ -427,6 +427,7 @@ def run_rows(pretrained: str, ds: contracts.SequenceDataset, rows: Rows, labels_
              cfg: FinetuneConfig, label_column: Optional[str] = None, from_scratch: bool = False,
              log: Callable[[str], None] = print) -> dict:
     """`run` on given rows (each user's newest history; the TFX Trainer reads them from Examples)."""
+    contracts.check_output_kind(output, "finetuned", LabelError)
     with contracts.output_lock(output, "ptum finetune", LabelError):
         return _run_rows(pretrained, ds, rows, labels_path, output, cfg, label_column, from_scratch, log)
 
@@ -454,15 +455,13 @@ def _run_rows(pretrained, ds, rows, labels_path, output, cfg, label_column, from
     train, valid = _stratified_holdout(y, cfg.valid_fraction, cfg.seed)
     model, metrics, history, _ = finetune(encoder, meta, rows, cfg, row_idx, y, n_classes, train, valid,
                                           cand=cand, log=log)
-    os.makedirs(output, exist_ok=True)
-    if os.path.exists(os.path.join(output, "metadata.json")):
-        os.remove(os.path.join(output, "metadata.json"))
-    atomic_save_keras(model, os.path.join(output, "model.keras"))
-    contracts.write_json_atomic(os.path.join(output, "metrics.json"), metrics)
     out = {"task": cfg.task, "mode": cfg.mode, "label_column": label_column, "classes": classes,
            "from_scratch": from_scratch, "pretrained": os.path.abspath(pretrained), "vocab_hash": ds.vocab_hash,
            "user_embedding": meta["user_embedding"], "max_len": meta["max_len"],
            "time_buckets": meta["time_buckets"], "length_buckets": meta["length_buckets"],
            "labels": report, "valid": metrics, "history": history, "config": cfg.model_dump()}
-    contracts.write_json_atomic(os.path.join(output, "metadata.json"), out)
+    with fs.staged_dir(output) as stage:    # replaces the previous output whole, or not at all
+        atomic_save_keras(model, os.path.join(stage, "model.keras"))
+        contracts.write_json_atomic(os.path.join(stage, "metrics.json"), metrics)
+        contracts.write_json_atomic(os.path.join(stage, "metadata.json"), out)
     return out

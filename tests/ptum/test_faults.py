@@ -212,3 +212,25 @@ def test_one_digest_covers_the_metadata(world, tmp_path):
         verify_saved_model(saved, digest)
     with pytest.raises(ExportError, match="do not match"):
         run(saved, world["b"], str(tmp_path / "emb"), expected_sha256=digest)
+
+
+def test_a_failed_finetune_leaves_the_previous_output(world, tmp_path):
+    from ptum.finetuning import FinetuneConfig, LabelError, run
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("user_id,segment\n" + "".join(f"u{u},{'a' if u % 2 else 'b'}\n" for u in range(60)))
+    out = str(tmp_path / "ft")
+    cfg = FinetuneConfig(mode="frozen", head_epochs=3, epochs=0)
+    run(world["model"], world["a"], str(labels), out, cfg, label_column="segment", log=lambda s: None)
+    before = _snapshot(out)
+    one = tmp_path / "one.csv"
+    one.write_text("user_id,segment\nu1,a\nu2,a\n")
+    with pytest.raises(LabelError, match="1 class"):
+        run(world["model"], world["a"], str(one), out, cfg, label_column="segment", log=lambda s: None)
+    assert _snapshot(out) == before
+    # Another kind of output is refused, and this one is not taken for a model or a dataset.
+    with pytest.raises(LabelError, match="holds a pre-trained model"):
+        run(world["model"], world["a"], str(labels), world["model"], cfg, label_column="segment", log=lambda s: None)
+    r = cli("pretrain", "--data", world["a"], "--output", out)
+    assert r.returncode == 2 and "holds a fine-tuned model" in r.stderr
+    assert _snapshot(out) == before
