@@ -123,7 +123,7 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
         return job.run(opts, json.loads(beam_args))
 
     manifest = tokenize(source)
-    oov = None
+    oov, blessed_data = None, source     # the id checks compare with the blessed data even after a rebuild
     if source:
         c = manifest["counts"]
         oov = c["oov_events"] / max(c["events_accepted"], 1)
@@ -143,7 +143,7 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
         art.set_string_custom_property("vocab_source", why)
     dataset.set_string_custom_property("counts", json.dumps(manifest["counts"]))
     dataset.set_string_custom_property("span_checks", json.dumps(
-        _span_checks(manifest, output, input_pattern, span, span_window, paths, source, oov)))
+        _span_checks(manifest, output, input_pattern, span, span_window, paths, blessed_data, oov)))
     examples.set_string_custom_property("rows", json.dumps(counts))
     # The Trainers read rows from the Examples and the manifest and vocabulary from here
     # (components.dataset_trainer hands this path to their run_fn).

@@ -16,7 +16,6 @@ from typing import List, Optional
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from ptum import contracts, fs

@@ -500,6 +500,8 @@ def read_manifest(path: str, error=None) -> dict:
 
 def check_seal(path: str, manifest: dict, error=None) -> None:
     error = error or DatasetError
+    if MANIFEST_DIGEST not in manifest:
+        raise error(f"{path}: the manifest has no digest (written by an older ptum); run that job again")
     if manifest.get(MANIFEST_DIGEST) != manifest_digest(manifest):
         raise error(f"{path}: the manifest's digest does not match its content (edited or damaged after the "
                     "run that wrote it); run that job again")

@@ -39,10 +39,14 @@ def read_embedding_table(path: str):
     mpath = os.path.join(path, contracts.MANIFEST)
     if not os.path.exists(mpath):
         raise EmbeddingEvalError(f"{path}: no {contracts.MANIFEST}: not a finished ptum export-embeddings output")
-    with open(mpath) as f:
-        manifest = json.load(f)
+    manifest = contracts.read_manifest(mpath, EmbeddingEvalError)
+    contracts.check_seal(mpath, manifest, EmbeddingEvalError)
     files = [os.path.join(path, f) for f in manifest["files"] if f.endswith(".parquet")]
-    table = pa.concat_tables([pq.read_table(f, columns=["user_id", "embedding"]) for f in files])
+    try:
+        table = pa.concat_tables([pq.read_table(f, columns=["user_id", "embedding"]) for f in files])
+    except (OSError, ValueError) as e:
+        raise EmbeddingEvalError(f"{path}: an embedding file the manifest lists is missing or unreadable "
+                                 f"({str(e).splitlines()[0][:160]}); export again") from None
     users = np.asarray(table.column("user_id").to_pylist(), dtype=object)
     d = int(manifest.get("dim") or table.schema.field("embedding").type.list_size)
     flat = np.asarray(table.column("embedding").combine_chunks().flatten(), np.float32)

@@ -41,18 +41,24 @@ def _items(ds: contracts.SequenceDataset) -> set:
 
 
 # A new window's per-user history lengths must not look more like the blessed data's per-item
-# counts than like its per-user lengths by more than this (Jensen-Shannon, log2 bins): with
-# integer ids in one range for both columns, only the shape of the columns tells a swap apart.
+# counts than like its per-user lengths by more than this (Jensen-Shannon of scale-free
+# histograms): with integer ids in one range for both columns, only the shape of the columns
+# tells a swap apart.
 SHAPE_MARGIN = 0.1
 
 
 def _log2_hist(values, bins: int = 24):
+    """Histogram of log2(value / median) in half-octave bins: the shape of a count distribution,
+    free of its scale (a window of three spans has users three times as long as one span's)."""
     import numpy as np
 
     v = np.asarray(values, np.float64)
     v = v[v > 0]
-    h = np.bincount(np.minimum(np.log2(v).astype(np.int64), bins - 1), minlength=bins).astype(np.float64)
-    return h / max(h.sum(), 1.0)
+    if not len(v):
+        return np.zeros(bins)
+    z = np.floor(2 * np.log2(v / np.median(v)) + bins // 2)
+    h = np.bincount(np.clip(z, 0, bins - 1).astype(np.int64), minlength=bins).astype(np.float64)
+    return h / h.sum()
 
 
 def _js(p, q) -> float:

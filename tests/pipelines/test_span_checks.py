@@ -2,7 +2,6 @@
 diluted by the window, and swapped id columns are told apart from a clean span with recurring
 users, on generated logs and on integer ids (where user and item ids share one range)."""
 import csv
-import os
 
 from ptum import contracts
 from ptum.generate import generate
@@ -57,6 +56,10 @@ def test_swapped_columns_are_caught_and_a_clean_span_passes(tmp_path):
     clean = _tokenize([str(tmp_path / "b" / "events.csv")], tmp_path / "clean", vocab_from=str(blessed))
     ids = _ids(clean, tmp_path / "clean", blessed)
     assert ids["users_known_as_users"] > 0.9 and checks.judge({"rate": 0.0}, ids, **LIMITS) == []
+    # A clean window of two spans (users twice as long as the blessed data's) passes too.
+    window = _tokenize([str(tmp_path / s / "events.csv") for s in ("a", "b")], tmp_path / "window",
+                       vocab_from=str(blessed))
+    assert checks.judge({"rate": 0.0}, _ids(window, tmp_path / "window", blessed), **LIMITS) == []
     swapped_csv = _swap(tmp_path / "b" / "events.csv", tmp_path / "swapped.csv")
     swapped = _tokenize([swapped_csv], tmp_path / "swapped", vocab_from=str(blessed))
     problems = checks.judge({"rate": 0.0}, _ids(swapped, tmp_path / "swapped", blessed), **LIMITS)
