@@ -93,7 +93,8 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
         reuse_vocab: Parameter[int] = 1,
         vocab_rebuild_oov_rate: Parameter[float] = 0.05,
         beam_args: Parameter[str] = "[]",
-        tokenize_options: Parameter[str] = "{}"):
+        tokenize_options: Parameter[str] = "{}",
+        stopped_reports: Parameter[str] = ""):
     """Tokenize a window of spans with the Beam job; emit the dataset and TFX Examples.
 
     The item vocabulary of the blessed model of an earlier span is reused (same token ids, so
@@ -105,13 +106,16 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
     Airflow runners, whose resolvers need the span then), or else `input_pattern` with its
     spans resolved here, at run time (`span` -1: the latest; Kubeflow V2 / Vertex)."""
     from ptum.ingest import core
-    from ptum.ingest.spans import resolve_spans
+    from ptum.ingest.spans import window_files
     from pipelines.tokenize import job
 
     paths = json.loads(input_paths)
     if not paths:
-        span, paths = resolve_spans(input_pattern, span if span >= 0 else None, span_window)
-        print(f"span {span}: {len(paths)} input file(s) matching {input_pattern}", flush=True)
+        span, by_span, left_out = window_files(input_pattern, span if span >= 0 else None, span_window,
+                                               stopped_reports)
+        paths = [p for s in sorted(by_span) for p in by_span[s]]
+        print(f"span {span}: {len(paths)} input file(s) matching {input_pattern}"
+              f"{f'; spans {left_out} left out (stopped by validation)' if left_out else ''}", flush=True)
 
     output = os.path.join(dataset.uri, DATASET_SUBDIR)
     source, why = _vocab_source(baseline_model) if reuse_vocab else (None, "reuse_vocab is off: new vocabulary")
@@ -161,7 +165,9 @@ def _span_checks(manifest, output, pattern, span, window, paths, blessed_data, o
     if pattern and any(p in pattern for p in ("{SPAN}", "{YYYY}")):
         _, by_span = span_files(pattern, span, window)
         newest = {f for p in by_span.get(span, []) for f in core.expand_paths(p)}
-        window_spans = len(by_span)
+        read = {f for p in paths for f in core.expand_paths(p)}     # spans the gate stopped are left out
+        window_spans = sum(1 for files in by_span.values() if any(f in read for p in files
+                                                                  for f in core.expand_paths(p)))
     else:
         newest, window_spans = {f for p in paths for f in core.expand_paths(p)}, 1
     files = [f for f in manifest.get("inputs_read", {}) if f in newest]

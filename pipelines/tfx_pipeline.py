@@ -17,7 +17,7 @@ from typing_extensions import Annotated
 
 from ptum import fs
 from ptum.config import Bool, Float, Int
-from ptum.ingest.spans import resolve_spans   # noqa: F401 (part of this module's interface)
+from ptum.ingest.spans import resolve_spans, window_files   # noqa: F401 (resolve_spans: this module's interface)
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "schema.pbtxt")
 
@@ -145,10 +145,14 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
     from components.resolvers import EarlierSpanBlessedModelStrategy, EarlierSpanStatisticsStrategy
     from ptum.config import PTUMConfig
 
+    report_dir = os.path.join(cfg.pipeline_root, "validation_reports")
     if resolvers == "earlier-span":
         # Resolved now: the resolvers below need the span, and the resolved files are part of
         # the ingestion's cache key (new files in a span re-run it).
-        span, paths = resolve_spans(cfg.input_pattern, cfg.span, cfg.span_window)
+        span, by_span, left_out = window_files(cfg.input_pattern, cfg.span, cfg.span_window, report_dir)
+        paths = [p for s in sorted(by_span) for p in by_span[s]]
+        if left_out:
+            print(f"span window: spans {left_out} left out (stopped by validation)", flush=True)
     else:
         # Resolved by the ingestion at run time: a compiled pipeline (Kubeflow V2, Vertex) carries
         # the pattern, not the files that existed when it was compiled.
@@ -178,7 +182,7 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
         raise ValueError(f"resolvers must be 'earlier-span' or 'latest', not {resolvers!r}")
     ingestion = SequenceIngestion(
         input_paths=json.dumps(paths), input_pattern=cfg.input_pattern, span=span,
-        span_window=cfg.span_window, input_format=cfg.input_format,
+        span_window=cfg.span_window, input_format=cfg.input_format, stopped_reports=report_dir,
         baseline_model=earlier_model.outputs["model"] if cfg.reuse_vocab else None,
         reuse_vocab=int(cfg.reuse_vocab), vocab_rebuild_oov_rate=cfg.vocab_rebuild_oov_rate,
         items_catalog=cfg.items_catalog, beam_args=json.dumps(cfg.beam_args),
@@ -198,7 +202,7 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
                           max_drift=cfg.max_drift, drift_features=json.dumps(cfg.drift_features),
                           min_item_overlap=cfg.min_item_overlap, max_id_crossing=cfg.max_id_crossing,
                           max_id_ratio_change=cfg.max_id_ratio_change,
-                          report_dir=os.path.join(cfg.pipeline_root, "validation_reports"))
+                          report_dir=report_dir)
     ptum_cfg = PTUMConfig.load(cfg.model_config or None, cfg.model_overrides)
     trainer = tfx.components.Trainer(
         run_fn="components.trainer_module.run_fn",

@@ -147,6 +147,13 @@ def format_tokenize_summary(output: str, manifest: dict) -> str:
         f"  users {c['users']:,}  items {c['items']:,}  behaviors {c['behaviors']}  "
         f"OOV events {c['oov_events']:,}",
     ]
+    short = "  ".join(f"{k.removeprefix('users_')} {c[k]:,}" for k in ("users_train_only", "users_eval_only",
+                                                                       "users_test_only") if c.get(k))
+    if short:
+        lines.append(f"  users in some splits only: {short}")
+    if c.get("ids_with_surrounding_space"):
+        lines.append(f"  events whose ids had surrounding whitespace: {c['ids_with_surrounding_space']:,} "
+                     f"({'trimmed' if manifest['parameters'].get('strip_ids') else 'kept as written; --strip-ids trims'})")
     for name, s in manifest["splits"].items():
         lines.append(f"  split {name:<8} rows {s['rows']:,}  events {s['events']:,}  files {len(s['files'])}")
     return "\n".join(lines)

@@ -56,3 +56,37 @@ def span_files(pattern: str, span: Optional[int], window: int) -> Tuple[int, Dic
     if span not in found:
         raise FileNotFoundError(f"span {span} not found for {pattern} (have {sorted(found)})")
     return span, {s: sorted(found[s]) for s in sorted(found) if span - window < s <= span}
+
+
+def stopped_spans(report_dir: str) -> Dict[int, str]:
+    """{span: report path} for the spans whose newest validation report (the gate's copies in
+    `report_dir`, `span-<N>-<stamp>.json`) says they did not pass: their files stay out of later
+    windows, so rows the gate refused never reach training through a window."""
+    import json
+
+    newest: Dict[int, str] = {}
+    if not report_dir or not fs.exists(report_dir):
+        return {}
+    for path in fs.glob(fs.join(report_dir, "span-*.json")):
+        m = re.match(r"span-(\d+)-(\w+)\.json$", path.rsplit("/", 1)[-1])
+        if m and (int(m.group(1)) not in newest or path > newest[int(m.group(1))]):
+            newest[int(m.group(1))] = path
+    out = {}
+    for span, path in newest.items():
+        try:
+            passed = json.loads(fs.read_bytes(path)).get("passed", True)
+        except (OSError, ValueError):
+            continue
+        if not passed:
+            out[span] = path
+    return out
+
+
+def window_files(pattern: str, span: Optional[int], window: int,
+                 report_dir: str = "") -> Tuple[int, Dict[int, List[str]], List[int]]:
+    """(span, {span: files} of the window without the earlier spans the gate stopped, the spans
+    left out). The requested span itself is always read (a re-run is judged again)."""
+    span, by_span = span_files(pattern, span, window)
+    stopped = stopped_spans(report_dir)
+    left_out = sorted(s for s in by_span if s in stopped and s != span)
+    return span, {s: f for s, f in by_span.items() if s not in left_out}, left_out

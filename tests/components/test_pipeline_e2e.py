@@ -10,7 +10,8 @@ One module-scoped fixture runs the scenario once; the tests read its artifacts:
   run 6  span 4, items collapsed       -> stopped by drift against span 2 (the last validated span)
   run 7  span 5, user and item columns swapped
                                        -> stopped by the id-column checks, nothing pushed
-  run 8  span 6, clean                 -> passes validation and trains again
+  run 8  span 6, clean, window of 3    -> spans 4 and 5 (stopped) left out of the window; passes
+                                          validation and trains again
 Every run also fine-tunes a gender classifier (a second Trainer) on the pre-trained model.
 """
 import json
@@ -111,7 +112,7 @@ def scenario(tmp_path_factory):
         run_local(cfg)
     result["run7_error"] = str(err.value)
     result["execs7"] = _node_executions(meta)
-    cfg.span = 6
+    cfg.span, cfg.span_window = 6, 3      # spans 4 and 5 were stopped: left out of the window
     result["run8"] = run_local(cfg)
     result["execs8"] = _node_executions(meta)
     return result
@@ -269,6 +270,10 @@ def test_swapped_columns_span_is_stopped_and_the_next_clean_span_passes(scenario
     run8 = scenario["run8"]
     report8 = json.load(open(os.path.join(run8["validation_report"]["uri"], "validation_report.json")))
     assert report8["passed"] is True and report8["span"] == 6 and report8["id_columns"]["item_overlap"] > 0.9
+    # The stopped spans' rows never reach training through a later window.
+    ds = json.load(open(os.path.join(run8["dataset"]["uri"], "ptum", "manifest.json")))
+    assert [os.path.basename(os.path.dirname(f)) for f in ds["inputs_read"]] == ["span-6"]
+    assert report8["window_spans"] == 1
     if run8["pushed_model"]["pushed"]:
         assert run8["blessing"]["current_model"] in open(os.path.join(
             run8["pushed_model"]["pushed_destination"], "assets.extra", "ptum_pushed_from.txt")).read()

@@ -87,3 +87,23 @@ def test_swapped_integer_ids_are_caught(tmp_path):
                         vocab_from=str(blessed))
     problems = checks.judge({"rate": 0.0}, _ids(swapped, tmp_path / "swapped", blessed), **LIMITS)
     assert problems and all(p["kind"] == "id_columns" for p in problems), problems
+
+
+def test_spans_the_gate_stopped_are_left_out_of_later_windows(tmp_path):
+    import json
+
+    from ptum.ingest.spans import window_files
+
+    for s in (1, 2, 3, 4):
+        (tmp_path / f"span-{s}").mkdir()
+        (tmp_path / f"span-{s}" / "events.csv").write_text("user_id,item_id,timestamp\n")
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for name, passed in (("span-2-20260101T000000", False), ("span-3-20260101T000000", False),
+                         ("span-3-20260102T000000", True)):          # span 3 re-run later and passed
+        (reports / f"{name}.json").write_text(json.dumps({"passed": passed}))
+    pattern = str(tmp_path / "span-{SPAN}" / "events.csv")
+    span, by_span, left_out = window_files(pattern, 4, 3, str(reports))
+    assert span == 4 and sorted(by_span) == [3, 4] and left_out == [2]
+    # The stopped span itself, asked for again, is read (and judged again).
+    assert sorted(window_files(pattern, 2, 2, str(reports))[1]) == [1, 2]
