@@ -298,7 +298,7 @@ def ValidationGate(  # noqa: N802
     if drift["checked"]:
         lines.append(f"  drift vs span {drift['against_span']} (Jensen-Shannon, max {max_drift}): " +
                      ", ".join(f"{k} {v['jensen_shannon_divergence']:.4f}" for k, v in sorted(drift["features"].items())))
-    lines += [f"  - {p['reason']}" if "reason" in p else f"  - {json.dumps(p)}" for p in problems]
+    lines += [f"  - {p['kind']}: {p['reason']}" if "reason" in p else f"  - {json.dumps(p)}" for p in problems]
     stamp = time.strftime("%Y%m%dT%H%M%S")
     targets = [(report.uri, "validation_report")]
     if report_dir:
