@@ -78,6 +78,7 @@ def scenario(tmp_path_factory):
     with pytest.raises(RuntimeError) as err:
         run_local(cfg)
     cfg.span_window = 1
+    result["versions5"] = sorted(os.listdir(os.path.dirname(result["run1"]["pushed_model"]["pushed_destination"])))
     result["run5_error"] = str(err.value)
     result["run5"] = summarize(cfg)
     result["execs5"] = _node_executions(meta)
@@ -249,10 +250,9 @@ def test_corrupted_span_is_stopped_by_validation(scenario):
     assert "not like with like" in report["drift"]["why_not"]
     execs = scenario["execs5"]
     assert len(execs["Trainer"]) == len(scenario["execs4"]["Trainer"])
-    serving = os.path.dirname(scenario["run1"]["pushed_model"]["pushed_destination"])
-    pushed = [v for v in os.listdir(serving) if v.isdigit()]
+    pushed = [v for v in scenario["versions5"] if v.isdigit()]     # the serving folder after run 5
     assert len(pushed) == 1 + int(scenario["run4"]["pushed_model"]["pushed"])
-    assert not [v for v in os.listdir(serving) if v.startswith(".tmp")]
+    assert not [v for v in scenario["versions5"] if v.startswith(".tmp")]
 
 
 def test_swapped_columns_span_is_stopped_and_the_next_clean_span_passes(scenario):
