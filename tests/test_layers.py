@@ -30,7 +30,7 @@ LAYERS = [
     ("io", ["ptum.fs"]),
     ("base", ["ptum.contracts", "ptum.config", "ptum.transforms", "ptum.features"]),
     ("data", ["ptum.ingest", "ptum.ingest.formats", "ptum.ingest.core", "ptum.ingest.reference",
-              "ptum.ingest.spans", "ptum.data",
+              "ptum.ingest.spans", "ptum.ingest.checks", "ptum.data",
               "ptum.generate"]),
     ("models", ["ptum.layers", "ptum.model", "ptum.finetune_model", "ptum.saving"]),
     ("evaluation", ["ptum.ranking", "ptum.embedding_eval"]),

@@ -146,15 +146,20 @@ def test_evaluate_embeddings_planted_and_shuffled_labels(exported):
     assert os.path.getsize(os.path.join(out, "projection.png")) > 1000
     assert "| 1.0 | embeddings |" in open(os.path.join(out, "report.md")).read()
 
-    # Shuffled labels carry no signal: the same probe sits at chance.
+    # Shuffled labels carry no signal: the same probe sits at chance. One permutation's CV AUC
+    # spreads by ~0.03 around 0.5 on these few hundred users: the mean over three permutations
+    # must be within 0.05 (about 3 standard deviations).
     t = pcsv.read_csv(os.path.join(exported["logs"], "users.csv"))
     g = np.asarray(t.column("gender").to_pylist(), dtype=object)
-    shuffled = str(exported["root"] / "shuffled.csv")
-    pcsv.write_csv(pa.table({"user_id": t.column("user_id"),
-                             "gender": np.random.default_rng(0).permutation(g).astype(str)}), shuffled)
     from ptum.embedding_eval import evaluate_embeddings
-    rep = evaluate_embeddings(exported["emb"], exported["data"], shuffled, ["gender"], repeats=4)
-    assert abs(rep["probes"]["gender"]["by_fraction"]["1.0"]["embeddings"]["auc"]["mean"] - 0.5) <= 0.05
+    aucs = []
+    for seed in range(3):
+        shuffled = str(exported["root"] / f"shuffled{seed}.csv")
+        pcsv.write_csv(pa.table({"user_id": t.column("user_id"),
+                                 "gender": np.random.default_rng(seed).permutation(g).astype(str)}), shuffled)
+        rep = evaluate_embeddings(exported["emb"], exported["data"], shuffled, ["gender"], repeats=4)
+        aucs.append(rep["probes"]["gender"]["by_fraction"]["1.0"]["embeddings"]["auc"]["mean"])
+    assert abs(np.mean(aucs) - 0.5) <= 0.05, aucs
 
 
 def test_evaluate_embeddings_bad_input(exported, tmp_path):
