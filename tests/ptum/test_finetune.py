@@ -96,7 +96,7 @@ def test_label_problems_are_counted_and_fatal_ones_are_clear(pretrained, tmp_pat
     r = cli("finetune", "--pretrained", model, "--data", data, "--labels", str(labels), "--task", "classify",
             "--label-column", "segment", "--output", str(tmp_path / "o"))
     assert r.returncode == 2 and "disagree" in r.stderr and "user_0000001" in r.stderr, r.stderr[-2000:]
-    for policy, kept in (("first", "a"), ("last", "b"), ("drop", None)):
+    for policy, kept in (("first", "a"),):     # the other policies: test_duplicate_label_policies
         conf = tmp_path / f"{policy}.yaml"
         conf.write_text(SMALL_FT + f"\nduplicate_labels: {policy}\n")
         r = subprocess.run([sys.executable, "-m", "ptum.cli", "finetune", "--pretrained", model, "--data", data,
@@ -107,7 +107,7 @@ def test_label_problems_are_counted_and_fatal_ones_are_clear(pretrained, tmp_pat
         rep = json.load(open(tmp_path / policy / "metadata.json"))["labels"]
         assert rep["duplicate_user_rows"] == 1 and rep["users_absent_from_dataset"] == 1
         assert rep["conflicting_label_users"] == 1 and rep["duplicate_policy"] == policy
-        assert rep["missing_values"] == 1 and rep["users_labelled"] == (60 if kept is None else 61)
+        assert rep["missing_values"] == 1 and rep["users_labelled"] == 61
         assert rep["class_counts"]["a"] == 40 + (kept == "a")
     one = tmp_path / "one.csv"
     one.write_text("user_id,segment\nuser_0000001,a\nuser_0000002,a\n")
@@ -118,6 +118,25 @@ def test_label_problems_are_counted_and_fatal_ones_are_clear(pretrained, tmp_pat
     r = cli("finetune", "--pretrained", model, "--data", data, "--labels", str(one), "--task", "classify",
             "--label-column", "nope", "--output", str(tmp_path / "o3"))
     assert r.returncode == 2 and "no 'nope' column" in r.stderr
+
+
+def test_duplicate_label_policies():
+    import pyarrow as pa
+
+    from ptum.data import Rows
+    from ptum.finetuning import LabelError, join_labels
+
+    flat = np.arange(3, 9, dtype=np.int32)
+    rows = Rows(np.array(["u1", "u2", "u3"], object), np.array([0, 2, 4, 6]), flat, flat, flat.astype(np.int64))
+    labels = pa.table({"user_id": ["u1", "u2", "u1", "u3", "u3", "u9"], "g": ["a", "b", "b", "a", "a", "b"]})
+    with pytest.raises(LabelError, match="disagree, e.g. 'u1'"):
+        join_labels(rows, labels, "g")
+    for policy, u1 in (("first", "a"), ("last", "b"), ("drop", None)):
+        idx, classes, y, rep = join_labels(rows, labels, "g", policy)
+        got = {rows.user_ids[i]: classes[c] for i, c in zip(idx, y)}
+        assert got == {k: v for k, v in {"u1": u1, "u2": "b", "u3": "a"}.items() if v is not None}, policy
+        assert rep["duplicate_user_rows"] == 2 and rep["conflicting_label_users"] == 1   # u3's repeat agrees
+        assert rep["users_absent_from_dataset"] == 1
 
 
 def test_metrics_match_definitions():
