@@ -77,18 +77,22 @@ def test_a_refused_pretrain_leaves_the_model(world, tmp_path):
     assert r.returncode == 2 and "checkpoint was trained on vocabulary" in r.stderr
     assert _snapshot(model) == before
     load_model_dir(model)
-    # Outputs of another kind.
-    r = cli("pretrain", "--data", world["a"], "--output", world["b"])
-    assert r.returncode == 2 and "holds a sequence dataset" in r.stderr
-    r = cli("tokenize", "--input", str(world["root"] / "a.csv"), "--format", "csv", "--output", model)
-    assert r.returncode == 2 and "holds a pre-trained model" in r.stderr
+    # Outputs of another kind (in process: the CLI turns these errors into the same one line).
+    from ptum.ingest import core, reference
+    from ptum.train import TrainingError, pretrain
+    with pytest.raises(TrainingError, match="holds a sequence dataset"):
+        pretrain(world["a"], world["b"], PTUMConfig.load(None, SMALL), log=lambda s: None)
+    tok = core.TokenizeOptions(inputs=[str(world["root"] / "a.csv")], format="csv", output=model)
+    with pytest.raises(core.InputError, match="holds a pre-trained model"):
+        reference.run(tok)
     assert _snapshot(model) == before
     # A folder holding other files is not replaced.
     other = tmp_path / "home"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    r = cli("tokenize", "--input", str(world["root"] / "a.csv"), "--format", "csv", "--output", str(other))
-    assert r.returncode == 2 and "notes.txt" in r.stderr and (other / "notes.txt").read_text() == "mine"
+    with pytest.raises(core.InputError, match="notes.txt"):
+        reference.run(core.TokenizeOptions(inputs=tok.inputs, format="csv", output=str(other)))
+    assert (other / "notes.txt").read_text() == "mine"
 
 
 def test_a_failed_or_killed_pretrain_leaves_the_model(world, tmp_path):
@@ -151,8 +155,10 @@ def test_a_changed_model_file_is_refused(world, tmp_path):
                 os.path.join(model, "vocab", contracts.ITEMS_VOCAB))
     with pytest.raises(ModelError, match="vocab/items.parquet changed after training"):
         load_model_dir(model)
-    r = cli("export-model", "--model", model, "--output", str(tmp_path / "serving"))
-    assert r.returncode == 2 and "changed after training" in r.stderr
+    from ptum.export import export_saved_model
+    with pytest.raises(ModelError, match="changed after training"):
+        export_saved_model(model, str(tmp_path / "serving"))
+    assert not os.path.exists(tmp_path / "serving")
 
 
 def test_export_embeddings_failure_leaves_the_table(world, tmp_path):
@@ -189,9 +195,9 @@ def test_export_embeddings_failure_leaves_the_table(world, tmp_path):
         with pytest.raises(ExportError, match=needle):
             run(world["model"], world["a"], target)
     assert _snapshot(world["a"]) == ds_before
-    r = cli("export-embeddings", "--model", world["model"], "--data", world["a"], "--output", out,
-            "--expected-sha256", "")
-    assert r.returncode == 2 and "not a sha256 digest" in r.stderr
+    for digest in ("", "abc"):
+        with pytest.raises(ExportError, match="not a sha256 digest"):
+            run(world["model"], world["a"], out, expected_sha256=digest)
     assert _snapshot(out) == before
 
 
@@ -231,6 +237,7 @@ def test_a_failed_finetune_leaves_the_previous_output(world, tmp_path):
     # Another kind of output is refused, and this one is not taken for a model or a dataset.
     with pytest.raises(LabelError, match="holds a pre-trained model"):
         run(world["model"], world["a"], str(labels), world["model"], cfg, label_column="segment", log=lambda s: None)
-    r = cli("pretrain", "--data", world["a"], "--output", out)
-    assert r.returncode == 2 and "holds a fine-tuned model" in r.stderr
+    from ptum.train import TrainingError, pretrain
+    with pytest.raises(TrainingError, match="holds a fine-tuned model"):
+        pretrain(world["a"], out, PTUMConfig.load(None, SMALL), log=lambda s: None)
     assert _snapshot(out) == before
