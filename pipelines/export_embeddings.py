@@ -235,9 +235,9 @@ def run(model: str, data: str, output: str, split: Optional[str] = None, batch_r
                           "option out to check the model against its own metadata only")
     expected_sha256 = expected_sha256.strip().lower() if expected_sha256 is not None else None
     contracts.check_output_kind(output, "embeddings", ExportError)
-    if os.path.abspath(output) in (os.path.abspath(data), os.path.abspath(model)):
-        raise ExportError(f"--output {output}: is the {'dataset' if os.path.abspath(output) == os.path.abspath(data) else 'model'} "
-                          "itself; choose another folder")
+    for what, path in (("dataset", data), ("model", model)):
+        if os.path.abspath(output) == os.path.abspath(path):
+            raise ExportError(f"--output {output}: is the {what} itself; choose another folder")
     with contracts.output_lock(output, "ptum export-embeddings", ExportError):
         with fs.staged_dir(output) as stage:
             _run(model, data, stage, split, batch_rows, tfrecord, beam_args, expected_sha256, final=output)

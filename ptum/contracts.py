@@ -322,15 +322,9 @@ class SequenceDataset:
             try:
                 with fs.open_input(path) as f:
                     found = pq.ParquetFile(f).metadata.num_rows
-            except FileNotFoundError:
-                raise DatasetError(f"{path}: missing (the manifest lists it); the dataset is damaged: "
-                                   "run ptum tokenize again") from None
             except (OSError, ValueError) as e:
-                raise DatasetError(f"{path}: unreadable Parquet ({str(e).splitlines()[0][:160]}); the dataset "
-                                   "is damaged: run ptum tokenize again") from None
-            if rows is not None and found != rows:
-                raise DatasetError(f"{path}: {found} rows, the manifest records {rows}; the dataset is damaged: "
-                                   "run ptum tokenize again")
+                raise _damaged(path, e) from None
+            _check_rows(path, found, rows)
 
     def read_checked_bytes(self, rel: str) -> bytes:
         """A vocabulary/catalog/labels file, verified against the digest in the manifest."""
@@ -381,16 +375,24 @@ def read_dataset_file(path: str, columns: Optional[Sequence[str]] = None, rows: 
     does not hold the rows the manifest records."""
     try:
         table = read_parquet(path, columns)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: missing (the manifest lists it); the dataset is damaged: "
-                           "run ptum tokenize again") from None
     except (OSError, ValueError) as e:   # pyarrow's ArrowInvalid is a ValueError
-        raise DatasetError(f"{path}: unreadable Parquet ({str(e).splitlines()[0][:160]}); the dataset is "
-                           "damaged: run ptum tokenize again") from None
-    if rows is not None and table.num_rows != rows:
-        raise DatasetError(f"{path}: {table.num_rows} rows, the manifest records {rows}; the dataset is "
-                           "damaged: run ptum tokenize again")
+        raise _damaged(path, e) from None
+    _check_rows(path, table.num_rows, rows)
     return table
+
+
+def _damaged(path: str, e: Exception) -> DatasetError:
+    """The one-line error for a dataset file that is missing or not readable Parquet."""
+    if isinstance(e, FileNotFoundError):
+        return DatasetError(f"{path}: missing (the manifest lists it); the dataset is damaged: run ptum tokenize again")
+    return DatasetError(f"{path}: unreadable Parquet ({str(e).splitlines()[0][:160]}); the dataset is damaged: "
+                        "run ptum tokenize again")
+
+
+def _check_rows(path: str, found: int, rows: Optional[int]) -> None:
+    if rows is not None and found != rows:
+        raise DatasetError(f"{path}: {found} rows, the manifest records {rows}; the dataset is damaged: "
+                           "run ptum tokenize again")
 
 
 def read_parquet(path: str, columns: Optional[Sequence[str]] = None):

@@ -38,6 +38,21 @@ def _node_executions(metadata_path):
     return out
 
 
+def _edited_span(root, source: int, span: int, edit) -> None:
+    """logs/span-<span>/events.csv: span <source>'s events, each row changed by `edit` in place."""
+    import csv
+
+    (root / "logs" / f"span-{span}").mkdir()
+    with open(root / "logs" / f"span-{source}" / "events.csv", newline="") as src, \
+            open(root / "logs" / f"span-{span}" / "events.csv", "w", newline="") as dst:
+        rows = csv.DictReader(src)
+        w = csv.DictWriter(dst, fieldnames=rows.fieldnames)
+        w.writeheader()
+        for r in rows:
+            edit(r)
+            w.writerow(r)
+
+
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
     from ptum.generate import generate
@@ -83,31 +98,14 @@ def scenario(tmp_path_factory):
     result["run5"] = summarize(cfg)
     result["execs5"] = _node_executions(meta)
     # Span 4: span 2's events with every item folded onto 5 items (a popularity collapse).
-    import csv
-    (root / "logs" / "span-4").mkdir()
-    with open(root / "logs" / "span-2" / "events.csv", newline="") as src, \
-            open(root / "logs" / "span-4" / "events.csv", "w", newline="") as dst:
-        rows = csv.DictReader(src)
-        w = csv.DictWriter(dst, fieldnames=rows.fieldnames)
-        w.writeheader()
-        for r in rows:
-            r["item_id"] = f"item_{int(r['item_id'].split('_')[1]) % 5:06d}"
-            w.writerow(r)
+    _edited_span(root, 2, 4, lambda r: r.update(item_id=f"item_{int(r['item_id'].split('_')[1]) % 5:06d}"))
     cfg.span = 4
     with pytest.raises(RuntimeError) as err:
         run_local(cfg)
     result["run6_error"] = str(err.value)
     result["execs6"] = _node_executions(meta)
     # Span 5: span 2's events with the user and item columns swapped (values, not header).
-    (root / "logs" / "span-5").mkdir()
-    with open(root / "logs" / "span-2" / "events.csv", newline="") as src, \
-            open(root / "logs" / "span-5" / "events.csv", "w", newline="") as dst:
-        rows = csv.DictReader(src)
-        w = csv.DictWriter(dst, fieldnames=rows.fieldnames)
-        w.writeheader()
-        for r in rows:
-            r["user_id"], r["item_id"] = r["item_id"], r["user_id"]
-            w.writerow(r)
+    _edited_span(root, 2, 5, lambda r: r.update(user_id=r["item_id"], item_id=r["user_id"]))
     cfg.span = 5
     with pytest.raises(RuntimeError) as err:
         run_local(cfg)
