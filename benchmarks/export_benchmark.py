@@ -39,13 +39,13 @@ def main() -> None:
     import tensorflow as tf
 
     from ptum.config import PTUMConfig
-    from ptum.contracts import open_dataset
-    from ptum.export import export_saved_model
-    from ptum.features import row_to_example
-    from ptum.generate import generate
-    from ptum.train import pretrain
-    from pipelines import export_embeddings
-    from ptum.ingest import core, reference
+    from ptum.data.contracts import open_dataset
+    from ptum.serving.saved_model import export_saved_model
+    from ptum.data.features import row_to_example
+    from ptum.data.generate import generate
+    from ptum.training.pretrain import pretrain
+    from ptum.serving import export_embeddings
+    from ptum.data.ingest import core, reference
 
     logs, data, model = (os.path.join(args.work, x) for x in ("logs", "data", "model"))
     if not os.path.exists(os.path.join(logs, "events.csv")):

@@ -72,7 +72,7 @@ def bag_of_items(rows, row_idx, n_items):
 def lr_auc(x, y, train, test, n_classes):
     from sklearn.linear_model import LogisticRegression
 
-    from ptum.finetuning import classification_metrics
+    from ptum.training.finetune import classification_metrics
 
     clf = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced")
     clf.fit(x[train], y[train])
@@ -100,11 +100,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from ptum.config import PTUMConfig
-    from ptum.contracts import open_dataset
-    from ptum.finetuning import (FinetuneConfig, classification_metrics, finetune, join_labels, latest_rows,
+    from ptum.data.contracts import open_dataset
+    from ptum.training.finetune import (FinetuneConfig, classification_metrics, finetune, join_labels, latest_rows,
                                  load_encoder, read_table)
-    from ptum.train import pretrain
-    from ptum.ingest import core, reference
+    from ptum.training.pretrain import pretrain
+    from ptum.data.ingest import core, reference
 
     t_start = time.time()
     data = os.path.join(args.work, "data")

@@ -34,7 +34,7 @@ def _read(path):
 
 def train_targets(data: str) -> int:
     """Next-item targets per epoch with nbp_from=every: every train event but each row's first."""
-    from ptum import contracts
+    from ptum.data import contracts
     ds = contracts.open_dataset(data)
     lengths = ds.read_split("train", columns=["length"]).column("length").to_numpy()
     return int((lengths - 1).clip(min=0).sum())

@@ -35,11 +35,11 @@ def main() -> None:
     args = ap.parse_args()
     from concurrent.futures import ThreadPoolExecutor
 
-    from ptum.ranking import evaluate_model
+    from ptum.evaluation.ranking import evaluate_model
     from ptum.config import PTUMConfig
-    from ptum.contracts import open_dataset
-    from ptum.train import pretrain
-    from ptum.ingest import core, reference
+    from ptum.data.contracts import open_dataset
+    from ptum.training.pretrain import pretrain
+    from ptum.data.ingest import core, reference
 
     data = os.path.join(args.work, "data")
     if not os.path.exists(os.path.join(data, "manifest.json")):

@@ -146,7 +146,7 @@ def main() -> None:
                 cmd = PTUM + ["tokenize", "--input", logs, "--format", "csv", "--output", out, "--num-shards", "8"]
                 if kind == "pyarrow-reference":
                     cmd = [sys.executable, "-c",
-                           "import sys; from ptum.ingest import core, reference; "
+                           "import sys; from ptum.data.ingest import core, reference; "
                            "reference.run(core.TokenizeOptions(inputs=[sys.argv[1]], format='csv', "
                            "output=sys.argv[2], num_shards=8))", logs, out]
                 else:

@@ -40,7 +40,7 @@ def make_logs(work: str, events: int, base_csv: str) -> str:
 
 def base_log(work: str) -> str:
     """The sample generator's ~1.2M-event log (33k users, 20k items), made once under `work`."""
-    from ptum.generate import generate
+    from ptum.data.generate import generate
 
     os.makedirs(work, exist_ok=True)
     base = os.path.join(work, "base")
@@ -56,8 +56,8 @@ def main() -> None:
                     help="FnApiRunner modes: in_memory, multi_processing")
     ap.add_argument("--work", default="benchmarks/work/tokenize")
     args = ap.parse_args()
-    from ptum.ingest import core, reference
-    from pipelines.tokenize import job
+    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import job
 
     base_csv = base_log(args.work)
     rows = []

@@ -16,8 +16,8 @@ import os
 def run_fn(fn_args) -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from components.trainer_module import _rows_from_examples, dataset_path
-    from ptum import contracts
-    from ptum.finetuning import FinetuneConfig, run_rows
+    from ptum.data import contracts
+    from ptum.training.finetune import FinetuneConfig, run_rows
 
     task = dict(fn_args.custom_config["task"])
     if not fn_args.base_model:

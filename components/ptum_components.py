@@ -44,8 +44,8 @@ def _write_examples(dataset_dir: str, examples_uri: str) -> dict:
     """train -> Split-train, valid -> Split-eval TFRecords (gzip), one tf.Example per row."""
     import tensorflow as tf
 
-    from ptum import contracts
-    from ptum.features import sequence_examples
+    from ptum.data import contracts
+    from ptum.data.features import sequence_examples
 
     ds = contracts.open_dataset(dataset_dir)
     counts = {}
@@ -105,9 +105,9 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
     Inputs: `input_paths` (a JSON list, resolved when the pipeline was built: the local and
     Airflow runners, whose resolvers need the span then), or else `input_pattern` with its
     spans resolved here, at run time (`span` -1: the latest; Kubeflow V2 / Vertex)."""
-    from ptum.ingest import core
-    from ptum.ingest.spans import window_files
-    from pipelines.tokenize import job
+    from ptum.data.ingest import core
+    from ptum.data.spans import window_files
+    from ptum.data.ingest import job
 
     paths = json.loads(input_paths)
     if not paths:
@@ -158,9 +158,10 @@ def _span_checks(manifest, output, pattern, span, window, paths, blessed_data, o
     """What the ValidationGate judges the newest span on: its own files' dead letters, how many
     spans the window held (drift compares like with like), and its id columns against the
     blessed model's dataset (when there is one)."""
-    from ptum import contracts
-    from ptum.ingest import checks, core
-    from ptum.ingest.spans import span_files
+    from ptum.data import contracts
+    from ptum.data import checks
+    from ptum.data.ingest import core
+    from ptum.data.spans import span_files
 
     if pattern and any(p in pattern for p in ("{SPAN}", "{YYYY}")):
         _, by_span = span_files(pattern, span, window)
@@ -227,15 +228,15 @@ def ValidationGate(  # noqa: N802
         report_dir: Parameter[str] = ""):
     """Stops the run (raises) when the newest span is not fit to train on: schema anomalies; its
     own files' dead-letter rate (not the window's average) or the window's OOV rate past its
-    threshold; id columns that do not match the blessed model's data (ptum.ingest.checks:
+    threshold; id columns that do not match the blessed model's data (ptum.data.checks:
     swapped or shifted columns); drift against the last validated earlier span past `max_drift`
     (0 turns drift off), measured only when both sides read as many spans (like with like).
     Writes a readable report (also to `report_dir`: TFX removes the outputs of a failed
     execution)."""
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-    from ptum import contracts
-    from ptum.ingest import checks
+    from ptum.data import contracts
+    from ptum.data import checks
 
     manifest = contracts.open_dataset(os.path.join(dataset.uri, DATASET_SUBDIR)).manifest
     c = manifest["counts"]
@@ -341,8 +342,8 @@ def NextItemEvaluator(  # noqa: N802
     With `probe_labels`: a linear probe of the user embeddings for `probe_label_column`
     (5-fold, with the item-bag SVD baseline); not blessed below `min_probe_auc`."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from ptum import contracts
-    from ptum.ranking import NonFiniteScores, evaluate_model
+    from ptum.data import contracts
+    from ptum.evaluation.ranking import NonFiniteScores, evaluate_model
 
     data_dir = os.path.join(dataset.uri, DATASET_SUBDIR)
     ds = contracts.open_dataset(data_dir)
@@ -358,7 +359,7 @@ def NextItemEvaluator(  # noqa: N802
     if not reasons and cur["ndcg@10"] < min_ndcg_at_10:
         reasons.append(f"ndcg@10 {cur['ndcg@10']:.4f} < threshold {min_ndcg_at_10}")
     if probe_labels and not reasons:
-        from ptum.embedding_eval import EmbeddingEvalError, probe_model
+        from ptum.evaluation.embeddings import EmbeddingEvalError, probe_model
         result["thresholds"]["min_probe_auc"] = min_probe_auc
         try:
             probe = probe_model(_model_dir(model), data_dir, probe_labels, probe_label_column)
@@ -408,8 +409,8 @@ def _neighbour_overlap(base_dir: str, cur_dir: str, ds, k: int = 10, max_users: 
     import keras
     import numpy as np
 
-    from ptum.data import Rows, user_batches
-    from ptum.saving import load_model_dir
+    from ptum.data.batches import Rows, user_batches
+    from ptum.model.saving import load_model_dir
 
     rows = Rows.from_split(ds, "valid")
     idx_all = np.arange(min(len(rows), max_users))
@@ -452,8 +453,8 @@ def VersionedPusher(  # noqa: N802
     if not model_blessing.get_int_custom_property("blessed"):
         pushed_model.set_int_custom_property("pushed", 0)
         return
-    from ptum import contracts
-    from ptum.export import verify_saved_model
+    from ptum.data import contracts
+    from ptum.serving.saved_model import verify_saved_model
 
     src = os.path.join(model.uri, "Format-Serving", "saved_model")
     digest = verify_saved_model(src)["saved_model_sha256"]  # the Trainer's export, unmodified
@@ -478,7 +479,7 @@ def _push_version(model_uri: str, src: str, base_directory: str):
     """(version serving `model_uri` under `base_directory`, whether it was there already): the
     existing one, or a new one copied beside and renamed into place. Call with the folder's
     lock held."""
-    from ptum.export import PUSHED_FROM_ASSET, stamp_version
+    from ptum.serving.saved_model import PUSHED_FROM_ASSET, stamp_version
 
     os.makedirs(base_directory, exist_ok=True)
     existing = sorted(int(v) for v in os.listdir(base_directory) if v.isdigit())
@@ -507,7 +508,7 @@ def EmbeddingExport(  # noqa: N802
     if not pushed_model.get_int_custom_property("pushed"):
         embeddings.set_int_custom_property("exported", 0)
         return
-    from pipelines.export_embeddings import run
+    from ptum.serving.export_embeddings import run
 
     manifest = run(pushed_model.get_string_custom_property("pushed_destination"),
                    os.path.join(dataset.uri, DATASET_SUBDIR), embeddings.uri, beam_args=json.loads(beam_args),

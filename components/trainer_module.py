@@ -1,7 +1,7 @@
 """TFX Trainer `run_fn` for PTUM pre-training (used as Trainer(run_fn=...)).
 
 Reads the Examples through TFX's data accessor (TFXIO, the schema from schemas/),
-trains with ptum.train.pretrain_rows, writes the ptum model folder and its SavedModel
+trains with ptum.training.pretrain.pretrain_rows, writes the ptum model folder and its SavedModel
 under the serving model dir: Format-Serving/ptum_model/ and Format-Serving/saved_model/;
 checkpoints and TensorBoard logs go to the ModelRun artifact (model_run_dir). The dataset's
 manifest and vocabulary come from the path the Trainer's executor passes in
@@ -20,7 +20,7 @@ def _rows_from_examples(fn_args, files):
     from tfx_bsl.public import tfxio
     from tensorflow_metadata.proto.v0 import schema_pb2
 
-    from ptum.data import Rows
+    from ptum.data.batches import Rows
 
     schema = io_utils.parse_pbtxt_file(fn_args.schema_path, schema_pb2.Schema())
     dataset = fn_args.data_accessor.tf_dataset_factory(
@@ -55,10 +55,10 @@ def dataset_path(fn_args) -> str:
 
 def run_fn(fn_args) -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from ptum import contracts
+    from ptum.data import contracts
     from ptum.config import PTUMConfig
-    from ptum.export import export_saved_model, stamp_version
-    from ptum.train import pretrain_rows
+    from ptum.serving.saved_model import export_saved_model, stamp_version
+    from ptum.training.pretrain import pretrain_rows
 
     cfg = PTUMConfig.from_dict(fn_args.custom_config["ptum_config"])
     ds = contracts.open_dataset(dataset_path(fn_args))

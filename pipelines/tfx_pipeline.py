@@ -17,7 +17,7 @@ from typing_extensions import Annotated
 
 from ptum import fs
 from ptum.config import Bool, Float, Int
-from ptum.ingest.spans import resolve_spans, window_files   # noqa: F401 (resolve_spans: this module's interface)
+from ptum.data.spans import resolve_spans, window_files   # noqa: F401 (resolve_spans: this module's interface)
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "schema.pbtxt")
 
@@ -93,7 +93,7 @@ class PipelineConfig:
 def _check_finetune_tasks(tasks: List[dict]) -> None:
     """Fail at pipeline construction (not hours later in a Trainer) on a malformed task."""
     from ptum.config import ConfigError
-    from ptum.finetuning import FinetuneConfig
+    from ptum.training.finetune import FinetuneConfig
 
     known = set(FinetuneConfig.model_fields)
     names = set()

@@ -4,9 +4,9 @@
 
     data = ptum.tokenize(events_df, "data/", items="items.csv")     # a DataFrame, Arrow table or files
     model = ptum.pretrain("demo", data, "model/")                     # a preset, YAML file, dict or PTUMConfig
-    ptum.ranking(model, data, split="test")                          # {"ndcg@10": ..., "recall@10": ...}
+    ptum.evaluation.ranking(model, data, split="test")                          # {"ndcg@10": ..., "recall@10": ...}
     users, vectors = ptum.embed_users(model, data)
-    ptum.finetuning(model, data, labels_df, "gender/", label_column="gender")
+    ptum.training.finetune(model, data, labels_df, "gender/", label_column="gender")
     ptum.export_model(model, "serving/user_model")                    # a TF Serving version folder
 
 Everything runs in this process (tokenization with pyarrow, the same transform the Beam job
@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ptum import contracts
+from ptum.data import contracts
 from ptum.config import PTUMConfig
 
 __all__ = ["Model", "tokenize", "load_dataset", "load_config", "pretrain", "load_model", "evaluate",
@@ -99,8 +99,8 @@ def tokenize(events, output, *, format: Optional[str] = None, items=None, split:
     `items`: the item catalog (path or table). `options`: any other `TokenizeOptions` field
     (`window`, `min_item_count`, `max_history`, `time_unit`, `vocab_from`, ...) and, for the
     columns, `user_column`, `item_column`, `time_column`, `behavior_column`, `value_column`."""
-    from ptum.ingest import core, reference
-    from ptum.ingest.formats import Columns
+    from ptum.data.ingest import core, reference
+    from ptum.data.ingest.formats import Columns
 
     if not (_table_like(events) or isinstance(events, (str, os.PathLike, list, tuple))):
         raise TypeError(f"events: a path, a list of paths, a pyarrow.Table or a pandas.DataFrame, "
@@ -175,7 +175,7 @@ def pretrain(config, data, output=None, *, overrides: Sequence[str] = (), resume
     """Pre-train a PTUM model on a dataset's train split (validation on `valid`); returns the
     loaded best model. `output`: the model folder (default: a new temporary folder); an
     unfinished run there is resumed unless `resume=False`."""
-    from ptum.train import pretrain as _pretrain
+    from ptum.training.pretrain import pretrain as _pretrain
 
     cfg = load_config(config, overrides)
     output = os.fspath(output) if output is not None else tempfile.mkdtemp(prefix="ptum-model-")
@@ -186,7 +186,7 @@ def pretrain(config, data, output=None, *, overrides: Sequence[str] = (), resume
 
 def load_model(path) -> Model:
     """A finished model folder (from `pretrain` or `ptum pretrain`)."""
-    from ptum.saving import load_model_dir
+    from ptum.model.saving import load_model_dir
 
     with _keras_state_restored():   # building layers draws seeds from Python's generator
         encoder, metadata, cfg = load_model_dir(os.fspath(path))
@@ -199,7 +199,7 @@ def _model_path(model) -> str:
 
 def evaluate(model, data, split: str = "test") -> Dict[str, Any]:
     """Next-item metrics (full ranking, history items filtered) of `model` on a split."""
-    from ptum.ranking import evaluate_model
+    from ptum.evaluation.ranking import evaluate_model
 
     with _keras_state_restored():
         return evaluate_model(_model_path(model), _data_path(data), split)
@@ -208,8 +208,8 @@ def evaluate(model, data, split: str = "test") -> Dict[str, Any]:
 def embed_users(model, data, split: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
     """(user ids, user embeddings [users, d]) of each user's newest history in `data` (what
     `ptum export-embeddings` writes), or of the rows of one split."""
-    from ptum.data import Rows
-    from ptum.embedding_eval import embed_users as _embed, model_embedder, newest_rows
+    from ptum.data.batches import Rows
+    from ptum.evaluation.embeddings import embed_users as _embed, model_embedder, newest_rows
 
     ds = data if isinstance(data, contracts.SequenceDataset) else load_dataset(data)
     rows = newest_rows(ds) if split is None else Rows.from_split(ds, split)
@@ -227,7 +227,7 @@ def finetune(model, data, labels, output, *, task: str = "classify", label_colum
     metadata (held-out metrics under "valid"). `labels`: CSV/Parquet path or a table with
     user_id + the label column (task "classify"), or impressions (task "ctr"). `config`: a
     FinetuneConfig or a dict of its fields."""
-    from ptum.finetuning import FinetuneConfig, run
+    from ptum.training.finetune import FinetuneConfig, run
 
     if config is None or isinstance(config, dict):
         config = FinetuneConfig(**{**(config or {}), "task": task})
@@ -238,6 +238,6 @@ def finetune(model, data, labels, output, *, task: str = "classify", label_colum
 
 def export_model(model, output, version: Optional[int] = None) -> str:
     """A TF Serving SavedModel version folder `<output>/<version>/` (TensorFlow needed); its path."""
-    from ptum.export import export_saved_model
+    from ptum.serving.saved_model import export_saved_model
 
     return export_saved_model(_model_path(model), os.fspath(output), version=version)

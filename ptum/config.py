@@ -3,7 +3,7 @@ overridable from the command line; saved beside every model it produced.
 
 Each setting is declared once, here: its type, default, allowed values or range and meaning
 (pydantic). Loading checks all of them up front and names the key in a one-line ConfigError;
-the model classes take these sections whole (ptum.model builds from `ModelConfig` and
+the model classes take these sections whole (ptum.model.encoder builds from `ModelConfig` and
 `ObjectiveConfig` and saves them in its Keras config), so nothing repeats the list elsewhere.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Dict, List, Literal, Optional
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from typing_extensions import Annotated
 
-from ptum.transforms import MAX_TIME_BUCKETS
+from ptum.data.transforms import MAX_TIME_BUCKETS
 
 
 class ConfigError(ValueError):

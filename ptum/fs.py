@@ -6,7 +6,7 @@ else branches on "://". (Keras and TensorFlow open model files through their own
 
 Writes appear whole: `write_bytes` / `writer` write a sibling temporary file and rename it
 into place on a local disk; on an object store an object becomes visible only when its upload
-completes, so the stream is written in place. `output_lock` (in `ptum.contracts`) and the
+completes, so the stream is written in place. `output_lock` (in `ptum.data.contracts`) and the
 commit markers (a dataset's manifest, a model's metadata) build on these.
 """
 from __future__ import annotations

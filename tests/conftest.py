@@ -15,7 +15,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 @pytest.fixture(scope="session")
 def sample_logs(tmp_path_factory):
     """Generated logs (300 users, 120 items) with ~2% malformed rows."""
-    from ptum.generate import generate
+    from ptum.data.generate import generate
 
     out = str(tmp_path_factory.mktemp("logs"))
     stats = generate(out, users=300, items=120, seed=7, malformed_rate=0.02, mean_events=20)
@@ -25,8 +25,8 @@ def sample_logs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def clean_dataset(tmp_path_factory):
     """A committed sequence dataset from clean generated logs (for model tests)."""
-    from ptum.generate import generate
-    from ptum.ingest import core, reference
+    from ptum.data.generate import generate
+    from ptum.data.ingest import core, reference
 
     logs = str(tmp_path_factory.mktemp("clean_logs"))
     generate(logs, users=400, items=150, seed=3, mean_events=18)

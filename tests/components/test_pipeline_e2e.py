@@ -55,7 +55,7 @@ def _edited_span(root, source: int, span: int, edit) -> None:
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
-    from ptum.generate import generate
+    from ptum.data.generate import generate
     from pipelines.tfx_pipeline import PipelineConfig, run_local, summarize
 
     root = tmp_path_factory.mktemp("tfx")

@@ -11,7 +11,7 @@ pytest.importorskip("tfx")
 
 
 def _fake_saved_model(path):
-    from ptum.export import METADATA_ASSET
+    from ptum.serving.saved_model import METADATA_ASSET
 
     os.makedirs(os.path.join(path, "assets.extra"))
     with open(os.path.join(path, "assets.extra", METADATA_ASSET), "w") as f:
@@ -23,7 +23,7 @@ def _fake_saved_model(path):
 
 def test_pushers_take_turns_and_never_share_a_version(tmp_path):
     from components.ptum_components import _push_version
-    from ptum import contracts
+    from ptum.data import contracts
 
     base = str(tmp_path / "serving")
     srcs = [_fake_saved_model(tmp_path / f"m{i}") for i in range(3)]

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ptum import contracts
-from ptum.ingest import core
-from pipelines.tokenize import job
+from ptum.data import contracts
+from ptum.data.ingest import core
+from ptum.data.ingest import job
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 MULTI_PROCESSING = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
@@ -98,7 +98,7 @@ def _runner_args(kind, address=None):
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory):
     """Generated logs with dead letters, split over two files (two units of work)."""
-    from ptum.generate import generate
+    from ptum.data.generate import generate
 
     root = tmp_path_factory.mktemp("dist_logs")
     generate(str(root), users=240, items=90, seed=11, malformed_rate=0.02, mean_events=14)
@@ -165,8 +165,8 @@ def test_tokenize_multi_processing_equals_in_memory(logs, in_process, tmp_path):
 @pytest.fixture(scope="module")
 def saved_model(in_process, tmp_path_factory):
     from ptum.config import PTUMConfig
-    from ptum.export import export_saved_model
-    from ptum.train import pretrain
+    from ptum.serving.saved_model import export_saved_model
+    from ptum.training.pretrain import pretrain
 
     data, _ = in_process
     root = tmp_path_factory.mktemp("dist_model")
@@ -177,7 +177,7 @@ def saved_model(in_process, tmp_path_factory):
 
 
 def _embeddings(out):
-    from pipelines.export_embeddings import read_embeddings
+    from ptum.serving.export_embeddings import read_embeddings
 
     t = read_embeddings(str(out))
     order = np.argsort(np.array(t.column("user_id").to_pylist(), dtype=object))
@@ -188,7 +188,7 @@ def _embeddings(out):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("kind", ["dask", "multi_processing"])
 def test_embedding_export_distributed_equals_in_process(kind, in_process, saved_model, request, tmp_path):
-    from pipelines.export_embeddings import run
+    from ptum.serving.export_embeddings import run
 
     data, _ = in_process
     address = request.getfixturevalue("dask_cluster") if kind == "dask" else None

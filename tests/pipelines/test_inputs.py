@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ptum import contracts
-from ptum.ingest import core, reference
-from pipelines.tokenize import job
-from ptum.ingest.formats import Columns, InputError
+from ptum.data import contracts
+from ptum.data.ingest import core, reference
+from ptum.data.ingest import job
+from ptum.data.ingest.formats import Columns, InputError
 
 HEADER = "user_id,item_id,timestamp\n"
 
@@ -160,8 +160,8 @@ def test_catalog_with_movielens_columns(tmp_path):
 
 
 def test_nan_label_is_missing_not_a_class():
-    from ptum.data import Rows
-    from ptum.finetuning import join_labels
+    from ptum.data.batches import Rows
+    from ptum.training.finetune import join_labels
 
     rows = Rows.from_table(pa.table({
         "user_id": ["a", "b", "c", "d"], "item_ids": [[1], [2], [3], [4]],

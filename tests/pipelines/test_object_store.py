@@ -8,9 +8,10 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from ptum import contracts, fs
-from ptum.ingest import core, reference
-from pipelines.tokenize import job
+from ptum.data import contracts
+from ptum import fs
+from ptum.data.ingest import core, reference
+from ptum.data.ingest import job
 
 STORE = "teststore://bucket"
 
@@ -69,10 +70,10 @@ def test_tokenize_reads_and_writes_an_object_store(store, datasets):
 
 
 def test_pretrain_from_and_export_to_an_object_store(store, datasets, tmp_path):
-    from pipelines.export_embeddings import read_embeddings, run
+    from ptum.serving.export_embeddings import read_embeddings, run
     from ptum.config import PTUMConfig
-    from ptum.export import export_saved_model
-    from ptum.train import pretrain
+    from ptum.serving.saved_model import export_saved_model
+    from ptum.training.pretrain import pretrain
 
     local, _, remote, _ = datasets
     cfg = PTUMConfig.load(None, ["model.embedding_dim=16", "model.num_blocks=1", "model.num_heads=1",

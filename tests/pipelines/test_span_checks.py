@@ -1,11 +1,12 @@
-"""The gate's checks on their own (ptum.ingest.checks): the newest span's dead letters are not
+"""The gate's checks on their own (ptum.data.checks): the newest span's dead letters are not
 diluted by the window, and swapped id columns are told apart from a clean span with recurring
 users, on generated logs and on integer ids (where user and item ids share one range)."""
 import csv
 
-from ptum import contracts
-from ptum.generate import generate
-from ptum.ingest import checks, core, reference
+from ptum.data import contracts
+from ptum.data.generate import generate
+from ptum.data import checks
+from ptum.data.ingest import core, reference
 
 LIMITS = dict(max_deadletter_rate=0.05, min_item_overlap=0.5, max_id_crossing=0.2, max_id_ratio_change=3.0)
 
@@ -92,7 +93,7 @@ def test_swapped_integer_ids_are_caught(tmp_path):
 def test_spans_the_gate_stopped_are_left_out_of_later_windows(tmp_path):
     import json
 
-    from ptum.ingest.spans import window_files
+    from ptum.data.spans import window_files
 
     for s in (1, 2, 3, 4):
         (tmp_path / f"span-{s}").mkdir()

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ptum import contracts
-from ptum.ingest import core, formats, reference
-from pipelines.tokenize import job
+from ptum.data import contracts
+from ptum.data.ingest import core, formats, reference
+from ptum.data.ingest import job
 
 
 def _read(opts, split_bytes):

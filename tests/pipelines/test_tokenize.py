@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ptum import contracts
-from ptum.ingest import core, reference
-from pipelines.tokenize import job
-from ptum.ingest.formats import Columns, InputError
+from ptum.data import contracts
+from ptum.data.ingest import core, reference
+from ptum.data.ingest import job
+from ptum.data.ingest.formats import Columns, InputError
 
 
 def run_beam(inputs, fmt, out, **kw):
@@ -295,7 +295,7 @@ def test_failed_run_leaves_the_previous_dataset(sample_logs, tmp_path, monkeypat
 
 
 def test_killed_run_leaves_the_previous_dataset(sample_logs, tmp_path):
-    from ptum.generate import generate
+    from ptum.data.generate import generate
 
     logs = str(tmp_path / "logs")
     generate(logs, users=4000, items=500, seed=1, mean_events=40)

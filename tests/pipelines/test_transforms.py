@@ -6,8 +6,8 @@ import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from ptum.ingest import core
-from pipelines.tokenize import job
+from ptum.data.ingest import core
+from ptum.data.ingest import job
 
 EVENTS = (
     "user_id,item_id,timestamp,behavior\n"
@@ -85,7 +85,7 @@ def test_build_vocabularies_is_the_reference_vocabulary(tmp_path):
 
 
 def test_write_dataset_commits_what_the_other_transforms_built(tmp_path):
-    from ptum import contracts
+    from ptum.data import contracts
 
     opts = _opts(tmp_path)
     specs, extra = core.plan_inputs(opts)

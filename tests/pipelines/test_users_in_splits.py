@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from ptum import contracts
-from ptum.ingest import core, reference
-from pipelines.tokenize import job
+from ptum.data import contracts
+from ptum.data.ingest import core, reference
+from ptum.data.ingest import job
 
 # user -> number of events (timestamps 100, 101, ...); u_late's events all come after the
 # time cut (200), u_early's all before it.

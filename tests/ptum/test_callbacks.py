@@ -1,4 +1,4 @@
-"""ptum.callbacks on a tiny Keras model: what each one writes to the logs and the resumable state."""
+"""ptum.training.callbacks on a tiny Keras model: what each one writes to the logs and the resumable state."""
 import os
 
 import numpy as np
@@ -25,7 +25,7 @@ def _data(n=32, nan=False):
 
 
 def test_pretraining_chain_validates_keeps_the_best_and_stops_on_patience(tmp_path):
-    from ptum.callbacks import Checkpoint, EpochRecord, KeepBest, NaNGuard, TimeLimit, TrainClock, ValidationMetrics
+    from ptum.training.callbacks import Checkpoint, EpochRecord, KeepBest, NaNGuard, TimeLimit, TrainClock, ValidationMetrics
 
     scores = [0.1, 0.3, 0.2, 0.25, 0.9, 0.9]
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "wait": 0, "history": [], "train_seconds": 0.0}
@@ -52,7 +52,7 @@ def test_pretraining_chain_validates_keeps_the_best_and_stops_on_patience(tmp_pa
 
 
 def test_validation_every_n_epochs_leaves_the_others_alone(tmp_path):
-    from ptum.callbacks import EpochRecord, KeepBest, TrainClock, ValidationMetrics
+    from ptum.training.callbacks import EpochRecord, KeepBest, TrainClock, ValidationMetrics
 
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "wait": 0, "history": [], "train_seconds": 0.0}
     x, y = _data()
@@ -66,7 +66,7 @@ def test_validation_every_n_epochs_leaves_the_others_alone(tmp_path):
 
 
 def test_time_limit_stops_after_the_epoch_that_passes_it():
-    from ptum.callbacks import TimeLimit, TrainClock
+    from ptum.training.callbacks import TimeLimit, TrainClock
 
     state = {"train_seconds": 100.0}   # a resumed run: 100 s were spent before it
     x, y = _data()
@@ -75,7 +75,7 @@ def test_time_limit_stops_after_the_epoch_that_passes_it():
 
 
 def test_nan_guard_raises_the_callers_error_naming_the_epoch():
-    from ptum.callbacks import NaNGuard
+    from ptum.training.callbacks import NaNGuard
 
     class Stop(Exception):
         pass

@@ -8,7 +8,7 @@ import sys
 def test_import_ptum_does_not_import_heavy_stacks():
     # The public API (ptum.pretrain, ...) is loaded on first use, and loading it imports no
     # Keras or backend either.
-    code = ("import sys, ptum, ptum.contracts, ptum.generate, ptum.cli; "
+    code = ("import sys, ptum, ptum.data.contracts, ptum.data.generate, ptum.cli; "
             "assert 'ptum.api' not in sys.modules; f = ptum.pretrain; "
             "heavy = [m for m in ('tensorflow', 'keras', 'apache_beam', 'tfx', 'jax') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
@@ -24,7 +24,7 @@ def test_cli_help_is_fast_and_lists_commands():
 
 
 def test_generate_is_deterministic(tmp_path):
-    from ptum.generate import generate
+    from ptum.data.generate import generate
 
     a = generate(str(tmp_path / "a"), users=50, items=40, seed=5, malformed_rate=0.05)
     b = generate(str(tmp_path / "b"), users=50, items=40, seed=5, malformed_rate=0.05)

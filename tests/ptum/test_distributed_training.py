@@ -21,7 +21,7 @@ else:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
 from ptum.config import PTUMConfig
-from ptum.train import pretrain
+from ptum.training.pretrain import pretrain
 cfg = PTUMConfig.load(None, ["model.embedding_dim=16", "model.num_blocks=1", "model.num_heads=1",
                              "model.max_len=12", "train.epochs=3", "train.patience=3",
                              "objective.num_negatives=16", f"train.batch_size={batch}"])
@@ -42,8 +42,8 @@ def _train(devices, backend, data, out, batch):
 
 @pytest.fixture(scope="module")
 def data_and_batch(clean_dataset):
-    from ptum import contracts
-    from ptum.data import Rows
+    from ptum.data import contracts
+    from ptum.data.batches import Rows
 
     data, _ = clean_dataset
     n = int((Rows.from_split(contracts.open_dataset(data), "train").lengths >= 2).sum())
@@ -79,6 +79,6 @@ def test_two_devices_match_one_device(backend, strategy, data_and_batch, tmp_pat
 def test_only_the_chief_writes_the_model(tf_config, chief):
     # MultiWorkerMirroredStrategy itself is configured, not tested: Keras 3's fit fails under
     # it (tensorflow/tensorflow#72388, README "Scaling out"); which worker writes is ours.
-    from ptum.train import is_chief
+    from ptum.training.pretrain import is_chief
 
     assert is_chief(tf_config) is chief

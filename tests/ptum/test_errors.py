@@ -98,7 +98,7 @@ def test_keras_safe_mode_refusal_is_one_line(tmp_path):
 
 
 def test_sigint_ends_with_one_line(tmp_path):
-    from ptum.generate import generate
+    from ptum.data.generate import generate
 
     logs = str(tmp_path / "logs")
     generate(logs, users=4000, items=500, seed=1, mean_events=40)
@@ -143,7 +143,7 @@ def test_interrupted_pipeline_marks_its_executions(tmp_path):
 
 
 def test_cli_logging_drops_known_harmless_lines_only():
-    code = ("import logging, sys; from ptum import cli; cli._quiet(int(sys.argv[1])); "
+    code = ("import logging, sys; from ptum.cli import console; console.quiet(int(sys.argv[1])); "
             "from absl import logging as absl_logging; "
             "absl_logging.warning('ArtifactQuery.property_predicate is not supported.'); "
             "logging.getLogger('tfx.x').warning('Examples artifact does not have payload_format custom property.'); "
@@ -199,7 +199,7 @@ def test_config_errors_at_the_cli_and_in_finetune(tmp_path):
     one_line(ptum("pretrain", "--data", str(tmp_path), "--output", str(tmp_path / "m"),
                   "--set", "model.dropout=1.5"), "model.dropout")
     from ptum.config import ConfigError, PTUMConfig
-    from ptum.finetuning import FinetuneConfig
+    from ptum.training.finetune import FinetuneConfig
 
     assert PTUMConfig.load(None, ["train.jit_compile=true", "train.learning_rate=1e-3"]).train.jit_compile == "true"
     with pytest.raises(ConfigError, match="mode"):
@@ -210,7 +210,7 @@ def test_config_errors_at_the_cli_and_in_finetune(tmp_path):
 
 def test_memory_estimate_refuses_a_config_before_training(tmp_path):
     from ptum.config import PTUMConfig
-    from ptum.train import TrainingError, check_memory
+    from ptum.training.pretrain import TrainingError, check_memory
 
     cfg = PTUMConfig.load(None, ["model.embedding_dim=4096", "model.num_blocks=48", "model.max_len=4096",
                                  "train.batch_size=65536", "objective.num_negatives=1000000"])

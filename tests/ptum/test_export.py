@@ -9,16 +9,16 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from ptum import contracts  # noqa: E402
+from ptum.data import contracts  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small text-aware model on generated logs whose catalog has one item never interacted with."""
     from ptum.config import PTUMConfig
-    from ptum.generate import generate
-    from ptum.train import pretrain
-    from ptum.ingest import core, reference
+    from ptum.data.generate import generate
+    from ptum.training.pretrain import pretrain
+    from ptum.data.ingest import core, reference
 
     root = tmp_path_factory.mktemp("export")
     logs = str(root / "logs")
@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def saved(trained):
-    from ptum.export import export_saved_model
+    from ptum.serving.saved_model import export_saved_model
 
     return export_saved_model(trained["model"], str(trained["root"] / "serving" / "user_model"), version=7)
 
@@ -54,7 +54,7 @@ def test_versioned_layout_and_assets(saved, trained):
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
             for r in tf.data.TFRecordDataset(os.path.join(saved, "assets.extra", "tf_serving_warmup_requests"))]
     assert logs and logs[0].predict_log.request.model_spec.signature_name == "serving_default"
-    from ptum.export import export_saved_model
+    from ptum.serving.saved_model import export_saved_model
     with pytest.raises(FileExistsError):
         export_saved_model(trained["model"], os.path.dirname(saved), version=7)
 
@@ -121,8 +121,8 @@ def test_saved_model_cli_show_and_run(saved):
 def test_batch_export_matches_serving(saved, trained, tmp_path):
     import tensorflow as tf
 
-    from ptum.features import row_to_example
-    from pipelines.export_embeddings import read_embeddings, run
+    from ptum.data.features import row_to_example
+    from ptum.serving.export_embeddings import read_embeddings, run
 
     out = str(tmp_path / "emb")
     m = run(saved, trained["data"], out, batch_rows=64, tfrecord=True)
@@ -156,7 +156,7 @@ def test_embed_users_transform_in_a_test_pipeline(saved, trained, tmp_path):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipelines.export_embeddings import EMBEDDINGS_DIR, EmbedUsers
+    from ptum.serving.export_embeddings import EMBEDDINGS_DIR, EmbedUsers
 
     ds = contracts.open_dataset(trained["data"])
     out = tmp_path / "emb"
@@ -169,8 +169,8 @@ def test_embed_users_transform_in_a_test_pipeline(saved, trained, tmp_path):
 
 
 def test_export_refuses_other_vocabulary_and_counts_oov_users(saved, trained, tmp_path):
-    from pipelines.export_embeddings import ExportError, run
-    from ptum.ingest import core, reference
+    from ptum.serving.export_embeddings import ExportError, run
+    from ptum.data.ingest import core, reference
 
     other_csv = tmp_path / "o.csv"
     other_csv.write_text("user_id,item_id,timestamp\nu1,x1,1\nu1,x2,2\nu2,item_000001,1\n")
@@ -187,8 +187,8 @@ def test_newest_history_of_every_user_across_shards(saved, trained, tmp_path):
     """Without --split every user is embedded once, from the test row where there is one (its
     newest behavior is the as_of), else from the train row; shards are paired by index, no
     user list passes through the driver."""
-    from pipelines.export_embeddings import read_embeddings, run, same_users_files
-    from ptum.ingest import core, reference
+    from ptum.serving.export_embeddings import read_embeddings, run, same_users_files
+    from ptum.data.ingest import core, reference
 
     lines = ["user_id,item_id,timestamp"]
     newest = {}

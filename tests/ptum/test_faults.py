@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from ptum import contracts  # noqa: E402
+from ptum.data import contracts  # noqa: E402
 from ptum.config import PTUMConfig  # noqa: E402
 
 SMALL = ["model.embedding_dim=8", "model.num_blocks=1", "model.num_heads=1", "model.max_len=12",
@@ -53,8 +53,8 @@ def _model_files(folder):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from ptum.ingest import core, reference
-    from ptum.train import pretrain
+    from ptum.data.ingest import core, reference
+    from ptum.training.pretrain import pretrain
 
     root = tmp_path_factory.mktemp("faults")
     a = str(root / "data_a")
@@ -67,7 +67,7 @@ def world(tmp_path_factory):
 
 
 def test_a_refused_pretrain_leaves_the_model(world, tmp_path):
-    from ptum.saving import load_model_dir
+    from ptum.model.saving import load_model_dir
 
     model = str(tmp_path / "m")
     shutil.copytree(world["model"], model)
@@ -78,8 +78,8 @@ def test_a_refused_pretrain_leaves_the_model(world, tmp_path):
     assert _snapshot(model) == before
     load_model_dir(model)
     # Outputs of another kind (in process: the CLI turns these errors into the same one line).
-    from ptum.ingest import core, reference
-    from ptum.train import TrainingError, pretrain
+    from ptum.data.ingest import core, reference
+    from ptum.training.pretrain import TrainingError, pretrain
     with pytest.raises(TrainingError, match="holds a sequence dataset"):
         pretrain(world["a"], world["b"], PTUMConfig.load(None, SMALL), log=lambda s: None)
     tok = core.TokenizeOptions(inputs=[str(world["root"] / "a.csv")], format="csv", output=model)
@@ -96,8 +96,8 @@ def test_a_refused_pretrain_leaves_the_model(world, tmp_path):
 
 
 def test_a_failed_or_killed_pretrain_leaves_the_model(world, tmp_path):
-    from ptum.saving import load_model_dir
-    from ptum.train import TrainingError, pretrain
+    from ptum.model.saving import load_model_dir
+    from ptum.training.pretrain import TrainingError, pretrain
 
     model = str(tmp_path / "m")
     shutil.copytree(world["model"], model)
@@ -130,8 +130,8 @@ def test_a_failed_or_killed_pretrain_leaves_the_model(world, tmp_path):
 
 
 def test_pretrain_refuses_a_dataset_replaced_under_it(world, tmp_path):
-    from ptum.ingest import core, reference
-    from ptum.train import TrainingError, pretrain
+    from ptum.data.ingest import core, reference
+    from ptum.training.pretrain import TrainingError, pretrain
 
     data = str(tmp_path / "data")
     shutil.copytree(world["a"], data)
@@ -147,7 +147,7 @@ def test_pretrain_refuses_a_dataset_replaced_under_it(world, tmp_path):
 
 
 def test_a_changed_model_file_is_refused(world, tmp_path):
-    from ptum.saving import ModelError, load_model_dir
+    from ptum.model.saving import ModelError, load_model_dir
 
     model = str(tmp_path / "m")
     shutil.copytree(world["model"], model)
@@ -155,14 +155,14 @@ def test_a_changed_model_file_is_refused(world, tmp_path):
                 os.path.join(model, "vocab", contracts.ITEMS_VOCAB))
     with pytest.raises(ModelError, match="vocab/items.parquet changed after training"):
         load_model_dir(model)
-    from ptum.export import export_saved_model
+    from ptum.serving.saved_model import export_saved_model
     with pytest.raises(ModelError, match="changed after training"):
         export_saved_model(model, str(tmp_path / "serving"))
     assert not os.path.exists(tmp_path / "serving")
 
 
 def test_export_embeddings_failure_leaves_the_table(world, tmp_path):
-    from pipelines.export_embeddings import ExportError, read_embeddings, run
+    from ptum.serving.export_embeddings import ExportError, read_embeddings, run
 
     out = str(tmp_path / "emb")
     m = run(world["model"], world["a"], out, batch_rows=16)
@@ -177,7 +177,7 @@ def test_export_embeddings_failure_leaves_the_table(world, tmp_path):
         run(world["model"], broken, out)
     assert _snapshot(out) == before and read_embeddings(out).equals(table)
     # Failing inside the job (a worker cannot write): the same.
-    import pipelines.export_embeddings as ee
+    import ptum.serving.export_embeddings as ee
     real = ee.tcore.write_parquet
 
     def failing(t, path):
@@ -202,8 +202,8 @@ def test_export_embeddings_failure_leaves_the_table(world, tmp_path):
 
 
 def test_one_digest_covers_the_metadata(world, tmp_path):
-    from ptum.export import UntrustedModel, export_saved_model, read_export_metadata, verify_saved_model
-    from pipelines.export_embeddings import ExportError, run
+    from ptum.serving.saved_model import UntrustedModel, export_saved_model, read_export_metadata, verify_saved_model
+    from ptum.serving.export_embeddings import ExportError, run
 
     saved = export_saved_model(world["model"], str(tmp_path / "serving"), version=7)
     digest = read_export_metadata(saved)["saved_model_sha256"]
@@ -221,7 +221,7 @@ def test_one_digest_covers_the_metadata(world, tmp_path):
 
 
 def test_a_failed_finetune_leaves_the_previous_output(world, tmp_path):
-    from ptum.finetuning import FinetuneConfig, LabelError, run
+    from ptum.training.finetune import FinetuneConfig, LabelError, run
 
     labels = tmp_path / "labels.csv"
     labels.write_text("user_id,segment\n" + "".join(f"u{u},{'a' if u % 2 else 'b'}\n" for u in range(60)))
@@ -237,7 +237,7 @@ def test_a_failed_finetune_leaves_the_previous_output(world, tmp_path):
     # Another kind of output is refused, and this one is not taken for a model or a dataset.
     with pytest.raises(LabelError, match="holds a pre-trained model"):
         run(world["model"], world["a"], str(labels), world["model"], cfg, label_column="segment", log=lambda s: None)
-    from ptum.train import TrainingError, pretrain
+    from ptum.training.pretrain import TrainingError, pretrain
     with pytest.raises(TrainingError, match="holds a fine-tuned model"):
         pretrain(world["a"], out, PTUMConfig.load(None, SMALL), log=lambda s: None)
     assert _snapshot(out) == before

@@ -30,7 +30,7 @@ def _table():
 
 @pytest.mark.parametrize("vectorised", [True, False])
 def test_arrow_to_examples_equals_one_example_per_row(vectorised, monkeypatch):
-    from ptum.features import arrow_to_examples
+    from ptum.data.features import arrow_to_examples
 
     if not vectorised:
         real = builtins.__import__
@@ -50,8 +50,8 @@ def test_arrow_to_examples_equals_one_example_per_row(vectorised, monkeypatch):
 
 
 def test_sequence_examples_parse_with_the_serving_feature_spec(clean_dataset):
-    from ptum import contracts
-    from ptum.features import row_to_example, sequence_examples, tf_feature_spec
+    from ptum.data import contracts
+    from ptum.data.features import row_to_example, sequence_examples, tf_feature_spec
 
     data, _ = clean_dataset
     batch = contracts.open_dataset(data).read_split("test").to_batches(64)[0]

@@ -13,7 +13,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 @pytest.fixture(scope="module")
 def pretrained(clean_dataset, tmp_path_factory):
     from ptum.config import PTUMConfig
-    from ptum.train import pretrain
+    from ptum.training.pretrain import pretrain
 
     data, logs = clean_dataset
     out = str(tmp_path_factory.mktemp("ft") / "model")
@@ -70,11 +70,11 @@ def test_finetune_tasks_and_modes(pretrained, tmp_path, task, mode, column):
     # The fine-tuned model reloads and still exposes the user embedding.
     import keras
 
-    import ptum.finetune_model  # noqa: F401
-    import ptum.model  # noqa: F401
+    import ptum.model.heads  # noqa: F401
+    import ptum.model.encoder  # noqa: F401
     ft = keras.saving.load_model(os.path.join(out, "model.keras"), compile=False)
-    from ptum.contracts import open_dataset
-    from ptum.data import Rows, pad_batch
+    from ptum.data.contracts import open_dataset
+    from ptum.data.batches import Rows, pad_batch
     rows = Rows.from_split(open_dataset(data), "test")
     batch = pad_batch(rows, np.arange(4), 20, time_buckets=32)
     if task == "ctr":
@@ -123,8 +123,8 @@ def test_label_problems_are_counted_and_fatal_ones_are_clear(pretrained, tmp_pat
 def test_duplicate_label_policies():
     import pyarrow as pa
 
-    from ptum.data import Rows
-    from ptum.finetuning import LabelError, join_labels
+    from ptum.data.batches import Rows
+    from ptum.training.finetune import LabelError, join_labels
 
     flat = np.arange(3, 9, dtype=np.int32)
     rows = Rows(np.array(["u1", "u2", "u3"], object), np.array([0, 2, 4, 6]), flat, flat, flat.astype(np.int64))
@@ -140,7 +140,7 @@ def test_duplicate_label_policies():
 
 
 def test_metrics_match_definitions():
-    from ptum.finetuning import classification_metrics
+    from ptum.training.finetune import classification_metrics
 
     y = np.array([0, 0, 1, 1])
     prob = np.array([[0.9, 0.1], [0.4, 0.6], [0.35, 0.65], [0.2, 0.8]])
@@ -155,7 +155,7 @@ def test_metrics_match_definitions():
 def test_newest_rows_prefer_the_newer_split():
     import numpy as np
 
-    from ptum.data import Rows
+    from ptum.data.batches import Rows
 
     def rows(users, seqs):
         lens = [len(s) for s in seqs]
@@ -176,7 +176,7 @@ def test_full_mode_is_reproducible_in_one_process(pretrained, tmp_path):
     take their seeds as the encoder is loaded: the seed is set before that)."""
     import random
 
-    from ptum.finetuning import FinetuneConfig, run
+    from ptum.training.finetune import FinetuneConfig, run
 
     model, data, logs = pretrained
     cfg = FinetuneConfig(mode="full", epochs=4, head_epochs=4, patience=20, seed=7)

@@ -1,6 +1,6 @@
 """One windowing / padding / time-bucket definition: the keras.ops layer the SavedModel runs
-(ptum.layers.SequencePreprocessing) gives what training's numpy input pipeline
-(ptum.data.pad_batch) gives, on the same rows."""
+(ptum.model.layers.SequencePreprocessing) gives what training's numpy input pipeline
+(ptum.data.batches.pad_batch) gives, on the same rows."""
 import os
 
 import numpy as np
@@ -10,7 +10,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
 def _rows(lengths, seed):
-    from ptum.data import Rows
+    from ptum.data.batches import Rows
 
     rng = np.random.default_rng(seed)
     n = int(sum(lengths))
@@ -39,8 +39,8 @@ def _right_padded(rows, cut=None):
 def test_layer_equals_the_training_input_pipeline(width, buckets, seed):
     from keras import ops
 
-    from ptum.data import pad_batch
-    from ptum.layers import SequencePreprocessing
+    from ptum.data.batches import pad_batch
+    from ptum.model.layers import SequencePreprocessing
 
     lengths = np.array([0, 1, 2, width - 1, width, width + 1, 3 * width, 7, 0, 5])
     rows = _rows(lengths, seed)
@@ -60,7 +60,7 @@ def test_layer_takes_rows_with_no_columns_and_serializes():
     import keras
     from keras import ops
 
-    from ptum.layers import SequencePreprocessing
+    from ptum.model.layers import SequencePreprocessing
 
     layer = SequencePreprocessing(4, 8, name="pre")
     empty = np.zeros((2, 0), np.int64)

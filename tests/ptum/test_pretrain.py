@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from ptum import contracts  # noqa: E402
+from ptum.data import contracts  # noqa: E402
 from ptum.config import ConfigError, PTUMConfig  # noqa: E402
 
 SMALL = ["model.embedding_dim=16", "model.num_blocks=1", "model.num_heads=1", "model.max_len=20",
@@ -59,9 +59,9 @@ def test_config_yaml_overrides_and_errors(tmp_path):
 def test_objectives_train_and_round_trip(clean_dataset, overrides, tmp_path):
     import keras
 
-    from ptum.data import Rows, TrainBatches
-    from ptum.model import build_encoder_for, build_pretrainer
-    from ptum.train import fill_from_dataset, train_window
+    from ptum.data.batches import Rows, TrainBatches
+    from ptum.model.encoder import build_encoder_for, build_pretrainer
+    from ptum.training.pretrain import fill_from_dataset, train_window
 
     ds = contracts.open_dataset(clean_dataset[0])
     given = small_cfg(*overrides)
@@ -122,8 +122,8 @@ def test_pretrain_then_evaluate_cli(clean_dataset, tmp_path):
 
 
 def test_warm_start_only_from_a_compatible_model(clean_dataset, tmp_path):
-    from ptum.saving import load_model_dir
-    from ptum.train import pretrain
+    from ptum.model.saving import load_model_dir
+    from ptum.training.pretrain import pretrain
 
     data, _ = clean_dataset
     base = str(tmp_path / "base")
@@ -147,9 +147,9 @@ def test_warm_start_only_from_a_compatible_model(clean_dataset, tmp_path):
 def test_reloaded_model_gives_identical_embeddings(clean_dataset, tmp_path):
     import keras
 
-    from ptum.data import Rows, user_batches
-    from ptum.saving import load_model_dir
-    from ptum.train import pretrain
+    from ptum.data.batches import Rows, user_batches
+    from ptum.model.saving import load_model_dir
+    from ptum.training.pretrain import pretrain
 
     data, _ = clean_dataset
     out = str(tmp_path / "m")
@@ -202,7 +202,7 @@ def test_resume_after_kill_matches_uninterrupted(clean_dataset, tmp_path):
 
 
 def test_bad_inputs_give_clear_errors(clean_dataset, tmp_path):
-    from ptum.train import TrainingError, pretrain
+    from ptum.training.pretrain import TrainingError, pretrain
 
     data, logs = clean_dataset
     # NaN loss: no model that looks finished.
@@ -212,7 +212,7 @@ def test_bad_inputs_give_clear_errors(clean_dataset, tmp_path):
                  log=lambda s: None)
     assert not os.path.exists(os.path.join(out, "metadata.json"))
     # Missing split.
-    from ptum.ingest import core, reference
+    from ptum.data.ingest import core, reference
     hashed = str(tmp_path / "hashed")
     reference.run(core.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv", output=hashed,
                                        split="user-hash"))
@@ -256,7 +256,7 @@ def test_training_modules_import_without_tensorflow():
             "            raise ImportError('blocked ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
             "import os; os.environ['KERAS_BACKEND'] = 'jax'\n"
-            "import ptum.model, ptum.data, ptum.ranking, ptum.train, ptum.config\n")
+            "import ptum.model.encoder, ptum.data.batches, ptum.evaluation.ranking, ptum.training.pretrain, ptum.config\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
 

@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from ptum import contracts  # noqa: E402
+from ptum.data import contracts  # noqa: E402
 
 GAPS = sorted({g for k in range(0, 31) for g in (2 ** k - 1, 2 ** k)})  # 0, 1, 2, 3, 4, 7, 8, ...
 
@@ -32,9 +32,9 @@ def _write_events(path, users=48, items=30, seed=0, behaviors=("click", "like"))
 @pytest.fixture(scope="module")
 def timed(tmp_path_factory):
     from ptum.config import PTUMConfig
-    from ptum.export import export_saved_model
-    from ptum.train import pretrain
-    from ptum.ingest import core, reference
+    from ptum.serving.saved_model import export_saved_model
+    from ptum.training.pretrain import pretrain
+    from ptum.data.ingest import core, reference
 
     root = tmp_path_factory.mktemp("skew")
     csv = str(root / "events.csv")
@@ -54,8 +54,8 @@ def _training_path_embeddings(model_dir, data_dir):
     """User embeddings as training and evaluation compute them (numpy windows -> Keras)."""
     import keras
 
-    from ptum.data import Rows, user_batches
-    from ptum.saving import load_model_dir
+    from ptum.data.batches import Rows, user_batches
+    from ptum.model.saving import load_model_dir
 
     encoder, meta, _ = load_model_dir(model_dir)
     rows = Rows.from_split(contracts.open_dataset(data_dir), "test")
@@ -69,7 +69,7 @@ def test_time_buckets_are_exact_at_every_power_of_two():
     import keras
     import tensorflow as tf
 
-    from ptum import transforms
+    from ptum.data import transforms
 
     gaps = np.array(GAPS + [2 ** 40, 2 ** 62 - 1], np.int64)
     ts = np.concatenate([[0], np.cumsum(gaps)])[None, :]
@@ -83,8 +83,8 @@ def test_time_buckets_are_exact_at_every_power_of_two():
 def test_every_serving_path_equals_the_trained_model(timed):
     import tensorflow as tf
 
-    from ptum.features import row_to_example
-    from pipelines.export_embeddings import read_embeddings, run
+    from ptum.data.features import row_to_example
+    from ptum.serving.export_embeddings import read_embeddings, run
 
     rows, trained = _training_path_embeddings(timed["model"], timed["data"])
     table = contracts.open_dataset(timed["data"]).read_split("test").to_pylist()
@@ -122,7 +122,7 @@ def test_every_serving_path_equals_the_trained_model(timed):
 
 
 def test_behavior_and_word_vocabularies_are_frozen_and_hashed(timed, tmp_path):
-    from ptum.ingest import core, reference
+    from ptum.data.ingest import core, reference
 
     src = contracts.open_dataset(timed["data"])
     # Same users, but "like" now outnumbers "click", and a new behavior type appears.
@@ -148,14 +148,14 @@ def test_behavior_and_word_vocabularies_are_frozen_and_hashed(timed, tmp_path):
     assert f.manifest["vocab_hashes"]["behaviors"] != src.manifest["vocab_hashes"]["behaviors"]
     assert f.vocab_hash != src.vocab_hash
     # The frozen dataset is served by the model without an out-of-range behavior id.
-    from pipelines.export_embeddings import run
+    from ptum.serving.export_embeddings import run
     run(timed["saved"], frozen, str(tmp_path / "emb"), batch_rows=8)
 
 
 def test_frozen_title_words(tmp_path):
     import pyarrow as pa
 
-    from ptum.ingest import core
+    from ptum.data.ingest import core
 
     cat = pa.table({"item_id": ["a", "b"], "title": ["red shoe", "blue hat"], "categories": ["x", "y"]})
     items = pa.table({"item_id": ["a", "b"], "token_id": [3, 4], "count": [1, 1]})
@@ -179,17 +179,17 @@ def test_old_format_datasets_are_refused(timed, tmp_path):
 def test_a_nan_model_fails_evaluation_and_coverage_is_the_top_10(timed):
     import keras
 
-    from ptum.data import Rows
-    from ptum.ranking import NonFiniteScores, item_table_numpy, rank_metrics
-    from ptum.model import UserEmbedder
-    from ptum.saving import load_model_dir
+    from ptum.data.batches import Rows
+    from ptum.evaluation.ranking import NonFiniteScores, item_table_numpy, rank_metrics
+    from ptum.model.encoder import UserEmbedder
+    from ptum.model.saving import load_model_dir
 
     encoder, meta, _ = load_model_dir(timed["model"])
     rows = Rows.from_split(contracts.open_dataset(timed["data"]), "test")
     args = (rows, meta["max_len"], meta["length_buckets"], meta["time_buckets"])
     m = rank_metrics(UserEmbedder(encoder), *args, ks=(10, 20))
     # Coverage by hand: the history-filtered top 10 of every user.
-    from ptum.data import eval_batches
+    from ptum.data.batches import eval_batches
     table = item_table_numpy(encoder)
     top = set()
     for idx, batch in eval_batches(rows, 512, *args[1:]):
@@ -260,8 +260,8 @@ def test_serving_inputs_are_checked(timed):
 def test_one_version_and_a_verified_digest(timed, tmp_path):
     import tensorflow as tf
 
-    from ptum.export import UntrustedModel, read_export_metadata, saved_model_digest, verify_saved_model
-    from pipelines.export_embeddings import ExportError, read_embeddings, run
+    from ptum.serving.saved_model import UntrustedModel, read_export_metadata, saved_model_digest, verify_saved_model
+    from ptum.serving.export_embeddings import ExportError, read_embeddings, run
 
     meta = read_export_metadata(timed["saved"])
     assert meta["version"] == 42 and meta["saved_model_sha256"] == saved_model_digest(timed["saved"])
@@ -318,8 +318,8 @@ def test_one_version_and_a_verified_digest(timed, tmp_path):
 
 def test_a_dataset_on_a_non_local_filesystem(timed, tmp_path):
     from ptum.config import PTUMConfig
-    from ptum.export import export_saved_model
-    from ptum.train import pretrain
+    from ptum.serving.saved_model import export_saved_model
+    from ptum.training.pretrain import pretrain
 
     import pyarrow.fs as pafs
 

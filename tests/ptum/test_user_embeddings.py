@@ -10,8 +10,8 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from ptum import contracts  # noqa: E402
-from ptum.data import Rows  # noqa: E402
+from ptum.data import contracts  # noqa: E402
+from ptum.data.batches import Rows  # noqa: E402
 
 
 def _cli(*args):
@@ -21,7 +21,7 @@ def _cli(*args):
 
 
 def test_window_split_rows(tmp_path):
-    from ptum.ingest import core, reference
+    from ptum.data.ingest import core, reference
 
     csv = tmp_path / "e.csv"
     lines = ["user_id,item_id,timestamp"]
@@ -44,7 +44,7 @@ def test_window_split_rows(tmp_path):
 
 
 def test_future_window_metric_by_hand():
-    from ptum.embedding_eval import window_retrieval
+    from ptum.evaluation.embeddings import window_retrieval
 
     # Two users; items 3..8. User 0: history [3, 4], window [5, 6]; user 1: history [7], window [3, 8].
     rows = Rows(user_ids=np.array(["u0", "u1"], dtype=object), offsets=np.array([0, 4, 7]),
@@ -75,7 +75,7 @@ def test_future_window_metric_by_hand():
 
 
 def test_health_names_non_finite_users_and_measures_rank():
-    from ptum.embedding_eval import EmbeddingEvalError, health
+    from ptum.evaluation.embeddings import EmbeddingEvalError, health
 
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(50, 8)).astype(np.float32)
@@ -92,7 +92,7 @@ def test_health_names_non_finite_users_and_measures_rank():
 def exported(tmp_path_factory):
     """Generated logs (labels planted from interests) -> window split -> profile + bag model
     -> export-embeddings: the product path, through the CLI."""
-    from ptum.generate import generate
+    from ptum.data.generate import generate
 
     root = tmp_path_factory.mktemp("ue")
     logs = str(root / "logs")
@@ -109,7 +109,7 @@ def exported(tmp_path_factory):
 
 
 def test_profile_model_selects_by_window_recall_and_exports_the_profile(exported):
-    from ptum.embedding_eval import model_embedder, read_embedding_table
+    from ptum.evaluation.embeddings import model_embedder, read_embedding_table
 
     meta = json.load(open(os.path.join(exported["model"], "metadata.json")))
     assert meta["select_metric"] == "window_recall@10" and "window_recall@10" in meta["valid"]
@@ -151,7 +151,7 @@ def test_evaluate_embeddings_planted_and_shuffled_labels(exported):
     # must be within 0.05 (about 3 standard deviations).
     t = pcsv.read_csv(os.path.join(exported["logs"], "users.csv"))
     g = np.asarray(t.column("gender").to_pylist(), dtype=object)
-    from ptum.embedding_eval import evaluate_embeddings
+    from ptum.evaluation.embeddings import evaluate_embeddings
     aucs = []
     for seed in range(3):
         shuffled = str(exported["root"] / f"shuffled{seed}.csv")
@@ -176,7 +176,7 @@ def test_evaluate_embeddings_bad_input(exported, tmp_path):
 def test_probe_gate_on_planted_labels(exported):
     """What the pipeline's evaluator gates the blessing on: a probe of the model's embeddings."""
     from pipelines.tfx_pipeline import _probe_parameters
-    from ptum.embedding_eval import EmbeddingEvalError, probe_model
+    from ptum.evaluation.embeddings import EmbeddingEvalError, probe_model
 
     users_csv = os.path.join(exported["logs"], "users.csv")
     probe = probe_model(exported["model"], exported["data"], users_csv, "gender")
@@ -200,7 +200,7 @@ def test_bag_future_cut_by_hand():
     shift, and exactly those are the future targets."""
     import keras
 
-    from ptum.model import BagPrediction
+    from ptum.model.encoder import BagPrediction
 
     ids = np.array([[0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 7, 8], [0, 0, 0, 0, 0, 9]], np.int32)
     inputs = {"item_ids": ids, "behavior_ids": (ids > 0).astype(np.int32)}
@@ -224,7 +224,7 @@ def test_contrastive_term_by_hand():
     import keras
 
     from ptum.config import ConfigError, PTUMConfig
-    from ptum.model import BagPrediction
+    from ptum.model.encoder import BagPrediction
 
     layer = BagPrediction(dropout=0.5, seed=3, contrastive=0.2, temperature=0.5)
     rng = np.random.default_rng(0)

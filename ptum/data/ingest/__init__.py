@@ -2,6 +2,6 @@
 
 `formats` parses log formats into event tables and dead letters; `core` plans inputs, builds
 per-user histories, vocabularies and splits and writes the dataset; `reference` runs the
-whole transform in one process. The Beam job (`pipelines.tokenize.job`) distributes the
+whole transform in one process. The Beam job (`ptum.data.ingest.job`) distributes the
 same steps.
 """

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ptum import contracts
-from ptum.ingest import core, formats
+from ptum.data import contracts
+from ptum.data.ingest import core, formats
 
 
 def run(opts: core.TokenizeOptions) -> dict:

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ptum import contracts
+from ptum.data import contracts
 
 
 class EmbeddingEvalError(ValueError):
@@ -342,7 +342,7 @@ def embed_prefixes(fn: Callable, rows, idx: np.ndarray, ends: np.ndarray, width:
     batches padded as training pads them."""
     import keras
 
-    from ptum.data import bucket_width, pad_batch
+    from ptum.data.batches import bucket_width, pad_batch
 
     small = [x for x in buckets if x < width]
     out = []
@@ -358,8 +358,8 @@ def model_embedder(model_dir: str, untrained: bool = False):
     """(embed(rows, idx, ends) -> user embeddings, (item table [V, d], item bias [V]), metadata)
     from a model folder: the space the user embedding is scored in. `untrained`: the same
     architecture with fresh weights (the probe baseline)."""
-    from ptum.ranking import embedding_space_numpy
-    from ptum.saving import load_model_dir
+    from ptum.evaluation.ranking import embedding_space_numpy
+    from ptum.model.saving import load_model_dir
 
     encoder, meta, _ = load_model_dir(model_dir)
     if untrained:
@@ -387,7 +387,7 @@ def embed_users(embed: Callable, rows, users: np.ndarray) -> np.ndarray:
 
 def newest_rows(ds):
     """Each user's newest history (the rows the embedding export embeds)."""
-    from ptum.data import Rows
+    from ptum.data.batches import Rows
 
     split = "test" if "test" in ds.splits else ds.splits[0]
     rows = Rows.from_split(ds, split)
@@ -423,7 +423,7 @@ def evaluate_embeddings(embeddings: str, data: Optional[str] = None, labels: Opt
                         repeats: int = 5, fractions: Sequence[float] = (1.0,), window: Optional[int] = None,
                         recompute: bool = True, output: Optional[str] = None, seed: int = 0) -> dict:
     """The whole report (see the module docstring); written to `output` when given."""
-    from ptum.data import Rows
+    from ptum.data.batches import Rows
 
     users, emb, manifest = read_embedding_table(embeddings)
     report: dict = {"embeddings": embeddings, "model_version": manifest.get("model_version"),
@@ -431,7 +431,7 @@ def evaluate_embeddings(embeddings: str, data: Optional[str] = None, labels: Opt
     ds = contracts.open_dataset(data) if data else None
     meta = None
     if model:
-        from ptum.saving import load_model_dir
+        from ptum.model.saving import load_model_dir
         _, meta, _ = load_model_dir(model)
         if int(meta["user_embedding"]["dim"]) != emb.shape[1]:
             raise EmbeddingEvalError(f"{embeddings}: dimension {emb.shape[1]} but --model {model} has "

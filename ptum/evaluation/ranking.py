@@ -13,9 +13,9 @@ from typing import Dict, Sequence
 import keras
 import numpy as np
 
-from ptum import contracts
-from ptum.data import Rows, eval_batches
-from ptum.model import UserEmbedder
+from ptum.data import contracts
+from ptum.data.batches import Rows, eval_batches
+from ptum.model.encoder import UserEmbedder
 
 
 class NonFiniteScores(ValueError):
@@ -83,7 +83,7 @@ def rank_metrics(embedder: UserEmbedder, rows: Rows, width: int, buckets: Sequen
 def evaluate_model(model_dir: str, data_dir: str, split: str) -> dict:
     """Next-item metrics of a finished model folder on one split of a dataset with the same
     vocabulary: {"split", "model", "data", "ndcg@10", ...}."""
-    from ptum.saving import load_model_dir
+    from ptum.model.saving import load_model_dir
 
     encoder, meta, cfg = load_model_dir(model_dir)
     ds = contracts.open_dataset(data_dir)

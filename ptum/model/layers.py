@@ -4,7 +4,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ptum import transforms
+from ptum.data import transforms
 
 
 @keras.saving.register_keras_serializable(package="ptum")
@@ -110,8 +110,8 @@ class TitleEncoder(keras.layers.Layer):
 class SequencePreprocessing(keras.layers.Layer):
     """Right-padded rows (item ids, behavior ids, timestamps: [B, T]; lengths: [B]) -> the
     encoder's inputs: the newest `width` behaviors left-padded, and their log2 time-gap buckets
-    (0 `time_buckets`: none), in keras.ops. The arithmetic is ptum.transforms', which the numpy
-    input pipeline of training and evaluation (ptum.data.pad_batch) runs too; the SavedModel's
+    (0 `time_buckets`: none), in keras.ops. The arithmetic is ptum.data.transforms', which the numpy
+    input pipeline of training and evaluation (ptum.data.batches.pad_batch) runs too; the SavedModel's
     signatures, and so the batch embedding export, run it through this layer. Under JAX, turn on
     64-bit integers (JAX_ENABLE_X64=1) before feeding epoch timestamps: JAX truncates int64 to
     int32 otherwise, and time gaps come out wrong."""

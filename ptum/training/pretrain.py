@@ -1,5 +1,5 @@
 """Pre-training: dataset -> PTUM model directory (with resume after a kill). The model
-directory's layout is described in `ptum.saving`, which also loads it.
+directory's layout is described in `ptum.model.saving`, which also loads it.
 """
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from ptum import contracts, fs
+from ptum.data import contracts
+from ptum import fs
 from ptum.config import PTUMConfig
-from ptum.saving import ENCODER_FILE, METADATA, ModelError, atomic_save_keras, file_digests, load_model_dir
+from ptum.model.saving import ENCODER_FILE, METADATA, ModelError, atomic_save_keras, file_digests, load_model_dir
 
 
 class TrainingError(Exception):
@@ -261,7 +262,7 @@ def epoch_line(epoch: int, epochs: int, elapsed: float, **metrics) -> str:
 def pretrain(data_dir: str, output: str, cfg: PTUMConfig, log: Callable[[str], None] = print,
              resume: bool = True, warm_start: Optional[str] = None) -> dict:
     """Train the PTUM model; returns the metadata written to `output/metadata.json`."""
-    from ptum.data import Rows
+    from ptum.data.batches import Rows
 
     ds = contracts.open_dataset(data_dir)
     for split in ("train", "valid"):
@@ -340,10 +341,10 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
     `run_dir`: checkpoints and TensorBoard logs (default `output`)."""
     import keras
 
-    from ptum.callbacks import Checkpoint, EpochRecord, KeepBest, NaNGuard, TimeLimit, TrainClock, ValidationMetrics
-    from ptum.data import TrainBatches
-    from ptum.ranking import NonFiniteScores, rank_metrics
-    from ptum.model import UserEmbedder, build_encoder_for, build_pretrainer
+    from ptum.training.callbacks import Checkpoint, EpochRecord, KeepBest, NaNGuard, TimeLimit, TrainClock, ValidationMetrics
+    from ptum.data.batches import TrainBatches
+    from ptum.evaluation.ranking import NonFiniteScores, rank_metrics
+    from ptum.model.encoder import UserEmbedder, build_encoder_for, build_pretrainer
 
     data_dir = ds.root
     if (train_rows.lengths >= 2).sum() == 0:
@@ -407,8 +408,8 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
 
     def window_metrics():
         """Valid rows of a window split: the train part is the input, their last W the window."""
-        from ptum.embedding_eval import embed_prefixes, window_retrieval
-        from ptum.ranking import embedding_space_numpy
+        from ptum.evaluation.embeddings import embed_prefixes, window_retrieval
+        from ptum.evaluation.ranking import embedding_space_numpy
 
         def embed(rows, idx, ends):
             return embed_prefixes(encoder.user_embedding, rows, idx, ends, cfg.model.max_len, t.length_buckets,
@@ -470,7 +471,7 @@ def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output
 
     def fit(batches, epochs):
         if keras.backend.backend() == "tensorflow":
-            from ptum.tf_input import train_dataset
+            from ptum.data.tf_input import train_dataset
             fit_data = train_dataset(batches)
             if pretrainer.distribute_strategy.num_replicas_in_sync > 1:
                 _build_on(pretrainer, batches)

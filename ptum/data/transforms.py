@@ -1,5 +1,5 @@
 """Feature transforms with one definition each, shared by the input pipeline (numpy),
-evaluation and the serving graph (keras.ops, through ptum.layers.SequencePreprocessing):
+evaluation and the serving graph (keras.ops, through ptum.model.layers.SequencePreprocessing):
 windowing and padding (`window_positions`, `window`) and log2 time-gap buckets (`time_buckets`).
 
 Each function takes the array namespace `xp` (``numpy`` or ``keras.ops``) and uses only

@@ -108,7 +108,7 @@ class History(keras.callbacks.Callback):
 
 
 # ---- pre-training ----------------------------------------------------------------------------
-# `state` is pre-training's resumable state (ptum.train): a dict saved with every checkpoint.
+# `state` is pre-training's resumable state (ptum.training.pretrain): a dict saved with every checkpoint.
 
 
 class TrainClock(keras.callbacks.Callback):

@@ -30,8 +30,8 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from ptum import contracts
-from ptum.ingest import core, formats
+from ptum.data import contracts
+from ptum.data.ingest import core, formats
 
 log = logging.getLogger(__name__)
 STAGING = ".staging"

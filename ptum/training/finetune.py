@@ -19,9 +19,10 @@ import numpy as np
 
 from pydantic import Field
 
-from ptum import contracts, fs
+from ptum.data import contracts
+from ptum import fs
 from ptum.config import Bool, Float, Int, Section
-from ptum.data import Rows, pad_batch
+from ptum.data.batches import Rows, pad_batch
 
 
 class LabelError(Exception):
@@ -208,7 +209,7 @@ def _stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> Tuple[np.n
 def build_finetune_model(encoder, n_outputs: int, cfg: FinetuneConfig, task: str, mean=None, variance=None,
                          n_train: int = 1):
     """encoder + head. classify: softmax over classes; ctr: sigmoid(f(u, item))."""
-    from ptum.finetune_model import FinetuneModel
+    from ptum.model.heads import FinetuneModel
     return FinetuneModel(encoder, task=task, n_outputs=n_outputs, hidden=cfg.hidden, dropout=cfg.dropout,
                          head=cfg.head, mean=mean, variance=variance,
                          l2=cfg.head_l2 / (2.0 * max(n_train, 1)), name=f"ptum_{task}")
@@ -227,7 +228,7 @@ def embed_rows(encoder, rows: Rows, idx: np.ndarray, width, buckets, time_bucket
 
 
 def _batches(rows: Rows, idx: np.ndarray, cand: Optional[np.ndarray], width, buckets, time_buckets, size):
-    from ptum.data import bucket_width
+    from ptum.data.batches import bucket_width
     order = np.argsort(rows.lengths[idx], kind="stable")
     for s in range(0, len(order), size):
         sel = order[s:s + size]
@@ -264,7 +265,7 @@ def _fit(model, epoch_batches: Callable, epochs: int, steps: int, callbacks: lis
 
     data = (batch for e in range(epochs) for batch in epoch_batches(e))
     if keras.backend.backend() == "tensorflow":
-        from ptum.tf_input import generator_dataset
+        from ptum.data.tf_input import generator_dataset
         data = generator_dataset(data)
     model.fit(data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
 
@@ -273,15 +274,15 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
              n_classes: int, train: np.ndarray, valid: np.ndarray, cand: Optional[np.ndarray] = None,
              log: Callable[[str], None] = print):
     """Train the head (and the encoder in full mode) with `fit`; early-stop on validation
-    log-loss (callbacks in ptum.callbacks).
+    log-loss (callbacks in ptum.training.callbacks).
 
     Returns (model, validation metrics, history)."""
     import time
 
     import keras
 
-    from ptum.callbacks import History, KeepBest, NaNGuard, ValidationMetrics
-    from ptum.train import epoch_line
+    from ptum.training.callbacks import History, KeepBest, NaNGuard, ValidationMetrics
+    from ptum.training.pretrain import epoch_line
 
     keras.utils.set_random_seed(cfg.seed)
     task = cfg.task
@@ -337,7 +338,7 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
     # fine-tuning from there: LP-FT, Kumar et al. 2022).
     encoder.trainable = False
     if head_epochs:
-        from ptum.finetune_model import HeadOnly
+        from ptum.model.heads import HeadOnly
         head = HeadOnly(model)
         head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss)
         cached = {"train": {"u": u_train}, "valid": {"u": embed_rows(encoder, rows, row_idx[valid], width, buckets, tb)}}
@@ -414,7 +415,7 @@ def load_encoder(pretrained: str, seed: int, from_scratch: bool = False):
     dropout masks, and so its results, different run to run."""
     import keras
 
-    from ptum.saving import load_model_dir
+    from ptum.model.saving import load_model_dir
 
     keras.utils.set_random_seed(seed)
     encoder, meta, _ = load_model_dir(pretrained)
@@ -433,7 +434,7 @@ def run_rows(pretrained: str, ds: contracts.SequenceDataset, rows: Rows, labels_
 
 
 def _run_rows(pretrained, ds, rows, labels_path, output, cfg, label_column, from_scratch, log) -> dict:
-    from ptum.saving import atomic_save_keras
+    from ptum.model.saving import atomic_save_keras
 
     encoder, meta = load_encoder(pretrained, cfg.seed, from_scratch)
     if ds.vocab_hash != meta["vocab_hash"]:

@@ -65,7 +65,7 @@ def verify_model_files(path: str, metadata: dict) -> None:
 def load_model_dir(path: str):
     """(encoder, metadata, config) of a finished model directory."""
     import keras
-    import ptum.model  # noqa: F401  (registers the serializable classes)
+    import ptum.model.encoder  # noqa: F401  (registers the serializable classes)
 
     meta_path = os.path.join(path, METADATA)
     if not os.path.exists(meta_path):

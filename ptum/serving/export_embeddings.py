@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from ptum import contracts, fs
-from ptum.ingest import core as tcore
+from ptum.data import contracts
+from ptum import fs
+from ptum.data.ingest import core as tcore
 
 EMBEDDINGS_DIR = "embeddings"
 
@@ -122,7 +123,7 @@ class EmbedBatch(beam.DoFn):
                "users_without_behaviors": int((lens == 0).sum()), "files": files}
 
     def _write_tfrecord(self, table, name) -> str:
-        from ptum.features import arrow_to_examples
+        from ptum.data.features import arrow_to_examples
 
         tf = self._tf
         path = tcore.join(self._output, EMBEDDINGS_DIR, name + ".tfrecord")
@@ -216,7 +217,7 @@ def resolve_saved_model(model: str, output: str):
     if os.path.exists(os.path.join(model, "metadata.json")):
         import time
 
-        from ptum.export import export_saved_model, read_export_metadata
+        from ptum.serving.saved_model import export_saved_model, read_export_metadata
         base = os.path.join(output, "saved_model")
         versions = sorted(int(v) for v in os.listdir(base) if v.isdigit()) if os.path.isdir(base) else []
         saved = export_saved_model(model, base, version=max([int(time.time())] + [v + 1 for v in versions]))
@@ -261,8 +262,8 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
     `expected_sha256`: the SavedModel's digest from a trusted record (the pusher's MLMD
     property, `ptum export-model`'s output); without it the model is checked against the
     digest in its own metadata only (integrity, not trust)."""
-    from ptum.export import UntrustedModel, verify_saved_model
-    from pipelines.tokenize.job import make_pipeline, run_pipeline
+    from ptum.serving.saved_model import UntrustedModel, verify_saved_model
+    from ptum.data.ingest.job import make_pipeline, run_pipeline
 
     ds = contracts.open_dataset(data)
     saved, exported_digest = resolve_saved_model(model, output)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Sequence
 
-from ptum import contracts
+from ptum.data import contracts
 
 
 def newest_span_counts(manifest: dict, files: Sequence[str]) -> dict:

@@ -26,9 +26,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ptum import contracts
-from ptum.features import row_to_example, tf_feature_spec
-from ptum.layers import SequencePreprocessing
+from ptum.data import contracts
+from ptum.data.features import row_to_example, tf_feature_spec
+from ptum.model.layers import SequencePreprocessing
 
 METADATA_ASSET = "ptum_metadata.json"
 MAX_TIMESTAMP = 253402300799     # 9999-12-31T23:59:59Z: the tokenizer's upper bound (seconds)
@@ -311,7 +311,7 @@ def export_saved_model(model_dir: str, export_base: str, version: Optional[int] 
     """Write `export_base/<version>/` (the layout TF Serving watches); it appears whole or not at all.
 
     Returns the version directory."""
-    from ptum.saving import load_model_dir
+    from ptum.model.saving import load_model_dir
 
     encoder, metadata, cfg = load_model_dir(model_dir)
     exp = _Exporter(encoder, metadata, os.path.join(model_dir, "vocab"))

@@ -1,7 +1,7 @@
 """The tokenization transform on Arrow tables (no Beam): input planning, chunked
 reading, per-user history building, vocabulary and split writing.
 
-`pipelines.tokenize.job` distributes these steps with Beam; `ptum.ingest.reference`
+`ptum.data.ingest.job` distributes these steps with Beam; `ptum.data.ingest.reference`
 runs them in one process (the benchmark's baseline). Both produce the same dataset.
 """
 from __future__ import annotations
@@ -22,9 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ptum import contracts, fs
-from ptum.ingest import formats
-from ptum.ingest.formats import Chunk, Columns, FileSpec, InputError
+from ptum.data import contracts
+from ptum import fs
+from ptum.data.ingest import formats
+from ptum.data.ingest.formats import Chunk, Columns, FileSpec, InputError
 
 log = logging.getLogger(__name__)
 

@@ -103,9 +103,9 @@ def dispatch(args, extra) -> int:
 
 def _keras_backend_default() -> None:
     """TensorFlow unless KERAS_BACKEND says otherwise; Keras (and its backend) imported with
-    the backend's known start-up noise filtered out of stderr (see ptum.cli.import_quietly)."""
+    the backend's known start-up noise filtered out of stderr (see ptum.cli.console.import_quietly)."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from ptum.cli import import_quietly
+    from ptum.cli.console import import_quietly
 
     if os.environ["KERAS_BACKEND"] == "tensorflow":
         import_quietly("tensorflow")
@@ -115,8 +115,8 @@ def _keras_backend_default() -> None:
 def _pretrain(a) -> int:
     _keras_backend_default()
     from ptum.config import ConfigError, PTUMConfig
-    from ptum.contracts import DatasetError
-    from ptum.train import TrainingError, pretrain
+    from ptum.data.contracts import DatasetError
+    from ptum.training.pretrain import TrainingError, pretrain
 
     try:
         overrides = list(a.set) + ([f"train.epochs={a.epochs}"] if a.epochs is not None else [])
@@ -132,9 +132,9 @@ def _pretrain(a) -> int:
 
 def _evaluate(a) -> int:
     _keras_backend_default()
-    from ptum.contracts import DatasetError
-    from ptum.ranking import NonFiniteScores, evaluate_model
-    from ptum.saving import ModelError
+    from ptum.data.contracts import DatasetError
+    from ptum.evaluation.ranking import NonFiniteScores, evaluate_model
+    from ptum.model.saving import ModelError
 
     try:
         result = evaluate_model(a.model, a.data, a.split)
@@ -143,7 +143,7 @@ def _evaluate(a) -> int:
         return 2
     text = json.dumps(result, indent=2)
     if a.output:
-        from ptum.contracts import write_json_atomic
+        from ptum.data.contracts import write_json_atomic
         write_json_atomic(a.output, result)
     print(text)
     return 0
@@ -151,21 +151,21 @@ def _evaluate(a) -> int:
 
 def _export_model(a) -> int:
     _keras_backend_default()
-    from ptum.export import export_saved_model
-    from ptum.saving import ModelError
+    from ptum.serving.saved_model import export_saved_model
+    from ptum.model.saving import ModelError
 
     try:
         path = export_saved_model(a.model, a.output, version=a.version)
     except (ModelError, FileExistsError) as e:
         print(f"ptum export-model: error: {e}", file=sys.stderr)
         return 2
-    from ptum.export import read_export_metadata
+    from ptum.serving.saved_model import read_export_metadata
     print(json.dumps({"saved_model": path, "saved_model_sha256": read_export_metadata(path)["saved_model_sha256"]}))
     return 0
 
 
 def _evaluate_embeddings(a) -> int:
-    from ptum.embedding_eval import EmbeddingEvalError, evaluate_embeddings
+    from ptum.evaluation.embeddings import EmbeddingEvalError, evaluate_embeddings
 
     try:
         fractions = [float(x) for x in a.fractions.split(",") if x.strip()]
@@ -174,8 +174,8 @@ def _evaluate_embeddings(a) -> int:
         return 2
     if a.model:
         _keras_backend_default()
-    from ptum.contracts import DatasetError
-    from ptum.saving import ModelError
+    from ptum.data.contracts import DatasetError
+    from ptum.model.saving import ModelError
 
     try:
         report = evaluate_embeddings(a.embeddings, a.data, a.labels, a.label_column, a.model, a.folds, a.repeats,
@@ -183,14 +183,14 @@ def _evaluate_embeddings(a) -> int:
     except (EmbeddingEvalError, DatasetError, ModelError) as e:
         print(f"ptum evaluate-embeddings: error: {e}", file=sys.stderr)
         return 2
-    from ptum.embedding_eval import markdown
+    from ptum.evaluation.embeddings import markdown
     print(markdown(report))
     return 0
 
 
 def _export_embeddings(a, extra) -> int:
     from ptum import fs
-    from ptum.contracts import DatasetError, open_dataset, output_folder_problem
+    from ptum.data.contracts import DatasetError, open_dataset, output_folder_problem
 
     # Paths checked before TensorFlow and Beam are imported (seconds to report a typo).
     problem = None
@@ -211,8 +211,8 @@ def _export_embeddings(a, extra) -> int:
         print(f"ptum export-embeddings: error: {problem}", file=sys.stderr)
         return 2
     _keras_backend_default()
-    from ptum.saving import ModelError
-    from pipelines.export_embeddings import ExportError, run
+    from ptum.model.saving import ModelError
+    from ptum.serving.export_embeddings import ExportError, run
 
     try:
         manifest = run(a.model, a.data, a.output, split=a.split, batch_rows=a.batch_rows, tfrecord=a.tfrecord,
@@ -227,9 +227,9 @@ def _export_embeddings(a, extra) -> int:
 
 def _finetune(a) -> int:
     _keras_backend_default()
-    from ptum.contracts import DatasetError
-    from ptum.finetuning import FinetuneConfig, LabelError, run
-    from ptum.saving import ModelError
+    from ptum.data.contracts import DatasetError
+    from ptum.training.finetune import FinetuneConfig, LabelError, run
+    from ptum.model.saving import ModelError
 
     from ptum.config import ConfigError, read_yaml
 
@@ -276,7 +276,7 @@ def _demo(a, extra) -> int:
     _keras_backend_default()
     import yaml
 
-    from ptum.generate import generate
+    from ptum.data.generate import generate
     from pipelines.tfx_pipeline import PipelineConfig, run_local
 
     workdir = os.path.abspath(a.workdir)

@@ -4,90 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import warnings
 from typing import List, Optional
 
-
-# Library log lines that say nothing a user can act on (each checked by hand): TFX's local
-# MLMD resolver lacks property predicates and falls back to a full query; our Examples carry
-# tf.Examples without TFX's payload_format property (the default); Beam's in-process runner
-# is the intended default; TFX announces every split it reads.
-_HARMLESS = ("property_predicate is not supported", "does not have payload_format custom property",
-             "Missing pipeline option (runner)", "Reading from pattern ")
-
-
-# Lines TensorFlow's C++ runtime writes straight to stderr when it loads on a CPU host
-# (newer releases log through absl and ignore TF_CPP_MIN_LOG_LEVEL for some of them).
-_HARMLESS_NATIVE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
-                    "Could not find cuda drivers", "Unable to register cuFFT factory",
-                    "Unable to register cuDNN factory", "Unable to register cuBLAS factory",
-                    "computation placer already registered", "TF-TRT Warning", "cuda_executor",
-                    "failed call to cuInit", "This TensorFlow binary is optimized to use available CPU")
-VERBOSITY = 0
-
-
-def import_quietly(module: str) -> None:
-    """Import `module` with file descriptor 2 captured, then write back only the lines that
-    are not TensorFlow's known start-up noise (at -v everything passes untouched)."""
-    import importlib
-
-    if VERBOSITY > 0 or module in sys.modules:
-        importlib.import_module(module)
-        return
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            importlib.import_module(module)
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            for line in tmp.read().decode("utf-8", "replace").splitlines():
-                if line.strip() and not any(h in line for h in _HARMLESS_NATIVE):
-                    sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-
-
-def _drop_known_harmless(record) -> bool:
-    msg = record.getMessage() if record.args else str(record.msg)
-    return not any(h in msg for h in _HARMLESS)
-
-
-def _quiet(verbosity: int = 0) -> None:
-    """Logging for a person at a terminal: our own lines at INFO, libraries' only when they
-    matter. -v shows library INFO and warnings, -q only errors. Applied at the CLI entry
-    alone (the library never touches global logging)."""
-    import logging
-
-    global VERBOSITY
-    VERBOSITY = verbosity
-    level = {-1: logging.ERROR, 0: logging.WARNING}.get(verbosity, logging.INFO)
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    # TensorFlow's C++ log: at the default level even its "E" lines are CUDA probes on a CPU
-    # host (cuFFT/cuDNN/cuBLAS factories, no GPU found): -v shows them.
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3" if verbosity <= 0 else "0"
-    if verbosity <= 0:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_drop_known_harmless)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        # Library chatter a user cannot act on; the errors they raise still end the command
-        # with one line. Beam logs every failing DoFn with its traceback before re-raising.
-        for name, lib_level in (("apache_beam", logging.CRITICAL), ("absl", logging.ERROR),
-                                ("tensorflow", logging.ERROR), ("ml_metadata", logging.ERROR),
-                                ("tfx", logging.WARNING)):
-            logging.getLogger(name).setLevel(max(lib_level, level))
+from ptum.cli import console
 
 
 def _cmd_generate(a) -> int:
-    from ptum.generate import generate
+    from ptum.data.generate import generate
 
     stats = generate(a.output, users=a.users, items=a.items, seed=a.seed,
                      malformed_rate=a.malformed_rate, mean_events=a.mean_events)
@@ -96,8 +20,8 @@ def _cmd_generate(a) -> int:
 
 
 def tokenize_options(a):
-    from ptum.ingest.core import TokenizeOptions
-    from ptum.ingest.formats import Columns
+    from ptum.data.ingest.core import TokenizeOptions
+    from ptum.data.ingest.formats import Columns
 
     return TokenizeOptions(
         inputs=a.input, format=a.format, output=a.output,
@@ -116,9 +40,9 @@ def tokenize_options(a):
 
 
 def _cmd_tokenize(a, beam_args: List[str]) -> int:
-    from ptum import contracts
-    from ptum.ingest import core
-    from ptum.ingest.formats import InputError
+    from ptum.data import contracts
+    from ptum.data.ingest import core
+    from ptum.data.ingest.formats import InputError
 
     try:
         opts = tokenize_options(a)
@@ -126,7 +50,7 @@ def _cmd_tokenize(a, beam_args: List[str]) -> int:
         problem = contracts.output_folder_problem(opts.output)
         if problem:
             raise InputError(problem)
-        from pipelines.tokenize import job
+        from ptum.data.ingest import job
         manifest = job.run(opts, beam_args)
     except InputError as e:
         print(f"ptum tokenize: error: {e}", file=sys.stderr)
@@ -235,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "--project P --region R --temp_location gs://...`.")
     _add_tokenize_args(t)
 
-    from ptum import commands
+    from ptum.cli import commands
     commands.add_subcommands(sub)
     return parser
 
@@ -247,13 +171,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
     args = build_parser().parse_args(argv)
-    _quiet(-1 if args.quiet else min(args.verbose, 1))
+    console.quiet(-1 if args.quiet else min(args.verbose, 1))
     try:
         if args.command == "generate":
             return _cmd_generate(args)
         if args.command == "tokenize":
             return _cmd_tokenize(args, extra)
-        from ptum import commands
+        from ptum.cli import commands
         return commands.dispatch(args, extra)
     except KeyboardInterrupt:
         # Outputs are committed last (manifest / metadata.json), so an interrupted run leaves
@@ -262,5 +186,3 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,9 +13,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from ptum import contracts
+from ptum.data import contracts
 from ptum.config import ModelConfig, ObjectiveConfig
-from ptum.layers import AttentivePooling, TitleEncoder, TransformerBlock
+from ptum.model.layers import AttentivePooling, TitleEncoder, TransformerBlock
 
 NEG_INF = -1e9
 
@@ -526,7 +526,7 @@ class PTUMPretrainer(keras.Model):
         # Keras' TF trainer, under tf.distribute, averages the first distributed batch across
         # replicas before it checks whether anything is left to build; a batch that does not
         # split evenly (a partial last batch) makes that reduction fail. Training builds the
-        # model and its optimizer on a real batch first (ptum.train), so nothing is left here.
+        # model and its optimizer on a real batch first (ptum.training.pretrain), so nothing is left here.
         if self.built and self.optimizer is not None and self.optimizer.built:
             return None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)

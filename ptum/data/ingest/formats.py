@@ -5,7 +5,7 @@ both call these functions, so they compute exactly the same transform.
 
 Unit of work: a *chunk* = whole lines of one file (bytes) with the 1-based line
 number of its first line. A chunk parses into an events table with the columns of
-`EVENT_SCHEMA` and a dead-letter table (`ptum.contracts.deadletter_schema()`).
+`EVENT_SCHEMA` and a dead-letter table (`ptum.data.contracts.deadletter_schema()`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ptum import contracts
+from ptum.data import contracts
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "movielens", "sequence-lines")
 

@@ -1,4 +1,4 @@
-"""TensorFlow input pipeline (TF backend only; the JAX path uses ptum.data directly).
+"""TensorFlow input pipeline (TF backend only; the JAX path uses ptum.data.batches directly).
 
 Batches are cut from flat numpy arrays (one vectorised gather per batch, no
 per-example Python) and fed to tf.data with a shape signature that allows every
@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from ptum.data import FEATURES, TrainBatches
+from ptum.data.batches import FEATURES, TrainBatches
 
 
 def train_dataset(batches: TrainBatches) -> tf.data.Dataset:

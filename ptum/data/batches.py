@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from ptum import contracts, transforms
+from ptum.data import contracts, transforms
 
 FEATURES = ("item_ids", "behavior_ids", "time_buckets")
 
@@ -72,7 +72,7 @@ class Rows:
 
 
 def time_buckets_for(ts: np.ndarray, valid: np.ndarray, buckets: int) -> np.ndarray:
-    """log2 time-gap bucket per position (ptum.transforms.time_buckets, the definition the
+    """log2 time-gap bucket per position (ptum.data.transforms.time_buckets, the definition the
     serving graph uses too): 1 + min(buckets - 1, floor(log2(gap + 1))), 0 for padding."""
     return np.asarray(transforms.time_buckets(ts, valid, buckets, np), np.int32)
 

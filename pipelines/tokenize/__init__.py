@@ -1,1 +1,0 @@
-"""Tokenization: raw behavior logs -> the sequence dataset (Parquet + vocab + manifest)."""
