@@ -35,12 +35,12 @@ def main() -> None:
     from ptum.evaluation.ranking import evaluate_model
     from ptum.config import PTUMConfig
     from ptum.training.pretrain import pretrain
-    from ptum.data.ingest import core
+    from ptum.data.ingest import plan
     from ptum.data.ingest import job
 
     data = os.path.join(args.work, "data")
     if not os.path.exists(os.path.join(data, "manifest.json")):
-        job.run(core.TokenizeOptions(inputs=[args.beauty], format="sequence-lines", output=data))
+        job.run(plan.TokenizeOptions(inputs=[args.beauty], format="sequence-lines", output=data))
     models = args.models_dir or os.path.join(args.work, "models")
     runs = {}
     for spec in args.run:

@@ -45,13 +45,13 @@ def main() -> None:
     from ptum.data.generate import generate
     from ptum.training.pretrain import pretrain
     from ptum.serving import export_embeddings
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
 
     logs, data, model = (os.path.join(args.work, x) for x in ("logs", "data", "model"))
     if not os.path.exists(os.path.join(logs, "events.csv")):
         generate(logs, users=args.users, items=5000, seed=5, mean_events=8)
     if not os.path.exists(os.path.join(data, "manifest.json")):
-        reference.run(core.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv", output=data,
+        reference.run(plan.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv", output=data,
                                            num_shards=4))
     if not os.path.exists(os.path.join(model, "metadata.json")):
         pretrain(data, model, PTUMConfig.load("configs/demo.yaml", ["train.epochs=1"]), log=print)

@@ -104,13 +104,13 @@ def main() -> None:
     from ptum.training.finetune import (FinetuneConfig, classification_metrics, finetune, join_labels, latest_rows,
                                  load_encoder, read_table)
     from ptum.training.pretrain import pretrain
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
 
     t_start = time.time()
     data = os.path.join(args.work, "data")
     if not os.path.exists(os.path.join(data, "manifest.json")):
         extra = {"split": "window", "window": 10} if args.split == "window" else {}
-        reference.run(core.TokenizeOptions(inputs=[args.ml100k], format="movielens", output=data, **extra))
+        reference.run(plan.TokenizeOptions(inputs=[args.ml100k], format="movielens", output=data, **extra))
     ds = open_dataset(data)
     models = {}
     main_variant = args.variants[0]

@@ -39,11 +39,11 @@ def main() -> None:
     from ptum.config import PTUMConfig
     from ptum.data.contracts import open_dataset
     from ptum.training.pretrain import pretrain
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
 
     data = os.path.join(args.work, "data")
     if not os.path.exists(os.path.join(data, "manifest.json")):
-        reference.run(core.TokenizeOptions(inputs=[args.ml100k], format="movielens", output=data))
+        reference.run(plan.TokenizeOptions(inputs=[args.ml100k], format="movielens", output=data))
     ds = open_dataset(data)
     rb = os.path.join(args.work, "recbole")
     recbole_peer.write_inter(ds, rb, "ml100kptum")

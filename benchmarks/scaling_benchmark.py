@@ -146,8 +146,8 @@ def main() -> None:
                 cmd = PTUM + ["tokenize", "--input", logs, "--format", "csv", "--output", out, "--num-shards", "8"]
                 if kind == "pyarrow-reference":
                     cmd = [sys.executable, "-c",
-                           "import sys; from ptum.data.ingest import core, reference; "
-                           "reference.run(core.TokenizeOptions(inputs=[sys.argv[1]], format='csv', "
+                           "import sys; from ptum.data.ingest import plan, reference; "
+                           "reference.run(plan.TokenizeOptions(inputs=[sys.argv[1]], format='csv', "
                            "output=sys.argv[2], num_shards=8))", logs, out]
                 else:
                     cmd += (["--no-split"] if kind.endswith("-whole") else []) + runner_args(kind, cluster)

@@ -45,12 +45,12 @@ def main() -> None:
     from ptum.data.contracts import open_dataset
     from ptum.data.batches import Rows
     from ptum.training.pretrain import pretrain
-    from ptum.data.ingest import core
+    from ptum.data.ingest import plan
     from ptum.data.ingest import job
 
     data = os.path.join(args.work, "data")
     if not os.path.exists(os.path.join(data, "manifest.json")):
-        job.run(core.TokenizeOptions(inputs=[args.beauty], format="sequence-lines", output=data))
+        job.run(plan.TokenizeOptions(inputs=[args.beauty], format="sequence-lines", output=data))
     ds = open_dataset(data)
     train_lengths = Rows.from_split(ds, "train").lengths
     targets_per_epoch = int((train_lengths - 1).clip(min=0).sum())

@@ -56,7 +56,7 @@ def main() -> None:
                     help="FnApiRunner modes: in_memory, multi_processing")
     ap.add_argument("--work", default="benchmarks/work/tokenize")
     args = ap.parse_args()
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
     from ptum.data.ingest import job
 
     base_csv = base_log(args.work)
@@ -66,7 +66,7 @@ def main() -> None:
         opts = dict(inputs=[logs], format="csv", num_shards=8)
         out_ref = os.path.join(args.work, "out_ref")
         t0 = time.perf_counter()
-        m_ref = reference.run(core.TokenizeOptions(output=out_ref, **opts))
+        m_ref = reference.run(plan.TokenizeOptions(output=out_ref, **opts))
         t_ref = time.perf_counter() - t0
         for mode in args.modes:
             out_beam = os.path.join(args.work, f"out_beam_{mode}")
@@ -74,7 +74,7 @@ def main() -> None:
             if mode == "multi_processing":
                 beam_args.append("--direct_num_workers=2")
             t0 = time.perf_counter()
-            m_beam = job.run(core.TokenizeOptions(output=out_beam, **opts), beam_args)
+            m_beam = job.run(plan.TokenizeOptions(output=out_beam, **opts), beam_args)
             t_beam = time.perf_counter() - t0
             assert m_beam["counts"] == m_ref["counts"] and m_beam["vocab_hash"] == m_ref["vocab_hash"]
             events = m_ref["counts"]["events_read"]

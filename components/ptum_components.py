@@ -105,7 +105,7 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
     Inputs: `input_paths` (a JSON list, resolved when the pipeline was built: the local and
     Airflow runners, whose resolvers need the span then), or else `input_pattern` with its
     spans resolved here, at run time (`span` -1: the latest; Kubeflow V2 / Vertex)."""
-    from ptum.data.ingest import core
+    from ptum.data.ingest import plan
     from ptum.data.spans import window_files
     from ptum.data.ingest import job
 
@@ -121,7 +121,7 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
     source, why = _vocab_source(baseline_model) if reuse_vocab else (None, "reuse_vocab is off: new vocabulary")
 
     def tokenize(vocab_from):
-        opts = core.TokenizeOptions(inputs=paths, format=input_format, output=output,
+        opts = plan.TokenizeOptions(inputs=paths, format=input_format, output=output,
                                     items_catalog=items_catalog or None, vocab_from=vocab_from,
                                     **json.loads(tokenize_options))
         return job.run(opts, json.loads(beam_args))
@@ -160,17 +160,17 @@ def _span_checks(manifest, output, pattern, span, window, paths, blessed_data, o
     blessed model's dataset (when there is one)."""
     from ptum.data import contracts
     from ptum.data import checks
-    from ptum.data.ingest import core
+    from ptum.data.ingest import plan
     from ptum.data.spans import span_files
 
     if pattern and any(p in pattern for p in ("{SPAN}", "{YYYY}")):
         _, by_span = span_files(pattern, span, window)
-        newest = {f for p in by_span.get(span, []) for f in core.expand_paths(p)}
-        read = {f for p in paths for f in core.expand_paths(p)}     # spans the gate stopped are left out
+        newest = {f for p in by_span.get(span, []) for f in plan.expand_paths(p)}
+        read = {f for p in paths for f in plan.expand_paths(p)}     # spans the gate stopped are left out
         window_spans = sum(1 for files in by_span.values() if any(f in read for p in files
-                                                                  for f in core.expand_paths(p)))
+                                                                  for f in plan.expand_paths(p)))
     else:
-        newest, window_spans = {f for p in paths for f in core.expand_paths(p)}, 1
+        newest, window_spans = {f for p in paths for f in plan.expand_paths(p)}, 1
     files = [f for f in manifest.get("inputs_read", {}) if f in newest]
     out = {"window_spans": window_spans, "newest_span": checks.newest_span_counts(manifest, files), "ids": None}
     if blessed_data and oov_vs_blessed is not None:

@@ -99,7 +99,7 @@ def tokenize(events, output, *, format: Optional[str] = None, items=None, split:
     `items`: the item catalog (path or table). `options`: any other `TokenizeOptions` field
     (`window`, `min_item_count`, `max_history`, `time_unit`, `vocab_from`, ...) and, for the
     columns, `user_column`, `item_column`, `time_column`, `behavior_column`, `value_column`."""
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
     from ptum.data.ingest.formats import Columns
 
     if not (_table_like(events) or isinstance(events, (str, os.PathLike, list, tuple))):
@@ -115,7 +115,7 @@ def tokenize(events, output, *, format: Optional[str] = None, items=None, split:
         else:
             inputs = [os.fspath(p) for p in ([events] if isinstance(events, (str, os.PathLike)) else events)]
             fmt = format or _format_from_name(inputs[0])
-        opts = core.TokenizeOptions(inputs=inputs, format=fmt, output=os.fspath(output),
+        opts = plan.TokenizeOptions(inputs=inputs, format=fmt, output=os.fspath(output),
                                     columns=Columns(**columns), items_catalog=items_path, split=split, **options)
         reference.run(opts)
     return load_dataset(output)

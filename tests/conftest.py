@@ -26,11 +26,11 @@ def sample_logs(tmp_path_factory):
 def clean_dataset(tmp_path_factory):
     """A committed sequence dataset from clean generated logs (for model tests)."""
     from ptum.data.generate import generate
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
 
     logs = str(tmp_path_factory.mktemp("clean_logs"))
     generate(logs, users=400, items=150, seed=3, mean_events=18)
     out = str(tmp_path_factory.mktemp("clean_ds"))
-    reference.run(core.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv",
+    reference.run(plan.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv",
                                        output=out, items_catalog=os.path.join(logs, "items.csv")))
     return out, logs

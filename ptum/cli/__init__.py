@@ -20,7 +20,7 @@ def _cmd_generate(a) -> int:
 
 
 def tokenize_options(a):
-    from ptum.data.ingest.core import TokenizeOptions
+    from ptum.data.ingest.plan import TokenizeOptions
     from ptum.data.ingest.formats import Columns
 
     return TokenizeOptions(
@@ -41,12 +41,12 @@ def tokenize_options(a):
 
 def _cmd_tokenize(a, beam_args: List[str]) -> int:
     from ptum.data import contracts
-    from ptum.data.ingest import core
+    from ptum.data.ingest import plan
     from ptum.data.ingest.formats import InputError
 
     try:
         opts = tokenize_options(a)
-        core.plan_inputs(opts)      # inputs, columns, options and output checked before Beam is imported
+        plan.plan_inputs(opts)      # inputs, columns, options and output checked before Beam is imported
         problem = contracts.output_folder_problem(opts.output)
         if problem:
             raise InputError(problem)

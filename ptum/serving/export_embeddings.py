@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 
 from ptum.data import contracts
 from ptum import fs
-from ptum.data.ingest import core as tcore
+from ptum.data.ingest import formats, reader, sink
 
 EMBEDDINGS_DIR = "embeddings"
 
@@ -66,7 +66,7 @@ class ReadRowBatches(beam.DoFn):
         if skip_from:
             skip_set = pa.concat_arrays([_user_ids(f) for f in skip_from])
             skip_set = skip_set if len(skip_set) else None
-        pf = tcore.parquet_file(path)
+        pf = reader.parquet_file(path)
         for i, batch in enumerate(pf.iter_batches(batch_size=self._rows)):
             if skip_set is not None:
                 keep = pc.invert(pc.is_in(batch.column("user_id"), value_set=skip_set))
@@ -113,7 +113,7 @@ class EmbedBatch(beam.DoFn):
             "all_oov": pa.array(all_oov),
         })
         name = f"embeddings-{file_idx:05d}-{batch_idx:05d}"
-        tcore.write_parquet(table, tcore.join(self._output, EMBEDDINGS_DIR, name + ".parquet"))
+        sink.write_parquet(table, sink.join(self._output, EMBEDDINGS_DIR, name + ".parquet"))
         files = [name + ".parquet"]
         if self._tfrecord:
             files.append(self._write_tfrecord(table, name))
@@ -126,7 +126,7 @@ class EmbedBatch(beam.DoFn):
         from ptum.data.features import arrow_to_examples
 
         tf = self._tf
-        path = tcore.join(self._output, EMBEDDINGS_DIR, name + ".tfrecord")
+        path = sink.join(self._output, EMBEDDINGS_DIR, name + ".tfrecord")
         tmp = fs.temp_path(path)
         with tf.io.TFRecordWriter(tmp) as w:
             for example in arrow_to_examples({"user_id": table.column("user_id"),
@@ -159,7 +159,7 @@ class EmbedUsers(beam.PTransform):
 
 
 def _user_ids(path: str) -> pa.Array:
-    return tcore.read_parquet(path, ["user_id"]).column("user_id").combine_chunks().cast(pa.string())
+    return sink.read_parquet(path, ["user_id"]).column("user_id").combine_chunks().cast(pa.string())
 
 
 def same_users_files(ds, split: str, fuller: str):
@@ -200,12 +200,12 @@ def _write_manifest(counts, output, info):
     does not hold every user of the dataset."""
     expected = info.get("dataset_users")
     if expected is not None and counts["users"] != expected:
-        raise tcore.InputError(f"{output}: {counts['users']} users embedded, the dataset has {expected}; "
+        raise formats.InputError(f"{output}: {counts['users']} users embedded, the dataset has {expected}; "
                                "nothing was committed")
     manifest = {**info, "counts": {k: v for k, v in counts.items() if k != "files"},
-                "files": sorted(tcore.join(EMBEDDINGS_DIR, f) for f in counts["files"]),
+                "files": sorted(sink.join(EMBEDDINGS_DIR, f) for f in counts["files"]),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    return contracts.commit_manifest(tcore.join(output, contracts.MANIFEST), manifest)
+    return contracts.commit_manifest(sink.join(output, contracts.MANIFEST), manifest)
 
 
 def resolve_saved_model(model: str, output: str):
@@ -247,7 +247,7 @@ def run(model: str, data: str, output: str, split: Optional[str] = None, batch_r
 
 def read_manifest(output: str) -> dict:
     """The committed export's manifest, its seal checked (refuses an unfinished export)."""
-    mpath = tcore.join(output, contracts.MANIFEST)
+    mpath = sink.join(output, contracts.MANIFEST)
     if not fs.exists(mpath):
         raise ExportError(f"{output}: no manifest: the export did not finish")
     m = contracts.read_manifest(mpath, ExportError)
@@ -289,9 +289,9 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
                  or (split,)):
         ds.check_files(name)
     final = final or output
-    mpath = tcore.join(output, contracts.MANIFEST)
+    mpath = sink.join(output, contracts.MANIFEST)
     fs.remove(mpath)                    # an object store's output is written in place: uncommit first
-    fs.remove(tcore.join(output, EMBEDDINGS_DIR))
+    fs.remove(sink.join(output, EMBEDDINGS_DIR))
     fs.makedirs(output)
     where = os.path.abspath(saved)
     if fs.is_local(output) and where.startswith(os.path.abspath(output) + os.sep):   # exported into the stage
@@ -311,11 +311,11 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
     _ = counts | "WriteManifest" >> beam.Map(_write_manifest, output, info)
     try:
         run_pipeline(p)
-    except tcore.InputError as e:   # the commit step's refusal, or a damaged dataset file
+    except formats.InputError as e:   # the commit step's refusal, or a damaged dataset file
         raise ExportError(str(e)) from None
 
 
 def read_embeddings(output: str) -> pa.Table:
     """The committed embedding table (refuses an export without a manifest)."""
     m = read_manifest(output)
-    return pa.concat_tables([tcore.read_parquet(tcore.join(output, f)) for f in m["files"] if f.endswith(".parquet")])
+    return pa.concat_tables([sink.read_parquet(sink.join(output, f)) for f in m["files"] if f.endswith(".parquet")])

@@ -200,3 +200,22 @@ class TimeLimit(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self._seconds and (logs or {}).get("seconds", 0.0) > self._seconds:
             self.model.stop_training = True
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def epoch_line(epoch: int, epochs: int, elapsed: float, **metrics) -> str:
+    """One progress line per epoch: `epoch 3/30  loss 0.4123  valid_auc 0.7012  (12s, ETA <= 1m48s)`.
+    The ETA is the bound for the remaining epochs at the mean epoch time so far (early stopping
+    may end the run sooner)."""
+    parts = [f"epoch {epoch:>3}/{epochs}"]
+    parts += [f"{k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items() if v is not None]
+    eta = elapsed / max(epoch, 1) * max(epochs - epoch, 0)
+    return "  ".join(parts) + f"  ({_duration(elapsed)}, ETA <= {_duration(eta)})"

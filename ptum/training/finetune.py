@@ -282,7 +282,7 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
     import keras
 
     from ptum.training.callbacks import History, KeepBest, NaNGuard, ValidationMetrics
-    from ptum.training.pretrain import epoch_line
+    from ptum.training.callbacks import epoch_line
 
     keras.utils.set_random_seed(cfg.seed)
     task = cfg.task

@@ -1,35 +1,315 @@
-"""Pre-training: dataset -> PTUM model directory (with resume after a kill). The model
-directory's layout is described in `ptum.model.saving`, which also loads it.
+"""Pre-training: a sequence dataset -> a PTUM model folder, resumable after a kill.
+
+One run goes through these stages, each once and in this order (docs/ARCHITECTURE.md):
+
+  pretrain        open the dataset; its train and valid rows (ptum.data)
+  pretrain_rows   the cluster's chief holds the output folder's lock
+  _prepare        the config completed from the dataset and checked (memory included), the
+                  vocabularies snapshotted, a checkpoint of another vocabulary refused
+  _build          seed, precision, strategy; the pre-trainer resumed from its checkpoint,
+                  warm-started or built (ptum.model) and compiled
+  _callbacks      validation (ptum.evaluation), best weights, history, checkpoints, limits
+  _fit            Keras fit over the length-bucketed batches, the interrupted epoch first
+  _commit         the best weights into a stage that replaces the model folder (_finish writes
+                  encoder, vocabularies, config, history, metadata last)
+
+The model folder's layout is described in `ptum.model.saving`, which also loads it.
 """
 from __future__ import annotations
 
 import json
 import os
-import platform
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from ptum.data import contracts
 from ptum import fs
 from ptum.config import PTUMConfig
+from ptum.data import contracts
 from ptum.model.saving import ENCODER_FILE, METADATA, ModelError, atomic_save_keras, file_digests, load_model_dir
+from ptum.training import runtime
+from ptum.training.runtime import TrainingError
+
+__all__ = ["TrainingError", "pretrain", "pretrain_rows", "fill_from_dataset", "selection_metric", "train_window"]
 
 
-class TrainingError(Exception):
-    """Training cannot start or went wrong (bad data, NaN loss, vocab mismatch)."""
+def pretrain(data_dir: str, output: str, cfg: PTUMConfig, log: Callable[[str], None] = print,
+             resume: bool = True, warm_start: Optional[str] = None) -> dict:
+    """Train the PTUM model; returns the metadata written to `output/metadata.json`."""
+    from ptum.data.batches import Rows
+
+    ds = contracts.open_dataset(data_dir)
+    for split in ("train", "valid"):
+        if split not in ds.splits:
+            raise TrainingError(f"{data_dir}: pre-training needs a {split!r} split "
+                                f"(this dataset has {list(ds.splits)}; tokenize with --split leave-one-out)")
+    return pretrain_rows(ds, Rows.from_split(ds, "train"), Rows.from_split(ds, "valid"), output, cfg,
+                         log=log, resume=resume, warm_start=warm_start)
 
 
-def _versions() -> Dict[str, str]:
-    from importlib import metadata
-    out = {"python": platform.python_version()}
-    for pkg in ("keras", "tensorflow", "jax", "numpy", "pyarrow", "tfx"):
+def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output: str, cfg: PTUMConfig,
+                  log: Callable[[str], None] = print, resume: bool = True,
+                  warm_start: Optional[str] = None, run_dir: Optional[str] = None) -> dict:
+    """Train on given rows (the TFX Trainer reads them through its data accessor); `ds`
+    supplies the manifest and vocabulary. `warm_start`: a finished model directory whose
+    encoder weights initialise this model when vocabulary and model config match. `run_dir`:
+    where checkpoints and TensorBoard logs go (default: `output`; the TFX Trainer passes its
+    model_run_dir, so the model artifact holds only the model). In a multi-worker cluster only
+    the chief writes `output`; the other workers write to a temporary folder of their own."""
+    if not runtime.is_chief():
+        import tempfile
+
+        output = tempfile.mkdtemp(prefix="ptum-worker-")
+        run_dir = None
+        log(f"not the chief of the TF_CONFIG cluster: this worker writes to {output}")
+    contracts.check_output_kind(output, "model", TrainingError)
+    with contracts.output_lock(output, "ptum pretrain", TrainingError):
+        run = _prepare(ds, train_rows, output, cfg, run_dir or output, resume)
+        pretrainer, state = _build(run, warm_start, log)
+        data = _batches(run, pretrainer, train_rows, state)
+        callbacks = _callbacks(run, pretrainer, state, valid_rows, len(data), log)
+        _fit(run, pretrainer, state, train_rows, data, callbacks, log)
+        return _commit(run, pretrainer, state, log)
+
+
+@dataclass
+class _Run:
+    """What the stages of one run share: the completed config, the dataset, the vocabularies
+    as read at the start, and where checkpoints go."""
+    ds: contracts.SequenceDataset
+    cfg: PTUMConfig
+    title_words: Optional[np.ndarray]
+    vocab_snapshot: Dict[str, bytes]
+    output: str
+    run_dir: str
+    resume: bool
+
+    @property
+    def ckpt_dir(self) -> str:
+        return os.path.join(self.run_dir, "checkpoints")
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.ckpt_dir, "state.json")
+
+    @property
+    def latest(self) -> str:
+        return os.path.join(self.ckpt_dir, "latest.keras")
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.ckpt_dir, "best.weights.h5")
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return self.resume and os.path.exists(self.state_path) and os.path.exists(self.latest)
+
+    @property
+    def time_buckets(self) -> int:
+        return self.cfg.model.time_buckets if self.cfg.model.use_time else 0
+
+
+def _prepare(ds, train_rows, output: str, cfg: PTUMConfig, run_dir: str, resume: bool) -> _Run:
+    """Everything refused before the output is touched: no trainable sequence, a bad or
+    too large config, a checkpoint trained on another vocabulary."""
+    if (train_rows.lengths >= 2).sum() == 0:
+        raise TrainingError(f"{ds.root}: the train split has no sequence with 2 or more behaviors")
+    cfg, title_words = fill_from_dataset(cfg, ds)
+    cfg.validate()
+    runtime.check_memory(cfg)
+    # The vocabularies the model will carry, read (and verified) now: a dataset folder
+    # rewritten during training cannot hand the model other vocabularies than it trained on.
+    run = _Run(ds, cfg, title_words, ds.vocab_files(), output, run_dir, resume)
+    if run.has_checkpoint:
+        with open(run.state_path) as f:
+            saved_vocab = json.load(f).get("vocab_hash")
+        if saved_vocab != ds.vocab_hash:
+            raise TrainingError(f"{output}: checkpoint was trained on vocabulary {saved_vocab}, "
+                                f"dataset has {ds.vocab_hash}; use a new --output or --no-resume")
+    os.makedirs(run.ckpt_dir, exist_ok=True)
+    return run
+
+
+def _build(run: _Run, warm_start: Optional[str], log):
+    """(the compiled pre-trainer, the run state): resumed from the checkpoint when its config is
+    this run's, else warm-started from `warm_start` or built new."""
+    import keras
+
+    from ptum.model.encoder import build_encoder_for
+    from ptum.model.objectives import build_pretrainer
+
+    cfg, t = run.cfg, run.cfg.train
+    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "wait": 0, "history": [], "train_seconds": 0.0,
+             "vocab_hash": run.ds.vocab_hash, "config": cfg.to_dict()}
+    keras.utils.set_random_seed(t.seed)
+    if t.deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
+    runtime.set_precision(t.mixed_precision)
+    saved = None
+    with runtime.distribution_scope():
+        if run.has_checkpoint:
+            with open(run.state_path) as f:
+                saved = json.load(f)
+            if saved.get("config") != cfg.to_dict():
+                log("checkpoint config differs from this run's: starting over")
+            else:
+                state = saved
+                pretrainer = keras.saving.load_model(run.latest, compile=True)
+                for var, value in zip(_rng_states(pretrainer), state.get("rng_states", [])):
+                    var.assign(np.asarray(value, dtype=var.dtype))
+                log(f"resuming from {run.latest} after epoch {state['epoch']}")
+        if state is not saved:
+            encoder = None
+            if warm_start:
+                encoder, state["warm_start"] = _warm_start_encoder(warm_start, run.ds, cfg, run.title_words, log)
+            if encoder is None:
+                encoder = build_encoder_for(cfg, run.title_words)
+            pretrainer = build_pretrainer(cfg, encoder)
+            optimizer = keras.optimizers.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+                                               clipnorm=t.clipnorm or None)
+            pretrainer.compile(optimizer=optimizer, jit_compile=runtime.jit_setting(cfg),
+                               steps_per_execution=t.steps_per_execution)
+    state["select_metric"] = selection_metric(cfg, run.ds)
+    return pretrainer, state
+
+
+def _validation(run: _Run, encoder, valid_rows, select: str) -> Callable[[int], dict]:
+    """Next-item metrics on the valid rows, and the window retrieval of a window split (its
+    valid rows' train part is the input, their last W the window)."""
+    from ptum.evaluation.embeddings import embed_prefixes, window_retrieval
+    from ptum.evaluation.ranking import NonFiniteScores, embedding_space_numpy, rank_metrics
+    from ptum.model.encoder import UserEmbedder
+
+    t = run.cfg.train
+    embedder = UserEmbedder(encoder, name="user_embedder")
+
+    def embed(rows, idx, ends):
+        return embed_prefixes(encoder.user_embedding, rows, idx, ends, run.cfg.model.max_len, t.length_buckets,
+                              run.time_buckets, t.eval_batch_size)
+
+    def metrics(epoch: int) -> dict:
         try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+            m = rank_metrics(embedder, valid_rows, run.cfg.model.max_len, t.length_buckets, run.time_buckets,
+                             t.eval_batch_size, ks=(10,))
+            out = {"ndcg@10": m["ndcg@10"], "recall@10": m["recall@10"]}
+            if select == "window_recall@10":
+                table, bias = embedding_space_numpy(encoder)
+                w = window_retrieval(embed, valid_rows, table, dataset_window(run.ds), bias=bias)
+                out.update({"window_recall@10": w["window_recall@10"], "window_ndcg@10": w["window_ndcg@10"]})
+        except NonFiniteScores as e:
+            raise TrainingError(f"epoch {epoch + 1}: {e}; no model was written") from e
+        return out
+    return metrics
+
+
+def _callbacks(run: _Run, pretrainer, state: dict, valid_rows, batches: int, log) -> list:
+    """In this order at each epoch's end: the loss must be finite; the clock stops before
+    validation; the best weights and patience see the validation; the history records it all;
+    the checkpoint saves the state the others left; then the time limit."""
+    import keras
+
+    from ptum.training.callbacks import (Checkpoint, EpochRecord, KeepBest, NaNGuard, TimeLimit, TrainClock,
+                                         ValidationMetrics, epoch_line)
+
+    t = run.cfg.train
+    select = state["select_metric"]
+    skip = int(state.get("step", 0))  # batches of state["epoch"] already done (step checkpoint)
+
+    def save_checkpoint():
+        atomic_save_keras(pretrainer, run.latest)
+        state["rng_states"] = [np.asarray(keras.ops.convert_to_numpy(v.value)).tolist()
+                               for v in _rng_states(pretrainer)]
+        tmp = run.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, run.state_path)
+
+    def line(epoch, logs):
+        log(epoch_line(epoch + 1, t.epochs, logs["seconds"], loss=float(logs["loss"]),
+                       **{"valid_ndcg@10": logs.get("val_ndcg@10"),
+                          "valid_window_recall@10": logs.get("val_window_recall@10")}))
+
+    clock = TrainClock(state)
+    callbacks = [NaNGuard(TrainingError, hint=": lower the learning rate or check the data; no model was written"),
+                 clock, ValidationMetrics(_validation(run, pretrainer.encoder, valid_rows, select),
+                                          every=t.eval_every, timed=True),
+                 KeepBest("val_" + select, state, t.patience, keep=lambda _: pretrainer.save_weights(run.best_path)),
+                 EpochRecord(state, line),
+                 Checkpoint(save_checkpoint, state, clock, t.checkpoint_every_steps, batches + skip, offset=skip),
+                 TimeLimit(t.max_train_seconds)]
+    if runtime.tensorboard_available():
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run.run_dir, "tensorboard"),
+                                                     write_graph=False, update_freq="epoch"))
+    return callbacks
+
+
+def _batches(run: _Run, pretrainer, train_rows, state: dict, resumed_epoch: bool = True):
+    """The epoch's length-bucketed batches (ptum.data.batches), without the batches a step
+    checkpoint already trained on. JAX's DataParallel shards each batch evenly over the
+    devices: pad to a multiple of them (tf.distribute splits uneven batches itself)."""
+    import keras
+
+    from ptum.data.batches import TrainBatches
+
+    t = run.cfg.train
+    multiple = runtime.distribution_info(pretrainer)["replicas"] if keras.backend.backend() == "jax" else 1
+    skip = int(state.get("step", 0)) if resumed_epoch else 0
+    return TrainBatches(train_rows, t.batch_size, train_window(run.cfg), t.length_buckets, t.seed, run.time_buckets,
+                        epoch=state["epoch"], multiple=multiple, skip=skip)
+
+
+def _fit(run: _Run, pretrainer, state: dict, train_rows, data, callbacks: list, log) -> None:
+    """Keras fit until the epochs, the patience or the time limit run out; a run resumed in
+    the middle of an epoch first finishes that epoch."""
+    import keras
+
+    t = run.cfg.train
+
+    def fit(batches, epochs):
+        if keras.backend.backend() == "tensorflow":
+            from ptum.data.tf_input import train_dataset
+            fit_data = train_dataset(batches)
+            if pretrainer.distribute_strategy.num_replicas_in_sync > 1:
+                runtime.build_on(pretrainer, batches)
+        else:
+            fit_data = batches
+        pretrainer.fit(fit_data, epochs=epochs, initial_epoch=state["epoch"], callbacks=callbacks,
+                       steps_per_epoch=len(batches), verbose=0, shuffle=False)
+
+    def go_on():
+        over_time = t.max_train_seconds and state["train_seconds"] > t.max_train_seconds
+        return state["epoch"] < t.epochs and state["wait"] < t.patience and not over_time
+
+    skip = int(state.get("step", 0))
+    if skip and go_on():
+        log(f"resuming at batch {skip} of {len(data) + skip} in epoch {state['epoch'] + 1}")
+        fit(data, state["epoch"] + 1)  # the rest of the interrupted epoch
+        data = _batches(run, pretrainer, train_rows, state, resumed_epoch=False)
+    if go_on():
+        fit(data, t.epochs)
+
+
+def _commit(run: _Run, pretrainer, state: dict, log) -> dict:
+    """The best epoch's weights, written into a stage that replaces the model folder in one
+    step; refused when nothing was validated or the dataset was replaced during training."""
+    if state["best_epoch"] < 0:
+        raise TrainingError("no validation result was recorded; no model was written")
+    pretrainer.load_weights(run.best_path)
+    state["distribution"] = runtime.distribution_info(pretrainer)
+    ds = run.ds
+    if contracts.open_dataset(ds.root).manifest.get(contracts.MANIFEST_DIGEST) != \
+            ds.manifest.get(contracts.MANIFEST_DIGEST):
+        raise TrainingError(f"{ds.root}: the dataset was replaced while the model trained on it; no model was "
+                            f"written (the checkpoints in {run.ckpt_dir} stay)")
+    carry = ("checkpoints", "tensorboard") if os.path.abspath(run.run_dir) == os.path.abspath(run.output) else ()
+    with fs.staged_dir(run.output, carry=carry) as stage:
+        metadata = _finish(stage, ds, run.cfg, pretrainer.encoder, state, run.vocab_snapshot)
+    log(f"model written to {run.output} (best epoch {state['best_epoch']}, valid "
+        f"{state.get('select_metric', 'ndcg@10')} {state['best']:.4f})")
+    return metadata
 
 
 def fill_from_dataset(cfg: PTUMConfig, ds: contracts.SequenceDataset) -> Tuple[PTUMConfig, Optional[np.ndarray]]:
@@ -59,72 +339,6 @@ def fill_from_dataset(cfg: PTUMConfig, ds: contracts.SequenceDataset) -> Tuple[P
     return cfg, table
 
 
-def memory_estimate(cfg: PTUMConfig) -> Dict[str, int]:
-    """Bytes a training run needs at least, by part (a float32 lower bound: weights with their
-    gradients and two Adam moments; per batch, the activations kept for the backward pass,
-    attention maps and the objective's score matrix; evaluation's scores over the catalog)."""
-    m, o, t = cfg.model, cfg.objective, cfg.train
-    d, L, B = m.embedding_dim, m.max_len, t.batch_size
-    ff = m.ff_dim or 4 * d
-    params = (m.num_items * d * (2 if m.user_embedding == "profile" else 1) + m.num_blocks * (4 * d * d + 2 * d * ff)
-              + (m.num_words * d if m.use_text else 0) + (L + m.future_positions + m.time_buckets + m.num_behaviors) * d)
-    activations = B * L * m.num_blocks * (6 * d + ff) + B * m.num_heads * L * L * m.num_blocks
-    candidates = m.num_items if o.negatives == "full" else o.num_negatives
-    positions = L if o.nbp_from == "every" else 1
-    scores = B * positions * o.k * candidates * (2 if o.negatives == "sampled" else 1)
-    if o.bag:
-        scores += B * m.num_items
-    return {"weights": 4 * 4 * params, "activations": 4 * 2 * activations, "scores": 4 * 2 * scores,
-            "evaluation": 4 * t.eval_batch_size * m.num_items}
-
-
-def _available_memory() -> Optional[int]:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_memory(cfg: PTUMConfig, available: Optional[int] = None) -> Dict[str, int]:
-    """Refuse, before anything is built, a config whose lower-bound estimate exceeds the memory
-    this machine has available (a run that would grow until the kernel kills it)."""
-    parts = memory_estimate(cfg)
-    available = _available_memory() if available is None else available
-    total = sum(parts.values())
-    if available is not None and total > available:
-        gib = 1 << 30
-        detail = ", ".join(f"{k} {v / gib:.1f}" for k, v in parts.items())
-        raise TrainingError(f"this config needs at least {total / gib:.1f} GiB ({detail}) and {available / gib:.1f} GiB "
-                            "is available: lower train.batch_size, model.max_len, objective.num_negatives or "
-                            "model.embedding_dim")
-    return parts
-
-
-def _query_definition(cfg: PTUMConfig) -> str:
-    return ("attentive pooling of the hidden states" if cfg.model.user_vector == "pooled"
-            else "hidden state at the newest behavior") + " + future-position embedding k=1"
-
-
-def _embedding_definition(cfg: PTUMConfig) -> dict:
-    """Which vector is the exported user embedding (recorded in every model's metadata)."""
-    if cfg.model.user_embedding == "profile":
-        return {"readout": "profile", "vector": "profile",
-                "definition": "profile: the history's item bag (sum of the profile's input item embeddings / "
-                              "sqrt(n)) + a projection of the mean hidden state"
-                              + (" and the newest one" if cfg.model.profile_newest else "")
-                              + ", trained to predict the user's item bag (objective.bag"
-                              + (f", future window {cfg.objective.bag_future}" if cfg.objective.bag_future else "")
-                              + ")",
-                "dim": cfg.model.embedding_dim,
-                "scoring": "dot product with the profile item table + per-item bias (embedding_space())"}
-    return {"readout": cfg.model.user_vector, "vector": "next_item_query", "definition": _query_definition(cfg),
-            "dim": cfg.model.embedding_dim, "scoring": "dot product with item_table()"}
-
-
 def dataset_window(ds: contracts.SequenceDataset) -> int:
     return int(ds.manifest.get("parameters", {}).get("window") or 10)
 
@@ -148,129 +362,10 @@ def train_window(cfg: PTUMConfig) -> int:
     return m.max_len + (1 if o.nbp_from == "every" else o.k)
 
 
-def _set_precision(policy: str) -> None:
-    import keras
-    if policy == "bf16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    elif policy == "fp16":
-        keras.mixed_precision.set_global_policy("mixed_float16")
-
-
-def distribution_scope():
-    """tf.distribute strategy from the environment (TF backend), else a no-op scope.
-
-    TPU when TPU_NAME is set; MultiWorkerMirrored when TF_CONFIG names a cluster;
-    Mirrored when more than one GPU is visible (or the CPU was split into several logical
-    devices); the default strategy otherwise. Under
-    JAX, keras.distribution.DataParallel over all devices when there is more than one.
-    """
-    import contextlib
-    import keras
-
-    if keras.backend.backend() == "jax":
-        import jax
-        if len(jax.devices()) > 1:
-            keras.distribution.set_distribution(keras.distribution.DataParallel())
-        return contextlib.nullcontext()
-    if keras.backend.backend() != "tensorflow":
-        return contextlib.nullcontext()
-    import tensorflow as tf
-    if os.environ.get("TPU_NAME"):
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ["TPU_NAME"])
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver).scope()
-    if os.environ.get("TF_CONFIG") and json.loads(os.environ["TF_CONFIG"]).get("cluster"):
-        return tf.distribute.MultiWorkerMirroredStrategy().scope()
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy().scope()
-    cpus = tf.config.list_logical_devices("CPU")
-    if len(cpus) > 1:   # the host CPU split into logical devices on purpose (tf.config)
-        return tf.distribute.MirroredStrategy([d.name for d in cpus]).scope()
-    return tf.distribute.get_strategy().scope()
-
-
-def distribution_info(model) -> dict:
-    """Which data parallelism trained `model`: {"strategy", "replicas"} (recorded in metadata)."""
-    import keras
-
-    if keras.backend.backend() == "jax":
-        d = keras.distribution.distribution()
-        if d is None:
-            return {"strategy": "none", "replicas": 1}
-        return {"strategy": type(d).__name__, "replicas": int(np.prod(d.device_mesh.shape))}
-    if keras.backend.backend() == "tensorflow":
-        s = model.distribute_strategy
-        return {"strategy": type(s).__name__.strip("_"), "replicas": int(s.num_replicas_in_sync)}
-    return {"strategy": "none", "replicas": 1}
-
-
-def _build_on(model, batches) -> None:
-    """Build every layer (calling the model on a real batch) and the optimizer, in the model's
-    strategy scope: Keras' own build under tf.distribute averages a distributed batch across
-    replicas (float ids for integer inputs; an error when the batch splits unevenly)."""
-    import tensorflow as tf
-
-    x = {k: tf.constant(v) for k, v in batches[0].items()}
-    with model.distribute_strategy.scope():
-        model(x, training=False)
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-
-
-def _jit(cfg: PTUMConfig):
-    v = str(cfg.train.jit_compile).lower()
-    if v in ("true", "false"):
-        return v == "true"
-    return "auto"
-
-
-def _tensorboard_available() -> bool:
-    """Keras' TensorBoard callback needs TensorFlow and the tensorboard package."""
-    import importlib.util
-
-    import keras
-    return (keras.backend.backend() == "tensorflow"
-            and importlib.util.find_spec("tensorboard") is not None)
-
-
 def _rng_states(model):
     """Seed-generator states (dropout masks, MBP masks, negatives): saved with each
     checkpoint so a resumed run draws exactly what the uninterrupted run would."""
     return [v for v in model.non_trainable_variables if "seed_generator_state" in v.path]
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def epoch_line(epoch: int, epochs: int, elapsed: float, **metrics) -> str:
-    """One progress line per epoch: `epoch 3/30  loss 0.4123  valid_auc 0.7012  (12s, ETA <= 1m48s)`.
-    The ETA is the bound for the remaining epochs at the mean epoch time so far (early stopping
-    may end the run sooner)."""
-    parts = [f"epoch {epoch:>3}/{epochs}"]
-    parts += [f"{k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items() if v is not None]
-    eta = elapsed / max(epoch, 1) * max(epochs - epoch, 0)
-    return "  ".join(parts) + f"  ({_duration(elapsed)}, ETA <= {_duration(eta)})"
-
-
-def pretrain(data_dir: str, output: str, cfg: PTUMConfig, log: Callable[[str], None] = print,
-             resume: bool = True, warm_start: Optional[str] = None) -> dict:
-    """Train the PTUM model; returns the metadata written to `output/metadata.json`."""
-    from ptum.data.batches import Rows
-
-    ds = contracts.open_dataset(data_dir)
-    for split in ("train", "valid"):
-        if split not in ds.splits:
-            raise TrainingError(f"{data_dir}: pre-training needs a {split!r} split "
-                                f"(this dataset has {list(ds.splits)}; tokenize with --split leave-one-out)")
-    return pretrain_rows(ds, Rows.from_split(ds, "train"), Rows.from_split(ds, "valid"), output, cfg,
-                         log=log, resume=resume, warm_start=warm_start)
 
 
 def _warm_start_encoder(base_dir: str, ds, cfg: PTUMConfig, title_words, log):
@@ -299,212 +394,25 @@ def _warm_start_encoder(base_dir: str, ds, cfg: PTUMConfig, title_words, log):
     return None, info
 
 
-def is_chief(tf_config: Optional[str] = None) -> bool:
-    """Whether this process writes the model: always, unless TF_CONFIG names a cluster and this
-    task is not its chief (the task of type "chief", else worker 0)."""
-    raw = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
-    conf = json.loads(raw) if raw.strip() else {}
-    cluster, task = conf.get("cluster") or {}, conf.get("task") or {}
-    if not cluster:
-        return True
-    if "chief" in cluster:
-        return task.get("type") == "chief"
-    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+def _query_definition(cfg: PTUMConfig) -> str:
+    return ("attentive pooling of the hidden states" if cfg.model.user_vector == "pooled"
+            else "hidden state at the newest behavior") + " + future-position embedding k=1"
 
 
-def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output: str, cfg: PTUMConfig,
-                  log: Callable[[str], None] = print, resume: bool = True,
-                  warm_start: Optional[str] = None, run_dir: Optional[str] = None) -> dict:
-    """Train on given rows, holding the output folder's lock (see `_pretrain_rows`). In a
-    multi-worker cluster only the chief writes `output`; the other workers write their
-    checkpoints to a temporary folder of their own. `run_dir`: where checkpoints and
-    TensorBoard logs go (default: `output`; the TFX Trainer passes its model_run_dir, so the
-    model artifact holds only the model)."""
-    if not is_chief():
-        import tempfile
-
-        output = tempfile.mkdtemp(prefix="ptum-worker-")
-        run_dir = None
-        log(f"not the chief of the TF_CONFIG cluster: this worker writes to {output}")
-    contracts.check_output_kind(output, "model", TrainingError)
-    with contracts.output_lock(output, "ptum pretrain", TrainingError):
-        return _pretrain_rows(ds, train_rows, valid_rows, output, cfg, log=log, resume=resume,
-                              warm_start=warm_start, run_dir=run_dir)
-
-
-def _pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output: str, cfg: PTUMConfig,
-                   log: Callable[[str], None] = print, resume: bool = True,
-                   warm_start: Optional[str] = None, run_dir: Optional[str] = None) -> dict:
-    """Train on given rows (the TFX Trainer reads them through its data accessor); `ds`
-    supplies the manifest and vocabulary. `warm_start`: a finished model directory whose
-    encoder weights initialise this model when vocabulary and model config match.
-    `run_dir`: checkpoints and TensorBoard logs (default `output`)."""
-    import keras
-
-    from ptum.training.callbacks import Checkpoint, EpochRecord, KeepBest, NaNGuard, TimeLimit, TrainClock, ValidationMetrics
-    from ptum.data.batches import TrainBatches
-    from ptum.evaluation.ranking import NonFiniteScores, rank_metrics
-    from ptum.model.encoder import UserEmbedder, build_encoder_for, build_pretrainer
-
-    data_dir = ds.root
-    if (train_rows.lengths >= 2).sum() == 0:
-        raise TrainingError(f"{data_dir}: the train split has no sequence with 2 or more behaviors")
-    cfg, title_words = fill_from_dataset(cfg, ds)
-    cfg.validate()
-    check_memory(cfg)
-    t = cfg.train
-    # The vocabularies the model will carry, read (and verified) now: a dataset folder
-    # rewritten during training cannot hand the model other vocabularies than it trained on.
-    vocab_snapshot = ds.vocab_files()
-    run_dir = run_dir or output
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    state_path = os.path.join(ckpt_dir, "state.json")
-    latest = os.path.join(ckpt_dir, "latest.keras")
-    best_path = os.path.join(ckpt_dir, "best.weights.h5")
-    if resume and os.path.exists(state_path) and os.path.exists(latest):
-        # Refused before anything in the output is touched.
-        with open(state_path) as f:
-            saved_vocab = json.load(f).get("vocab_hash")
-        if saved_vocab != ds.vocab_hash:
-            raise TrainingError(f"{output}: checkpoint was trained on vocabulary {saved_vocab}, "
-                                f"dataset has {ds.vocab_hash}; use a new --output or --no-resume")
-    os.makedirs(ckpt_dir, exist_ok=True)
-    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "wait": 0, "history": [], "train_seconds": 0.0,
-             "vocab_hash": ds.vocab_hash, "config": cfg.to_dict()}
-    keras.utils.set_random_seed(t.seed)
-    if t.deterministic and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-        tf.config.experimental.enable_op_determinism()
-    _set_precision(t.mixed_precision)
-    resumed = False
-    with distribution_scope():
-        if resume and os.path.exists(state_path) and os.path.exists(latest):
-            with open(state_path) as f:
-                saved = json.load(f)
-            if saved.get("config") != cfg.to_dict():
-                log("checkpoint config differs from this run's: starting over")
-            else:
-                state = saved
-                pretrainer = keras.saving.load_model(latest, compile=True)
-                for var, value in zip(_rng_states(pretrainer), state.get("rng_states", [])):
-                    var.assign(np.asarray(value, dtype=var.dtype))
-                resumed = True
-                log(f"resuming from {latest} after epoch {state['epoch']}")
-        if not resumed:
-            encoder = None
-            if warm_start:
-                encoder, state["warm_start"] = _warm_start_encoder(warm_start, ds, cfg, title_words, log)
-            if encoder is None:
-                encoder = build_encoder_for(cfg, title_words)
-            pretrainer = build_pretrainer(cfg, encoder)
-            optimizer = keras.optimizers.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay,
-                                               clipnorm=t.clipnorm or None)
-            pretrainer.compile(optimizer=optimizer, jit_compile=_jit(cfg),
-                               steps_per_execution=t.steps_per_execution)
-    encoder = pretrainer.encoder
-    embedder = UserEmbedder(encoder, name="user_embedder")
-    select = selection_metric(cfg, ds)
-    state["select_metric"] = select
-
-    def window_metrics():
-        """Valid rows of a window split: the train part is the input, their last W the window."""
-        from ptum.evaluation.embeddings import embed_prefixes, window_retrieval
-        from ptum.evaluation.ranking import embedding_space_numpy
-
-        def embed(rows, idx, ends):
-            return embed_prefixes(encoder.user_embedding, rows, idx, ends, cfg.model.max_len, t.length_buckets,
-                                  time_b, t.eval_batch_size)
-
-        table, bias = embedding_space_numpy(encoder)
-        return window_retrieval(embed, valid_rows, table, dataset_window(ds), bias=bias)
-    width = train_window(cfg)
-    time_b = cfg.model.time_buckets if cfg.model.use_time else 0
-    skip = int(state.get("step", 0))  # batches of state["epoch"] already done (step checkpoint)
-    # JAX's DataParallel shards each batch evenly over the devices: pad to a multiple of them
-    # (tf.distribute splits uneven batches itself).
-    multiple = distribution_info(pretrainer)["replicas"] if keras.backend.backend() == "jax" else 1
-    data = TrainBatches(train_rows, t.batch_size, width, t.length_buckets, t.seed, time_b, epoch=state["epoch"],
-                        multiple=multiple,
-                        skip=skip)
-    full_len = len(data) + skip
-
-    def save_checkpoint():
-        atomic_save_keras(pretrainer, latest)
-        state["rng_states"] = [np.asarray(keras.ops.convert_to_numpy(v.value)).tolist()
-                               for v in _rng_states(pretrainer)]
-        tmp = state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, state_path)
-
-    def ranking(epoch):
-        """Next-item metrics on the valid rows (and the window retrieval of a window split)."""
-        try:
-            m = rank_metrics(embedder, valid_rows, cfg.model.max_len, t.length_buckets, time_b,
-                             t.eval_batch_size, ks=(10,))
-            out = {"ndcg@10": m["ndcg@10"], "recall@10": m["recall@10"]}
-            if select == "window_recall@10":
-                w = window_metrics()
-                out.update({"window_recall@10": w["window_recall@10"], "window_ndcg@10": w["window_ndcg@10"]})
-        except NonFiniteScores as e:
-            raise TrainingError(f"epoch {epoch + 1}: {e}; no model was written") from e
-        return out
-
-    def line(epoch, logs):
-        log(epoch_line(epoch + 1, t.epochs, logs["seconds"], loss=float(logs["loss"]),
-                       **{"valid_ndcg@10": logs.get("val_ndcg@10"),
-                          "valid_window_recall@10": logs.get("val_window_recall@10")}))
-
-    # In this order at each epoch's end: the loss must be finite; the clock stops before
-    # validation; the best weights and patience see the validation; the history records it all;
-    # the checkpoint saves the state the others left; then the time limit.
-    clock = TrainClock(state)
-    callbacks = [NaNGuard(TrainingError, hint=": lower the learning rate or check the data; no model was written"),
-                 clock, ValidationMetrics(ranking, every=t.eval_every, timed=True),
-                 KeepBest("val_" + select, state, t.patience, keep=lambda _: pretrainer.save_weights(best_path)),
-                 EpochRecord(state, line),
-                 Checkpoint(save_checkpoint, state, clock, t.checkpoint_every_steps, full_len, offset=skip),
-                 TimeLimit(t.max_train_seconds)]
-    if _tensorboard_available():
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
-                                                     write_graph=False, update_freq="epoch"))
-
-    def fit(batches, epochs):
-        if keras.backend.backend() == "tensorflow":
-            from ptum.data.tf_input import train_dataset
-            fit_data = train_dataset(batches)
-            if pretrainer.distribute_strategy.num_replicas_in_sync > 1:
-                _build_on(pretrainer, batches)
-        else:
-            fit_data = batches
-        pretrainer.fit(fit_data, epochs=epochs, initial_epoch=state["epoch"], callbacks=callbacks,
-                       steps_per_epoch=len(batches), verbose=0, shuffle=False)
-
-    def go_on():
-        over_time = t.max_train_seconds and state["train_seconds"] > t.max_train_seconds
-        return state["epoch"] < t.epochs and state["wait"] < t.patience and not over_time
-
-    if skip and go_on():
-        log(f"resuming at batch {skip} of {full_len} in epoch {state['epoch'] + 1}")
-        fit(data, state["epoch"] + 1)  # the rest of the interrupted epoch
-        data = TrainBatches(train_rows, t.batch_size, width, t.length_buckets, t.seed, time_b, epoch=state["epoch"],
-                            multiple=multiple)
-    if go_on():
-        fit(data, t.epochs)
-    if state["best_epoch"] < 0:
-        raise TrainingError("no validation result was recorded; no model was written")
-    pretrainer.load_weights(best_path)
-    state["distribution"] = distribution_info(pretrainer)
-    if contracts.open_dataset(ds.root).manifest.get(contracts.MANIFEST_DIGEST) != \
-            ds.manifest.get(contracts.MANIFEST_DIGEST):
-        raise TrainingError(f"{ds.root}: the dataset was replaced while the model trained on it; no model was "
-                            f"written (the checkpoints in {ckpt_dir} stay)")
-    carry = ("checkpoints", "tensorboard") if os.path.abspath(run_dir) == os.path.abspath(output) else ()
-    with fs.staged_dir(output, carry=carry) as stage:
-        metadata = _finish(stage, ds, cfg, encoder, state, vocab_snapshot)
-    log(f"model written to {output} (best epoch {state['best_epoch']}, valid "
-        f"{state.get('select_metric', 'ndcg@10')} {state['best']:.4f})")
-    return metadata
+def _embedding_definition(cfg: PTUMConfig) -> dict:
+    """Which vector is the exported user embedding (recorded in every model's metadata)."""
+    if cfg.model.user_embedding == "profile":
+        return {"readout": "profile", "vector": "profile",
+                "definition": "profile: the history's item bag (sum of the profile's input item embeddings / "
+                              "sqrt(n)) + a projection of the mean hidden state"
+                              + (" and the newest one" if cfg.model.profile_newest else "")
+                              + ", trained to predict the user's item bag (objective.bag"
+                              + (f", future window {cfg.objective.bag_future}" if cfg.objective.bag_future else "")
+                              + ")",
+                "dim": cfg.model.embedding_dim,
+                "scoring": "dot product with the profile item table + per-item bias (embedding_space())"}
+    return {"readout": cfg.model.user_vector, "vector": "next_item_query", "definition": _query_definition(cfg),
+            "dim": cfg.model.embedding_dim, "scoring": "dot product with item_table()"}
 
 
 def _finish(output, ds, cfg, encoder, state, vocab_snapshot: Dict[str, bytes]) -> dict:
@@ -539,7 +447,7 @@ def _finish(output, ds, cfg, encoder, state, vocab_snapshot: Dict[str, bytes]) -
         "distribution": state.get("distribution", {"strategy": "none", "replicas": 1}),
         "training_data": {"path": ds.root, "manifest_created": ds.manifest.get("created"),
                           "inputs": ds.manifest.get("inputs"), "counts": ds.manifest.get("counts")},
-        "stack": _versions(),
+        "stack": runtime.versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # What decides the model's behaviour besides metadata.json: loaders verify these.
         "files_sha256": file_digests(output, [ENCODER_FILE, "config.json", *vocab_snapshot]),

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ptum.data import contracts
-from ptum.data.ingest import core
+from ptum.data.ingest import plan
 from ptum.data.ingest import job
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -112,7 +112,7 @@ def logs(tmp_path_factory):
 
 
 def _tokenize(logs, out, beam_args, **kw):
-    opts = core.TokenizeOptions(inputs=[str(logs / "a.csv"), str(logs / "b.csv")], format="csv", output=str(out),
+    opts = plan.TokenizeOptions(inputs=[str(logs / "a.csv"), str(logs / "b.csv")], format="csv", output=str(out),
                                 items_catalog=str(logs / "items.csv"), num_shards=3, **kw)
     return job.run(opts, beam_args)
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ptum.data import contracts
-from ptum.data.ingest import core, reference
+from ptum.data.ingest import plan, reference, sink
 from ptum.data.ingest import job
 from ptum.data.ingest.formats import Columns, InputError
 
@@ -30,7 +30,7 @@ def _write(path, text):
 
 
 def _run(inputs, fmt, out, **kw):
-    return job.run(core.TokenizeOptions(inputs=list(inputs), format=fmt, output=str(out), **kw))
+    return job.run(plan.TokenizeOptions(inputs=list(inputs), format=fmt, output=str(out), **kw))
 
 
 def _deadletters(out, manifest):
@@ -83,7 +83,7 @@ def test_truncated_compressed_input_fails_unless_allowed(tmp_path):
     (tmp_path / "t.csv.gz").write_bytes(gz[: len(gz) // 2])
     src = str(tmp_path / "t.csv.gz")
     for runner in (lambda **kw: _run([src], "csv", tmp_path / "o", **kw),
-                   lambda **kw: reference.run(core.TokenizeOptions(inputs=[src], format="csv",
+                   lambda **kw: reference.run(plan.TokenizeOptions(inputs=[src], format="csv",
                                                                    output=str(tmp_path / "o"), **kw))):
         with pytest.raises(InputError, match=r"t\.csv\.gz.*truncated"):
             runner()
@@ -174,7 +174,7 @@ def test_nan_label_is_missing_not_a_class():
 def test_concurrent_run_into_one_folder_is_refused(tmp_path):
     csv = _write(tmp_path / "e.csv", HEADER + "u1,a,1\nu1,b,2\n")
     out = tmp_path / "o"
-    with core.output_lock(str(out), "tokenize"):
+    with sink.output_lock(str(out), "tokenize"):
         with pytest.raises(InputError, match="another ptum run"):
             _run([csv], "csv", out)
         r = subprocess.run([sys.executable, "-m", "ptum.cli", "tokenize", "--input", csv, "--format", "csv",

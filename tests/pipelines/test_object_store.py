@@ -10,7 +10,7 @@ import pytest
 
 from ptum.data import contracts
 from ptum import fs
-from ptum.data.ingest import core, reference
+from ptum.data.ingest import plan, reference
 from ptum.data.ingest import job
 
 STORE = "teststore://bucket"
@@ -35,7 +35,7 @@ def store(tmp_path_factory, sample_logs):
 
 
 def _opts(inputs, items, output, **kw):
-    return core.TokenizeOptions(inputs=inputs, format="csv", output=output, items_catalog=items, num_shards=2, **kw)
+    return plan.TokenizeOptions(inputs=inputs, format="csv", output=output, items_catalog=items, num_shards=2, **kw)
 
 
 def _rows(root, split):

@@ -6,13 +6,13 @@ import csv
 from ptum.data import contracts
 from ptum.data.generate import generate
 from ptum.data import checks
-from ptum.data.ingest import core, reference
+from ptum.data.ingest import plan, reference
 
 LIMITS = dict(max_deadletter_rate=0.05, min_item_overlap=0.5, max_id_crossing=0.2, max_id_ratio_change=3.0)
 
 
 def _tokenize(inputs, out, vocab_from=None):
-    return reference.run(core.TokenizeOptions(inputs=list(inputs), format="csv", output=str(out),
+    return reference.run(plan.TokenizeOptions(inputs=list(inputs), format="csv", output=str(out),
                                               vocab_from=vocab_from))
 
 

@@ -11,25 +11,25 @@ import pyarrow.parquet as pq
 import pytest
 
 from ptum.data import contracts
-from ptum.data.ingest import core, formats, reference
+from ptum.data.ingest import formats, plan, reader, reference
 from ptum.data.ingest import job
 
 
 def _read(opts, split_bytes):
     """Every split of every input -> (events in order-key order, dead letters by file line)."""
-    specs, _ = core.plan_inputs(opts)
-    splits = core.plan_splits(specs, split_bytes)
+    specs, _ = plan.plan_inputs(opts)
+    splits = reader.plan_splits(specs, split_bytes)
     events, dead, lines = [], [], []
     for split in splits:
-        for unit in core.read_units(split, opts):
-            if isinstance(unit, core.RangeLines):
+        for unit in reader.read_units(split, opts):
+            if isinstance(unit, reader.RangeLines):
                 lines.append((unit.index, unit.lines))
                 continue
-            ev, dl, _ = core.parse_input_unit(unit, opts.max_line_bytes)
+            ev, dl, _ = reader.parse_input_unit(unit, opts.max_line_bytes)
             events.append(ev)
             dead.append(dl)
     ev = pa.concat_tables(events).sort_by([("file_idx", "ascending"), ("row", "ascending")])
-    dl = core.file_line_numbers(pa.concat_tables(dead), lines)
+    dl = reader.file_line_numbers(pa.concat_tables(dead), lines)
     return splits, ev.drop(["row"]).to_pylist(), sorted(dl.to_pylist(), key=lambda r: (r["row"], r["reason"]))
 
 
@@ -65,7 +65,7 @@ def _messy_csv(path, n=600, seed=0):
 def test_many_byte_ranges_read_exactly_the_rows_of_one_read(tmp_path, split_bytes):
     path = tmp_path / "events.csv"
     data = _messy_csv(path)
-    opts = core.TokenizeOptions(inputs=[str(path)], format="csv", output=str(tmp_path / "o"),
+    opts = plan.TokenizeOptions(inputs=[str(path)], format="csv", output=str(tmp_path / "o"),
                                 max_line_bytes=200, chunk_bytes=512)
     whole_splits, whole_events, whole_dead = _read(opts, 0)
     splits, events, dead = _read(opts, split_bytes)
@@ -91,7 +91,7 @@ def test_byte_ranges_of_other_line_formats(tmp_path, fmt, text):
     lines = [text % (i % 17, i % 7, 100 + i) for i in range(300)]
     lines[40] = "{not json" if fmt == "jsonl" else "u-alone"
     path.write_text("\n".join(lines) + "\n")
-    opts = core.TokenizeOptions(inputs=[str(path)], format=fmt, output=str(tmp_path / "o"))
+    opts = plan.TokenizeOptions(inputs=[str(path)], format=fmt, output=str(tmp_path / "o"))
     _, whole_events, whole_dead = _read(opts, 0)
     splits, events, dead = _read(opts, 211)
     assert len(splits) > 10
@@ -109,7 +109,7 @@ def test_line_ranges_cover_every_byte_once(tmp_path):
         for size in (1, 2, 3, 7, 64, max(1, len(data))):
             got = b""
             for start in range(0, len(data), size):
-                with core.LineRange(str(path), start, min(len(data), start + size), block=4) as f:
+                with reader.LineRange(str(path), start, min(len(data), start + size), block=4) as f:
                     while True:
                         block = f.read(rnd.randint(1, 9))
                         if not block:
@@ -125,21 +125,21 @@ def test_what_is_read_whole(tmp_path):
         f.write(big)
     # A quoted field holding a newline in the first MiB: cutting at newlines would break records.
     (tmp_path / "multiline.csv").write_text(big.replace("u3,i3,3\n", 'u3,"i\n3",3\n'))
-    specs, _ = core.plan_inputs(core.TokenizeOptions(inputs=[str(tmp_path / "*")], format="csv",
+    specs, _ = plan.plan_inputs(plan.TokenizeOptions(inputs=[str(tmp_path / "*")], format="csv",
                                                      output=str(tmp_path / "o")))
-    parts = {os.path.basename(s.path): len(core.plan_splits([s], 1000)) for s in specs}
+    parts = {os.path.basename(s.path): len(reader.plan_splits([s], 1000)) for s in specs}
     assert parts == {"plain.csv": -(-len(big) // 1000), "packed.csv.gz": 1, "multiline.csv": 1}
-    assert all(len(core.plan_splits([s], 0)) == 1 for s in specs)
-    assert len(core.plan_splits(specs[2:], len(big))) == 1          # not larger than one range
+    assert all(len(reader.plan_splits([s], 0)) == 1 for s in specs)
+    assert len(reader.plan_splits(specs[2:], len(big))) == 1          # not larger than one range
     with pytest.raises(formats.InputError, match="split-bytes"):
-        core.plan_inputs(core.TokenizeOptions(inputs=[str(tmp_path / "plain.csv")], format="csv",
+        plan.plan_inputs(plan.TokenizeOptions(inputs=[str(tmp_path / "plain.csv")], format="csv",
                                               output=str(tmp_path / "o"), split_bytes=-1))
 
 
 def _tokenize_both(tmp_path, inputs, fmt, split_bytes, **kw):
-    split = job.run(core.TokenizeOptions(inputs=inputs, format=fmt, output=str(tmp_path / "split"),
+    split = job.run(plan.TokenizeOptions(inputs=inputs, format=fmt, output=str(tmp_path / "split"),
                                          split_bytes=split_bytes, **kw))
-    whole = reference.run(core.TokenizeOptions(inputs=inputs, format=fmt, output=str(tmp_path / "whole"), **kw))
+    whole = reference.run(plan.TokenizeOptions(inputs=inputs, format=fmt, output=str(tmp_path / "whole"), **kw))
     assert split["vocab_hash"] == whole["vocab_hash"]
     assert split["counts"] == whole["counts"]
     for name in whole["splits"]:
@@ -175,8 +175,8 @@ def test_the_job_on_parquet_row_groups_writes_the_dataset_of_whole_files(tmp_pat
                       "value": pa.array(np.arange(n) % 5, pa.float64())})   # (no NaN: rows compare with ==)
     path = str(tmp_path / "events.parquet")
     pq.write_table(table, path, row_group_size=200)
-    spec = core.plan_inputs(core.TokenizeOptions(inputs=[path], format="parquet", output=str(tmp_path / "o")))[0][0]
-    splits = core.plan_splits([spec], 1)
+    spec = plan.plan_inputs(plan.TokenizeOptions(inputs=[path], format="parquet", output=str(tmp_path / "o")))[0][0]
+    splits = reader.plan_splits([spec], 1)
     assert len(splits) == 15 and [s.first_row for s in splits[:3]] == [0, 200, 400]
     _, dead = _tokenize_both(tmp_path, [path], "parquet", 1)
     assert [(r["row"], r["reason"]) for r in dead] == [(1234, "empty_user_id")]
@@ -191,7 +191,7 @@ def test_cli_split_options(sample_logs, tmp_path):
     logs, stats = sample_logs
     base = ["tokenize", "--input", os.path.join(logs, "events.csv"), "--format", "csv", "--output"]
     assert cli.tokenize_options(cli.build_parser().parse_args(base + ["o", "--no-split"])).split_bytes == 0
-    assert cli.tokenize_options(cli.build_parser().parse_args(base + ["o"])).split_bytes == core.DEFAULT_SPLIT_BYTES
+    assert cli.tokenize_options(cli.build_parser().parse_args(base + ["o"])).split_bytes == plan.DEFAULT_SPLIT_BYTES
     r = subprocess.run([sys.executable, "-m", "ptum.cli", "-q", *base, str(tmp_path / "d"), "--split-bytes", "20000"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]

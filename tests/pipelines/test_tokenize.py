@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from ptum.data import contracts
-from ptum.data.ingest import core, reference
+from ptum.data.ingest import plan, reference, sink
 from ptum.data.ingest import job
 from ptum.data.ingest.formats import Columns, InputError
 
 
 def run_beam(inputs, fmt, out, **kw):
-    opts = core.TokenizeOptions(inputs=list(inputs), format=fmt, output=str(out), **kw)
+    opts = plan.TokenizeOptions(inputs=list(inputs), format=fmt, output=str(out), **kw)
     return job.run(opts)
 
 
@@ -62,7 +62,7 @@ def test_beam_and_reference_write_the_same_dataset(sample_logs, tmp_path):
     logs, _ = sample_logs
     kw = dict(num_shards=2, items_catalog=os.path.join(logs, "items.csv"))
     mb = run_beam([os.path.join(logs, "events.csv")], "csv", tmp_path / "b", **kw)
-    mr = reference.run(core.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv",
+    mr = reference.run(plan.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv",
                                             output=str(tmp_path / "r"), **kw))
     assert mb["vocab_hash"] == mr["vocab_hash"]
     assert mb["counts"] == mr["counts"]
@@ -278,7 +278,7 @@ def test_failed_run_leaves_the_previous_dataset(sample_logs, tmp_path, monkeypat
     run_beam([os.path.join(logs, "events.csv")], "csv", out)
     before = contracts.open_dataset(str(out))
     rows = before.read_split("test").to_pylist()
-    real_write = core.write_parquet
+    real_write = sink.write_parquet
 
     def failing(table, path):
         if "vocab" in path:
@@ -286,7 +286,7 @@ def test_failed_run_leaves_the_previous_dataset(sample_logs, tmp_path, monkeypat
         return real_write(table, path)
 
     # The in-process runner runs the DoFns in this process, so the patch reaches them.
-    monkeypatch.setattr(core, "write_parquet", failing)
+    monkeypatch.setattr(sink, "write_parquet", failing)
     with pytest.raises(Exception, match="simulated storage failure"):
         run_beam([os.path.join(logs, "events.csv")], "csv", out)
     after = contracts.open_dataset(str(out))
@@ -327,11 +327,11 @@ def test_pipeline_survives_runner_api_round_trip(sample_logs, tmp_path):
     import apache_beam as beam
 
     logs, _ = sample_logs
-    opts = core.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv",
+    opts = plan.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv",
                                 output=str(tmp_path / "ds"))
-    specs, extra = core.plan_inputs(opts)
+    specs, extra = plan.plan_inputs(opts)
     p, runner = job.make_pipeline([])
-    job.build(p, opts, specs, extra, core.fingerprints(specs), 2, runner)
+    job.build(p, opts, specs, extra, plan.fingerprints(specs), 2, runner)
     proto = p.to_runner_api()
     p2 = beam.Pipeline.from_runner_api(proto, p.runner, p._options)
     names = {t.unique_name for t in proto.components.transforms.values()}

@@ -6,7 +6,7 @@ import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from ptum.data.ingest import core
+from ptum.data.ingest import plan, sessions, sink, vocabulary
 from ptum.data.ingest import job
 
 EVENTS = (
@@ -25,16 +25,16 @@ EVENTS = (
 def _opts(tmp_path, **kw):
     path = tmp_path / "events.csv"
     path.write_text(EVENTS)
-    return core.TokenizeOptions(inputs=[str(path)], format="csv", output=str(tmp_path / "out"), **kw)
+    return plan.TokenizeOptions(inputs=[str(path)], format="csv", output=str(tmp_path / "out"), **kw)
 
 
 def _rows_of_staged(kv):
-    return core.read_arrow(kv[1]).num_rows
+    return sink.read_arrow(kv[1]).num_rows
 
 
 def test_read_events_parses_every_file_and_tags_dead_letters(tmp_path):
     opts = _opts(tmp_path)
-    specs, _ = core.plan_inputs(opts)
+    specs, _ = plan.plan_inputs(opts)
     with BeamTestPipeline() as p:
         out = p | job.ReadEvents(opts, specs, num_shards=2, deadletter_shards=1)
         events = out["events"] | "EventRows" >> beam.Map(_rows_of_staged) | "SumEvents" >> beam.CombineGlobally(sum)
@@ -50,11 +50,11 @@ def test_read_events_parses_every_file_and_tags_dead_letters(tmp_path):
 
 def test_build_histories_groups_users_and_drops_duplicates(tmp_path):
     opts = _opts(tmp_path)
-    specs, _ = core.plan_inputs(opts)
+    specs, _ = plan.plan_inputs(opts)
 
     def users_and_lengths(kv):   # staged histories: one row per kept event, sorted by user and time
         from collections import Counter
-        return sorted(Counter(core.read_arrow(kv[1]).column("user_id").to_pylist()).items())
+        return sorted(Counter(sink.read_arrow(kv[1]).column("user_id").to_pylist()).items())
 
     with BeamTestPipeline() as p:
         events = (p | job.ReadEvents(opts, specs, num_shards=2, deadletter_shards=1))["events"]
@@ -71,8 +71,8 @@ def test_build_vocabularies_is_the_reference_vocabulary(tmp_path):
                    pa.table({"key": ["a", "c"], "count": pa.array([1, 1], pa.int64())})]
     behavior_counts = [pa.table({"key": ["click"], "count": pa.array([3], pa.int64())}),
                        pa.table({"key": ["buy", "click"], "count": pa.array([1, 1], pa.int64())})]
-    expected_items = core.items_vocab_for(core.merge_counts(item_counts), opts)
-    expected_behaviors = core.behavior_vocab_for(core.merge_counts(behavior_counts), opts)
+    expected_items = vocabulary.items_vocab_for(sessions.merge_counts(item_counts), opts)
+    expected_behaviors = vocabulary.behavior_vocab_for(sessions.merge_counts(behavior_counts), opts)
     with BeamTestPipeline() as p:
         vocab = p | beam.Create(list(zip(item_counts, behavior_counts))) | job.BuildVocabularies(opts)
         assert_that(vocab["items"] | "ItemRows" >> beam.Map(lambda t: t.to_pylist()),
@@ -88,9 +88,9 @@ def test_write_dataset_commits_what_the_other_transforms_built(tmp_path):
     from ptum.data import contracts
 
     opts = _opts(tmp_path)
-    specs, extra = core.plan_inputs(opts)
+    specs, extra = plan.plan_inputs(opts)
     with BeamTestPipeline() as p:
-        job.build(p, opts, specs, extra, core.fingerprints(specs), 2, "TestPipeline")
+        job.build(p, opts, specs, extra, plan.fingerprints(specs), 2, "TestPipeline")
     ds = contracts.open_dataset(opts.output)
     counts = ds.manifest["counts"]
     assert counts["events_read"] == 8 and counts["events_dead_lettered"]["total"] == 2

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from ptum.data import contracts
-from ptum.data.ingest import core, reference
+from ptum.data.ingest import plan, reference
 from ptum.data.ingest import job
 
 # user -> number of events (timestamps 100, 101, ...); u_late's events all come after the
@@ -34,7 +34,7 @@ def _users(ds, split):
 @pytest.mark.parametrize("runner", ["reference", "beam"])
 def test_every_user_is_in_the_splits_the_manifest_says(tmp_path, scheme, kw, runner):
     out = str(tmp_path / "ds")
-    opts = core.TokenizeOptions(inputs=[_logs(tmp_path)], format="csv", output=out, split=scheme, **kw)
+    opts = plan.TokenizeOptions(inputs=[_logs(tmp_path)], format="csv", output=out, split=scheme, **kw)
     manifest = (reference.run if runner == "reference" else job.run)(opts)
     ds = contracts.open_dataset(out)
     c = manifest["counts"]
@@ -80,7 +80,7 @@ def _rewrite(path, edit):
 
 def test_readers_refuse_an_edited_or_damaged_dataset(tmp_path):
     out = str(tmp_path / "ds")
-    reference.run(core.TokenizeOptions(inputs=[_logs(tmp_path)], format="csv", output=out))
+    reference.run(plan.TokenizeOptions(inputs=[_logs(tmp_path)], format="csv", output=out))
     mpath = os.path.join(out, contracts.MANIFEST)
     pristine = open(mpath).read()
     ds = contracts.open_dataset(out)

@@ -101,4 +101,4 @@ def test_presets_ship_with_a_non_editable_install(tmp_path):
     wheel = [f for f in os.listdir(tmp_path) if f.endswith(".whl")][0]
     names = zipfile.ZipFile(os.path.join(tmp_path, wheel)).namelist()
     assert "ptum/configs/beauty.yaml" in names and "ptum/configs/demo.yaml" in names
-    assert "ptum/data/ingest/core.py" in names and "schemas/schema.pbtxt" in names
+    assert "ptum/data/ingest/sink.py" in names and "schemas/schema.pbtxt" in names

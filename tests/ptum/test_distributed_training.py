@@ -79,6 +79,6 @@ def test_two_devices_match_one_device(backend, strategy, data_and_batch, tmp_pat
 def test_only_the_chief_writes_the_model(tf_config, chief):
     # MultiWorkerMirroredStrategy itself is configured, not tested: Keras 3's fit fails under
     # it (tensorflow/tensorflow#72388, README "Scaling out"); which worker writes is ours.
-    from ptum.training.pretrain import is_chief
+    from ptum.training.runtime import is_chief
 
     assert is_chief(tf_config) is chief

@@ -210,7 +210,7 @@ def test_config_errors_at_the_cli_and_in_finetune(tmp_path):
 
 def test_memory_estimate_refuses_a_config_before_training(tmp_path):
     from ptum.config import PTUMConfig
-    from ptum.training.pretrain import TrainingError, check_memory
+    from ptum.training.runtime import TrainingError, check_memory
 
     cfg = PTUMConfig.load(None, ["model.embedding_dim=4096", "model.num_blocks=48", "model.max_len=4096",
                                  "train.batch_size=65536", "objective.num_negatives=1000000"])

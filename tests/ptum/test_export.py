@@ -18,7 +18,7 @@ def trained(tmp_path_factory):
     from ptum.config import PTUMConfig
     from ptum.data.generate import generate
     from ptum.training.pretrain import pretrain
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
 
     root = tmp_path_factory.mktemp("export")
     logs = str(root / "logs")
@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
     with open(os.path.join(logs, "items.csv"), "a") as f:
         f.write("item_brand_new,kalomi0 new pro,cat0|group0\n")
     data = str(root / "data")
-    reference.run(core.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv", output=data,
+    reference.run(plan.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv", output=data,
                                        items_catalog=os.path.join(logs, "items.csv")))
     cfg = PTUMConfig.load(None, ["model.embedding_dim=16", "model.num_blocks=1", "model.num_heads=1",
                                  "model.max_len=10", "model.use_text=true", "train.epochs=2",
@@ -170,14 +170,14 @@ def test_embed_users_transform_in_a_test_pipeline(saved, trained, tmp_path):
 
 def test_export_refuses_other_vocabulary_and_counts_oov_users(saved, trained, tmp_path):
     from ptum.serving.export_embeddings import ExportError, run
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
 
     other_csv = tmp_path / "o.csv"
     other_csv.write_text("user_id,item_id,timestamp\nu1,x1,1\nu1,x2,2\nu2,item_000001,1\n")
-    reference.run(core.TokenizeOptions(inputs=[str(other_csv)], format="csv", output=str(tmp_path / "other")))
+    reference.run(plan.TokenizeOptions(inputs=[str(other_csv)], format="csv", output=str(tmp_path / "other")))
     with pytest.raises(ExportError, match="does not match"):
         run(saved, str(tmp_path / "other"), str(tmp_path / "e1"))
-    reference.run(core.TokenizeOptions(inputs=[str(other_csv)], format="csv", output=str(tmp_path / "frozen"),
+    reference.run(plan.TokenizeOptions(inputs=[str(other_csv)], format="csv", output=str(tmp_path / "frozen"),
                                        vocab_from=trained["data"]))
     m = run(saved, str(tmp_path / "frozen"), str(tmp_path / "e2"))
     assert m["counts"]["users"] == 2 and m["counts"]["users_all_oov"] == 1
@@ -188,7 +188,7 @@ def test_newest_history_of_every_user_across_shards(saved, trained, tmp_path):
     newest behavior is the as_of), else from the train row; shards are paired by index, no
     user list passes through the driver."""
     from ptum.serving.export_embeddings import read_embeddings, run, same_users_files
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
 
     lines = ["user_id,item_id,timestamp"]
     newest = {}
@@ -199,7 +199,7 @@ def test_newest_history_of_every_user_across_shards(saved, trained, tmp_path):
         newest[f"u{u}"] = 100 + n - 1
     (tmp_path / "e.csv").write_text("\n".join(lines) + "\n")
     data = str(tmp_path / "d")
-    reference.run(core.TokenizeOptions(inputs=[str(tmp_path / "e.csv")], format="csv", output=data,
+    reference.run(plan.TokenizeOptions(inputs=[str(tmp_path / "e.csv")], format="csv", output=data,
                                        vocab_from=trained["data"], num_shards=3))
     ds = contracts.open_dataset(data)
     pairs = same_users_files(ds, "train", "test")

@@ -53,14 +53,14 @@ def _model_files(folder):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
     from ptum.training.pretrain import pretrain
 
     root = tmp_path_factory.mktemp("faults")
     a = str(root / "data_a")
-    reference.run(core.TokenizeOptions(inputs=[_events(root / "a.csv")], format="csv", output=a))
+    reference.run(plan.TokenizeOptions(inputs=[_events(root / "a.csv")], format="csv", output=a))
     b = str(root / "data_b")
-    reference.run(core.TokenizeOptions(inputs=[_events(root / "b.csv", items=31, seed=1)], format="csv", output=b))
+    reference.run(plan.TokenizeOptions(inputs=[_events(root / "b.csv", items=31, seed=1)], format="csv", output=b))
     model = str(root / "model_a")
     pretrain(a, model, PTUMConfig.load(None, SMALL), log=lambda s: None)
     return {"root": root, "a": a, "b": b, "model": model}
@@ -78,20 +78,20 @@ def test_a_refused_pretrain_leaves_the_model(world, tmp_path):
     assert _snapshot(model) == before
     load_model_dir(model)
     # Outputs of another kind (in process: the CLI turns these errors into the same one line).
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import formats, plan, reference
     from ptum.training.pretrain import TrainingError, pretrain
     with pytest.raises(TrainingError, match="holds a sequence dataset"):
         pretrain(world["a"], world["b"], PTUMConfig.load(None, SMALL), log=lambda s: None)
-    tok = core.TokenizeOptions(inputs=[str(world["root"] / "a.csv")], format="csv", output=model)
-    with pytest.raises(core.InputError, match="holds a pre-trained model"):
+    tok = plan.TokenizeOptions(inputs=[str(world["root"] / "a.csv")], format="csv", output=model)
+    with pytest.raises(formats.InputError, match="holds a pre-trained model"):
         reference.run(tok)
     assert _snapshot(model) == before
     # A folder holding other files is not replaced.
     other = tmp_path / "home"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(core.InputError, match="notes.txt"):
-        reference.run(core.TokenizeOptions(inputs=tok.inputs, format="csv", output=str(other)))
+    with pytest.raises(formats.InputError, match="notes.txt"):
+        reference.run(plan.TokenizeOptions(inputs=tok.inputs, format="csv", output=str(other)))
     assert (other / "notes.txt").read_text() == "mine"
 
 
@@ -130,7 +130,7 @@ def test_a_failed_or_killed_pretrain_leaves_the_model(world, tmp_path):
 
 
 def test_pretrain_refuses_a_dataset_replaced_under_it(world, tmp_path):
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
     from ptum.training.pretrain import TrainingError, pretrain
 
     data = str(tmp_path / "data")
@@ -140,7 +140,7 @@ def test_pretrain_refuses_a_dataset_replaced_under_it(world, tmp_path):
     def log(line):   # called at the end of each epoch: another tokenize replaces the dataset
         if line.startswith("epoch") and not os.path.exists(out + ".done"):
             open(out + ".done", "w").close()
-            reference.run(core.TokenizeOptions(inputs=[str(world["root"] / "b.csv")], format="csv", output=data))
+            reference.run(plan.TokenizeOptions(inputs=[str(world["root"] / "b.csv")], format="csv", output=data))
     with pytest.raises(TrainingError, match="replaced while the model trained"):
         pretrain(data, out, PTUMConfig.load(None, SMALL + ["train.epochs=2"]), log=log)
     assert not os.path.exists(os.path.join(out, "metadata.json"))
@@ -178,16 +178,16 @@ def test_export_embeddings_failure_leaves_the_table(world, tmp_path):
     assert _snapshot(out) == before and read_embeddings(out).equals(table)
     # Failing inside the job (a worker cannot write): the same.
     import ptum.serving.export_embeddings as ee
-    real = ee.tcore.write_parquet
+    real = ee.sink.write_parquet
 
     def failing(t, path):
         raise IOError("simulated storage failure")
-    ee.tcore.write_parquet = failing
+    ee.sink.write_parquet = failing
     try:
         with pytest.raises(Exception, match="simulated storage failure"):
             run(world["model"], world["a"], out)
     finally:
-        ee.tcore.write_parquet = real
+        ee.sink.write_parquet = real
     assert _snapshot(out) == before
     # Outputs that are the dataset, the model, or another kind of output: refused, untouched.
     ds_before = _snapshot(world["a"])

@@ -60,7 +60,8 @@ def test_objectives_train_and_round_trip(clean_dataset, overrides, tmp_path):
     import keras
 
     from ptum.data.batches import Rows, TrainBatches
-    from ptum.model.encoder import build_encoder_for, build_pretrainer
+    from ptum.model.encoder import build_encoder_for
+    from ptum.model.objectives import build_pretrainer
     from ptum.training.pretrain import fill_from_dataset, train_window
 
     ds = contracts.open_dataset(clean_dataset[0])
@@ -212,9 +213,9 @@ def test_bad_inputs_give_clear_errors(clean_dataset, tmp_path):
                  log=lambda s: None)
     assert not os.path.exists(os.path.join(out, "metadata.json"))
     # Missing split.
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import formats, plan, reference
     hashed = str(tmp_path / "hashed")
-    reference.run(core.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv", output=hashed,
+    reference.run(plan.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv", output=hashed,
                                        split="user-hash"))
     r = cli("pretrain", "--data", hashed, "--output", str(tmp_path / "x"), check=False)
     assert r.returncode == 2 and "'train' split" in r.stderr
@@ -226,17 +227,17 @@ def test_bad_inputs_give_clear_errors(clean_dataset, tmp_path):
     empty_csv = tmp_path / "empty.csv"
     empty_csv.write_text("user_id,item_id,timestamp\n")
     empty = str(tmp_path / "empty")
-    with pytest.raises(core.InputError, match="no event was accepted"):   # refused unless asked for
-        reference.run(core.TokenizeOptions(inputs=[str(empty_csv)], format="csv", output=empty))
+    with pytest.raises(formats.InputError, match="no event was accepted"):   # refused unless asked for
+        reference.run(plan.TokenizeOptions(inputs=[str(empty_csv)], format="csv", output=empty))
     assert os.listdir(empty) in ([], [contracts.LOCK_FILE])          # nothing but the lock file
-    reference.run(core.TokenizeOptions(inputs=[str(empty_csv)], format="csv", output=empty, allow_empty=True))
+    reference.run(plan.TokenizeOptions(inputs=[str(empty_csv)], format="csv", output=empty, allow_empty=True))
     with pytest.raises(TrainingError, match="no sequence"):
         pretrain(empty, str(tmp_path / "e"), small_cfg(), log=lambda s: None)
     # Vocabulary mismatch at evaluation.
     other_csv = tmp_path / "other.csv"
     other_csv.write_text("user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
     other = str(tmp_path / "other")
-    reference.run(core.TokenizeOptions(inputs=[str(other_csv)], format="csv", output=other))
+    reference.run(plan.TokenizeOptions(inputs=[str(other_csv)], format="csv", output=other))
     model = str(tmp_path / "m")
     pretrain(data, model, small_cfg("train.epochs=1"), log=lambda s: None)
     r = cli("evaluate", "--model", model, "--data", other, check=False)
@@ -256,7 +257,7 @@ def test_training_modules_import_without_tensorflow():
             "            raise ImportError('blocked ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
             "import os; os.environ['KERAS_BACKEND'] = 'jax'\n"
-            "import ptum.model.encoder, ptum.data.batches, ptum.evaluation.ranking, ptum.training.pretrain, ptum.config\n")
+            "import ptum.model.encoder, ptum.model.objectives, ptum.data.batches, ptum.evaluation.ranking, ptum.training.pretrain, ptum.config\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
 

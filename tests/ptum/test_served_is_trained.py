@@ -34,13 +34,13 @@ def timed(tmp_path_factory):
     from ptum.config import PTUMConfig
     from ptum.serving.saved_model import export_saved_model
     from ptum.training.pretrain import pretrain
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
 
     root = tmp_path_factory.mktemp("skew")
     csv = str(root / "events.csv")
     _write_events(csv)
     data = str(root / "data")
-    reference.run(core.TokenizeOptions(inputs=[csv], format="csv", output=data))
+    reference.run(plan.TokenizeOptions(inputs=[csv], format="csv", output=data))
     cfg = PTUMConfig.load(None, ["model.embedding_dim=16", "model.num_blocks=1", "model.num_heads=1",
                                  "model.max_len=12", "train.epochs=1", "objective.num_negatives=8",
                                  "model.use_time=true", "model.use_behavior=true", "model.time_buckets=32"])
@@ -122,14 +122,14 @@ def test_every_serving_path_equals_the_trained_model(timed):
 
 
 def test_behavior_and_word_vocabularies_are_frozen_and_hashed(timed, tmp_path):
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
 
     src = contracts.open_dataset(timed["data"])
     # Same users, but "like" now outnumbers "click", and a new behavior type appears.
     csv = str(tmp_path / "later.csv")
     _write_events(csv, users=20, seed=5, behaviors=("like", "like", "like", "click", "share"))
     frozen = str(tmp_path / "frozen")
-    m = reference.run(core.TokenizeOptions(inputs=[csv], format="csv", output=frozen,
+    m = reference.run(plan.TokenizeOptions(inputs=[csv], format="csv", output=frozen,
                                            vocab_from=timed["data"]))
     ds = contracts.open_dataset(frozen)
     assert ds.vocab_hash == src.vocab_hash
@@ -143,7 +143,7 @@ def test_behavior_and_word_vocabularies_are_frozen_and_hashed(timed, tmp_path):
     assert beh.max() < src.num_behavior_tokens and (beh == contracts.BEHAVIOR_UNKNOWN_ID).sum() > 0
     # A fresh vocabulary from the same events: the item ids may agree, the hash must not.
     fresh = str(tmp_path / "fresh")
-    reference.run(core.TokenizeOptions(inputs=[csv], format="csv", output=fresh))
+    reference.run(plan.TokenizeOptions(inputs=[csv], format="csv", output=fresh))
     f = contracts.open_dataset(fresh)
     assert f.manifest["vocab_hashes"]["behaviors"] != src.manifest["vocab_hashes"]["behaviors"]
     assert f.vocab_hash != src.vocab_hash
@@ -155,11 +155,11 @@ def test_behavior_and_word_vocabularies_are_frozen_and_hashed(timed, tmp_path):
 def test_frozen_title_words(tmp_path):
     import pyarrow as pa
 
-    from ptum.data.ingest import core
+    from ptum.data.ingest import vocabulary
 
     cat = pa.table({"item_id": ["a", "b"], "title": ["red shoe", "blue hat"], "categories": ["x", "y"]})
     items = pa.table({"item_id": ["a", "b"], "token_id": [3, 4], "count": [1, 1]})
-    catalog, words = core.build_catalog(cat, items, 1, 8, frozen_words={"red": 2, "hat": 3})
+    catalog, words = vocabulary.build_catalog(cat, items, 1, 8, frozen_words={"red": 2, "hat": 3})
     assert dict(zip(words.column("word").to_pylist(), words.column("word_id").to_pylist())) == {"red": 2, "hat": 3}
     assert catalog.column("word_ids").to_pylist() == [[2, contracts.WORD_OOV_ID], [contracts.WORD_OOV_ID, 3]]
 

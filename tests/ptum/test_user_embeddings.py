@@ -21,14 +21,14 @@ def _cli(*args):
 
 
 def test_window_split_rows(tmp_path):
-    from ptum.data.ingest import core, reference
+    from ptum.data.ingest import plan, reference
 
     csv = tmp_path / "e.csv"
     lines = ["user_id,item_id,timestamp"]
     for u, n in (("a", 9), ("b", 5), ("c", 3)):
         lines += [f"{u},i{j},{j}" for j in range(n)]
     csv.write_text("\n".join(lines) + "\n")
-    reference.run(core.TokenizeOptions(inputs=[str(csv)], format="csv", output=str(tmp_path / "d"),
+    reference.run(plan.TokenizeOptions(inputs=[str(csv)], format="csv", output=str(tmp_path / "d"),
                                        split="window", window=3))
     ds = contracts.open_dataset(str(tmp_path / "d"))
     lens = {s: dict(zip(*[ds.read_split(s).column(c).to_pylist() for c in ("user_id", "length")]))
@@ -200,7 +200,7 @@ def test_bag_future_cut_by_hand():
     shift, and exactly those are the future targets."""
     import keras
 
-    from ptum.model.encoder import BagPrediction
+    from ptum.model.objectives import BagPrediction
 
     ids = np.array([[0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 7, 8], [0, 0, 0, 0, 0, 9]], np.int32)
     inputs = {"item_ids": ids, "behavior_ids": (ids > 0).astype(np.int32)}
@@ -224,7 +224,7 @@ def test_contrastive_term_by_hand():
     import keras
 
     from ptum.config import ConfigError, PTUMConfig
-    from ptum.model.encoder import BagPrediction
+    from ptum.model.objectives import BagPrediction
 
     layer = BagPrediction(dropout=0.5, seed=3, contrastive=0.2, temperature=0.5)
     rng = np.random.default_rng(0)

@@ -31,7 +31,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from ptum.data import contracts
-from ptum.data.ingest import core, formats
+from ptum.data.ingest import formats, plan, reader, sessions, sink, splitting, vocabulary
 
 log = logging.getLogger(__name__)
 STAGING = ".staging"
@@ -68,22 +68,22 @@ class ReadAndParse(beam.DoFn):
     Reading and parsing are fused: raw bytes never travel through the runner (only
     Arrow tables of parsed events do); splits are the unit of parallelism."""
 
-    def __init__(self, opts: core.TokenizeOptions, num_shards: int, deadletter_shards: int):
+    def __init__(self, opts: plan.TokenizeOptions, num_shards: int, deadletter_shards: int):
         self._opts = opts
         self._num_shards = num_shards
         self._dl_shards = deadletter_shards
         self._read = Metrics.counter("tokenize", "events_read")
         self._dead = Metrics.counter("tokenize", "events_dead_lettered")
 
-    def process(self, split: core.Split):
+    def process(self, split: reader.Split):
         pending = {}
-        for unit in core.read_units(split, self._opts):
-            if isinstance(unit, core.RangeLines):
+        for unit in reader.read_units(split, self._opts):
+            if isinstance(unit, reader.RangeLines):
                 yield LINES, (unit.file_idx, (unit.index, unit.lines))
                 continue
-            events, dl, read = core.parse_input_unit(unit, self._opts.max_line_bytes)
+            events, dl, read = reader.parse_input_unit(unit, self._opts.max_line_bytes)
             self._read.inc(read)
-            yield COUNTS, core.read_counts(split.spec.path, read, dl.num_rows, events)
+            yield COUNTS, reader.read_counts(split.spec.path, read, dl.num_rows, events)
             if dl.num_rows:
                 self._dead.inc(dl.num_rows)
                 yield DEADLETTER, (split.spec.file_idx, dl)
@@ -92,9 +92,9 @@ class ReadAndParse(beam.DoFn):
         # The shuffle goes through files: events are staged as Arrow IPC files per user
         # bucket and only their paths are grouped (runners copy small elements cheaply).
         for bucket, tables in pending.items():
-            path = core.join(self._opts.output, STAGING, f"bucket-{bucket:05d}",
+            path = sink.join(self._opts.output, STAGING, f"bucket-{bucket:05d}",
                              f"file-{split.spec.file_idx:05d}-{split.index:05d}.arrow")
-            core.write_arrow(pa.concat_tables(tables), path)
+            sink.write_arrow(pa.concat_tables(tables), path)
             yield EVENTS, (bucket, path)
 
 
@@ -111,13 +111,13 @@ class HistoriesOfBucket(beam.DoFn):
 
     def process(self, element):
         bucket, paths = element
-        histories, counts = core.build_histories([core.read_arrow(p) for p in sorted(paths)],
+        histories, counts = sessions.build_histories([sink.read_arrow(p) for p in sorted(paths)],
                                                  self._max_history)
         self._dups.inc(counts["duplicates_dropped"])
         yield COUNTS, counts
-        yield STATS, core.history_stats(histories)
-        path = core.join(self._output, STAGING, "histories", f"bucket-{bucket:05d}.arrow")
-        core.write_arrow(histories, path)
+        yield STATS, sessions.history_stats(histories)
+        path = sink.join(self._output, STAGING, "histories", f"bucket-{bucket:05d}.arrow")
+        sink.write_arrow(histories, path)
         yield HISTORIES, (bucket, path)
 
 
@@ -132,14 +132,14 @@ class MergeCountTables(beam.CombineFn):
         # to several folds (Beam's DaskRunner shares the initial one within a worker process).
         acc = acc + [table]
         if len(acc) > 16:
-            acc = [core.merge_counts(acc)]
+            acc = [sessions.merge_counts(acc)]
         return acc
 
     def merge_accumulators(self, accs):
-        return [core.merge_counts([t for a in accs for t in a])]
+        return [sessions.merge_counts([t for a in accs for t in a])]
 
     def extract_output(self, acc):
-        return core.merge_counts(acc)
+        return sessions.merge_counts(acc)
 
 
 class WriteSequences(beam.DoFn):
@@ -147,7 +147,7 @@ class WriteSequences(beam.DoFn):
     record) per split shard, and (COUNTS, dict). The vocabularies are read from the files the
     vocabulary stage wrote (once per worker), not passed as side inputs."""
 
-    def __init__(self, num_shards: int, split: core.SplitSpec, output: str):
+    def __init__(self, num_shards: int, split: splitting.SplitSpec, output: str):
         self._n = num_shards
         self._split = split
         self._output = output
@@ -155,7 +155,7 @@ class WriteSequences(beam.DoFn):
 
     def _vocabularies(self, written):
         if self._vocab is None:
-            self._vocab = tuple(core.read_parquet(core.join(self._output, written[k]))
+            self._vocab = tuple(sink.read_parquet(sink.join(self._output, written[k]))
                                 for k in ("items_vocab", "behaviors_vocab"))
         return self._vocab
 
@@ -167,8 +167,8 @@ class WriteSequences(beam.DoFn):
 
     def _write(self, bucket, histories, written):
         items_vocab, behavior_vocab = self._vocabularies(written[0])
-        table = pa.concat_tables([core.read_arrow(p) for p in histories])
-        files, counts = core.write_bucket(bucket, self._n, table, items_vocab, behavior_vocab,
+        table = pa.concat_tables([sink.read_arrow(p) for p in histories])
+        files, counts = sink.write_bucket(bucket, self._n, table, items_vocab, behavior_vocab,
                                           self._split, self._output)
         yield COUNTS, counts
         for f in files:
@@ -181,16 +181,16 @@ def _number_deadletters(element, n: int):
     _, joined = element
     ranges = list(joined["lines"])
     for table in joined["deadletter"]:
-        table = core.file_line_numbers(table, ranges)
+        table = reader.file_line_numbers(table, ranges)
         yield int(table.column("row")[0].as_py() or 0) % n, table
 
 
 def _write_deadletters(element, output: str, n: int):
     key, tables = element
     table = pa.concat_tables(list(tables))
-    name = core.shard_name("deadletter", key, n)
-    core.write_parquet(table, core.join(output, contracts.DEADLETTER_DIR, name))
-    return [(FILES, ("deadletter", name, table.num_rows, 0)), (COUNTS, core.deadletter_counts(table))]
+    name = sink.shard_name("deadletter", key, n)
+    sink.write_parquet(table, sink.join(output, contracts.DEADLETTER_DIR, name))
+    return [(FILES, ("deadletter", name, table.num_rows, 0)), (COUNTS, sink.deadletter_counts(table))]
 
 
 def _write_manifest(parts, opts, fingerprints, has_time, runner):
@@ -199,13 +199,13 @@ def _write_manifest(parts, opts, fingerprints, has_time, runner):
         (value,) = [v for k, v in parts if k == kind]
         return value
 
-    total = core.sum_counts([v for k, v in parts if k == COUNTS])
+    total = sink.sum_counts([v for k, v in parts if k == COUNTS])
     total["items_seen"] = one("items_seen")
     vocab = one("vocab")
-    manifest = core.make_manifest(opts, total, [v for k, v in parts if k == FILES], vocab["items"],
+    manifest = sink.make_manifest(opts, total, [v for k, v in parts if k == FILES], vocab["items"],
                                   vocab["behaviors"], fingerprints, has_time, runner, one("written"))
-    manifest = contracts.commit_manifest(core.join(opts.output, contracts.MANIFEST), manifest)
-    core.remove_tree(core.join(opts.output, STAGING))
+    manifest = contracts.commit_manifest(sink.join(opts.output, contracts.MANIFEST), manifest)
+    sink.remove_tree(sink.join(opts.output, STAGING))
     return manifest
 
 
@@ -220,7 +220,7 @@ class ReadEvents(beam.PTransform):
     runs of row groups (planned here, in the driver, from sizes and footers); each split is read
     and parsed where it lands (splits are the unit of parallelism)."""
 
-    def __init__(self, opts: core.TokenizeOptions, specs: List[formats.FileSpec], num_shards: int,
+    def __init__(self, opts: plan.TokenizeOptions, specs: List[formats.FileSpec], num_shards: int,
                  deadletter_shards: int):
         super().__init__()
         self._opts, self._specs, self._n, self._dl = opts, specs, num_shards, deadletter_shards
@@ -228,7 +228,7 @@ class ReadEvents(beam.PTransform):
     def expand(self, pbegin):
         parsed = (
             pbegin
-            | "ListInputs" >> beam.Create(core.plan_splits(self._specs, self._opts.split_bytes))
+            | "ListInputs" >> beam.Create(reader.plan_splits(self._specs, self._opts.split_bytes))
             | "Spread" >> beam.Reshuffle()
             | "ReadAndParse" >> beam.ParDo(ReadAndParse(self._opts, self._n, self._dl)))
         return by_kind(parsed, {EVENTS: _KV, DEADLETTER: _KV, LINES: _KV, COUNTS: None})
@@ -256,7 +256,7 @@ class BuildVocabularies(beam.PTransform):
     behavior vocabulary, "items_seen": distinct items}: one-element PCollections, computed as
     their own stage (WriteDataset writes them to files that the sequence writers read)."""
 
-    def __init__(self, opts: core.TokenizeOptions):
+    def __init__(self, opts: plan.TokenizeOptions):
         super().__init__()
         self._opts = opts
 
@@ -267,8 +267,8 @@ class BuildVocabularies(beam.PTransform):
         behavior_counts = (stats
                            | "BehaviorCounts" >> beam.Map(lambda s: s[1])
                            | "CombineBehaviorCounts" >> beam.CombineGlobally(MergeCountTables()))
-        return {"items": item_counts | "BuildItemVocab" >> beam.Map(core.items_vocab_for, self._opts),
-                "behaviors": behavior_counts | "BuildBehaviorVocab" >> beam.Map(core.behavior_vocab_for, self._opts),
+        return {"items": item_counts | "BuildItemVocab" >> beam.Map(vocabulary.items_vocab_for, self._opts),
+                "behaviors": behavior_counts | "BuildBehaviorVocab" >> beam.Map(vocabulary.behavior_vocab_for, self._opts),
                 "items_seen": item_counts | "ItemsSeen" >> beam.Map(lambda t: t.num_rows)}
 
 
@@ -281,7 +281,7 @@ class WriteDataset(beam.PTransform):
     No side inputs: every branch flows into the one final step, so runners that compute only
     what the last step needs (Beam's DaskRunner) run all of it, and nothing is recomputed."""
 
-    def __init__(self, opts: core.TokenizeOptions, extra: dict, fingerprints: List[dict], num_shards: int,
+    def __init__(self, opts: plan.TokenizeOptions, extra: dict, fingerprints: List[dict], num_shards: int,
                  deadletter_shards: int, runner: str):
         super().__init__()
         self._opts, self._extra, self._fps = opts, extra, fingerprints
@@ -294,12 +294,12 @@ class WriteDataset(beam.PTransform):
                  | "FlattenVocab" >> beam.Flatten()
                  | "PairVocab" >> beam.combiners.ToDict())
         written = vocab | "WriteVocabulary" >> beam.Map(
-            lambda v: core.write_vocab_and_tables(opts.output, v["items"], v["behaviors"], extra, opts))
+            lambda v: sink.write_vocab_and_tables(opts.output, v["items"], v["behaviors"], extra, opts))
         to_buckets = written | "ToEveryBucket" >> beam.FlatMap(lambda w, n: [(b, w) for b in range(n)], self._n)
         sequences = by_kind(
             {"histories": inputs["histories"], "vocab": to_buckets}
             | "JoinVocab" >> beam.CoGroupByKey()
-            | "WriteSequences" >> beam.ParDo(WriteSequences(self._n, core.SplitSpec.from_options(opts), opts.output)),
+            | "WriteSequences" >> beam.ParDo(WriteSequences(self._n, splitting.SplitSpec.from_options(opts), opts.output)),
             {FILES: None, COUNTS: None})
         # Already (kind, payload) pairs: the dead-letter files and their counts.
         dead = ({"deadletter": inputs["deadletter"], "lines": inputs["lines"]}
@@ -323,7 +323,7 @@ class WriteDataset(beam.PTransform):
                 | "WriteManifest" >> beam.Map(_write_manifest, opts, self._fps, extra["has_time"], self._runner))
 
 
-def build(p: beam.Pipeline, opts: core.TokenizeOptions, specs: List[formats.FileSpec], extra: dict,
+def build(p: beam.Pipeline, opts: plan.TokenizeOptions, specs: List[formats.FileSpec], extra: dict,
           fingerprints: List[dict], num_shards: int, runner: str):
     """Add the tokenization transforms to `p`; returns the manifest PCollection."""
     dl_shards = max(1, min(num_shards, 8))
@@ -360,12 +360,12 @@ def make_pipeline(beam_args: Optional[List[str]] = None):
     return beam.Pipeline(runner=FnApiRunner(), options=options), f"FnApiRunner({mode})"
 
 
-def run(opts: core.TokenizeOptions, beam_args: Optional[List[str]] = None) -> dict:
+def run(opts: plan.TokenizeOptions, beam_args: Optional[List[str]] = None) -> dict:
     """Plan (fail fast on bad inputs), build and run the job; returns the manifest."""
-    specs, extra = core.plan_inputs(opts)
-    num_shards = opts.num_shards or core.auto_shards(specs)
-    fingerprints = core.fingerprints(specs)
-    with core.staged_output(opts, "ptum tokenize") as staged:
+    specs, extra = plan.plan_inputs(opts)
+    num_shards = opts.num_shards or plan.auto_shards(specs)
+    fingerprints = plan.fingerprints(specs)
+    with sink.staged_output(opts, "ptum tokenize") as staged:
         p, runner = make_pipeline(beam_args)
         build(p, staged, specs, extra, fingerprints, num_shards, runner)
         run_pipeline(p)
