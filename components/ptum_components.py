@@ -233,10 +233,7 @@ def ValidationGate(  # noqa: N802
     (0 turns drift off), measured only when both sides read as many spans (like with like).
     Writes a readable report (also to `report_dir`: TFX removes the outputs of a failed
     execution)."""
-    from tensorflow_metadata.proto.v0 import anomalies_pb2
-
-    from ptum.data import contracts
-    from ptum.data import checks
+    from ptum.data import checks, contracts
 
     manifest = contracts.open_dataset(os.path.join(dataset.uri, DATASET_SUBDIR)).manifest
     c = manifest["counts"]
@@ -254,6 +251,32 @@ def ValidationGate(  # noqa: N802
             p["by_reason_in_window"] = {k: v for k, v in c["events_dead_lettered"]["by_reason"].items() if v}
     if oov_rate > max_oov_rate:
         problems.append({"kind": "oov", "rate": oov_rate, "threshold": max_oov_rate})
+    problems += _schema_problems(anomalies)
+    window_spans = int(span_checks.get("window_spans", 1))
+    drift, drift_problems = _drift_check(statistics, baseline_statistics, baseline_report, schema, window_spans,
+                                         json.loads(drift_features), max_drift)
+    problems += drift_problems
+    span = dataset.get_int_custom_property("span")
+    text = {"passed": not problems, "problems": problems, "deadletter_rate": dl_rate, "oov_rate": oov_rate,
+            "newest_span": newest, "window_spans": window_spans, "id_columns": span_checks.get("ids"),
+            "drift": drift, "counts": c, "dataset": dataset.uri, "span": span,
+            "vocabulary": dataset.get_string_custom_property("vocab_source")}
+    lines = _report_lines(text, newest, max_deadletter_rate, max_oov_rate, min_item_overlap, max_drift)
+    folder, stem = _write_report(report.uri, report_dir, span, text, lines)
+    report.set_int_custom_property("passed", int(not problems))
+    report.set_int_custom_property("span", span)
+    report.set_int_custom_property("statistics_id", statistics.id)
+    report.set_int_custom_property("window_spans", window_spans)
+    if problems:
+        raise RuntimeError("data validation failed; the run stops before training:\n" + "\n".join(lines) +
+                           f"\nreport: {os.path.join(folder, stem + '.txt')}")
+
+
+def _schema_problems(anomalies) -> list:
+    """TFDV's schema anomalies of the train and eval splits, one problem per feature."""
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    problems = []
     for split in ("train", "eval"):
         path = os.path.join(anomalies.uri, f"Split-{split}", "SchemaDiff.pb")
         if not os.path.exists(path):
@@ -263,8 +286,14 @@ def ValidationGate(  # noqa: N802
         for feature, info in a.anomaly_info.items():
             problems.append({"kind": "schema", "split": split, "feature": feature,
                              "description": info.description or info.short_description})
+    return problems
+
+
+def _drift_check(statistics, baseline_statistics, baseline_report, schema, window_spans: int, features,
+                 max_drift: float):
+    """(what was measured, problems): drift against the last validated span, only like with
+    like (both windows read as many spans); max_drift 0 turns it off."""
     drift = {"checked": False}
-    window_spans = int(span_checks.get("window_spans", 1))
     baseline_spans = None
     if baseline_report is not None and "window_spans" in baseline_report.mlmd_artifact.custom_properties:
         baseline_spans = baseline_report.get_int_custom_property("window_spans")
@@ -272,36 +301,41 @@ def ValidationGate(  # noqa: N802
         drift["why_not"] = (f"not like with like: the baseline's window held {baseline_spans} span(s), this "
                             f"run's {window_spans}")
     elif baseline_statistics is not None and max_drift > 0:
-        measured, drift_problems = _drift(statistics, baseline_statistics, schema, json.loads(drift_features),
-                                          max_drift)
-        drift = {"checked": True, "against_span": baseline_statistics.span, "threshold": max_drift,
-                 "features": measured}
-        problems += drift_problems
+        measured, problems = _drift(statistics, baseline_statistics, schema, features, max_drift)
+        return {"checked": True, "against_span": baseline_statistics.span, "threshold": max_drift,
+                "features": measured}, problems
     elif max_drift > 0:
         drift["why_not"] = "no validated earlier span"
-    span = dataset.get_int_custom_property("span")
-    text = {"passed": not problems, "problems": problems, "deadletter_rate": dl_rate, "oov_rate": oov_rate,
-            "newest_span": newest, "window_spans": window_spans, "id_columns": span_checks.get("ids"),
-            "drift": drift, "counts": c, "dataset": dataset.uri, "span": span,
-            "vocabulary": dataset.get_string_custom_property("vocab_source")}
-    lines = [f"validation {'passed' if not problems else 'FAILED'} for span {span} ({dataset.uri})",
-             f"  newest span's dead-letter rate {dl_rate:.4f} (max {max_deadletter_rate}; {newest['files']} file(s)), "
-             f"OOV rate {oov_rate:.4f} (max {max_oov_rate})",
+    return drift, []
+
+
+def _report_lines(text: dict, newest: dict, max_deadletter_rate: float, max_oov_rate: float,
+                  min_item_overlap: float, max_drift: float) -> list:
+    """The validation report a person reads (validation_report.txt)."""
+    lines = [f"validation {'passed' if text['passed'] else 'FAILED'} for span {text['span']} ({text['dataset']})",
+             f"  newest span's dead-letter rate {text['deadletter_rate']:.4f} (max {max_deadletter_rate}; {newest['files']} file(s)), "
+             f"OOV rate {text['oov_rate']:.4f} (max {max_oov_rate})",
              f"  vocabulary: {text['vocabulary']}"]
-    if span_checks.get("ids"):
-        ids = span_checks["ids"]
+    if text["id_columns"]:
+        ids = text["id_columns"]
         lines.append(f"  id columns vs the blessed model's data: items known {ids['item_overlap']:.3f} "
                      f"(min {min_item_overlap}), user ids that are its items {ids['users_known_as_items']:.3f} / "
                      f"its users {ids['users_known_as_users']:.3f}, items per user {ids['items_per_user']:.3f} "
                      f"(blessed {ids['blessed_items_per_user']:.3f})")
-    if drift.get("why_not"):
-        lines.append(f"  drift not measured: {drift['why_not']}")
-    if drift["checked"]:
-        lines.append(f"  drift vs span {drift['against_span']} (Jensen-Shannon, max {max_drift}): " +
-                     ", ".join(f"{k} {v['jensen_shannon_divergence']:.4f}" for k, v in sorted(drift["features"].items())))
-    lines += [f"  - {p['kind']}: {p['reason']}" if "reason" in p else f"  - {json.dumps(p)}" for p in problems]
+    if text["drift"].get("why_not"):
+        lines.append(f"  drift not measured: {text['drift']['why_not']}")
+    if text["drift"]["checked"]:
+        lines.append(f"  drift vs span {text['drift']['against_span']} (Jensen-Shannon, max {max_drift}): " +
+                     ", ".join(f"{k} {v['jensen_shannon_divergence']:.4f}" for k, v in sorted(text["drift"]["features"].items())))
+    lines += [f"  - {p['kind']}: {p['reason']}" if "reason" in p else f"  - {json.dumps(p)}" for p in text["problems"]]
+    return lines
+
+
+def _write_report(uri: str, report_dir: str, span: int, text: dict, lines: list):
+    """The report as JSON and text into the artifact and, when set, `report_dir` (TFX removes
+    the outputs of a failed execution); returns (folder, stem) of the last copy."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    targets = [(report.uri, "validation_report")]
+    targets = [(uri, "validation_report")]
     if report_dir:
         targets.append((report_dir, f"span-{span}-{stamp}"))
     for folder, stem in targets:
@@ -310,14 +344,7 @@ def ValidationGate(  # noqa: N802
             json.dump(text, f, indent=2)
         with open(os.path.join(folder, stem + ".txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
-    report.set_int_custom_property("passed", int(not problems))
-    report.set_int_custom_property("span", span)
-    report.set_int_custom_property("statistics_id", statistics.id)
-    report.set_int_custom_property("window_spans", window_spans)
-    if problems:
-        folder, stem = targets[-1]
-        raise RuntimeError("data validation failed; the run stops before training:\n" + "\n".join(lines) +
-                           f"\nreport: {os.path.join(folder, stem + '.txt')}")
+    return targets[-1]
 
 
 def _model_dir(model_artifact) -> str:

@@ -131,6 +131,8 @@ def _probe_parameters(probe: dict) -> dict:
             "min_probe_auc": float(probe.get("min_auc", 0.0))}
 
 
+# Long on purpose: the DAG reads top to bottom in the order it runs, each component wired where
+# it stands (splitting it would scatter one picture over several functions).
 def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
     """`resolvers`: "earlier-span" (the vocabulary / warm-start model and the drift baseline come
     from spans before this one; re-runs of a span hit the cache) or "latest" (the latest blessed

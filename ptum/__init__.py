@@ -3,9 +3,10 @@
 The public API (see `ptum.api`), importable in one line:
 
     import ptum
-    data = ptum.tokenize(events, "data/")
-    model = ptum.pretrain("demo", data, "model/")
-    ptum.evaluate(model, data)
+
+    data = ptum.tokenize("logs/events.csv", "sequences/")         # files, a DataFrame or an Arrow table
+    model = ptum.pretrain("demo", data, "user-model/", overrides=["train.epochs=1"])
+    metrics = ptum.evaluate(model, data)                          # next-item metrics on the test split
 
 `import ptum` stays light: the API is loaded on first use, and TensorFlow, JAX, Beam and TFX
 only by the calls that need them.

@@ -1,13 +1,14 @@
 """The public API: everything a notebook or a script needs, re-exported as `ptum.<name>`.
+README, "Python API", walks through every call on logs; here, opening what the CLI wrote:
 
     import ptum
 
-    data = ptum.tokenize(events_df, "data/", items="items.csv")     # a DataFrame, Arrow table or files
-    model = ptum.pretrain("demo", data, "model/")                     # a preset, YAML file, dict or PTUMConfig
-    ptum.evaluation.ranking(model, data, split="test")                          # {"ndcg@10": ..., "recall@10": ...}
-    users, vectors = ptum.embed_users(model, data)
-    ptum.training.finetune(model, data, labels_df, "gender/", label_column="gender")
-    ptum.export_model(model, "serving/user_model")                    # a TF Serving version folder
+    data = ptum.load_dataset("data/")                  # a dataset folder from `ptum tokenize`
+    model = ptum.load_model("model/")                  # a model folder from `ptum pretrain`
+    print(model)                                       # ptum.Model('model/', best epoch ..., valid ...)
+    metrics = ptum.evaluate(model, data, split="test")
+    users, vectors = ptum.embed_users(model, data)     # the user embeddings, one row per user
+    config = ptum.load_config("model/config.json")     # the config it was trained with
 
 Everything runs in this process (tokenization with pyarrow, the same transform the Beam job
 distributes; training with Keras on the backend KERAS_BACKEND names). `import ptum` stays
@@ -240,4 +241,5 @@ def export_model(model, output, version: Optional[int] = None) -> str:
     """A TF Serving SavedModel version folder `<output>/<version>/` (TensorFlow needed); its path."""
     from ptum.serving.saved_model import export_saved_model
 
-    return export_saved_model(_model_path(model), os.fspath(output), version=version)
+    with _keras_state_restored():   # the export loads and traces the model
+        return export_saved_model(_model_path(model), os.fspath(output), version=version)

@@ -187,6 +187,42 @@ def test_a_new_circle_is_found(tmp_path):
     assert ["ptum.data.one", "ptum.data.two"] in find_cycles(import_graph(modules))
 
 
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 600, 80
+LONG_ON_PURPOSE = "# Long on purpose:"
+
+
+def oversized(modules=MODULES):
+    """Modules over MAX_MODULE_LINES; functions over MAX_FUNCTION_LINES whose definition is not
+    preceded by a comment starting with LONG_ON_PURPOSE (the reason, written beside it)."""
+    out = []
+    for mod, path in sorted(modules.items()):
+        with open(path) as f:
+            text = f.read()
+        lines = text.splitlines()
+        if len(lines) > MAX_MODULE_LINES:
+            out.append(f"{path}: {len(lines)} lines (max {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(text, path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                above, i = [], first - 2
+                while i >= 0 and lines[i].lstrip().startswith("#"):     # the comment block above it
+                    above.append(lines[i].lstrip())
+                    i -= 1
+                if size > MAX_FUNCTION_LINES and not any(c.startswith(LONG_ON_PURPOSE) for c in above):
+                    out.append(f"{path}:{node.lineno} {node.name}: {size} lines (max {MAX_FUNCTION_LINES}, "
+                               f"or a '{LONG_ON_PURPOSE} ...' comment above it)")
+    return out
+
+
+def test_modules_and_functions_stay_small(tmp_path):
+    assert oversized() == []
+    big = tmp_path / "big.py"
+    body = "".join(f"    x{i} = {i}\n" for i in range(90))
+    big.write_text(f"def f():\n{body}\n\n{LONG_ON_PURPOSE} one table\ndef g():\n{body}")
+    assert [line.split(": ")[0] for line in oversized({"fake": str(big)})] == [f"{big}:1 f"]
+
+
 @pytest.mark.parametrize("module", ["ptum.training.pretrain", "components.ptum_components"])
 def test_function_level_imports_are_collected(module):
     # Both modules import the library inside functions; the checker must see those lines.

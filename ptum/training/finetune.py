@@ -274,131 +274,167 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
              n_classes: int, train: np.ndarray, valid: np.ndarray, cand: Optional[np.ndarray] = None,
              log: Callable[[str], None] = print):
     """Train the head (and the encoder in full mode) with `fit`; early-stop on validation
-    log-loss (callbacks in ptum.training.callbacks).
+    log-loss (callbacks in ptum.training.callbacks). Two phases share the best weights: the
+    head alone on the frozen encoder, then (full mode) encoder and head together.
 
-    Returns (model, validation metrics, history)."""
-    import time
-
+    Returns (model, validation metrics, history, predict)."""
     import keras
 
-    from ptum.training.callbacks import History, KeepBest, NaNGuard, ValidationMetrics
-    from ptum.training.callbacks import epoch_line
-
     keras.utils.set_random_seed(cfg.seed)
-    task = cfg.task
-    width, buckets, tb = meta["max_len"], meta["length_buckets"], meta["time_buckets"]
-    head_epochs = cfg.head_epochs if cfg.mode == "full" else max(cfg.head_epochs, cfg.epochs)
-    # The frozen encoder's embeddings of the training users, computed once: the head phase
-    # trains on them and the standardisation takes their moments.
-    u_train = embed_rows(encoder, rows, row_idx[train], width, buckets, tb) if (head_epochs or cfg.standardize) \
-        else None
-    mean = var = None
-    if cfg.standardize:
-        mean, var = u_train.mean(axis=0, dtype=np.float64), np.maximum(u_train.var(axis=0, dtype=np.float64), 1e-8)
-    model = build_finetune_model(encoder, n_classes if task == "classify" else 1, cfg, task, mean=mean,
-                                 variance=var, n_train=len(train))
-    counts = np.bincount(y[train], minlength=n_classes if task == "classify" else 2).astype(np.float64)
-    if cfg.class_weight == "balanced":
-        cw = len(train) / (len(counts) * np.maximum(counts, 1))
-    else:
-        cw = np.ones(len(counts))
-    weights = cw[y].astype(np.float32)
-    c_train = cand[train] if cand is not None else None
-    data = _FitData(rows, row_idx[train], c_train, y[train], weights[train], width, buckets, tb,
-                    cfg.batch_size, cfg.seed)
-    loss = keras.losses.SparseCategoricalCrossentropy() if task == "classify" else keras.losses.BinaryCrossentropy()
+    run = _Finetuning(encoder, meta, rows, cfg, row_idx, y, n_classes, train, valid, cand, log)
+    encoder.trainable = False
+    if run.head_epochs:
+        run.head_phase()
+    if cfg.mode == "full" and cfg.epochs:
+        run.full_phase()
+    if len(valid) and run.best["weights"] is not None:
+        run.model.set_weights(run.best["weights"])
+    encoder.trainable = True
+    final = classification_metrics(y[valid], run.predict(valid), max(n_classes, 2)) if len(valid) else {}
+    return run.model, final, run.history, run.predict
 
-    def predict(idx):
-        out = np.zeros((len(idx), n_classes if task == "classify" else 2), np.float32)
-        c = cand[idx] if cand is not None else None
-        for sel, b in _batches(rows, row_idx[idx], c, width, buckets, tb, 256):
-            p = np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(b)), np.float32)
-            out[sel] = p if task == "classify" else np.concatenate([1 - p, p], axis=1)
+
+class _Finetuning:
+    """One fine-tuning run: the model built on the encoder, the class weights, the batches,
+    the early-stopping state both phases share, and the two phases."""
+
+    def __init__(self, encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.ndarray, y: np.ndarray,
+                 n_classes: int, train: np.ndarray, valid: np.ndarray, cand: Optional[np.ndarray], log):
+        import keras
+
+        self.encoder, self.rows, self.cfg, self.row_idx, self.y = encoder, rows, cfg, row_idx, y
+        self.n_classes, self.train, self.valid, self.cand, self.log = n_classes, train, valid, cand, log
+        task = self.task = cfg.task
+        self.width, self.buckets, self.tb = meta["max_len"], meta["length_buckets"], meta["time_buckets"]
+        width, buckets, tb = self.width, self.buckets, self.tb
+        self.head_epochs = cfg.head_epochs if cfg.mode == "full" else max(cfg.head_epochs, cfg.epochs)
+        # The frozen encoder's embeddings of the training users, computed once: the head phase
+        # trains on them and the standardisation takes their moments.
+        self.u_train = embed_rows(encoder, rows, row_idx[train], width, buckets, tb) \
+            if (self.head_epochs or cfg.standardize) else None
+        mean = var = None
+        if cfg.standardize:
+            mean = self.u_train.mean(axis=0, dtype=np.float64)
+            var = np.maximum(self.u_train.var(axis=0, dtype=np.float64), 1e-8)
+        self.model = build_finetune_model(encoder, n_classes if task == "classify" else 1, cfg, task, mean=mean,
+                                          variance=var, n_train=len(train))
+        counts = np.bincount(y[train], minlength=n_classes if task == "classify" else 2).astype(np.float64)
+        if cfg.class_weight == "balanced":
+            cw = len(train) / (len(counts) * np.maximum(counts, 1))
+        else:
+            cw = np.ones(len(counts))
+        self.weights = cw[y].astype(np.float32)
+        c_train = cand[train] if cand is not None else None
+        self.data = _FitData(rows, row_idx[train], c_train, y[train], self.weights[train], width, buckets, tb,
+                             cfg.batch_size, cfg.seed)
+        self.loss = keras.losses.SparseCategoricalCrossentropy() if task == "classify" \
+            else keras.losses.BinaryCrossentropy()
+        self.history: List[dict] = []
+        # Shared by both phases: fine-tuning keeps the probe unless it beats the probe's best.
+        self.best = {"best": float("inf"), "best_epoch": -1, "wait": 0, "weights": None}
+        self.n_batches = -(-len(train) // cfg.batch_size)
+
+    def target(self, yb):
+        return yb if self.task == "classify" else yb.astype(np.float32)[:, None]
+
+    def predict(self, idx):
+        import keras
+
+        out = np.zeros((len(idx), self.n_classes if self.task == "classify" else 2), np.float32)
+        c = self.cand[idx] if self.cand is not None else None
+        for sel, b in _batches(self.rows, self.row_idx[idx], c, self.width, self.buckets, self.tb, 256):
+            p = np.asarray(keras.ops.convert_to_numpy(self.model.predict_on_batch(b)), np.float32)
+            out[sel] = p if self.task == "classify" else np.concatenate([1 - p, p], axis=1)
         return out
 
-    history: List[dict] = []
+    def valid_metrics(self, prob):
+        return classification_metrics(self.y[self.valid], prob, max(self.n_classes, 2))
 
-    def valid_metrics(prob):
-        return classification_metrics(y[valid], prob, max(n_classes, 2))
+    def callbacks(self, validate: Callable[[], np.ndarray], phase: str, line) -> list:
+        """Validation, the NaN guard, early stopping on the validation log-loss (without
+        validation users the latest epoch is best) keeping the whole model's weights, also while
+        only its head trains, and the history."""
+        from ptum.training.callbacks import History, KeepBest, NaNGuard, ValidationMetrics
 
-    # Shared by both phases: fine-tuning keeps the probe unless it beats the probe's best.
-    best = {"best": float("inf"), "best_epoch": -1, "wait": 0, "weights": None}
+        history, best, model = self.history, self.best, self.model
+        return [ValidationMetrics((lambda _: self.valid_metrics(validate())) if len(self.valid) else None),
+                NaNGuard(what="fine-tuning loss", epoch_number=lambda _: len(history) + 1),
+                KeepBest("val_log_loss", best, self.cfg.patience, lower_is_better=True, min_delta=1e-6,
+                         keep=lambda _: best.update(weights=[np.array(v) for v in model.get_weights()]),
+                         missing=lambda: -(len(history) + 1)),
+                History(history, phase, line)]
 
-    def keep_best():
-        """Early stopping on the validation log-loss (without validation users the latest epoch
-        is best) keeping the whole model's weights, also while only its head trains."""
-        return KeepBest("val_log_loss", best, cfg.patience, lower_is_better=True, min_delta=1e-6,
-                        keep=lambda _: best.update(weights=[np.array(v) for v in model.get_weights()]),
-                        missing=lambda: -(len(history) + 1))
-    guard = NaNGuard(what="fine-tuning loss", epoch_number=lambda _: len(history) + 1)
-    target = (lambda yb: yb) if task == "classify" else (lambda yb: yb.astype(np.float32)[:, None])
-    n_batches = -(-len(train) // cfg.batch_size)
-    # Phase 1, the head alone on the frozen encoder: its embeddings are fixed, so they are
-    # computed once and the head trains on them (a linear probe trained to convergence, then
-    # fine-tuning from there: LP-FT, Kumar et al. 2022).
-    encoder.trainable = False
-    if head_epochs:
+    def head_phase(self) -> None:
+        """The head alone on the frozen encoder: its embeddings are fixed, so they are computed
+        once and the head trains on them (a linear probe trained to convergence, then
+        fine-tuning from there: LP-FT, Kumar et al. 2022)."""
+        import keras
+
         from ptum.model.heads import HeadOnly
-        head = HeadOnly(model)
-        head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss)
-        cached = {"train": {"u": u_train}, "valid": {"u": embed_rows(encoder, rows, row_idx[valid], width, buckets, tb)}}
+
+        cfg, train, valid, cand, encoder = self.cfg, self.train, self.valid, self.cand, self.encoder
+        head = HeadOnly(self.model)
+        head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=self.loss)
+        cached = {"train": {"u": self.u_train},
+                  "valid": {"u": embed_rows(encoder, self.rows, self.row_idx[valid], self.width, self.buckets,
+                                            self.tb)}}
         if cand is not None:
             table = np.asarray(keras.ops.convert_to_numpy(encoder.item_table(training=False)), np.float32)
             cached["train"]["item"], cached["valid"]["item"] = table[cand[train]], table[cand[valid]]
         rng = np.random.default_rng([cfg.seed, 1 << 20])
-        ytr, wtr = y[train], weights[train]
+        ytr, wtr = self.y[train], self.weights[train]
 
         def head_epoch(_):
             perm = rng.permutation(len(train))
             for s in range(0, len(perm), cfg.batch_size):
                 sel = perm[s:s + cfg.batch_size]
-                yield {k: v[sel] for k, v in cached["train"].items()}, target(ytr[sel]), wtr[sel]
+                yield {k: v[sel] for k, v in cached["train"].items()}, self.target(ytr[sel]), wtr[sel]
 
         def head_valid():
             p = np.asarray(keras.ops.convert_to_numpy(head.predict_on_batch(cached["valid"])), np.float32)
-            return p if task == "classify" else np.concatenate([1 - p, p], 1)
+            return p if self.task == "classify" else np.concatenate([1 - p, p], 1)
 
         def head_line(epoch, logs):
             if (epoch % 20 == 0 or head.stop_training) and "val_auc" in logs:
-                log(f"head epoch {epoch}/{head_epochs}: loss {logs['loss']:.4f}  valid auc {logs['val_auc']:.4f}")
+                self.log(f"head epoch {epoch}/{self.head_epochs}: loss {logs['loss']:.4f}  "
+                         f"valid auc {logs['val_auc']:.4f}")
 
-        _fit(head, head_epoch, head_epochs, n_batches, [
-            ValidationMetrics((lambda _: valid_metrics(head_valid())) if len(valid) else None), guard,
-            keep_best(), History(history, "head", head_line)])
-    # Phase 2 (full mode): encoder and head together, at encoder_lr_scale x the learning rate.
-    if cfg.mode == "full" and cfg.epochs:
-        if best["weights"] is not None:         # fine-tuning starts from the best probe
-            model.set_weights(best["weights"])
-        best["wait"] = 0                         # its own patience; the probe's best stands
+        _fit(head, head_epoch, self.head_epochs, self.n_batches, self.callbacks(head_valid, "head", head_line))
+
+    def full_phase(self) -> None:
+        """Encoder and head together, at encoder_lr_scale x the learning rate, from the best probe."""
+        import time
+
+        import keras
+
+        from ptum.training.callbacks import epoch_line
+
+        cfg, model, encoder = self.cfg, self.model, self.encoder
+        if self.best["weights"] is not None:         # fine-tuning starts from the best probe
+            model.set_weights(self.best["weights"])
+        self.best["wait"] = 0                         # its own patience; the probe's best stands
         encoder.trainable = True
         # What the embedding does not read (pre-training's scoring tables) stays as it is.
         off_path = list(getattr(encoder, "off_embedding_path", lambda: [])())
         for v in off_path:
             v.trainable = False
-        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate * cfg.encoder_lr_scale), loss=loss)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate * cfg.encoder_lr_scale), loss=self.loss)
         t0 = time.time()
 
         def full_epoch(e):
-            for b, yb, wb in data.epoch(e):
-                yield b, target(yb), wb
+            for b, yb, wb in self.data.epoch(e):
+                yield b, self.target(yb), wb
 
         def full_line(epoch, logs):
-            log(epoch_line(epoch, cfg.epochs, time.time() - t0, loss=logs["loss"],
-                           **({"valid_auc": logs["val_auc"]} if "val_auc" in logs else {})))
+            self.log(epoch_line(epoch, cfg.epochs, time.time() - t0, loss=logs["loss"],
+                                **({"valid_auc": logs["val_auc"]} if "val_auc" in logs else {})))
 
-        _fit(model, full_epoch, cfg.epochs, n_batches, [
-            ValidationMetrics((lambda _: valid_metrics(predict(valid))) if len(valid) else None), guard,
-            keep_best(), History(history, "full", full_line)])
+        _fit(model, full_epoch, cfg.epochs, self.n_batches,
+             self.callbacks(lambda: self.predict(self.valid), "full", full_line))
         for v in off_path:
             v.trainable = True
-    if len(valid) and best["weights"] is not None:
-        model.set_weights(best["weights"])
-    encoder.trainable = True
-    final = classification_metrics(y[valid], predict(valid), max(n_classes, 2)) if len(valid) else {}
-    return model, final, history, predict
 
 
-# ------------------------------------------------------------------ the CLI's run
 def run(pretrained: str, data: str, labels_path: str, output: str, cfg: FinetuneConfig,
         label_column: Optional[str] = None, from_scratch: bool = False,
         log: Callable[[str], None] = print) -> dict:
