@@ -32,11 +32,10 @@ def main() -> None:
     ap.add_argument("--models-dir", default=None, help="default: <work>/models")
     ap.add_argument("--run", action="append", required=True, help="NAME=CONFIG[,section.key=value...]")
     args = ap.parse_args()
-    from ptum.evaluation.ranking import evaluate_model
     from ptum.config import PTUMConfig
+    from ptum.data.ingest import plan, job
+    from ptum.evaluation.ranking import evaluate_model
     from ptum.training.pretrain import pretrain
-    from ptum.data.ingest import plan
-    from ptum.data.ingest import job
 
     data = os.path.join(args.work, "data")
     if not os.path.exists(os.path.join(data, "manifest.json")):

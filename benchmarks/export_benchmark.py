@@ -40,12 +40,12 @@ def main() -> None:
 
     from ptum.config import PTUMConfig
     from ptum.data.contracts import open_dataset
-    from ptum.serving.saved_model import export_saved_model
     from ptum.data.features import row_to_example
     from ptum.data.generate import generate
-    from ptum.training.pretrain import pretrain
-    from ptum.serving import export_embeddings
     from ptum.data.ingest import plan, reference
+    from ptum.serving import export_embeddings
+    from ptum.serving.saved_model import export_saved_model
+    from ptum.training.pretrain import pretrain
 
     logs, data, model = (os.path.join(args.work, x) for x in ("logs", "data", "model"))
     if not os.path.exists(os.path.join(logs, "events.csv")):

@@ -103,8 +103,8 @@ def main() -> None:
     from ptum.data.contracts import open_dataset
     from ptum.training.finetune import (FinetuneConfig, classification_metrics, finetune, join_labels, latest_rows,
                                  load_encoder, read_table)
-    from ptum.training.pretrain import pretrain
     from ptum.data.ingest import plan, reference
+    from ptum.training.pretrain import pretrain
 
     t_start = time.time()
     data = os.path.join(args.work, "data")

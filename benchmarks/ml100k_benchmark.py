@@ -35,11 +35,11 @@ def main() -> None:
     args = ap.parse_args()
     from concurrent.futures import ThreadPoolExecutor
 
-    from ptum.evaluation.ranking import evaluate_model
     from ptum.config import PTUMConfig
     from ptum.data.contracts import open_dataset
-    from ptum.training.pretrain import pretrain
     from ptum.data.ingest import plan, reference
+    from ptum.evaluation.ranking import evaluate_model
+    from ptum.training.pretrain import pretrain
 
     data = os.path.join(args.work, "data")
     if not os.path.exists(os.path.join(data, "manifest.json")):

@@ -42,11 +42,10 @@ def main() -> None:
     ap.add_argument("--note", default="", help="how the run went (added to the result's notes)")
     args = ap.parse_args()
     from ptum.config import PTUMConfig
-    from ptum.data.contracts import open_dataset
     from ptum.data.batches import Rows
+    from ptum.data.contracts import open_dataset
+    from ptum.data.ingest import plan, job
     from ptum.training.pretrain import pretrain
-    from ptum.data.ingest import plan
-    from ptum.data.ingest import job
 
     data = os.path.join(args.work, "data")
     if not os.path.exists(os.path.join(data, "manifest.json")):

@@ -56,8 +56,7 @@ def main() -> None:
                     help="FnApiRunner modes: in_memory, multi_processing")
     ap.add_argument("--work", default="benchmarks/work/tokenize")
     args = ap.parse_args()
-    from ptum.data.ingest import plan, reference
-    from ptum.data.ingest import job
+    from ptum.data.ingest import plan, reference, job
 
     base_csv = base_log(args.work)
     rows = []

@@ -105,9 +105,8 @@ def SequenceIngestion(  # noqa: N802 (TFX component names are classes)
     Inputs: `input_paths` (a JSON list, resolved when the pipeline was built: the local and
     Airflow runners, whose resolvers need the span then), or else `input_pattern` with its
     spans resolved here, at run time (`span` -1: the latest; Kubeflow V2 / Vertex)."""
-    from ptum.data.ingest import plan
+    from ptum.data.ingest import plan, job
     from ptum.data.spans import window_files
-    from ptum.data.ingest import job
 
     paths = json.loads(input_paths)
     if not paths:
@@ -158,8 +157,7 @@ def _span_checks(manifest, output, pattern, span, window, paths, blessed_data, o
     """What the ValidationGate judges the newest span on: its own files' dead letters, how many
     spans the window held (drift compares like with like), and its id columns against the
     blessed model's dataset (when there is one)."""
-    from ptum.data import contracts
-    from ptum.data import checks
+    from ptum.data import contracts, checks
     from ptum.data.ingest import plan
     from ptum.data.spans import span_files
 

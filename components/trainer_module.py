@@ -55,8 +55,8 @@ def dataset_path(fn_args) -> str:
 
 def run_fn(fn_args) -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from ptum.data import contracts
     from ptum.config import PTUMConfig
+    from ptum.data import contracts
     from ptum.serving.saved_model import export_saved_model, stamp_version
     from ptum.training.pretrain import pretrain_rows
 

@@ -32,8 +32,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ptum.data import contracts
 from ptum.config import PTUMConfig
+from ptum.data import contracts
 
 __all__ = ["Model", "tokenize", "load_dataset", "load_config", "pretrain", "load_model", "evaluate",
            "embed_users", "finetune", "export_model"]

@@ -20,8 +20,8 @@ def _cmd_generate(a) -> int:
 
 
 def tokenize_options(a):
-    from ptum.data.ingest.plan import TokenizeOptions
     from ptum.data.ingest.formats import Columns
+    from ptum.data.ingest.plan import TokenizeOptions
 
     return TokenizeOptions(
         inputs=a.input, format=a.format, output=a.output,

@@ -151,8 +151,8 @@ def _evaluate(a) -> int:
 
 def _export_model(a) -> int:
     _keras_backend_default()
-    from ptum.serving.saved_model import export_saved_model
     from ptum.model.saving import ModelError
+    from ptum.serving.saved_model import export_saved_model
 
     try:
         path = export_saved_model(a.model, a.output, version=a.version)
@@ -228,8 +228,8 @@ def _export_embeddings(a, extra) -> int:
 def _finetune(a) -> int:
     _keras_backend_default()
     from ptum.data.contracts import DatasetError
-    from ptum.training.finetune import FinetuneConfig, LabelError, run
     from ptum.model.saving import ModelError
+    from ptum.training.finetune import FinetuneConfig, LabelError, run
 
     from ptum.config import ConfigError, read_yaml
 
@@ -247,8 +247,8 @@ def _finetune(a) -> int:
 
 def _pipeline(a) -> int:
     _keras_backend_default()
-    from ptum.config import ConfigError
     from pipelines.tfx_pipeline import PipelineConfig, PipelineInterrupted, run_local, summarize
+    from ptum.config import ConfigError
 
     try:
         cfg = PipelineConfig.load(a.config)
@@ -276,8 +276,8 @@ def _demo(a, extra) -> int:
     _keras_backend_default()
     import yaml
 
-    from ptum.data.generate import generate
     from pipelines.tfx_pipeline import PipelineConfig, run_local
+    from ptum.data.generate import generate
 
     workdir = os.path.abspath(a.workdir)
     logs = os.path.join(workdir, "logs", "span-1")

@@ -14,8 +14,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from ptum.data import contracts
 from ptum.config import ModelConfig
+from ptum.data import contracts
 from ptum.model.layers import AttentivePooling, TitleEncoder, TransformerBlock
 
 NEG_INF = -1e9

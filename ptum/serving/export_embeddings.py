@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from ptum.data import contracts
 from ptum import fs
+from ptum.data import contracts
 from ptum.data.ingest import formats, reader, sink
 
 EMBEDDINGS_DIR = "embeddings"
@@ -262,8 +262,8 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
     `expected_sha256`: the SavedModel's digest from a trusted record (the pusher's MLMD
     property, `ptum export-model`'s output); without it the model is checked against the
     digest in its own metadata only (integrity, not trust)."""
-    from ptum.serving.saved_model import UntrustedModel, verify_saved_model
     from ptum.data.ingest.job import make_pipeline, run_pipeline
+    from ptum.serving.saved_model import UntrustedModel, verify_saved_model
 
     ds = contracts.open_dataset(data)
     saved, exported_digest = resolve_saved_model(model, output)

@@ -19,9 +19,9 @@ import numpy as np
 
 from pydantic import Field
 
-from ptum.data import contracts
 from ptum import fs
 from ptum.config import Bool, Float, Int, Section
+from ptum.data import contracts
 from ptum.data.batches import Rows, pad_batch
 
 

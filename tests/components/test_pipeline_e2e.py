@@ -55,8 +55,8 @@ def _edited_span(root, source: int, span: int, edit) -> None:
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
-    from ptum.data.generate import generate
     from pipelines.tfx_pipeline import PipelineConfig, run_local, summarize
+    from ptum.data.generate import generate
 
     root = tmp_path_factory.mktemp("tfx")
     for span, seed, bad in ((1, 1, 0.0), (2, 2, 0.0), (3, 3, 0.12), (6, 6, 0.0)):

@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ptum.data import contracts
-from ptum.data.ingest import plan
-from ptum.data.ingest import job
+from ptum.data.ingest import plan, job
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 MULTI_PROCESSING = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]

@@ -8,10 +8,9 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from ptum.data import contracts
 from ptum import fs
-from ptum.data.ingest import plan, reference
-from ptum.data.ingest import job
+from ptum.data import contracts
+from ptum.data.ingest import plan, reference, job
 
 STORE = "teststore://bucket"
 
@@ -70,8 +69,8 @@ def test_tokenize_reads_and_writes_an_object_store(store, datasets):
 
 
 def test_pretrain_from_and_export_to_an_object_store(store, datasets, tmp_path):
-    from ptum.serving.export_embeddings import read_embeddings, run
     from ptum.config import PTUMConfig
+    from ptum.serving.export_embeddings import read_embeddings, run
     from ptum.serving.saved_model import export_saved_model
     from ptum.training.pretrain import pretrain
 

@@ -3,9 +3,8 @@ diluted by the window, and swapped id columns are told apart from a clean span w
 users, on generated logs and on integer ids (where user and item ids share one range)."""
 import csv
 
-from ptum.data import contracts
+from ptum.data import contracts, checks
 from ptum.data.generate import generate
-from ptum.data import checks
 from ptum.data.ingest import plan, reference
 
 LIMITS = dict(max_deadletter_rate=0.05, min_item_overlap=0.5, max_id_crossing=0.2, max_id_ratio_change=3.0)

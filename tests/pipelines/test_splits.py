@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ptum.data import contracts
-from ptum.data.ingest import formats, plan, reader, reference
-from ptum.data.ingest import job
+from ptum.data.ingest import formats, plan, reader, reference, job
 
 
 def _read(opts, split_bytes):

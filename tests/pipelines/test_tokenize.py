@@ -13,8 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ptum.data import contracts
-from ptum.data.ingest import plan, reference, sink
-from ptum.data.ingest import job
+from ptum.data.ingest import plan, reference, sink, job
 from ptum.data.ingest.formats import Columns, InputError
 
 

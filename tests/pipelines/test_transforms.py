@@ -6,8 +6,7 @@ import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from ptum.data.ingest import plan, sessions, sink, vocabulary
-from ptum.data.ingest import job
+from ptum.data.ingest import plan, sessions, sink, vocabulary, job
 
 EVENTS = (
     "user_id,item_id,timestamp,behavior\n"

@@ -6,8 +6,7 @@ import os
 import pytest
 
 from ptum.data import contracts
-from ptum.data.ingest import plan, reference
-from ptum.data.ingest import job
+from ptum.data.ingest import plan, reference, job
 
 # user -> number of events (timestamps 100, 101, ...); u_late's events all come after the
 # time cut (200), u_early's all before it.

@@ -74,8 +74,8 @@ def test_yaml_with_python_tags_is_refused(tmp_path, events_csv):
     r = ptum("pretrain", "--data", str(tmp_path), "--output", str(tmp_path / "m"), "--config", str(bad))
     one_line(r, "evil.yaml", "line 2")
     assert "pwned" not in r.stdout
-    from ptum.config import ConfigError
     from pipelines.tfx_pipeline import PipelineConfig
+    from ptum.config import ConfigError
     with pytest.raises(ConfigError, match="evil.yaml"):
         PipelineConfig.load(str(bad))
     typo = tmp_path / "pipe.yaml"

@@ -17,8 +17,8 @@ def trained(tmp_path_factory):
     """A small text-aware model on generated logs whose catalog has one item never interacted with."""
     from ptum.config import PTUMConfig
     from ptum.data.generate import generate
-    from ptum.training.pretrain import pretrain
     from ptum.data.ingest import plan, reference
+    from ptum.training.pretrain import pretrain
 
     root = tmp_path_factory.mktemp("export")
     logs = str(root / "logs")
@@ -169,8 +169,8 @@ def test_embed_users_transform_in_a_test_pipeline(saved, trained, tmp_path):
 
 
 def test_export_refuses_other_vocabulary_and_counts_oov_users(saved, trained, tmp_path):
-    from ptum.serving.export_embeddings import ExportError, run
     from ptum.data.ingest import plan, reference
+    from ptum.serving.export_embeddings import ExportError, run
 
     other_csv = tmp_path / "o.csv"
     other_csv.write_text("user_id,item_id,timestamp\nu1,x1,1\nu1,x2,2\nu2,item_000001,1\n")
@@ -187,8 +187,8 @@ def test_newest_history_of_every_user_across_shards(saved, trained, tmp_path):
     """Without --split every user is embedded once, from the test row where there is one (its
     newest behavior is the as_of), else from the train row; shards are paired by index, no
     user list passes through the driver."""
-    from ptum.serving.export_embeddings import read_embeddings, run, same_users_files
     from ptum.data.ingest import plan, reference
+    from ptum.serving.export_embeddings import read_embeddings, run, same_users_files
 
     lines = ["user_id,item_id,timestamp"]
     newest = {}

@@ -13,8 +13,8 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from ptum.data import contracts  # noqa: E402
 from ptum.config import PTUMConfig  # noqa: E402
+from ptum.data import contracts  # noqa: E402
 
 SMALL = ["model.embedding_dim=8", "model.num_blocks=1", "model.num_heads=1", "model.max_len=12",
          "train.batch_size=64", "objective.num_negatives=8", "train.epochs=1"]
@@ -202,8 +202,8 @@ def test_export_embeddings_failure_leaves_the_table(world, tmp_path):
 
 
 def test_one_digest_covers_the_metadata(world, tmp_path):
-    from ptum.serving.saved_model import UntrustedModel, export_saved_model, read_export_metadata, verify_saved_model
     from ptum.serving.export_embeddings import ExportError, run
+    from ptum.serving.saved_model import UntrustedModel, export_saved_model, read_export_metadata, verify_saved_model
 
     saved = export_saved_model(world["model"], str(tmp_path / "serving"), version=7)
     digest = read_export_metadata(saved)["saved_model_sha256"]

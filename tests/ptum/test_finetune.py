@@ -73,8 +73,8 @@ def test_finetune_tasks_and_modes(pretrained, tmp_path, task, mode, column):
     import ptum.model.heads  # noqa: F401
     import ptum.model.encoder  # noqa: F401
     ft = keras.saving.load_model(os.path.join(out, "model.keras"), compile=False)
-    from ptum.data.contracts import open_dataset
     from ptum.data.batches import Rows, pad_batch
+    from ptum.data.contracts import open_dataset
     rows = Rows.from_split(open_dataset(data), "test")
     batch = pad_batch(rows, np.arange(4), 20, time_buckets=32)
     if task == "ctr":

@@ -11,8 +11,8 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from ptum.data import contracts  # noqa: E402
 from ptum.config import ConfigError, PTUMConfig  # noqa: E402
+from ptum.data import contracts  # noqa: E402
 
 SMALL = ["model.embedding_dim=16", "model.num_blocks=1", "model.num_heads=1", "model.max_len=20",
          "train.batch_size=64", "objective.num_negatives=32", "train.patience=3"]

@@ -32,9 +32,9 @@ def _write_events(path, users=48, items=30, seed=0, behaviors=("click", "like"))
 @pytest.fixture(scope="module")
 def timed(tmp_path_factory):
     from ptum.config import PTUMConfig
+    from ptum.data.ingest import plan, reference
     from ptum.serving.saved_model import export_saved_model
     from ptum.training.pretrain import pretrain
-    from ptum.data.ingest import plan, reference
 
     root = tmp_path_factory.mktemp("skew")
     csv = str(root / "events.csv")
@@ -260,8 +260,8 @@ def test_serving_inputs_are_checked(timed):
 def test_one_version_and_a_verified_digest(timed, tmp_path):
     import tensorflow as tf
 
-    from ptum.serving.saved_model import UntrustedModel, read_export_metadata, saved_model_digest, verify_saved_model
     from ptum.serving.export_embeddings import ExportError, read_embeddings, run
+    from ptum.serving.saved_model import UntrustedModel, read_export_metadata, saved_model_digest, verify_saved_model
 
     meta = read_export_metadata(timed["saved"])
     assert meta["version"] == 42 and meta["saved_model_sha256"] == saved_model_digest(timed["saved"])

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ptum.data import contracts
 from ptum import fs
+from ptum.data import contracts
 from ptum.data.ingest import formats
 from ptum.data.ingest.formats import Columns, FileSpec, InputError
 
