@@ -68,6 +68,8 @@ def add_subcommands(sub) -> None:
     f.add_argument("--config", default=None, help="YAML with FinetuneConfig keys")
     f.add_argument("--from-scratch", action="store_true", help="same network, no pre-trained weights")
 
+    _add_semantic_ids(sub)
+
     pl = sub.add_parser("pipeline", help="the TFX pipeline (validate, pre-train, evaluate, push, export)")
     pl_sub = pl.add_subparsers(dest="pipeline_command", required=True)
     pr = pl_sub.add_parser("run", help="run once with LocalDagRunner (MLMD in SQLite)")
@@ -79,6 +81,26 @@ def add_subcommands(sub) -> None:
     d.add_argument("--users", type=int, default=2000)
     d.add_argument("--items", type=int, default=800)
     d.add_argument("--seed", type=int, default=0)
+
+
+def _add_semantic_ids(sub) -> None:
+    si = sub.add_parser("semantic-ids", help="learn Semantic IDs (code tuples) for a dataset's items from content",
+                        epilog="Content: the catalog's title words and categories, --attributes, --vectors; "
+                               "items without any take codes from --model's item embeddings.")
+    si.add_argument("--data", required=True, help="sequence dataset folder (from ptum tokenize)")
+    si.add_argument("--output", required=True, help="artifact folder (codes.parquet, codebooks, report, manifest)")
+    si.add_argument("--attributes", default=None,
+                    help="JSON object item id -> list of attribute ids (e.g. Amazon's *_item2attributes.json)")
+    si.add_argument("--vectors", default=None, help="Parquet of precomputed item vectors (item_id + a list column)")
+    si.add_argument("--vector-column", default="vector")
+    si.add_argument("--model", default=None, help="a pre-trained model folder: codes for items without content")
+    si.add_argument("--collaborative-weight", type=float, default=1.0,
+                    help="with --model: weight of the item embedding joined to the content vector (0: only fill in "
+                         "items without content)")
+    si.add_argument("--levels", type=int, default=3, help="codebooks (TIGER: 3)")
+    si.add_argument("--codes", type=int, default=256, help="codes per codebook (TIGER: 256)")
+    si.add_argument("--dim", type=int, default=64, help="content vector size (TF-IDF reduced by SVD)")
+    si.add_argument("--seed", type=int, default=0)
 
 
 def dispatch(args, extra) -> int:
@@ -94,6 +116,8 @@ def dispatch(args, extra) -> int:
         return _finetune(args)
     if args.command == "evaluate-embeddings":
         return _evaluate_embeddings(args)
+    if args.command == "semantic-ids":
+        return _semantic_ids(args)
     if args.command == "pipeline":
         return _pipeline(args)
     if args.command == "demo":
@@ -242,6 +266,25 @@ def _finetune(a) -> int:
         print(f"ptum finetune: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({"output": a.output, "valid": out["valid"], "labels": out["labels"]}, indent=2))
+    return 0
+
+
+def _semantic_ids(a) -> int:
+    if a.model:
+        _keras_backend_default()
+    from ptum.data.contracts import DatasetError
+    from ptum.model.saving import ModelError
+    from ptum.training.semantic_ids import SemanticIdError, learn_semantic_ids
+
+    try:
+        manifest = learn_semantic_ids(a.data, a.output, attributes=a.attributes, vectors=a.vectors,
+                                      vector_column=a.vector_column, model=a.model,
+                                      collaborative_weight=a.collaborative_weight, levels=a.levels, codes=a.codes,
+                                      dim=a.dim, seed=a.seed)
+    except (SemanticIdError, DatasetError, ModelError) as e:
+        print(f"ptum semantic-ids: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"output": a.output, "counts": manifest["counts"], "report": manifest["report"]}, indent=2))
     return 0
 
 

@@ -112,15 +112,18 @@ OUTPUT_ENTRIES = {
               "tensorboard"},
     "embeddings": {MANIFEST, "embeddings", "saved_model"},
     "finetuned": {"model.keras", "metrics.json", "metadata.json"},
+    "semantic_ids": {MANIFEST, "codes.parquet", "codebooks.parquet", "deadletter.parquet", "report.json", "report.md",
+                     "codebook_usage.png"},
 }
 _KIND_NAMES = {"dataset": "sequence dataset (ptum tokenize)", "model": "pre-trained model (ptum pretrain)",
                "embeddings": "embedding export (ptum export-embeddings)",
-               "finetuned": "fine-tuned model (ptum finetune)", "savedmodel": "SavedModel"}
+               "finetuned": "fine-tuned model (ptum finetune)", "savedmodel": "SavedModel",
+               "semantic_ids": "Semantic ID artifact (ptum semantic-ids)"}
 
 
 def output_kind(path: str) -> Optional[str]:
     """What a local folder holds, from its commit marker: dataset, model, embeddings,
-    finetuned (ptum finetune), savedmodel; None when it has no marker (empty, new, or an
+    finetuned (ptum finetune), savedmodel, semantic_ids; None when it has no marker (empty, new, or an
     unfinished run's)."""
     def load(name):
         try:
@@ -133,6 +136,8 @@ def output_kind(path: str) -> Optional[str]:
         return "savedmodel"
     if os.path.exists(os.path.join(path, MANIFEST)):
         m = load(MANIFEST)
+        if m.get("kind") == "semantic_ids":
+            return "semantic_ids"
         return "embeddings" if "saved_model_sha256" in m or m.get("kind") == "embeddings" else "dataset"
     if os.path.exists(os.path.join(path, "metadata.json")):
         return "model" if load("metadata.json").get("model") == "ptum-user-encoder" else "finetuned"
