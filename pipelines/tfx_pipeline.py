@@ -93,7 +93,7 @@ class PipelineConfig:
 def _check_finetune_tasks(tasks: List[dict]) -> None:
     """Fail at pipeline construction (not hours later in a Trainer) on a malformed task."""
     from ptum.config import ConfigError
-    from ptum.training.finetune import FinetuneConfig
+    from ptum.config import FinetuneConfig
 
     known = set(FinetuneConfig.model_fields)
     names = set()

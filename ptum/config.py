@@ -270,3 +270,33 @@ def apply_override(d: Dict[str, Any], item: str) -> None:
     if not isinstance(d.setdefault(section, {}), dict):
         raise ConfigError(f"override {item!r}: {section} is not a section")
     d[section][name] = parsed
+
+
+class FinetuneConfig(Section):
+    """A fine-tuning run; a bad setting is a one-line ConfigError naming it (e.g. mode: frozn
+    no longer runs full)."""
+
+    where: ClassVar[str] = "finetune"
+
+    task: Literal["classify", "ctr"] = "classify"
+    mode: Literal["full", "frozen"] = "full"
+    head: Literal["linear", "mlp"] = Field("linear", description="linear (a logistic regression on the "
+                                           "embedding) | mlp")
+    standardize: Bool = Field(True, description="scale the embedding by the training users' mean / std")
+    head_l2: Float = Field(1.0, ge=0.0, description="L2 on the head, as 1/C of a logistic regression "
+                           "(divided by 2 n)")
+    hidden: Int = Field(64, ge=1)
+    dropout: Float = Field(0.2, ge=0.0, lt=1.0)
+    epochs: Int = Field(30, ge=0, description="full mode: epochs of encoder + head after the head phase")
+    head_epochs: Int = Field(100, ge=0, description="the head alone on cached embeddings (frozen mode: "
+                             "max of the two)")
+    batch_size: Int = Field(32, ge=1)
+    learning_rate: Float = Field(3e-3, gt=0.0)
+    encoder_lr_scale: Float = Field(0.1, ge=0.0)
+    class_weight: Literal["balanced", "none"] = "balanced"
+    patience: Int = Field(8, ge=1)
+    valid_fraction: Float = Field(0.2, ge=0.0, lt=1.0)
+    seed: Int = 0
+    duplicate_labels: Literal["error", "first", "last", "drop"] = Field(
+        "error", description="a user with label rows that disagree: error (name them and stop) | first | "
+        "last (that row's label) | drop (the user); identical repeats are counted either way")

@@ -137,14 +137,20 @@ def _keras_backend_default() -> None:
 
 
 def _pretrain(a) -> int:
-    _keras_backend_default()
     from ptum.config import ConfigError, PTUMConfig
-    from ptum.data.contracts import DatasetError
+    from ptum.data.contracts import DatasetError, open_dataset
+
+    try:   # the config and the dataset checked before TensorFlow is imported (seconds sooner)
+        overrides = list(a.set) + ([f"train.epochs={a.epochs}"] if a.epochs is not None else [])
+        cfg = PTUMConfig.load(a.config, overrides)
+        open_dataset(a.data)
+    except (ConfigError, DatasetError) as e:
+        print(f"ptum pretrain: error: {e}", file=sys.stderr)
+        return 2
+    _keras_backend_default()
     from ptum.training.pretrain import TrainingError, pretrain
 
     try:
-        overrides = list(a.set) + ([f"train.epochs={a.epochs}"] if a.epochs is not None else [])
-        cfg = PTUMConfig.load(a.config, overrides)
         meta = pretrain(a.data, a.output, cfg, resume=not a.no_resume, warm_start=a.warm_start)
     except (ConfigError, DatasetError, TrainingError) as e:
         print(f"ptum pretrain: error: {e}", file=sys.stderr)
@@ -250,16 +256,21 @@ def _export_embeddings(a, extra) -> int:
 
 
 def _finetune(a) -> int:
-    _keras_backend_default()
-    from ptum.data.contracts import DatasetError
-    from ptum.model.saving import ModelError
-    from ptum.training.finetune import FinetuneConfig, LabelError, run
+    from ptum.config import ConfigError, FinetuneConfig, read_yaml
+    from ptum.data.contracts import DatasetError, open_dataset
 
-    from ptum.config import ConfigError, read_yaml
-
-    try:
+    try:   # the config and the dataset checked before TensorFlow is imported
         d = read_yaml(a.config) if a.config else {}
         cfg = FinetuneConfig(**{**d, "task": a.task, "mode": a.mode})
+        open_dataset(a.data)
+    except (ConfigError, DatasetError, TypeError, ValueError) as e:
+        print(f"ptum finetune: error: {e}", file=sys.stderr)
+        return 2
+    _keras_backend_default()
+    from ptum.model.saving import ModelError
+    from ptum.training.finetune import LabelError, run
+
+    try:
         out = run(a.pretrained, a.data, a.labels, a.output, cfg, label_column=a.label_column,
                   from_scratch=a.from_scratch)
     except (LabelError, DatasetError, ModelError, ConfigError, TypeError, ValueError) as e:

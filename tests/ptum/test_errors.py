@@ -199,7 +199,7 @@ def test_config_errors_at_the_cli_and_in_finetune(tmp_path):
     one_line(ptum("pretrain", "--data", str(tmp_path), "--output", str(tmp_path / "m"),
                   "--set", "model.dropout=1.5"), "model.dropout")
     from ptum.config import ConfigError, PTUMConfig
-    from ptum.training.finetune import FinetuneConfig
+    from ptum.config import FinetuneConfig
 
     assert PTUMConfig.load(None, ["train.jit_compile=true", "train.learning_rate=1e-3"]).train.jit_compile == "true"
     with pytest.raises(ConfigError, match="mode"):
@@ -223,3 +223,27 @@ def test_memory_estimate_refuses_a_config_before_training(tmp_path):
     assert 0 < sum(parts.values()) < 1 << 30
     with pytest.raises(TrainingError, match="lower train.batch_size"):
         check_memory(small, available=1 << 20)
+
+
+def test_config_and_path_errors_come_before_tensorflow_is_imported(tmp_path, clean_dataset):
+    """A typo is reported without importing TensorFlow or Keras (seconds sooner)."""
+    data, _ = clean_dataset
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] in ('tensorflow', 'keras', 'jax'):\n"
+            "            raise ImportError('imported ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from ptum import cli\n"
+            "sys.exit(cli.main(sys.argv[1:]))\n")
+    cases = [(["pretrain", "--data", data, "--output", str(tmp_path / "m"), "--set", "model.bogus=1"],
+              "model.bogus: unknown key"),
+             (["pretrain", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "m")],
+              "no such dataset directory"),
+             (["finetune", "--pretrained", str(tmp_path / "m"), "--data", data, "--labels", "x.csv", "--task",
+               "classify", "--output", str(tmp_path / "f"), "--config", str(bad)], "finetune.epochz: unknown key")]
+    for args, message in cases:
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert r.returncode == 2 and message in r.stderr and "imported" not in r.stderr, (args, r.stderr[-500:])
