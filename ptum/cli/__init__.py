@@ -88,15 +88,15 @@ def _add_tokenize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", required=True,
                    help="csv | tsv | jsonl | parquet | movielens | sequence-lines")
     p.add_argument("--output", required=True, help="dataset folder (local or gs://, s3://, ...)")
-    p.add_argument("--user-column", default="user_id")
-    p.add_argument("--item-column", default="item_id")
-    p.add_argument("--time-column", default="timestamp")
+    p.add_argument("--user-column", default="user_id", help="column with the user id")
+    p.add_argument("--item-column", default="item_id", help="column with the item id")
+    p.add_argument("--time-column", default="timestamp", help="column with the event time (epoch number or ISO-8601)")
     p.add_argument("--behavior-column", default="behavior", help="empty string: none")
     p.add_argument("--value-column", default="value", help="empty string: none")
     p.add_argument("--delimiter", default=None, help="csv/tsv field separator override")
     p.add_argument("--no-header", action="store_true", help="csv/tsv files have no header line")
     p.add_argument("--names", default=None, help="comma-separated column names (with --no-header)")
-    p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of csv/tsv/jsonl inputs")
     p.add_argument("--time-unit", default="s", choices=["s", "ms", "us", "ns"],
                    help="unit of numeric timestamps (stored as epoch seconds; out-of-range values are "
                         "dead letters)")
@@ -114,7 +114,7 @@ def _add_tokenize_args(p: argparse.ArgumentParser) -> None:
                    help="item catalog CSV with a header: item id (item_id or the --item-column name), title, "
                         "optional categories / genres")
     p.add_argument("--catalog-item-column", default=None, help="the catalog's item id column")
-    p.add_argument("--catalog-title-column", default="title")
+    p.add_argument("--catalog-title-column", default="title", help="the catalog's title column")
     p.add_argument("--catalog-categories-column", default=None, help="default: categories or genres if present")
     p.add_argument("--split", default="leave-one-out", help="leave-one-out | time | user-hash | window")
     p.add_argument("--window", type=int, default=10,
@@ -124,7 +124,7 @@ def _add_tokenize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-fraction", type=float, default=0.2, help="for --split user-hash")
     p.add_argument("--min-item-count", type=int, default=1, help="rarer items map to OOV")
     p.add_argument("--max-history", type=int, default=0, help="keep the newest N events per user (0: all)")
-    p.add_argument("--max-line-bytes", type=int, default=1 << 20)
+    p.add_argument("--max-line-bytes", type=int, default=1 << 20, help="longer records are dead letters (line_too_long)")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--split-bytes", type=int, default=None,
                        help="read uncompressed text files larger than this as line-aligned byte ranges of "
@@ -134,12 +134,33 @@ def _add_tokenize_args(p: argparse.ArgumentParser) -> None:
                        help="read every file whole (a CSV whose quoted fields hold newlines beyond its first "
                             "MiB; those in the first MiB are detected)")
     p.add_argument("--num-shards", type=int, default=0, help="0: from input size")
-    p.add_argument("--min-word-count", type=int, default=1)
-    p.add_argument("--vocab-from", default=None, help="reuse this dataset's item vocabulary")
+    p.add_argument("--min-word-count", type=int, default=1, help="rarer title words are left out of the word vocabulary")
+    p.add_argument("--vocab-from", default=None,
+                   help="reuse this dataset's vocabularies (items, behaviors, title words): token ids then mean "
+                        "what they meant to the model trained on it")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, when it has one worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" in text or action.required or not action.option_strings
+                or action.default in (None, False, [], argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with HelpFormatter; subcommand parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ptum", description="PTUM user embeddings: tokenize logs, pre-train, fine-tune, export, serve.")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="show library logs and warnings (Beam, TensorFlow, TFX)")
@@ -147,12 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="write synthetic behavior logs (events, items, users, impressions)")
-    g.add_argument("--output", required=True)
-    g.add_argument("--users", type=int, default=1000)
-    g.add_argument("--items", type=int, default=500)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--malformed-rate", type=float, default=0.0)
-    g.add_argument("--mean-events", type=float, default=30.0)
+    g.add_argument("--output", required=True, help="folder for events.csv, items.csv, users.csv, impressions.csv")
+    g.add_argument("--users", type=int, default=1000, help="users to generate")
+    g.add_argument("--items", type=int, default=500, help="catalog size")
+    g.add_argument("--seed", type=int, default=0, help="the same seed writes the same files")
+    g.add_argument("--malformed-rate", type=float, default=0.0, help="share of event lines damaged on purpose (dead letters)")
+    g.add_argument("--mean-events", type=float, default=30.0, help="mean events per user (log-normal)")
 
     t = sub.add_parser("tokenize", help="Beam job: raw logs -> sequence dataset (Parquet)",
                        epilog="Pipeline options go after `--`, e.g. `-- --runner DataflowRunner "

@@ -12,19 +12,20 @@ def add_subcommands(sub) -> None:
     p.add_argument("--output", required=True, help="model folder")
     p.add_argument("--config", default=None,
                    help="YAML config file, or a preset shipped with the package: "
-                        "beauty, beauty-ptum-faithful, demo, ml100k, ml100k-nextitem, user-embeddings")
+                        "beauty, beauty-ptum-faithful, demo, ml100k, ml100k-nextitem, user-embeddings "
+                        "(none: the defaults of ptum.config.PTUMConfig, listed in the README)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set model.num_blocks=1 (repeatable)")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="shorthand for --set train.epochs=N")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--warm-start", metavar="MODEL_DIR",
                    help="initialise from a finished model trained on the same vocabulary and model config "
                         "(tokenize with --vocab-from that model's dataset)")
 
     e = sub.add_parser("evaluate", help="next-item metrics (full ranking) of a model on a split")
-    e.add_argument("--model", required=True)
-    e.add_argument("--data", required=True)
-    e.add_argument("--split", default="test")
+    e.add_argument("--model", required=True, help="a finished model folder (from ptum pretrain)")
+    e.add_argument("--data", required=True, help="the sequence dataset it was trained on (same vocabulary)")
+    e.add_argument("--split", default="test", help="split whose last behavior is the target")
     e.add_argument("--output", default=None, help="also write the metrics JSON here")
 
     x = sub.add_parser("export-model", help="write a versioned user-embedding SavedModel for TF Serving")
@@ -35,10 +36,10 @@ def add_subcommands(sub) -> None:
     b = sub.add_parser("export-embeddings", help="Beam job: embed every user of a dataset into Parquet",
                        epilog="Pipeline options go after `--`.")
     b.add_argument("--model", required=True, help="a model folder or a SavedModel version folder")
-    b.add_argument("--data", required=True)
-    b.add_argument("--output", required=True)
+    b.add_argument("--data", required=True, help="the sequence dataset whose users are embedded")
+    b.add_argument("--output", required=True, help="embedding table folder (Parquet; manifest last)")
     b.add_argument("--split", default=None, help="default: test (full histories) or the first split")
-    b.add_argument("--batch-rows", type=int, default=2048)
+    b.add_argument("--batch-rows", type=int, default=2048, help="users embedded per SavedModel call")
     b.add_argument("--tfrecord", action="store_true", help="also write TFRecord files")
     b.add_argument("--expected-sha256", default=None,
                    help="refuse a SavedModel whose digest differs (as printed by export-model, or the "
@@ -50,8 +51,8 @@ def add_subcommands(sub) -> None:
     q.add_argument("--labels", default=None, help="user labels (CSV/Parquet with user_id)")
     q.add_argument("--label-column", action="append", default=[], help="repeat for several labels")
     q.add_argument("--model", default=None, help="the model folder: untrained baseline and future windows")
-    q.add_argument("--folds", type=int, default=5)
-    q.add_argument("--repeats", type=int, default=5)
+    q.add_argument("--folds", type=int, default=5, help="cross-validation folds of the linear probes")
+    q.add_argument("--repeats", type=int, default=5, help="repetitions of the cross-validation (seeds)")
     q.add_argument("--fractions", default="1.0", help="label fractions, e.g. 0.1,1.0")
     q.add_argument("--window", type=int, default=None, help="future window W (default: the dataset's, or 10)")
     q.add_argument("--no-recompute", action="store_true", help="skip the frozen vs recomputed comparison")
@@ -61,10 +62,12 @@ def add_subcommands(sub) -> None:
     f.add_argument("--pretrained", required=True, help="model folder from ptum pretrain")
     f.add_argument("--data", required=True, help="the sequence dataset (same vocabulary)")
     f.add_argument("--labels", required=True, help="CSV/Parquet: user_id + labels, or impressions for ctr")
-    f.add_argument("--task", choices=["classify", "ctr"], required=True)
-    f.add_argument("--label-column", default=None)
-    f.add_argument("--mode", choices=["full", "frozen"], default="full")
-    f.add_argument("--output", required=True)
+    f.add_argument("--task", choices=["classify", "ctr"], required=True,
+                   help="classify: a user label; ctr: user x item clicks from impressions")
+    f.add_argument("--label-column", default=None, help="classify: the label column (ctr: clicked)")
+    f.add_argument("--mode", choices=["full", "frozen"], default="full",
+                   help="full: head, then encoder + head; frozen: head on fixed embeddings")
+    f.add_argument("--output", required=True, help="fine-tuned model folder")
     f.add_argument("--config", default=None, help="YAML with FinetuneConfig keys")
     f.add_argument("--from-scratch", action="store_true", help="same network, no pre-trained weights")
 
@@ -77,10 +80,10 @@ def add_subcommands(sub) -> None:
     pr.add_argument("--span", type=int, default=None, help="default: the latest span")
 
     d = sub.add_parser("demo", help="run the main job end to end on generated sample logs")
-    d.add_argument("--workdir", default="demo-output")
-    d.add_argument("--users", type=int, default=2000)
-    d.add_argument("--items", type=int, default=800)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--workdir", default="demo-output", help="folder for the logs, the pipeline root and its outputs")
+    d.add_argument("--users", type=int, default=2000, help="users in the generated logs")
+    d.add_argument("--items", type=int, default=800, help="items in the generated logs")
+    d.add_argument("--seed", type=int, default=0, help="seed of the generated logs")
 
 
 def _add_semantic_ids(sub) -> None:
@@ -92,7 +95,7 @@ def _add_semantic_ids(sub) -> None:
     si.add_argument("--attributes", default=None,
                     help="JSON object item id -> list of attribute ids (e.g. Amazon's *_item2attributes.json)")
     si.add_argument("--vectors", default=None, help="Parquet of precomputed item vectors (item_id + a list column)")
-    si.add_argument("--vector-column", default="vector")
+    si.add_argument("--vector-column", default="vector", help="with --vectors: the list<float> column")
     si.add_argument("--model", default=None, help="a pre-trained model folder: codes for items without content")
     si.add_argument("--collaborative-weight", type=float, default=1.0,
                     help="with --model: weight of the item embedding joined to the content vector (0: only fill in "
@@ -100,7 +103,7 @@ def _add_semantic_ids(sub) -> None:
     si.add_argument("--levels", type=int, default=3, help="codebooks (TIGER: 3)")
     si.add_argument("--codes", type=int, default=256, help="codes per codebook (TIGER: 256)")
     si.add_argument("--dim", type=int, default=64, help="content vector size (TF-IDF reduced by SVD)")
-    si.add_argument("--seed", type=int, default=0)
+    si.add_argument("--seed", type=int, default=0, help="the same seed gives the same codes")
 
 
 def dispatch(args, extra) -> int:

@@ -36,3 +36,28 @@ def test_generate_is_deterministic(tmp_path):
     header = open(tmp_path / "a" / "users.csv").readline().strip()
     assert header == "user_id,gender,age_group,churn"
     assert os.path.getsize(tmp_path / "a" / "impressions.csv") > 0
+
+
+def test_every_cli_option_says_what_it_does_and_its_default():
+    import argparse
+
+    from ptum.cli import build_parser
+
+    missing, parsers = [], {}
+
+    def walk(parser, name):
+        parsers[name] = parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, sub_parser in action.choices.items():
+                    walk(sub_parser, f"{name} {sub}")
+            elif action.option_strings and action.dest != "help" and not action.help:
+                missing.append(f"{name} {action.option_strings[-1]}")
+
+    walk(build_parser(), "ptum")
+    assert missing == []
+    tokenize = parsers["ptum tokenize"].format_help()
+    for default in ("--user-column USER_COLUMN", "(default: user_id)", "(default: item_id)", "(default: timestamp)",
+                    "(default: utf-8)"):
+        assert default in " ".join(tokenize.split()), default
+    assert "(default: None)" not in parsers["ptum pretrain"].format_help()
