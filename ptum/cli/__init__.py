@@ -46,12 +46,12 @@ def _cmd_tokenize(a, beam_args: List[str]) -> int:
 
     try:
         opts = tokenize_options(a)
-        plan.plan_inputs(opts)      # inputs, columns, options and output checked before Beam is imported
+        planned = plan.plan_inputs(opts)   # inputs, columns, options and output checked before Beam is imported
         problem = contracts.output_folder_problem(opts.output)
         if problem:
             raise InputError(problem)
         from ptum.data.ingest import job
-        manifest = job.run(opts, beam_args)
+        manifest = job.run(opts, beam_args, planned=planned)
     except InputError as e:
         print(f"ptum tokenize: error: {e}", file=sys.stderr)
         return 2

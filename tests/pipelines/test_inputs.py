@@ -182,3 +182,36 @@ def test_concurrent_run_into_one_folder_is_refused(tmp_path):
     assert not (out / contracts.MANIFEST).exists()
     m = _run([csv], "csv", out)     # the lock is gone with its holder
     assert m["counts"]["events_accepted"] == 2
+
+
+def test_folder_inputs_read_the_format_s_files_and_empty_inputs_say_what_they_are(tmp_path):
+    from ptum.data.ingest import plan, reference
+    from ptum.data.ingest.formats import InputError
+
+    def opts(path, **kw):
+        return plan.TokenizeOptions(inputs=[str(path)], format="csv", output=str(tmp_path / "out"), **kw)
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "events.csv").write_text("user_id,item_id,timestamp\nu1,i1,1\nu1,i2,2\nu2,i1,3\n")
+    (logs / "more.csv.gz").write_bytes(__import__("gzip").compress(b"user_id,item_id,timestamp\nu3,i2,4\n"))
+    (logs / "NOTES.md").write_text("how these logs were made\n")
+    (logs / "_SUCCESS").write_text("")
+    specs, _ = plan.plan_inputs(opts(logs))
+    assert [os.path.basename(s.path) for s in specs] == ["events.csv", "more.csv.gz"]
+    assert reference.run(opts(logs))["counts"]["events_accepted"] == 4
+    # A glob names its files itself: read whatever it matches.
+    with pytest.raises(InputError, match="NOTES.md: missing column"):
+        plan.plan_inputs(opts(logs / "*"))
+    cases = [(tmp_path / "empty_folder", "the folder holds no file"),
+             (tmp_path / "notes_only", r"no .csv file among its 1 file\(s\) \(README.md\)"),
+             (tmp_path / "empty.csv", "empty file .no header line."),
+             (tmp_path / "header.csv", r"hold no record \(empty, or a header line only\)")]
+    (tmp_path / "empty_folder").mkdir()
+    (tmp_path / "notes_only").mkdir()
+    (tmp_path / "notes_only" / "README.md").write_text("x")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("user_id,item_id,timestamp\n")
+    for path, message in cases:
+        with pytest.raises(InputError, match=message):
+            reference.run(opts(path))

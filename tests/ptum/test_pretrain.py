@@ -227,7 +227,7 @@ def test_bad_inputs_give_clear_errors(clean_dataset, tmp_path):
     empty_csv = tmp_path / "empty.csv"
     empty_csv.write_text("user_id,item_id,timestamp\n")
     empty = str(tmp_path / "empty")
-    with pytest.raises(formats.InputError, match="no event was accepted"):   # refused unless asked for
+    with pytest.raises(formats.InputError, match="hold no record .empty, or a header line only."):   # refused unless asked for
         reference.run(plan.TokenizeOptions(inputs=[str(empty_csv)], format="csv", output=empty))
     assert os.listdir(empty) in ([], [contracts.LOCK_FILE])          # nothing but the lock file
     reference.run(plan.TokenizeOptions(inputs=[str(empty_csv)], format="csv", output=empty, allow_empty=True))

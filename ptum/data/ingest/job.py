@@ -360,9 +360,10 @@ def make_pipeline(beam_args: Optional[List[str]] = None):
     return beam.Pipeline(runner=FnApiRunner(), options=options), f"FnApiRunner({mode})"
 
 
-def run(opts: plan.TokenizeOptions, beam_args: Optional[List[str]] = None) -> dict:
-    """Plan (fail fast on bad inputs), build and run the job; returns the manifest."""
-    specs, extra = plan.plan_inputs(opts)
+def run(opts: plan.TokenizeOptions, beam_args: Optional[List[str]] = None, planned=None) -> dict:
+    """Plan (fail fast on bad inputs), build and run the job; returns the manifest. `planned`:
+    what plan.plan_inputs(opts) returned, when the caller checked the inputs already."""
+    specs, extra = planned or plan.plan_inputs(opts)
     num_shards = opts.num_shards or plan.auto_shards(specs)
     fingerprints = plan.fingerprints(specs)
     with sink.staged_output(opts, "ptum tokenize") as staged:

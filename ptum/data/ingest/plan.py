@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import logging
 import lzma
 import os
 import re
@@ -21,6 +22,8 @@ from ptum import fs
 from ptum.data import contracts
 from ptum.data.ingest import formats
 from ptum.data.ingest.formats import Columns, FileSpec, InputError
+
+log = logging.getLogger(__name__)
 
 
 
@@ -165,6 +168,43 @@ ML_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comed
              "Romance", "Sci-Fi", "Thriller", "War", "Western")
 
 
+# The file names a folder input reads, per format (a compressed suffix may follow); other files
+# in the folder (notes, _SUCCESS markers, ...) are skipped and named. A file or a glob given
+# explicitly is read whatever its name.
+FORMAT_SUFFIXES = {"csv": (".csv",), "tsv": (".tsv", ".tab"), "jsonl": (".jsonl", ".ndjson", ".json"),
+                   "parquet": (".parquet", ".pq"), "sequence-lines": (".txt",)}
+
+
+def _input_files(pattern: str, fmt: str) -> List[str]:
+    """The files one --input names: a file, a glob's matches, or a folder's files of `fmt`."""
+    found = expand_paths(pattern)
+    folder = not any(c in pattern for c in "*?[") and fs.isdir(pattern)
+    if folder and fmt in FORMAT_SUFFIXES:
+        suffixes = FORMAT_SUFFIXES[fmt]
+        keep = [p for p in found if _strip_compression(p).lower().endswith(suffixes)]
+        skipped = [p for p in found if p not in keep]
+        if not found:
+            raise InputError(f"{pattern}: the folder holds no file")
+        if not keep:
+            names = ", ".join(os.path.basename(p) for p in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+            raise InputError(f"{pattern}: no {'/'.join(suffixes)} file among its {len(skipped)} file(s) ({names}); "
+                             "name the files with a glob to read them anyway")
+        if skipped:
+            log.warning("%s: skipped %d file(s) not named %s: %s", pattern, len(skipped), "/".join(suffixes),
+                        ", ".join(os.path.basename(p) for p in skipped[:10]))
+        return keep
+    if not found:
+        raise InputError(f"{pattern}: no such file (or the glob matched nothing)")
+    return found
+
+
+def _strip_compression(path: str) -> str:
+    for suffix in COMPRESSED_SUFFIXES:
+        if path.lower().endswith(suffix):
+            return path[: -len(suffix)]
+    return path
+
+
 def plan_inputs(opts: TokenizeOptions) -> Tuple[List[FileSpec], dict]:
     """Resolve inputs to FileSpecs, checking what can be checked before any work starts.
 
@@ -188,10 +228,7 @@ def plan_inputs(opts: TokenizeOptions) -> Tuple[List[FileSpec], dict]:
     extra: dict = {"catalog": None, "labels": None, "has_time": True}
     paths: List[str] = []
     for pattern in opts.inputs:
-        found = expand_paths(pattern)
-        if not found:
-            raise InputError(f"{pattern}: no such file (or the glob matched nothing)")
-        paths.extend(found)
+        paths.extend(_input_files(pattern, opts.format))
     if opts.format == "movielens":
         return _plan_movielens(opts, paths, extra)
     paths = sorted(set(paths))
@@ -201,7 +238,10 @@ def plan_inputs(opts: TokenizeOptions) -> Tuple[List[FileSpec], dict]:
             delim = opts.delimiter or ("," if opts.format == "csv" else "\t")
             names = tuple(opts.names)
             if opts.header:
-                names = header_names(_first_line(p, opts.encoding), delim)
+                first = _first_line(p, opts.encoding)
+                if not first.strip():
+                    raise InputError(f"{p}: empty file (no header line); leave it out or give --no-header --names")
+                names = header_names(first, delim)
             missing = [c for c in (opts.columns.user, opts.columns.item, opts.columns.time) if c not in names]
             if missing:
                 raise InputError(f"{p}: missing column(s) {missing} in header {list(names)} "

@@ -169,6 +169,9 @@ def make_manifest(opts: TokenizeOptions, counts: dict, files: List[Tuple[str, st
         # Vocabularies, catalog and labels decide what token ids mean: readers verify them.
         "file_sha256": contracts.file_sha256({rel: join(opts.output, rel) for rel in extras.values()}),
     }
+    if c["events_read"] == 0 and not opts.allow_empty:
+        raise InputError("the inputs hold no record (empty, or a header line only); nothing was committed "
+                         "(--allow-empty commits an empty dataset)")
     if c["events_accepted"] == 0 and not opts.allow_empty:
         reasons = ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items(), key=lambda x: -x[1]) if n)[:200]
         raise InputError(f"no event was accepted ({c['events_read']} read, "
