@@ -504,7 +504,8 @@ def _push_version(model_uri: str, src: str, base_directory: str):
     """(version serving `model_uri` under `base_directory`, whether it was there already): the
     existing one, or a new one copied beside and renamed into place. Call with the folder's
     lock held."""
-    from ptum.serving.saved_model import PUSHED_FROM_ASSET, stamp_version
+    from ptum.model.saving import model_version
+    from ptum.serving.saved_model import PUSHED_FROM_ASSET, read_export_metadata, stamp_version
 
     os.makedirs(base_directory, exist_ok=True)
     existing = sorted(int(v) for v in os.listdir(base_directory) if v.isdigit())
@@ -512,7 +513,9 @@ def _push_version(model_uri: str, src: str, base_directory: str):
     same = [v for v in existing if _read(os.path.join(base_directory, str(v), marker)) == model_uri]
     if same:
         return same[-1], True
-    version = max([int(time.time())] + [v + 1 for v in existing])
+    # The model's own version (as export-model gives it), unless a higher one is served already:
+    # TF Serving serves the highest, so a push is never hidden behind an earlier one.
+    version = max([model_version(read_export_metadata(src))] + [v + 1 for v in existing])
     tmp = os.path.join(base_directory, f".tmp-{version}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)

@@ -31,7 +31,8 @@ def add_subcommands(sub) -> None:
     x = sub.add_parser("export-model", help="write a versioned user-embedding SavedModel for TF Serving")
     x.add_argument("--model", required=True, help="a finished model folder (from ptum pretrain)")
     x.add_argument("--output", required=True, help="serving base folder: <output>/<version>/ is written")
-    x.add_argument("--version", type=int, default=None, help="default: the current epoch seconds")
+    x.add_argument("--version", type=int, default=None,
+                   help="default: the model's own version, the epoch second its training finished")
 
     b = sub.add_parser("export-embeddings", help="Beam job: embed every user of a dataset into Parquet",
                        epilog="Pipeline options go after `--`.")
@@ -188,12 +189,15 @@ def _export_model(a) -> int:
     from ptum.serving.saved_model import export_saved_model
 
     try:
+        before = set(os.listdir(a.output)) if os.path.isdir(a.output) else set()
         path = export_saved_model(a.model, a.output, version=a.version)
     except (ModelError, FileExistsError) as e:
         print(f"ptum export-model: error: {e}", file=sys.stderr)
         return 2
     from ptum.serving.saved_model import read_export_metadata
-    print(json.dumps({"saved_model": path, "saved_model_sha256": read_export_metadata(path)["saved_model_sha256"]}))
+    meta = read_export_metadata(path)
+    print(json.dumps({"saved_model": path, "version": meta["version"], "saved_model_sha256": meta["saved_model_sha256"],
+                      "already_exported": os.path.basename(path) in before}))
     return 0
 
 

@@ -85,3 +85,17 @@ def load_model_dir(path: str):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{os.path.join(path, ENCODER_FILE)}: cannot load the model ({first})") from None
     return encoder, metadata, cfg
+
+
+def model_version(metadata: dict) -> int:
+    """The serving version of a trained model: the epoch second its training finished
+    (metadata.json's `created`, UTC). `ptum export-model`, `ptum export-embeddings` and the
+    pipeline's pusher all give one model this one version, and a model trained later a higher
+    one (TF Serving serves the highest). Folders without the field get the current time."""
+    import calendar
+    import time
+
+    try:
+        return int(calendar.timegm(time.strptime(metadata["created"], "%Y-%m-%dT%H:%M:%SZ")))
+    except (KeyError, TypeError, ValueError):
+        return int(time.time())

@@ -210,17 +210,14 @@ def _write_manifest(counts, output, info):
 
 def resolve_saved_model(model: str, output: str):
     """(SavedModel version dir, digest to expect or None): a SavedModel dir as is; a
-    pre-training model dir is exported first (to output/saved_model/<version>/, the version
-    a timestamp as `ptum export-model` gives), and the digest of that export is trusted."""
+    pre-training model dir is exported first (to output/saved_model/<version>/, the model's own
+    version, the one `ptum export-model` and the pipeline's pusher give it), and the digest of
+    that export is trusted."""
     if os.path.exists(os.path.join(model, "saved_model.pb")):
         return model, None
     if os.path.exists(os.path.join(model, "metadata.json")):
-        import time
-
         from ptum.serving.saved_model import export_saved_model, read_export_metadata
-        base = os.path.join(output, "saved_model")
-        versions = sorted(int(v) for v in os.listdir(base) if v.isdigit()) if os.path.isdir(base) else []
-        saved = export_saved_model(model, base, version=max([int(time.time())] + [v + 1 for v in versions]))
+        saved = export_saved_model(model, os.path.join(output, "saved_model"))
         return saved, read_export_metadata(saved)["saved_model_sha256"]
     raise ExportError(f"{model}: neither a SavedModel (saved_model.pb) nor a finished ptum model (metadata.json)")
 

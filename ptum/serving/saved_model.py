@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from typing import Optional
 
 import keras
@@ -309,9 +308,11 @@ def _warmup_requests(path: str, examples) -> None:
 def export_saved_model(model_dir: str, export_base: str, version: Optional[int] = None,
                        sample_rows: Optional[list] = None) -> str:
     """Write `export_base/<version>/` (the layout TF Serving watches); it appears whole or not at all.
+    The version defaults to the model's own (`ptum.model.saving.model_version`); exporting the same
+    model again returns the version already there.
 
     Returns the version directory."""
-    from ptum.model.saving import load_model_dir
+    from ptum.model.saving import load_model_dir, model_version
 
     encoder, metadata, cfg = load_model_dir(model_dir)
     exp = _Exporter(encoder, metadata, os.path.join(model_dir, "vocab"))
@@ -332,11 +333,14 @@ def export_saved_model(model_dir: str, export_base: str, version: Optional[int] 
     archive.add_endpoint("embed_sequences", exp.embed_sequences, input_signature=raw)
     archive.add_endpoint("top_k", exp.top_k, input_signature=raw + [tf.TensorSpec([], tf.int32, name="k")])
     archive.add_endpoint("item_embeddings", exp.item_embeddings, input_signature=[])
-    version = int(version or time.time())
+    version = int(version or model_version(metadata))
     os.makedirs(export_base, exist_ok=True)
     final = os.path.join(export_base, str(version))
     if os.path.exists(final):
-        raise FileExistsError(f"{final} exists: model versions are immutable; choose another --version")
+        if _same_model(final, metadata):
+            return final        # this model, exported before: versions are immutable, and it is this one
+        raise FileExistsError(f"{final} exists and holds another model: model versions are immutable; "
+                              "choose another --version")
     tmp = os.path.join(export_base, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     archive.write_out(tmp, verbose=False) if "verbose" in archive.write_out.__code__.co_varnames \
@@ -358,6 +362,16 @@ def export_saved_model(model_dir: str, export_base: str, version: Optional[int] 
         json.dump(meta, f, indent=2, default=str)
     os.replace(tmp, final)
     return final
+
+
+def _same_model(saved_model_dir: str, metadata: dict) -> bool:
+    """Whether an exported version was made from a model with these files (digests)."""
+    try:
+        theirs = read_export_metadata(saved_model_dir)
+    except (OSError, ValueError):
+        return False
+    return bool(metadata.get("files_sha256")) and theirs.get("files_sha256") == metadata.get("files_sha256") \
+        and theirs.get("vocab_hash") == metadata.get("vocab_hash")
 
 
 def read_export_metadata(saved_model_dir: str) -> dict:

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -55,8 +56,31 @@ def test_versioned_layout_and_assets(saved, trained):
             for r in tf.data.TFRecordDataset(os.path.join(saved, "assets.extra", "tf_serving_warmup_requests"))]
     assert logs and logs[0].predict_log.request.model_spec.signature_name == "serving_default"
     from ptum.serving.saved_model import export_saved_model
-    with pytest.raises(FileExistsError):
-        export_saved_model(trained["model"], os.path.dirname(saved), version=7)
+    # The same model again: the version already there (versions are immutable, and it is this one).
+    before = os.path.getmtime(os.path.join(saved, "saved_model.pb"))
+    assert export_saved_model(trained["model"], os.path.dirname(saved), version=7) == saved
+    assert os.path.getmtime(os.path.join(saved, "saved_model.pb")) == before
+    # A version held by another model is refused.
+    other = os.path.join(os.path.dirname(saved), "8")
+    os.makedirs(os.path.join(other, "assets.extra"))
+    with open(os.path.join(other, "assets.extra", "ptum_metadata.json"), "w") as f:
+        json.dump({"files_sha256": {"encoder.keras": "0" * 64}, "vocab_hash": meta["vocab_hash"]}, f)
+    with pytest.raises(FileExistsError, match="holds another model"):
+        export_saved_model(trained["model"], os.path.dirname(saved), version=8)
+
+
+def test_one_model_one_version_for_export_model_and_export_embeddings(trained, tmp_path):
+    from ptum.model.saving import model_version
+    from ptum.serving.export_embeddings import run
+    from ptum.serving.saved_model import export_saved_model
+
+    meta = json.load(open(os.path.join(trained["model"], "metadata.json")))
+    version = model_version(meta)
+    assert abs(version - time.time()) < 24 * 3600      # when the model finished training
+    served = export_saved_model(trained["model"], str(tmp_path / "serving"))
+    assert os.path.basename(served) == str(version)
+    m = run(trained["model"], trained["data"], str(tmp_path / "emb"), batch_rows=64)
+    assert m["model_version"] == str(version)          # the table names the version that serves it
 
 
 FRESH = r'''
