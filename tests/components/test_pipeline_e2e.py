@@ -133,6 +133,9 @@ def test_first_run_pushes_a_servable_model_and_exports_embeddings(scenario):
     # One version: the directory's, in the SavedModel's metadata, the table and the manifest.
     meta = json.load(open(os.path.join(dest, "assets.extra", "ptum_metadata.json")))
     assert str(meta["version"]) == os.path.basename(dest) == manifest["model_version"]
+    # ... and the model's own version (when training finished), as `ptum export-model` gives it.
+    from ptum.model.saving import model_version
+    assert meta["version"] == model_version(meta)
     # The export verified the model against the digest MLMD recorded at push.
     assert manifest["model_verified"] == "expected digest"
     assert manifest["saved_model_sha256"] == run["pushed_model"]["saved_model_sha256"]
