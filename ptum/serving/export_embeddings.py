@@ -10,6 +10,7 @@ as_of (the newest behavior's timestamp), all_oov (every behavior was out of voca
 from __future__ import annotations
 
 import datetime
+import json
 import os
 from typing import List, Optional
 
@@ -76,13 +77,36 @@ class ReadRowBatches(beam.DoFn):
             yield file_idx, i, batch
 
 
+# What each column of an embedding table means (Parquet field metadata, and the README's table).
+COLUMNS = {
+    "user_id": "the user's id as in the logs",
+    "embedding": "the user embedding (see the schema's ptum.user_embedding for which vector and its space)",
+    "model_version": "the SavedModel version that computed it (the version TF Serving serves)",
+    "vocab_hash": "hash of the item vocabulary (item id -> token id) the model and dataset share",
+    "as_of": "epoch seconds of the newest behavior in the history that was embedded",
+    "all_oov": "true when every item of the history was outside the model's vocabulary (a prior-like vector)",
+}
+
+
+def table_schema(dim: int, metadata: dict) -> pa.Schema:
+    """The embedding table's schema: column descriptions, and `metadata` (JSON values) under
+    `ptum.*` keys."""
+    types = {"user_id": pa.string(), "embedding": pa.list_(pa.float32(), dim), "model_version": pa.string(),
+             "vocab_hash": pa.string(), "as_of": pa.int64(), "all_oov": pa.bool_()}
+    fields = [pa.field(name, typ, metadata={"description": COLUMNS[name]}) for name, typ in types.items()]
+    return pa.schema(fields, metadata={f"ptum.{k}": json.dumps(v, sort_keys=True, default=str)
+                                       for k, v in metadata.items()})
+
+
 class EmbedBatch(beam.DoFn):
     """Loads the SavedModel once per worker (DoFn.setup) and embeds Arrow batches."""
 
     def __init__(self, saved_model: str, output: str, width: int, model_version: str, vocab_hash: str,
-                 tfrecord: bool):
+                 tfrecord: bool, schema_metadata: Optional[dict] = None):
         self._path, self._output, self._width = saved_model, output, width
         self._version, self._vocab_hash, self._tfrecord = model_version, vocab_hash, tfrecord
+        self._schema_metadata = {"model_version": model_version, "vocab_hash": vocab_hash,
+                                 **(schema_metadata or {})}
         self._users = Metrics.counter("export", "users")
         self._oov = Metrics.counter("export", "users_all_oov")
 
@@ -104,14 +128,14 @@ class EmbedBatch(beam.DoFn):
         ids = tokens["item_ids"]
         all_oov = ((ids == contracts.OOV_ID) | (np.arange(ids.shape[1])[None, :] >= n[:, None])).all(axis=1)
         last_ts = tokens["timestamps"][np.arange(len(n)), np.maximum(n - 1, 0)]
-        table = pa.table({
-            "user_id": batch.column("user_id"),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), d),
-            "model_version": pa.array([self._version] * len(n), pa.string()),
-            "vocab_hash": pa.array([self._vocab_hash] * len(n), pa.string()),
-            "as_of": pa.array(last_ts, pa.int64()),
-            "all_oov": pa.array(all_oov),
-        })
+        table = pa.Table.from_arrays([
+            batch.column("user_id").cast(pa.string()),
+            pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), d),
+            pa.array([self._version] * len(n), pa.string()),
+            pa.array([self._vocab_hash] * len(n), pa.string()),
+            pa.array(last_ts, pa.int64()),
+            pa.array(all_oov, pa.bool_()),
+        ], schema=table_schema(d, self._schema_metadata))
         name = f"embeddings-{file_idx:05d}-{batch_idx:05d}"
         sink.write_parquet(table, sink.join(self._output, EMBEDDINGS_DIR, name + ".parquet"))
         files = [name + ".parquet"]
@@ -144,10 +168,10 @@ class EmbedUsers(beam.PTransform):
     those files are left out."""
 
     def __init__(self, units, saved_model: str, output: str, width: int, model_version: str, vocab_hash: str,
-                 batch_rows: int = 2048, tfrecord: bool = False):
+                 batch_rows: int = 2048, tfrecord: bool = False, schema_metadata: Optional[dict] = None):
         super().__init__()
         self._units, self._rows = units, batch_rows
-        self._embed = EmbedBatch(saved_model, output, width, model_version, vocab_hash, tfrecord)
+        self._embed = EmbedBatch(saved_model, output, width, model_version, vocab_hash, tfrecord, schema_metadata)
 
     def expand(self, pbegin):
         return (pbegin
@@ -301,8 +325,11 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
             "user_embedding": meta["user_embedding"], "tfrecord": tfrecord, "dataset_users": expected_users}
     p, runner = make_pipeline(beam_args)
     info["runner"] = runner
+    described = {"user_embedding": meta["user_embedding"], "saved_model_sha256": meta["saved_model_sha256"],
+                 "config": meta.get("config"), "split": split}
     counts = p | "EmbedUsers" >> EmbedUsers(units, saved, output, int(meta["max_len"]), str(meta["version"]),
-                                             ds.vocab_hash, batch_rows=batch_rows, tfrecord=tfrecord)
+                                             ds.vocab_hash, batch_rows=batch_rows, tfrecord=tfrecord,
+                                             schema_metadata=described)
     # The counts are the commit step's main input (no side input): it is the last step and
     # depends on every embedding shard.
     _ = counts | "WriteManifest" >> beam.Map(_write_manifest, output, info)

@@ -151,6 +151,15 @@ def test_batch_export_matches_serving(saved, trained, tmp_path):
     out = str(tmp_path / "emb")
     m = run(saved, trained["data"], out, batch_rows=64, tfrecord=True)
     assert m["counts"]["users"] == 150 and m["model_version"] == "7"
+    # Each file says what its columns mean and which vector, model and config made them.
+    import glob
+
+    import pyarrow.parquet as pq
+    schema = pq.read_schema(sorted(glob.glob(os.path.join(out, "embeddings", "*.parquet")))[0])
+    assert b"newest behavior" in schema.field("as_of").metadata[b"description"]
+    assert json.loads(schema.metadata[b"ptum.model_version"]) == "7"
+    assert json.loads(schema.metadata[b"ptum.user_embedding"])["readout"] == "last"
+    assert "model" in json.loads(schema.metadata[b"ptum.config"])
     table = read_embeddings(out)
     assert table.num_rows == 150 and set(table.column_names) >= {"user_id", "embedding", "model_version",
                                                                   "vocab_hash", "as_of"}
