@@ -296,6 +296,22 @@ def mark_interrupted(cfg: PipelineConfig) -> int:
     return len(running)
 
 
+def _property_value(v):
+    """An MLMD property as JSON would have it: numbers as numbers, JSON objects and lists
+    (manifest counts, span checks) as objects, other strings as they are."""
+    if v.HasField("int_value"):
+        return v.int_value
+    if v.HasField("double_value"):
+        return v.double_value
+    text = v.string_value
+    if text[:1] in ("{", "["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
+
 def summarize(cfg: PipelineConfig) -> dict:
     """Latest artifacts of each kind from MLMD (SQLite)."""
     store = _store(cfg)
@@ -311,8 +327,7 @@ def summarize(cfg: PipelineConfig) -> dict:
                            ("embeddings", "ptum.EmbeddingTable")):
         a = latest(type_name)
         if a is not None:
-            out[key] = {"uri": a.uri, **{k: (v.int_value if v.HasField("int_value") else v.string_value)
-                                         for k, v in a.custom_properties.items()}}
+            out[key] = {"uri": a.uri, **{k: _property_value(v) for k, v in a.custom_properties.items()}}
     runs = [a for a in store.get_artifacts_by_type("ModelRun") if "/Trainer/" in a.uri]
     if runs:   # the pre-training Trainer's checkpoints and TensorBoard logs
         out["trainer_run"] = {"uri": max(runs, key=lambda a: a.id).uri}

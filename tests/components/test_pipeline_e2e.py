@@ -120,6 +120,8 @@ def scenario(tmp_path_factory):
 def test_first_run_pushes_a_servable_model_and_exports_embeddings(scenario):
     run = scenario["run1"]
     assert run["blessing"]["blessed"] == 1 and run["pushed_model"]["pushed"] == 1
+    # The run's summary holds the counts as JSON objects, not as strings of JSON.
+    assert run["dataset"]["counts"]["users"] == 120 and isinstance(run["dataset"]["span_checks"], dict)
     dest = run["pushed_model"]["pushed_destination"]
     assert os.path.basename(dest).isdigit() and os.path.exists(os.path.join(dest, "saved_model.pb"))
     import tensorflow as tf
