@@ -257,6 +257,8 @@ def finetune(encoder, meta: dict, rows: Rows, cfg: FinetuneConfig, row_idx: np.n
         run.full_phase()
     if len(valid) and run.best["weights"] is not None:
         run.model.set_weights(run.best["weights"])
+        log(f"kept the weights of the {run.best['phase']} phase's epoch {run.best['best_epoch']} (valid log-loss "
+            f"{run.best['best']:.4f})")
     encoder.trainable = True
     final = classification_metrics(y[valid], run.predict(valid), max(n_classes, 2)) if len(valid) else {}
     return run.model, final, run.history, run.predict
@@ -328,9 +330,16 @@ class _Finetuning:
         return [ValidationMetrics((lambda _: self.valid_metrics(validate())) if len(self.valid) else None),
                 NaNGuard(what="fine-tuning loss", epoch_number=lambda _: len(history) + 1),
                 KeepBest("val_log_loss", best, self.cfg.patience, lower_is_better=True, min_delta=1e-6,
-                         keep=lambda _: best.update(weights=[np.array(v) for v in model.get_weights()]),
+                         keep=lambda _: best.update(weights=[np.array(v) for v in model.get_weights()],
+                                                    phase=phase),
                          missing=lambda: -(len(history) + 1)),
                 History(history, phase, line)]
+
+    def say_if_stopped(self, phase: str, planned: int) -> None:
+        ran = sum(1 for h in self.history if h["phase"] == phase)
+        if ran < planned:
+            self.log(f"{phase} phase stopped early after {ran} of {planned} epochs: the valid log-loss did not "
+                     f"improve for {self.cfg.patience} epochs (finetune.patience)")
 
     def head_phase(self) -> None:
         """The head alone on the frozen encoder: its embeddings are fixed, so they are computed
@@ -368,6 +377,7 @@ class _Finetuning:
                          f"valid auc {logs['val_auc']:.4f}")
 
         _fit(head, head_epoch, self.head_epochs, self.n_batches, self.callbacks(head_valid, "head", head_line))
+        self.say_if_stopped("head", self.head_epochs)
 
     def full_phase(self) -> None:
         """Encoder and head together, at encoder_lr_scale x the learning rate, from the best probe."""
@@ -399,6 +409,7 @@ class _Finetuning:
 
         _fit(model, full_epoch, cfg.epochs, self.n_batches,
              self.callbacks(lambda: self.predict(self.valid), "full", full_line))
+        self.say_if_stopped("full", cfg.epochs)
         for v in off_path:
             v.trainable = True
 
