@@ -261,7 +261,25 @@ def run_local(cfg: PipelineConfig) -> dict:
         n = mark_interrupted(cfg)
         raise PipelineInterrupted(f"interrupted: {n} running execution(s) marked CANCELED in "
                                   f"{_metadata_path(cfg)}; the next run re-runs them") from None
-    return summarize(cfg)
+    return {**summarize(cfg), "this_run": last_run_states(cfg)}
+
+
+def last_run_states(cfg: PipelineConfig) -> dict:
+    """What the newest pipeline run did per component: ran, or reused the cached result of an
+    earlier execution with the same inputs (TFX's cache)."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = _store(cfg)
+    runs = store.get_contexts_by_type("pipeline_run")
+    if not runs:
+        return {}
+    executions = store.get_executions_by_context(max(runs, key=lambda c: c.id).id)
+    names = {t.id: t.name.rsplit(".", 1)[-1] for t in store.get_execution_types_by_id(
+        sorted({e.type_id for e in executions}))}
+    state = metadata_store_pb2.Execution
+    cached = sorted(names[e.type_id] for e in executions if e.last_known_state == state.CACHED)
+    ran = sorted(names[e.type_id] for e in executions if e.last_known_state == state.COMPLETE)
+    return {"ran": ran, "cached": cached}
 
 
 class PipelineInterrupted(Exception):

@@ -366,6 +366,10 @@ def _demo(a, extra) -> int:
     except RuntimeError as e:
         print(f"ptum demo: the pipeline stopped: {e}", file=sys.stderr)
         return 3
+    cached = out.get("this_run", {}).get("cached", [])
+    if cached:
+        print(f"reused the results of an earlier run for {len(cached)} component(s) with unchanged inputs "
+              f"({', '.join(cached[:6])}{' ...' if len(cached) > 6 else ''}); remove {workdir} to start over")
     metrics_path = os.path.join(out["evaluation"]["uri"], "metrics.json")
     with open(metrics_path) as f:
         evaluation = json.load(f)

@@ -189,6 +189,9 @@ def test_same_span_hits_the_cache(scenario):
     # The evaluator runs again (its baseline is now the blessed model), re-blesses the same
     # model, and the pusher serves it without a second version.
     run = scenario["run2"]
+    # The run says which components reused cached results (and the first run: none).
+    assert {"SequenceIngestion", "Trainer"} <= set(run["this_run"]["cached"])
+    assert "Trainer" in scenario["run1"]["this_run"]["ran"] and not scenario["run1"]["this_run"]["cached"]
     assert run["pushed_model"]["already_pushed"] == 1
     assert run["pushed_model"]["pushed_version"] == scenario["run1"]["pushed_model"]["pushed_version"]
 
