@@ -3,7 +3,10 @@ plus a task head (keras.ops only)."""
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
+
+from ptum.data import contracts
 
 
 class Standardize(keras.layers.Layer):
@@ -99,3 +102,15 @@ class FinetuneModel(keras.Model):
         config = dict(config)
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         return cls(**config)
+
+    def build_from_config(self, config):
+        """Build every layer by calling the model once on a dummy batch of the saved input
+        shapes: Keras cannot build a model with dict inputs by itself, and a head left unbuilt
+        would not get its trained weights back when the model is loaded."""
+        shapes = (config or {}).get("input_shape") or {}
+        if not shapes:
+            return
+        batch = {name: np.full([1 if d is None else int(d) for d in shape],
+                               contracts.FIRST_ITEM_ID if name in ("item_ids", "candidate") else 0, np.int32)
+                 for name, shape in shapes.items()}
+        self(batch, training=False)

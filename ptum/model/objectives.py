@@ -332,4 +332,8 @@ class PTUMPretrainer(keras.Model):
 
 
 def build_pretrainer(cfg, encoder: UserEncoder) -> PTUMPretrainer:
+    if not cfg.objective.nbp:
+        # Only NBP reads the future-position embeddings: without it nothing trains them (they
+        # stay zeros), so they are not handed to the optimizer.
+        encoder.future_embedding.trainable = False
     return PTUMPretrainer(encoder, cfg.objective, seed=cfg.train.seed, name="ptum_pretrainer")

@@ -72,7 +72,14 @@ def test_finetune_tasks_and_modes(pretrained, tmp_path, task, mode, column):
 
     import ptum.model.heads  # noqa: F401
     import ptum.model.encoder  # noqa: F401
-    ft = keras.saving.load_model(os.path.join(out, "model.keras"), compile=False)
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ft = keras.saving.load_model(os.path.join(out, "model.keras"), compile=False)
+        again = keras.saving.load_model(os.path.join(out, "model.keras"), compile=False)
+    # The head comes back built with its trained weights (not left to a fresh random build).
+    assert not [w for w in caught if "cannot be built" in str(w.message)]
+    assert ft.out.built and len(ft.out.weights) == 2
     from ptum.data.batches import Rows, pad_batch
     from ptum.data.contracts import open_dataset
     rows = Rows.from_split(open_dataset(data), "test")
@@ -82,6 +89,7 @@ def test_finetune_tasks_and_modes(pretrained, tmp_path, task, mode, column):
     assert keras.ops.convert_to_numpy(ft.user_embedding(batch)).shape == (4, 16)
     p = keras.ops.convert_to_numpy(ft(batch))
     assert p.shape == ((4, len(meta["classes"])) if task == "classify" else (4, 1))
+    np.testing.assert_allclose(p, keras.ops.convert_to_numpy(again(batch)), rtol=1e-6, atol=1e-7)
 
 
 def test_label_problems_are_counted_and_fatal_ones_are_clear(pretrained, tmp_path):
