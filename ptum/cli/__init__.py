@@ -140,8 +140,9 @@ def _add_tokenize_args(p: argparse.ArgumentParser) -> None:
                         "what they meant to the model trained on it")
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """Every option's help ends with its default, when it has one worth showing."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, when it has one worth showing; epilogs (the
+    examples) keep their lines."""
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -175,9 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--malformed-rate", type=float, default=0.0, help="share of event lines damaged on purpose (dead letters)")
     g.add_argument("--mean-events", type=float, default=30.0, help="mean events per user (log-normal)")
 
-    t = sub.add_parser("tokenize", help="Beam job: raw logs -> sequence dataset (Parquet)",
-                       epilog="Pipeline options go after `--`, e.g. `-- --runner DataflowRunner "
-                              "--project P --region R --temp_location gs://...`.")
+    t = sub.add_parser("tokenize", help="Beam job: raw logs -> sequence dataset (Parquet)", epilog="""examples:
+  ptum tokenize --input logs/ --format csv --items logs/items.csv --output data/
+  ptum tokenize --input 'logs/2026-*.jsonl.gz' --format jsonl --split window --output data/
+  ptum tokenize --input Beauty.txt --format sequence-lines --output beauty/
+  ptum tokenize --input new-logs/ --format csv --vocab-from data/ --output data-2/
+
+Pipeline options go after `--`, e.g.
+  ptum tokenize ... -- --runner DataflowRunner --project P --region R --temp_location gs://B/tmp""")
     _add_tokenize_args(t)
 
     from ptum.cli import commands

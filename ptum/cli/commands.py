@@ -7,7 +7,11 @@ import sys
 
 
 def add_subcommands(sub) -> None:
-    p = sub.add_parser("pretrain", help="pre-train the PTUM user model (MBP + NBP) on a sequence dataset")
+    p = sub.add_parser("pretrain", help="pre-train the PTUM user model (MBP + NBP) on a sequence dataset",
+                       epilog="""examples:
+  ptum pretrain --data data/ --output model/ --config demo
+  ptum pretrain --data beauty/ --output model/ --config beauty --set train.epochs=50
+  ptum pretrain --data data-2/ --output model-2/ --config demo --warm-start model/""")
     p.add_argument("--data", required=True, help="sequence dataset folder (from ptum tokenize)")
     p.add_argument("--output", required=True, help="model folder")
     p.add_argument("--config", default=None,
@@ -28,36 +32,7 @@ def add_subcommands(sub) -> None:
     e.add_argument("--split", default="test", help="split whose last behavior is the target")
     e.add_argument("--output", default=None, help="also write the metrics JSON here")
 
-    x = sub.add_parser("export-model", help="write a versioned user-embedding SavedModel for TF Serving")
-    x.add_argument("--model", required=True, help="a finished model folder (from ptum pretrain)")
-    x.add_argument("--output", required=True, help="serving base folder: <output>/<version>/ is written")
-    x.add_argument("--version", type=int, default=None,
-                   help="default: the model's own version, the epoch second its training finished")
-
-    b = sub.add_parser("export-embeddings", help="Beam job: embed every user of a dataset into Parquet",
-                       epilog="Pipeline options go after `--`.")
-    b.add_argument("--model", required=True, help="a model folder or a SavedModel version folder")
-    b.add_argument("--data", required=True, help="the sequence dataset whose users are embedded")
-    b.add_argument("--output", required=True, help="embedding table folder (Parquet; manifest last)")
-    b.add_argument("--split", default=None, help="default: test (full histories) or the first split")
-    b.add_argument("--batch-rows", type=int, default=2048, help="users embedded per SavedModel call")
-    b.add_argument("--tfrecord", action="store_true", help="also write TFRecord files")
-    b.add_argument("--expected-sha256", default=None,
-                   help="refuse a SavedModel whose digest differs (as printed by export-model, or the "
-                        "pipeline's pushed model); without it only its own metadata is checked")
-
-    q = sub.add_parser("evaluate-embeddings", help="quality report of an exported user-embedding table")
-    q.add_argument("--embeddings", required=True, help="an export-embeddings output folder")
-    q.add_argument("--data", default=None, help="the dataset (bag-of-items baselines, future windows)")
-    q.add_argument("--labels", default=None, help="user labels (CSV/Parquet with user_id)")
-    q.add_argument("--label-column", action="append", default=[], help="repeat for several labels")
-    q.add_argument("--model", default=None, help="the model folder: untrained baseline and future windows")
-    q.add_argument("--folds", type=int, default=5, help="cross-validation folds of the linear probes")
-    q.add_argument("--repeats", type=int, default=5, help="repetitions of the cross-validation (seeds)")
-    q.add_argument("--fractions", default="1.0", help="label fractions, e.g. 0.1,1.0")
-    q.add_argument("--window", type=int, default=None, help="future window W (default: the dataset's, or 10)")
-    q.add_argument("--no-recompute", action="store_true", help="skip the frozen vs recomputed comparison")
-    q.add_argument("--output", default=None, help="report folder: report.json, report.md, projection.png")
+    _add_export_parsers(sub)
 
     f = sub.add_parser("finetune", help="fine-tune the pre-trained user model for a downstream task")
     f.add_argument("--pretrained", required=True, help="model folder from ptum pretrain")
@@ -85,6 +60,45 @@ def add_subcommands(sub) -> None:
     d.add_argument("--users", type=int, default=2000, help="users in the generated logs")
     d.add_argument("--items", type=int, default=800, help="items in the generated logs")
     d.add_argument("--seed", type=int, default=0, help="seed of the generated logs")
+
+
+def _add_export_parsers(sub) -> None:
+    """export-model, export-embeddings and evaluate-embeddings."""
+    x = sub.add_parser("export-model", help="write a versioned user-embedding SavedModel for TF Serving")
+    x.add_argument("--model", required=True, help="a finished model folder (from ptum pretrain)")
+    x.add_argument("--output", required=True, help="serving base folder: <output>/<version>/ is written")
+    x.add_argument("--version", type=int, default=None,
+                   help="default: the model's own version, the epoch second its training finished")
+
+    b = sub.add_parser("export-embeddings", help="Beam job: embed every user of a dataset into Parquet",
+                       epilog="""examples:
+  ptum export-embeddings --model model/ --data data/ --output emb/
+  ptum export-embeddings --model serving/user_model/<version> --data data/ --output emb/ \\
+      --expected-sha256 <the digest export-model printed>
+
+Pipeline options go after `--`.""")
+    b.add_argument("--model", required=True, help="a model folder or a SavedModel version folder")
+    b.add_argument("--data", required=True, help="the sequence dataset whose users are embedded")
+    b.add_argument("--output", required=True, help="embedding table folder (Parquet; manifest last)")
+    b.add_argument("--split", default=None, help="default: test (full histories) or the first split")
+    b.add_argument("--batch-rows", type=int, default=2048, help="users embedded per SavedModel call")
+    b.add_argument("--tfrecord", action="store_true", help="also write TFRecord files")
+    b.add_argument("--expected-sha256", default=None,
+                   help="refuse a SavedModel whose digest differs (as printed by export-model, or the "
+                        "pipeline's pushed model); without it only its own metadata is checked")
+
+    q = sub.add_parser("evaluate-embeddings", help="quality report of an exported user-embedding table")
+    q.add_argument("--embeddings", required=True, help="an export-embeddings output folder")
+    q.add_argument("--data", default=None, help="the dataset (bag-of-items baselines, future windows)")
+    q.add_argument("--labels", default=None, help="user labels (CSV/Parquet with user_id)")
+    q.add_argument("--label-column", action="append", default=[], help="repeat for several labels")
+    q.add_argument("--model", default=None, help="the model folder: untrained baseline and future windows")
+    q.add_argument("--folds", type=int, default=5, help="cross-validation folds of the linear probes")
+    q.add_argument("--repeats", type=int, default=5, help="repetitions of the cross-validation (seeds)")
+    q.add_argument("--fractions", default="1.0", help="label fractions, e.g. 0.1,1.0")
+    q.add_argument("--window", type=int, default=None, help="future window W (default: the dataset's, or 10)")
+    q.add_argument("--no-recompute", action="store_true", help="skip the frozen vs recomputed comparison")
+    q.add_argument("--output", default=None, help="report folder: report.json, report.md, projection.png")
 
 
 def _add_semantic_ids(sub) -> None:

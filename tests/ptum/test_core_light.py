@@ -61,3 +61,5 @@ def test_every_cli_option_says_what_it_does_and_its_default():
                     "(default: utf-8)"):
         assert default in " ".join(tokenize.split()), default
     assert "(default: None)" not in parsers["ptum pretrain"].format_help()
+    for command in ("tokenize", "pretrain", "export-embeddings"):      # the common cases, as examples
+        assert f"examples:\n  ptum {command} --" in parsers[f"ptum {command}"].format_help()
