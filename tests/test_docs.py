@@ -92,3 +92,53 @@ def test_documented_examples_run_as_written(tmp_path, monkeypatch):
     for block in docstring_examples(os.path.join(ROOT, "ptum", "__init__.py")):
         exec(compile(block, "ptum/__init__.py", "exec"), package)
     assert package["model"].metadata["epochs_run"] == 1 and "ndcg@10" in package["metrics"]
+
+
+def documented_commands(paths):
+    """Every `ptum ...` command in the ```bash blocks of these files (continuation lines
+    joined, comments dropped): [(file, command line)]."""
+    out = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            blocks = re.findall(r"^```bash\n(.*?)^```", f.read(), re.M | re.S)
+        for block in blocks:
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split("  #")[0].strip()
+                if line.startswith("ptum "):
+                    out.append((os.path.relpath(path, ROOT), line))
+    return out
+
+
+def test_documented_commands_are_valid_invocations():
+    """The README's and docs' `ptum` command lines parse with the real CLI (options that exist,
+    required ones given, choices allowed), and the repository files they name exist: a renamed
+    option or a moved config breaks this test, not a reader's first hour."""
+    import argparse
+    import shlex
+
+    from ptum.cli import build_parser
+
+    paths = [os.path.join(ROOT, "README.md")] + [os.path.join(ROOT, "docs", n)
+                                                  for n in sorted(os.listdir(os.path.join(ROOT, "docs")))]
+    commands = documented_commands(paths)
+    assert len(commands) >= 12
+    parser = build_parser()
+
+    def exact(p):      # the documented spelling must be the option's whole name, not a prefix of it
+        p.allow_abbrev = False
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    exact(sub)
+    exact(parser)
+    for where, line in commands:
+        # `[--opt X]` marks an optional part: checked as if given; `...` means "and so on".
+        words = [w for w in shlex.split(line.replace("[", " ").replace("]", " ")) if w != "..."]
+        args = words[1:words.index("--")] if "--" in words else words[1:]
+        try:
+            parser.parse_args(args)
+        except SystemExit:
+            pytest.fail(f"{where}: `{line}` does not parse with the CLI")
+        for w in args:
+            if w.startswith(("configs/", "schemas/", "tools/")):
+                assert os.path.exists(os.path.join(ROOT, w)), f"{where}: `{line}` names {w}, which does not exist"
