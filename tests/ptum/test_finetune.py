@@ -196,3 +196,20 @@ def test_full_mode_is_reproducible_in_one_process(pretrained, tmp_path):
         outs.append(out)
     assert outs[0]["valid"] == outs[1]["valid"]
     assert [h["loss"] for h in outs[0]["history"]] == [h["loss"] for h in outs[1]["history"]]
+
+
+def test_finetuning_says_when_it_stopped_early_and_which_epoch_it_kept(pretrained, tmp_path):
+    from ptum.config import FinetuneConfig
+    from ptum.training.finetune import run
+
+    model, data, logs = pretrained
+    lines = []
+    out = run(model, data, os.path.join(logs, "users.csv"), str(tmp_path / "ft"),
+              FinetuneConfig(epochs=12, head_epochs=0, patience=1, learning_rate=0.03), label_column="gender",
+              log=lines.append)
+    ran = len(out["history"]) if "history" in out else sum(1 for ln in lines if ln.startswith("epoch "))
+    stopped = [ln for ln in lines if "stopped early" in ln]
+    assert stopped == ([f"full phase stopped early after {ran} of 12 epochs: the valid log-loss did not improve "
+                        "for 1 epochs (finetune.patience)"] if ran < 12 else [])
+    kept = [ln for ln in lines if ln.startswith("kept the weights of the full phase's epoch ")]
+    assert len(kept) == 1 and "valid log-loss" in kept[0]
