@@ -505,6 +505,17 @@ def read_manifest(path: str, error=None) -> dict:
     return manifest
 
 
+def read_sealed_manifest(folder: str, error, unfinished: str) -> dict:
+    """The manifest of a committed output folder, its seal checked; `error(f"{folder}:
+    {unfinished}")` when there is none (the run that writes it did not finish)."""
+    mpath = fs.join(folder, MANIFEST)
+    if not fs.exists(mpath):
+        raise error(f"{folder}: {unfinished}")
+    manifest = read_manifest(mpath, error)
+    check_seal(mpath, manifest, error)
+    return manifest
+
+
 def check_seal(path: str, manifest: dict, error=None) -> None:
     error = error or DatasetError
     if MANIFEST_DIGEST not in manifest:

@@ -36,11 +36,8 @@ def read_embedding_table(path: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    mpath = os.path.join(path, contracts.MANIFEST)
-    if not os.path.exists(mpath):
-        raise EmbeddingEvalError(f"{path}: no {contracts.MANIFEST}: not a finished ptum export-embeddings output")
-    manifest = contracts.read_manifest(mpath, EmbeddingEvalError)
-    contracts.check_seal(mpath, manifest, EmbeddingEvalError)
+    manifest = contracts.read_sealed_manifest(
+        path, EmbeddingEvalError, f"no {contracts.MANIFEST}: not a finished ptum export-embeddings output")
     files = [os.path.join(path, f) for f in manifest["files"] if f.endswith(".parquet")]
     try:
         table = pa.concat_tables([pq.read_table(f, columns=["user_id", "embedding"]) for f in files])

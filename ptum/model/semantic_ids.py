@@ -86,11 +86,14 @@ def residual_kmeans(x: np.ndarray, levels: int = 3, codes: int = 256, seed: int 
 
 def dedup_tokens(codes: np.ndarray) -> np.ndarray:
     """Per row, its rank among the rows with the same code tuple (0 for a unique tuple)."""
-    order = np.lexsort(codes.T[::-1])
-    out = np.zeros(len(codes), np.int64)
-    for n in range(1, len(order)):
-        same = np.array_equal(codes[order[n]], codes[order[n - 1]])
-        out[order[n]] = out[order[n - 1]] + 1 if same else 0
+    n = len(codes)
+    order = np.lexsort(codes.T[::-1])   # stable: equal tuples keep row order
+    ranked = codes[order]
+    first = np.ones(n, bool)
+    first[1:] = (ranked[1:] != ranked[:-1]).any(axis=1)
+    starts = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    out = np.empty(n, np.int64)
+    out[order] = np.arange(n) - starts
     return out
 
 

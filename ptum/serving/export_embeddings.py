@@ -268,12 +268,7 @@ def run(model: str, data: str, output: str, split: Optional[str] = None, batch_r
 
 def read_manifest(output: str) -> dict:
     """The committed export's manifest, its seal checked (refuses an unfinished export)."""
-    mpath = sink.join(output, contracts.MANIFEST)
-    if not fs.exists(mpath):
-        raise ExportError(f"{output}: no manifest: the export did not finish")
-    m = contracts.read_manifest(mpath, ExportError)
-    contracts.check_seal(mpath, m, ExportError)
-    return m
+    return contracts.read_sealed_manifest(output, ExportError, "no manifest: the export did not finish")
 
 
 def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_rows: int = 2048,

@@ -16,7 +16,6 @@ replaced in one step (a failed run leaves the previous artifact as it was).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import Callable, Optional
@@ -137,8 +136,8 @@ def _write(stage: str, ds, content, has, source, q, report: dict, params: dict) 
                            "items_dead_lettered": int(len(missing)),
                            "by_source": {s: int((source[idx] == s).sum()) for s in sorted(set(source[idx]))}},
                 "tuple_length": int(full.shape[1]),
-                "files_sha256": {n: hashlib.sha256(open(os.path.join(stage, n), "rb").read()).hexdigest()
-                                 for n in (CODES_FILE, CODEBOOKS_FILE, DEADLETTER_FILE)},
+                "files_sha256": contracts.file_sha256({n: os.path.join(stage, n)
+                                                       for n in (CODES_FILE, CODEBOOKS_FILE, DEADLETTER_FILE)}),
                 "report": {k: report[k] for k in ("collision_rate", "largest_collision_group", "dedup_tokens")}}
     return contracts.commit_manifest(os.path.join(stage, contracts.MANIFEST), manifest)
 
@@ -147,16 +146,13 @@ def read_semantic_ids(path: str):
     """(codes table, manifest) of a committed artifact, its seal and file digests checked."""
     import pyarrow.parquet as pq
 
-    mpath = os.path.join(path, contracts.MANIFEST)
-    if not os.path.exists(mpath):
-        raise SemanticIdError(f"{path}: no {contracts.MANIFEST}: not a finished semantic-ids artifact")
-    manifest = contracts.read_manifest(mpath, SemanticIdError)
-    contracts.check_seal(mpath, manifest, SemanticIdError)
+    manifest = contracts.read_sealed_manifest(path, SemanticIdError,
+                                              f"no {contracts.MANIFEST}: not a finished semantic-ids artifact")
+    found = contracts.file_sha256({name: os.path.join(path, name) for name in manifest.get("files_sha256", {})})
     for name, digest in manifest.get("files_sha256", {}).items():
-        with open(os.path.join(path, name), "rb") as f:
-            if hashlib.sha256(f.read()).hexdigest() != digest:
-                raise SemanticIdError(f"{path}: {name} changed after it was written (digest differs); run "
-                                      "ptum semantic-ids again")
+        if found[name] != digest:
+            raise SemanticIdError(f"{path}: {name} changed after it was written (digest differs); run "
+                                  "ptum semantic-ids again")
     return pq.read_table(os.path.join(path, CODES_FILE)), manifest
 
 
