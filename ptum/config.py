@@ -88,6 +88,9 @@ class ModelConfig(Section):
         "+ a projection of the mean hidden state; scored against its own item table + bias; trained by "
         "objective.bag)")
     profile_newest: Bool = Field(False, description="the profile also sees the newest hidden state (recency)")
+    architecture: Literal["ptum", "generative"] = Field(
+        "ptum", description="ptum (the user encoder, trained by the objectives) | generative (an encoder-decoder "
+        "that decodes the next item's code tuple: the generative section; the objective section is not used)")
 
 
 class ObjectiveConfig(Section):
@@ -115,6 +118,22 @@ class ObjectiveConfig(Section):
     bag_contrastive: Float = Field(0.0, ge=0.0, le=1e4, description="c > 0: two dropped views of a history agree "
                                    "(InfoNCE, in-batch negatives); 0: off")
     bag_contrastive_temperature: Float = Field(0.1, gt=0.0, le=1e4)
+
+
+class GenerativeConfig(Section):
+    """The generative retrieval model (model.architecture: generative; ptum.model.generative)."""
+
+    where: ClassVar[str] = "generative"
+    codes: Literal["semantic", "item_id", "random"] = Field(
+        "semantic", description="what the decoder spells an item as: semantic (its Semantic IDs: "
+        "generative.semantic_ids) | item_id (the item token, one step: P5's sequential indexing) | random "
+        "(random tuples of random_levels x random_codes + a collision token: TIGER's ablation)")
+    semantic_ids: str = Field("", description="a `ptum semantic-ids` artifact of this dataset (codes: semantic)")
+    random_levels: Int = Field(3, ge=1, le=16)
+    random_codes: Int = Field(256, ge=2, le=1 << 16)
+    decoder_blocks: Int = Field(2, ge=1, le=64)
+    beam_size: Int = Field(20, ge=1, le=4096, description="beams kept at each decoding step (validation, "
+                           "evaluation); the metrics' largest cut-off is at most this")
 
 
 class TrainConfig(Section):
@@ -161,21 +180,30 @@ def config_error(e: ValidationError, where: str = "") -> ConfigError:
 class PTUMConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    generative: GenerativeConfig = Field(default_factory=GenerativeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     def validate(self) -> "PTUMConfig":
         """The rules that tie settings together (each setting's own type and range is checked
         when it is set)."""
         m, o = self.model, self.objective
+        heads = (m.embedding_dim % m.num_heads == 0, "embedding_dim must divide by num_heads")
         checks = [
+            heads,
             (o.mbp or o.nbp or o.bag, "enable at least one objective (mbp, nbp, bag)"),
             (not o.bag or m.user_embedding == "profile", "objective.bag trains the profile: set model.user_embedding=profile"),
             (o.bag_contrastive == 0 or o.bag_dropout > 0, "objective.bag_contrastive needs bag_dropout > 0 (the views)"),
-            (m.embedding_dim % m.num_heads == 0, "embedding_dim must divide by num_heads"),
             (o.k <= m.future_positions, "objective.k must be <= model.future_positions"),
             (not (o.nbp and o.nbp_from == "every" and m.attention == "bidirectional"),
              "NBP from every prefix needs causal attention (bidirectional attention sees the future)"),
         ]
+        if m.architecture == "generative":
+            g = self.generative
+            checks = [
+                heads,
+                (g.codes != "semantic" or bool(g.semantic_ids), "generative.codes=semantic needs "
+                 "generative.semantic_ids (a `ptum semantic-ids` artifact; or pretrain --semantic-ids)"),
+            ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)

@@ -7,19 +7,24 @@ import sys
 
 
 def add_subcommands(sub) -> None:
-    p = sub.add_parser("pretrain", help="pre-train the PTUM user model (MBP + NBP) on a sequence dataset",
+    p = sub.add_parser("pretrain", help="pre-train the PTUM user model (MBP + NBP), or the generative "
+                       "retrieval model (model.architecture generative), on a sequence dataset",
                        epilog="""examples:
   ptum pretrain --data data/ --output model/ --config demo
   ptum pretrain --data beauty/ --output model/ --config beauty --set train.epochs=50
-  ptum pretrain --data data-2/ --output model-2/ --config demo --warm-start model/""")
+  ptum pretrain --data data-2/ --output model-2/ --config demo --warm-start model/
+  ptum pretrain --data beauty/ --output gen/ --config beauty-generative --semantic-ids sid/""")
     p.add_argument("--data", required=True, help="sequence dataset folder (from ptum tokenize)")
     p.add_argument("--output", required=True, help="model folder")
     p.add_argument("--config", default=None,
                    help="YAML config file, or a preset shipped with the package: "
-                        "beauty, beauty-ptum-faithful, demo, ml100k, ml100k-nextitem, user-embeddings "
+                        "beauty, beauty-generative, beauty-ptum-faithful, demo, ml100k, ml100k-nextitem, user-embeddings "
                         "(none: the defaults of ptum.config.PTUMConfig, listed in the README)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set model.num_blocks=1 (repeatable)")
+    p.add_argument("--semantic-ids", metavar="DIR", default=None,
+                   help="shorthand for --set generative.semantic_ids=DIR (a ptum semantic-ids artifact of this "
+                        "dataset, for model.architecture generative)")
     p.add_argument("--epochs", type=int, default=None, help="shorthand for --set train.epochs=N")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--warm-start", metavar="MODEL_DIR",
@@ -159,7 +164,8 @@ def _pretrain(a) -> int:
     from ptum.data.contracts import DatasetError, open_dataset
 
     try:   # the config and the dataset checked before TensorFlow is imported (seconds sooner)
-        overrides = list(a.set) + ([f"train.epochs={a.epochs}"] if a.epochs is not None else [])
+        overrides = list(a.set) + ([f"train.epochs={a.epochs}"] if a.epochs is not None else []) + \
+            ([f"generative.semantic_ids={a.semantic_ids}"] if a.semantic_ids else [])
         cfg = PTUMConfig.load(a.config, overrides)
         open_dataset(a.data)
     except (ConfigError, DatasetError) as e:

@@ -83,15 +83,22 @@ def rank_metrics(embedder: UserEmbedder, rows: Rows, width: int, buckets: Sequen
 def evaluate_model(model_dir: str, data_dir: str, split: str) -> dict:
     """Next-item metrics of a finished model folder on one split of a dataset with the same
     vocabulary: {"split", "model", "data", "ndcg@10", ...}."""
-    from ptum.model.saving import load_model_dir
+    from ptum.model.saving import GENERATIVE_MODEL, load_model_dir
 
-    encoder, meta, cfg = load_model_dir(model_dir)
+    encoder, meta, cfg = load_model_dir(model_dir, generative=True)
     ds = contracts.open_dataset(data_dir)
     if ds.vocab_hash != meta["vocab_hash"]:
         raise contracts.DatasetError(
             f"{data_dir}: vocabulary {ds.vocab_hash} does not match the model's {meta['vocab_hash']}; "
             f"tokenize with --vocab-from the model's training dataset")
     rows = Rows.from_split(ds, split)
+    if meta["model"] == GENERATIVE_MODEL:
+        from ptum.evaluation.generative import generative_metrics
+
+        beam = cfg.generative.beam_size
+        metrics = generative_metrics(encoder, rows, meta["max_len"], meta["length_buckets"], beam,
+                                     cfg.train.eval_batch_size, ks=[k for k in (5, 10, 20) if k <= beam])
+        return {"split": split, "model": model_dir, "data": data_dir, "beam_size": beam, **metrics}
     metrics = rank_metrics(UserEmbedder(encoder), rows, meta["max_len"], meta["length_buckets"],
                            meta["time_buckets"], cfg.train.eval_batch_size)
     return {"split": split, "model": model_dir, "data": data_dir, **metrics}

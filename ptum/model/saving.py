@@ -3,7 +3,9 @@ pre-trained model (encoder, metadata, config).
 
 Model directory layout (`metadata.json` is written last: it marks the model finished;
 loaders refuse a directory without it):
-  encoder.keras            the UserEncoder (Keras native format), best validation weights
+  encoder.keras            the UserEncoder (Keras native format), best validation weights; for
+                           model.architecture generative the whole GenerativeRetrieval model
+                           (metadata "model": GENERATIVE_MODEL)
   config.json              the PTUMConfig used (model sizes filled from the dataset)
   metadata.json            vocab hash, which vector is the user embedding, metrics, data fingerprint, stack
   history.json             per-epoch losses and validation metrics
@@ -20,6 +22,7 @@ from ptum.config import PTUMConfig
 
 METADATA = "metadata.json"
 ENCODER_FILE = "encoder.keras"
+GENERATIVE_MODEL = "ptum-generative-retrieval"
 
 
 def atomic_save_keras(model, path: str) -> None:
@@ -62,10 +65,12 @@ def verify_model_files(path: str, metadata: dict) -> None:
                          "metadata.json); the model folder was modified: train it again")
 
 
-def load_model_dir(path: str):
-    """(encoder, metadata, config) of a finished model directory."""
+def load_model_dir(path: str, generative: bool = False):
+    """(encoder, metadata, config) of a finished model directory. A generative retrieval model
+    (ptum.model.generative) is refused unless `generative` (it has no user encoder)."""
     import keras
     import ptum.model.encoder  # noqa: F401  (registers the serializable classes)
+    import ptum.model.generative  # noqa: F401
 
     meta_path = os.path.join(path, METADATA)
     if not os.path.exists(meta_path):
@@ -77,6 +82,9 @@ def load_model_dir(path: str):
             cfg = PTUMConfig.from_dict(json.load(f))
     except (OSError, ValueError) as e:
         raise ModelError(f"{path}: unreadable model metadata ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if metadata.get("model") == GENERATIVE_MODEL and not generative:
+        raise ModelError(f"{path}: a generative retrieval model (model.architecture generative) has no user "
+                         "encoder or embedding; ptum evaluate scores it")
     verify_model_files(path, metadata)
     try:
         encoder = keras.saving.load_model(os.path.join(path, ENCODER_FILE), compile=False)

@@ -240,6 +240,11 @@ def resolve_saved_model(model: str, output: str):
     if os.path.exists(os.path.join(model, "saved_model.pb")):
         return model, None
     if os.path.exists(os.path.join(model, "metadata.json")):
+        from ptum.model.saving import GENERATIVE_MODEL
+        with open(os.path.join(model, "metadata.json")) as f:
+            if json.load(f).get("model") == GENERATIVE_MODEL:
+                raise ExportError(f"{model}: a generative retrieval model has no user embedding to export; "
+                                  "ptum export-model serves its top_k")
         from ptum.serving.saved_model import export_saved_model, read_export_metadata
         saved = export_saved_model(model, os.path.join(output, "saved_model"))
         return saved, read_export_metadata(saved)["saved_model_sha256"]
@@ -287,6 +292,9 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
         meta = verify_saved_model(saved, expected_sha256 or exported_digest)
     except UntrustedModel as e:
         raise ExportError(str(e)) from e
+    if "user_embedding" not in meta:
+        raise ExportError(f"{model}: a {meta.get('model', 'model')} has no user embedding to export (a generative "
+                          "retrieval model answers top_k only)")
     if meta["vocab_hash"] != ds.vocab_hash:
         raise ExportError(f"{data}: vocabulary {ds.vocab_hash} does not match the model's {meta['vocab_hash']}; "
                           "tokenize with --vocab-from the model's training dataset")

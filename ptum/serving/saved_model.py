@@ -129,6 +129,33 @@ class _Exporter:
         items = pq.read_table(os.path.join(vocab_dir, contracts.ITEMS_VOCAB))
         item_keys = items.column("item_id").to_pylist()
         item_ids = items.column("token_id").to_numpy().astype(np.int64)
+        self._items(encoder, vocab_dir, item_keys, item_ids)
+        beh = pq.read_table(os.path.join(vocab_dir, contracts.BEHAVIORS_VOCAB))
+        beh_keys = beh.column("behavior").to_pylist() or ["<none>"]
+        beh_ids = beh.column("behavior_id").to_numpy().astype(np.int64) if beh.num_rows else \
+            np.array([contracts.BEHAVIOR_UNKNOWN_ID], np.int64)
+        # Valid behavior ids: padding, unknown and the vocabulary (frozen with the model's).
+        self.num_behaviors = max(int(beh_ids.max()) + 1, contracts.FIRST_BEHAVIOR_ID)
+        self.behavior_lookup = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(beh_keys, tf.string), tf.constant(beh_ids, tf.int64)),
+            default_value=contracts.BEHAVIOR_UNKNOWN_ID)
+
+    def _item_lookups(self, item_keys, item_ids, size: int) -> None:
+        """Item id <-> token id in the graph, over `size` tokens."""
+        self.table_size = int(size)
+        self.item_keys = tf.constant(item_keys, tf.string)
+        self.item_tokens = tf.constant(item_ids, tf.int64)
+        self.lookup = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(self.item_keys, self.item_tokens), default_value=contracts.OOV_ID)
+        # Token id -> item id string, for top-k answers.
+        names = np.array(["<pad>", "<mask>", "<oov>"] + [""] * (size - 3), dtype=object)
+        for k, t in zip(item_keys, item_ids):
+            names[t] = k
+        self.token_names = tf.constant(names.astype(str).tolist(), tf.string)
+
+    def _items(self, encoder, vocab_dir, item_keys, item_ids) -> None:
+        import pyarrow.parquet as pq
+
         table = np.asarray(encoder.item_table(training=False), np.float32)
         self.num_items = table.shape[0]
         # Catalog items without interactions: encoded from their titles (when the model has a
@@ -152,25 +179,7 @@ class _Exporter:
                 table = np.concatenate([table, vecs])
                 self.catalog_only = len(extra)
         self.extended = tf.Variable(table, trainable=False, name="item_table")
-        self.table_size = int(table.shape[0])
-        self.item_keys = tf.constant(item_keys, tf.string)
-        self.item_tokens = tf.constant(item_ids, tf.int64)
-        self.lookup = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(self.item_keys, self.item_tokens), default_value=contracts.OOV_ID)
-        beh = pq.read_table(os.path.join(vocab_dir, contracts.BEHAVIORS_VOCAB))
-        beh_keys = beh.column("behavior").to_pylist() or ["<none>"]
-        beh_ids = beh.column("behavior_id").to_numpy().astype(np.int64) if beh.num_rows else \
-            np.array([contracts.BEHAVIOR_UNKNOWN_ID], np.int64)
-        # Valid behavior ids: padding, unknown and the vocabulary (frozen with the model's).
-        self.num_behaviors = max(int(beh_ids.max()) + 1, contracts.FIRST_BEHAVIOR_ID)
-        self.behavior_lookup = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(beh_keys, tf.string), tf.constant(beh_ids, tf.int64)),
-            default_value=contracts.BEHAVIOR_UNKNOWN_ID)
-        # Token id -> item id string, for top-k answers.
-        names = np.array(["<pad>", "<mask>", "<oov>"] + [""] * (len(table) - 3), dtype=object)
-        for k, t in zip(item_keys, item_ids):
-            names[t] = k
-        self.token_names = tf.constant(names.astype(str).tolist(), tf.string)
+        self._item_lookups(item_keys, item_ids, table.shape[0])
 
     def _check_tokens(self, item_ids, behavior_ids, timestamps, lengths):
         """Refuse (InvalidArgument) what would otherwise be clamped, broadcast or wrapped."""
@@ -286,6 +295,44 @@ class _Exporter:
         return {"item_ids": self.item_keys, "embeddings": vecs}
 
 
+class _GenerativeExporter(_Exporter):
+    """A generative retrieval model's signatures: the next items of a history, decoded by beam
+    search over the items' code tuples (ptum.model.generative), with top_k's inputs and checks."""
+
+    def _items(self, model, vocab_dir, item_keys, item_ids) -> None:
+        self.num_items, self.catalog_only = model.num_items, 0
+        self.beam = int(self.metadata.get("beam_size") or model.generative.beam_size)
+        self._item_lookups(item_keys, item_ids, model.num_items)
+
+    def _generate(self, ids, beh, ts, lengths, k):
+        with tf.control_dependencies(self._check_tokens(ids, beh, ts, lengths) +
+                                     [tf.debugging.assert_non_negative(k, message="k must be >= 0")]):
+            ids = tf.identity(ids)
+        window = self.preprocess(ids, beh, ts, lengths)["item_ids"]
+        items, scores = self.encoder.beam_search(window, self.beam)
+        inside = tf.range(tf.shape(ids, out_type=tf.int64)[1])[None, :] < tf.cast(lengths, tf.int64)[:, None]
+        seen = tf.reduce_any(tf.logical_and(tf.equal(tf.cast(items, tf.int64)[:, :, None], ids[:, None, :]),
+                                            inside[:, None, :]), axis=2)
+        keep = tf.logical_and(items >= contracts.FIRST_ITEM_ID, tf.logical_not(seen))
+        order = tf.argsort(tf.cast(tf.logical_not(keep), tf.int32), axis=1, stable=True)   # kept first, in order
+        items, scores, keep = (tf.gather(x, order, batch_dims=1) for x in (items, scores, keep))
+        k = tf.minimum(k, self.beam)
+        items, scores, keep = items[:, :k], scores[:, :k], keep[:, :k]
+        empty = tf.equal(lengths, 0)
+        names = tf.where(keep, tf.gather(self.token_names, tf.maximum(items, 0)), tf.fill(tf.shape(items), ""))
+        return {"item_ids": names, "scores": tf.where(keep, scores, tf.fill(tf.shape(scores), -np.inf)),
+                "ok": tf.logical_and(keep, tf.logical_not(empty)[:, None]), "empty_history": empty}
+
+    def top_k(self, item_ids, behaviors, timestamps, k):
+        return self._generate(*self._raw(item_ids, behaviors, timestamps), k)
+
+    def serving_default(self, examples):
+        parsed = tf.io.parse_example(examples, tf_feature_spec())
+        lengths = _row_lengths(parsed["item_ids"])
+        dense = [tf.sparse.to_dense(parsed[name]) for name in ("item_ids", "behavior_ids", "timestamps")]
+        return self._generate(*dense, lengths, tf.constant(self.beam, tf.int32))
+
+
 def _row_lengths(sparse):
     """Number of values per row of a 2-D SparseTensor."""
     rows = sparse.indices[:, 0]
@@ -314,25 +361,26 @@ def export_saved_model(model_dir: str, export_base: str, version: Optional[int] 
     Returns the version directory."""
     from ptum.model.saving import load_model_dir, model_version
 
-    encoder, metadata, cfg = load_model_dir(model_dir)
-    exp = _Exporter(encoder, metadata, os.path.join(model_dir, "vocab"))
+    from ptum.model.saving import GENERATIVE_MODEL
+
+    encoder, metadata, cfg = load_model_dir(model_dir, generative=True)
+    generative = metadata.get("model") == GENERATIVE_MODEL
+    exp = (_GenerativeExporter if generative else _Exporter)(encoder, metadata, os.path.join(model_dir, "vocab"))
     archive = keras.export.ExportArchive()
     archive.track(encoder)
     for resource in (exp.lookup, exp.behavior_lookup):
         archive.track(resource)
-    archive._tf_trackable.item_table = exp.extended  # noqa: SLF001 (the extended table is not a Keras variable)
     i64 = tf.int64
     archive.add_endpoint("serving_default", exp.serving_default,
                          input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    archive.add_endpoint("embed_tokens", exp.embed_tokens, input_signature=[
-        tf.TensorSpec([None, None], i64, name="item_ids"), tf.TensorSpec([None, None], i64, name="behavior_ids"),
-        tf.TensorSpec([None, None], i64, name="timestamps"), tf.TensorSpec([None], i64, name="lengths")])
     raw = [tf.TensorSpec([None, None], tf.string, name="item_ids"),
            tf.TensorSpec([None, None], tf.string, name="behaviors"),
            tf.TensorSpec([None, None], i64, name="timestamps")]
-    archive.add_endpoint("embed_sequences", exp.embed_sequences, input_signature=raw)
     archive.add_endpoint("top_k", exp.top_k, input_signature=raw + [tf.TensorSpec([], tf.int32, name="k")])
-    archive.add_endpoint("item_embeddings", exp.item_embeddings, input_signature=[])
+    signatures = ["serving_default", "top_k"]
+    if not generative:
+        _embedding_endpoints(archive, exp, raw)
+        signatures += ["embed_tokens", "embed_sequences", "item_embeddings"]
     version = int(version or model_version(metadata))
     os.makedirs(export_base, exist_ok=True)
     final = os.path.join(export_base, str(version))
@@ -353,7 +401,7 @@ def export_saved_model(model_dir: str, export_base: str, version: Optional[int] 
     meta = dict(metadata)
     meta.update({"config": cfg.to_dict(), "version": version, "source_model": os.path.abspath(model_dir),
                  "catalog_only_items": exp.catalog_only,
-                 "signatures": ["serving_default", "embed_tokens", "embed_sequences", "top_k", "item_embeddings"]})
+                 "signatures": signatures})
     meta_path = os.path.join(extra, METADATA_ASSET)
     with open(meta_path, "w") as f:
         json.dump(meta, f, indent=2, default=str)
@@ -362,6 +410,17 @@ def export_saved_model(model_dir: str, export_base: str, version: Optional[int] 
         json.dump(meta, f, indent=2, default=str)
     os.replace(tmp, final)
     return final
+
+
+def _embedding_endpoints(archive, exp: _Exporter, raw) -> None:
+    """The user encoder's signatures beyond serving_default and top_k."""
+    i64 = tf.int64
+    archive._tf_trackable.item_table = exp.extended  # noqa: SLF001 (the extended table is not a Keras variable)
+    archive.add_endpoint("embed_tokens", exp.embed_tokens, input_signature=[
+        tf.TensorSpec([None, None], i64, name="item_ids"), tf.TensorSpec([None, None], i64, name="behavior_ids"),
+        tf.TensorSpec([None, None], i64, name="timestamps"), tf.TensorSpec([None], i64, name="lengths")])
+    archive.add_endpoint("embed_sequences", exp.embed_sequences, input_signature=raw)
+    archive.add_endpoint("item_embeddings", exp.item_embeddings, input_signature=[])
 
 
 def _same_model(saved_model_dir: str, metadata: dict) -> bool:

@@ -28,7 +28,7 @@ import numpy as np
 from ptum import fs
 from ptum.config import PTUMConfig
 from ptum.data import contracts
-from ptum.model.saving import ENCODER_FILE, METADATA, ModelError, atomic_save_keras, file_digests, load_model_dir
+from ptum.model.saving import ENCODER_FILE, GENERATIVE_MODEL, METADATA, ModelError, atomic_save_keras, file_digests, load_model_dir
 from ptum.training import runtime
 from ptum.training.runtime import TrainingError
 
@@ -85,6 +85,12 @@ class _Run:
     output: str
     run_dir: str
     resume: bool
+    item_codes: Optional[np.ndarray] = None     # model.architecture generative: the items' code tuples
+    codes_info: Optional[dict] = None
+
+    @property
+    def generative(self) -> bool:
+        return self.cfg.model.architecture == "generative"
 
     @property
     def ckpt_dir(self) -> str:
@@ -122,6 +128,10 @@ def _prepare(ds, train_rows, output: str, cfg: PTUMConfig, run_dir: str, resume:
     # The vocabularies the model will carry, read (and verified) now: a dataset folder
     # rewritten during training cannot hand the model other vocabularies than it trained on.
     run = _Run(ds, cfg, title_words, ds.vocab_files(), output, run_dir, resume)
+    if run.generative:
+        from ptum.training.generative import item_codes
+
+        run.item_codes, run.codes_info = item_codes(cfg, ds)
     if run.has_checkpoint:
         with open(run.state_path) as f:
             saved_vocab = json.load(f).get("vocab_hash")
@@ -161,13 +171,22 @@ def _build(run: _Run, warm_start: Optional[str], log):
                 for var, value in zip(_rng_states(pretrainer), state.get("rng_states", [])):
                     var.assign(np.asarray(value, dtype=var.dtype))
                 log(f"resuming from {run.latest} after epoch {state['epoch']}")
-        if state is not saved:
+        if state is not saved and run.generative:
+            from ptum.model.generative import build_generative
+
+            if warm_start:
+                state["warm_start"] = {"from": warm_start, "used": False,
+                                       "reason": "warm start is for the PTUM encoder, not the generative model"}
+                log(f"no warm start from {warm_start}: {state['warm_start']['reason']}")
+            pretrainer = build_generative(cfg, run.item_codes)
+        elif state is not saved:
             encoder = None
             if warm_start:
                 encoder, state["warm_start"] = _warm_start_encoder(warm_start, run.ds, cfg, run.title_words, log)
             if encoder is None:
                 encoder = build_encoder_for(cfg, run.title_words)
             pretrainer = build_pretrainer(cfg, encoder)
+        if state is not saved:
             optimizer = keras.optimizers.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay,
                                                clipnorm=t.clipnorm or None)
             pretrainer.compile(optimizer=optimizer, jit_compile=runtime.jit_setting(cfg),
@@ -176,9 +195,28 @@ def _build(run: _Run, warm_start: Optional[str], log):
     return pretrainer, state
 
 
+def _network(run: _Run, pretrainer):
+    """What the model folder keeps: the user encoder, or the whole generative model."""
+    return pretrainer if run.generative else pretrainer.encoder
+
+
+def _generative_validation(run: _Run, model, valid_rows) -> Callable[[int], dict]:
+    from ptum.evaluation.generative import generative_metrics
+
+    t = run.cfg.train
+
+    def metrics(epoch: int) -> dict:
+        m = generative_metrics(model, valid_rows, run.cfg.model.max_len, t.length_buckets,
+                               run.cfg.generative.beam_size, t.eval_batch_size, ks=(10,))
+        return {"ndcg@10": m["ndcg@10"], "recall@10": m["recall@10"]}
+    return metrics
+
+
 def _validation(run: _Run, encoder, valid_rows, select: str) -> Callable[[int], dict]:
     """Next-item metrics on the valid rows, and the window retrieval of a window split (its
     valid rows' train part is the input, their last W the window)."""
+    if run.generative:
+        return _generative_validation(run, encoder, valid_rows)
     from ptum.evaluation.embeddings import embed_prefixes, window_retrieval
     from ptum.evaluation.ranking import NonFiniteScores, embedding_space_numpy, rank_metrics
     from ptum.model.encoder import UserEmbedder
@@ -234,7 +272,7 @@ def _callbacks(run: _Run, pretrainer, state: dict, valid_rows, batches: int, log
 
     clock = TrainClock(state)
     callbacks = [NaNGuard(TrainingError, hint=": lower the learning rate or check the data; no model was written"),
-                 clock, ValidationMetrics(_validation(run, pretrainer.encoder, valid_rows, select),
+                 clock, ValidationMetrics(_validation(run, _network(run, pretrainer), valid_rows, select),
                                           every=t.eval_every, timed=True),
                  KeepBest("val_" + select, state, t.patience, keep=lambda _: pretrainer.save_weights(run.best_path)),
                  EpochRecord(state, line),
@@ -306,7 +344,7 @@ def _commit(run: _Run, pretrainer, state: dict, log) -> dict:
                             f"written (the checkpoints in {run.ckpt_dir} stay)")
     carry = ("checkpoints", "tensorboard") if os.path.abspath(run.run_dir) == os.path.abspath(run.output) else ()
     with fs.staged_dir(run.output, carry=carry) as stage:
-        metadata = _finish(stage, ds, run.cfg, pretrainer.encoder, state, run.vocab_snapshot)
+        metadata = _finish(stage, ds, run.cfg, _network(run, pretrainer), state, run.vocab_snapshot, run.codes_info)
     log(f"model written to {run.output} (best epoch {state['best_epoch']}, valid "
         f"{state.get('select_metric', 'ndcg@10')} {state['best']:.4f})")
     return metadata
@@ -347,6 +385,11 @@ def selection_metric(cfg: PTUMConfig, ds: contracts.SequenceDataset) -> str:
     """What early stopping and model selection watch (train.select_metric)."""
     sel = cfg.train.select_metric
     windowed = ds.manifest.get("split_scheme") == "window"
+    if cfg.model.architecture == "generative":
+        if sel == "window_recall@10":
+            raise TrainingError("train.select_metric=window_recall@10 needs a user embedding; the generative model "
+                                "is selected by next-item ndcg@10")
+        return "ndcg@10"
     if sel == "auto":
         return "window_recall@10" if windowed and cfg.model.user_embedding == "profile" else "ndcg@10"
     if sel == "window_recall@10" and not windowed:
@@ -357,6 +400,8 @@ def selection_metric(cfg: PTUMConfig, ds: contracts.SequenceDataset) -> str:
 
 def train_window(cfg: PTUMConfig) -> int:
     o, m = cfg.objective, cfg.model
+    if m.architecture == "generative":
+        return m.max_len + 1    # every item after the first is a target
     if not o.nbp:
         return m.max_len
     return m.max_len + (1 if o.nbp_from == "every" else o.k)
@@ -415,7 +460,7 @@ def _embedding_definition(cfg: PTUMConfig) -> dict:
             "dim": cfg.model.embedding_dim, "scoring": "dot product with item_table()"}
 
 
-def _finish(output, ds, cfg, encoder, state, vocab_snapshot: Dict[str, bytes]) -> dict:
+def _finish(output, ds, cfg, encoder, state, vocab_snapshot: Dict[str, bytes], codes_info=None) -> dict:
     """Write the finished model's files into `output` (a stage that replaces the model folder)."""
     atomic_save_keras(encoder, os.path.join(output, ENCODER_FILE))
     for rel, data in vocab_snapshot.items():   # vocab/<name>, as verified at the start
@@ -426,15 +471,16 @@ def _finish(output, ds, cfg, encoder, state, vocab_snapshot: Dict[str, bytes]) -
         f.write(cfg.dump_json())
     with open(os.path.join(output, "history.json"), "w") as f:
         json.dump(state["history"], f, indent=1)
+    if codes_info is not None:
+        kind = {"model": GENERATIVE_MODEL, "vocab_hash": ds.vocab_hash, "item_codes": codes_info,
+                "beam_size": cfg.generative.beam_size}
+    else:
+        kind = {"model": "ptum-user-encoder", "vocab_hash": ds.vocab_hash,
+                "user_embedding": _embedding_definition(cfg),
+                "next_item_query": {"readout": cfg.model.user_vector, "definition": _query_definition(cfg),
+                                    "used_by": ["top_k", "ptum evaluate (next-item metrics)"]}}
     metadata = {
-        "model": "ptum-user-encoder",
-        "vocab_hash": ds.vocab_hash,
-        "user_embedding": _embedding_definition(cfg),
-        "next_item_query": {
-            "readout": cfg.model.user_vector,
-            "definition": _query_definition(cfg),
-            "used_by": ["top_k", "ptum evaluate (next-item metrics)"],
-        },
+        **kind,
         "select_metric": state.get("select_metric", "ndcg@10"),
         "max_len": cfg.model.max_len,
         "time_buckets": cfg.model.time_buckets if cfg.model.use_time else 0,

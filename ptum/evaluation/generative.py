@@ -1,0 +1,79 @@
+"""Next-item metrics of a generative retrieval model (ptum.model.generative), by the protocol
+of ptum.evaluation.ranking: each row's last behavior is the target of the history before it;
+headline metrics leave the user's history items out of the list (the target excepted),
+`*_unfiltered` keep them. The list is the beam's items, best first: an item the beam did not
+reach is a miss, so the largest cut-off must not exceed generative.beam_size.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Sequence
+
+import keras
+import numpy as np
+
+from ptum.data import contracts
+from ptum.data.batches import Rows, eval_batches
+
+
+def beam_function(model, beam_size: int) -> Callable:
+    """history batch [B, T] int32 -> (items [B, K], scores [B, K]) as numpy, compiled once per
+    backend (TensorFlow: one graph for any batch and width)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda ids: model.beam_search(ids, beam_size),
+                         input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    elif keras.backend.backend() == "jax":
+        import jax
+
+        fn = jax.jit(lambda ids: model.beam_search(ids, beam_size))
+    else:
+        def fn(ids):
+            return model.beam_search(ids, beam_size)
+
+    def run(ids):
+        items, scores = fn(np.asarray(ids, np.int32))
+        return np.asarray(keras.ops.convert_to_numpy(items)), np.asarray(keras.ops.convert_to_numpy(scores))
+    return run
+
+
+def _in_history(rows: Rows, idx: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """[B, K] bool: item k of row b is among row idx[b]'s behaviors before its last one."""
+    starts, ends = rows.offsets[idx], rows.offsets[idx + 1] - 1
+    lens = ends - starts
+    row_of = np.repeat(np.arange(len(idx)), lens)
+    hist = rows.items[np.repeat(starts, lens) + np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)]
+    big = np.int64(1) << 32
+    keys = row_of.astype(np.int64) * big + hist.astype(np.int64)
+    asked = np.arange(len(idx))[:, None].astype(np.int64) * big + items.astype(np.int64)
+    return np.isin(asked, keys)
+
+
+def generative_metrics(model, rows: Rows, width: int, buckets: Sequence[int], beam_size: int,
+                       batch_size: int = 256, ks: Sequence[int] = (5, 10)) -> Dict[str, float]:
+    """{"ndcg@k", "recall@k", their `_unfiltered`, "coverage@10", "users"} over `rows`."""
+    search = beam_function(model, beam_size)
+    sums = {f"{m}@{k}{s}": 0.0 for m in ("ndcg", "recall") for k in ks for s in ("", "_unfiltered")}
+    top, n = set(), 0
+    for idx, batch in eval_batches(rows, batch_size, width, buckets, 0):
+        items, _ = search(batch["item_ids"])
+        targets = rows.items[rows.offsets[idx + 1] - 1].astype(np.int64)
+        real = items >= contracts.FIRST_ITEM_ID
+        is_target = (items == targets[:, None]) & real
+        for suffix, kept in (("_unfiltered", real), ("", real & (~_in_history(rows, idx, items) | is_target))):
+            before = np.cumsum(kept, axis=1) - kept         # kept items ahead of each slot
+            found = (is_target & kept).any(axis=1)
+            rank = np.where(found, before[np.arange(len(idx)), np.argmax(is_target & kept, axis=1)], 1 << 30)
+            for k in ks:
+                hit = found & (rank < k)
+                sums[f"recall@{k}{suffix}"] += float(hit.sum())
+                sums[f"ndcg@{k}{suffix}"] += float((hit / np.log2(rank + 2.0)).sum())
+            if suffix == "":
+                firsts = np.where(kept & (before < 10), items, -1)
+                top.update(np.unique(firsts[firsts >= 0]).tolist())
+        n += len(idx)
+    out = {k: (v / n if n else 0.0) for k, v in sums.items()}
+    coded = int((np.asarray(keras.ops.convert_to_numpy(model.item_codes.value)) >= 0).all(axis=1).sum())
+    out["coverage@10"] = len(top) / max(coded, 1)
+    out["users"] = n
+    return out

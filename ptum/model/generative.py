@@ -1,0 +1,332 @@
+"""Generative retrieval (the TIGER family): a history of items, each read as its code tuple,
+-> the next item's code tuple, decoded token by token and constrained to tuples that exist.
+
+Codes: every item token id has a tuple of D codes (`item_codes` [num_items, D], -1 where an
+item has none): Semantic IDs (L levels + the collision token, `ptum semantic-ids`), the item id
+itself (D = 1: P5's sequential indexing, a classic id model with a decoder) or random tuples
+(TIGER's ablation). The item table does not grow with the catalog when D > 1: an item's input
+vector is the sum of its codes' embeddings (one table per level).
+
+Network (Keras 3, keras.ops only):
+  encoder   a causal transformer over the history, one position per item (positions count
+            back from the newest, as in ptum.model.encoder)
+  decoder   a causal transformer over [BOS, c_1 .. c_{D-1}] that cross-attends to the encoder's
+            states; step l emits a distribution over level l's codes
+Training is dense teacher forcing: the decoder for the item at position t+1 attends to the
+encoder states up to t, for every t of a batch in one pass (block masks), so a history of n
+items is n - 1 examples at the cost of one.
+
+Inference is beam search over a prefix trie of the items' tuples (`Trie`): at each step only
+the children of a beam's prefix are candidates, so every result is a real item; an item's
+score is the sum of its tokens' log-probabilities (each a log-softmax over its level's codes).
+`tuple_log_probs` scores given tuples the same way (the brute force the tests compare with).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from ptum.config import GenerativeConfig, ModelConfig
+from ptum.data import contracts
+from ptum.model.layers import TransformerBlock
+
+DEAD = -1e9   # the score of a beam that has no real continuation
+
+
+@dataclass
+class Trie:
+    """The code tuples of the coded items as a prefix tree in flat arrays (node 0: the root).
+    Node n's children are nodes child_start[n] .. child_start[n] + child_count[n] - 1, in code
+    order; node_code is the code that leads to a node, node_item the item token at a leaf (-1
+    elsewhere). max_children[d]: the most children of a depth-d node (the beam's static width)."""
+
+    child_start: np.ndarray
+    child_count: np.ndarray
+    node_code: np.ndarray
+    node_item: np.ndarray
+    max_children: List[int]
+
+    @classmethod
+    def from_codes(cls, item_codes: np.ndarray) -> "Trie":
+        coded = np.flatnonzero((item_codes >= 0).all(axis=1))
+        tuples = item_codes[coded].astype(np.int64)
+        depth = tuples.shape[1]
+        order = np.lexsort(tuples.T[::-1])
+        tuples, items = tuples[order], coded[order]
+        if len(tuples) > 1 and not (tuples[1:] != tuples[:-1]).any(axis=1).all():
+            raise ValueError("two items share a code tuple: codes must be unique (the collision token)")
+        total = 1 + sum(int(len(np.unique(tuples[:, :d], axis=0))) for d in range(1, depth + 1))
+        child_start, child_count = np.zeros(total, np.int64), np.zeros(total, np.int64)
+        node_code, node_item = np.zeros(total, np.int64), np.full(total, -1, np.int64)
+        parent = np.zeros(len(tuples), np.int64)     # each row's node one depth up (the root first)
+        first_id, max_children = 1, []
+        for d in range(1, depth + 1):
+            new = np.ones(len(tuples), bool)
+            new[1:] = (tuples[1:, :d] != tuples[:-1, :d]).any(axis=1)
+            ids = first_id + np.cumsum(new) - 1      # sorted rows: a parent's children are contiguous
+            parents, first, count = np.unique(parent[new], return_index=True, return_counts=True)
+            child_start[parents], child_count[parents] = first_id + first, count
+            max_children.append(int(count.max()) if len(count) else 0)
+            node_code[ids[new]] = tuples[new, d - 1]
+            if d == depth:
+                node_item[ids[new]] = items[new]
+            parent, first_id = ids, first_id + int(new.sum())
+        return cls(*(a.astype(np.int32) for a in (child_start, child_count, node_code, node_item)), max_children)
+
+    @property
+    def size(self) -> int:
+        return len(self.child_start)
+
+
+def level_sizes(item_codes: np.ndarray) -> List[int]:
+    """Codes per level (at least 1): max + 1 of each column."""
+    coded = item_codes[(item_codes >= 0).all(axis=1)]
+    return [int(coded[:, d].max()) + 1 if len(coded) else 1 for d in range(item_codes.shape[1])]
+
+
+@keras.saving.register_keras_serializable(package="ptum")
+class DecoderBlock(keras.layers.Layer):
+    """Pre-LN decoder block: causal self-attention, cross-attention to the encoder, FFN."""
+
+    def __init__(self, dim, num_heads, ff_dim, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.num_heads, self.ff_dim, self.dropout_rate = dim, num_heads, ff_dim, dropout
+        self.ln1 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_self")
+        self.self_attention = keras.layers.MultiHeadAttention(num_heads, dim // num_heads, dropout=dropout,
+                                                              name="self_attention")
+        self.ln2 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_cross")
+        self.cross_attention = keras.layers.MultiHeadAttention(num_heads, dim // num_heads, dropout=dropout,
+                                                               name="cross_attention")
+        self.ln3 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_ffn")
+        self.ff1 = keras.layers.Dense(ff_dim, activation="gelu", name="ffn_in")
+        self.ff2 = keras.layers.Dense(dim, name="ffn_out")
+        self.drop = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape):
+        shape = (None, None, self.dim)
+        for ln in (self.ln1, self.ln2, self.ln3):
+            ln.build(shape)
+        self.self_attention.build(shape, shape)
+        self.cross_attention.build(shape, shape)
+        self.ff1.build(shape)
+        self.ff2.build((None, None, self.ff_dim))
+        self.built = True
+
+    def call(self, x, memory, self_mask, cross_mask, training=False):
+        h = self.ln1(x)
+        x = x + self.drop(self.self_attention(h, h, attention_mask=self_mask, training=training), training=training)
+        h = self.ln2(x)
+        x = x + self.drop(self.cross_attention(h, memory, attention_mask=cross_mask, training=training),
+                          training=training)
+        h = self.ff2(self.drop(self.ff1(self.ln3(x)), training=training))
+        return x + self.drop(h, training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads, "ff_dim": self.ff_dim,
+                "dropout": self.dropout_rate}
+
+
+@keras.saving.register_keras_serializable(package="ptum")
+class GenerativeRetrieval(keras.Model):
+    """History -> the next item's code tuple (module docstring). Built with the codes' shapes;
+    `set_codes` loads the codes and their trie (they are weights: a saved model carries them)."""
+
+    def __init__(self, config, generative, level_sizes: Sequence[int], trie_size: int,
+                 max_children: Sequence[int], **kwargs):
+        super().__init__(**kwargs)
+        self.settings = m = config if isinstance(config, ModelConfig) else ModelConfig(**config)
+        self.generative = g = generative if isinstance(generative, GenerativeConfig) else GenerativeConfig(**generative)
+        self.level_sizes, self.trie_size = [int(k) for k in level_sizes], int(trie_size)
+        self.max_children = [int(c) for c in max_children]
+        self.depth = len(self.level_sizes)
+        self.offsets = [int(x) for x in np.cumsum([0] + self.level_sizes[:-1])]
+        self.vocab = int(sum(self.level_sizes))
+        self.num_items, self.max_len, d = m.num_items, m.max_len, m.embedding_dim
+        ff = m.ff_dim or 4 * d
+        init = keras.initializers.TruncatedNormal(stddev=0.02)
+        # Token 0: "no code" (encoder) / BOS (decoder); level l's code c is 1 + offsets[l] + c.
+        self.code_embedding = keras.layers.Embedding(self.vocab + 1, d, embeddings_initializer=init, name="code_embedding")
+        self.position_embedding = keras.layers.Embedding(m.max_len + 1, d, embeddings_initializer=init,
+                                                         name="position_embedding")
+        self.input_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="input_norm")
+        self.encoder_blocks = [TransformerBlock(d, m.num_heads, ff, m.dropout, name=f"encoder_{i}")
+                               for i in range(m.num_blocks)]
+        self.encoder_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="encoder_norm")
+        self.token_embedding = keras.layers.Embedding(self.vocab + 1, d, embeddings_initializer=init,
+                                                      name="decoder_token_embedding")
+        self.step_embedding = keras.layers.Embedding(self.depth, d, embeddings_initializer=init, name="decoder_steps")
+        self.decoder_blocks = [DecoderBlock(d, m.num_heads, ff, m.dropout, name=f"decoder_{i}")
+                               for i in range(g.decoder_blocks)]
+        self.decoder_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="decoder_norm")
+        self.output_layer = keras.layers.Dense(self.vocab, name="code_logits")
+        self.drop = keras.layers.Dropout(m.dropout)
+        self.item_codes = self.add_weight(shape=(self.num_items, self.depth), dtype="int32", trainable=False,
+                                          initializer=keras.initializers.Constant(-1), name="item_codes")
+        self.trie = {name: self.add_weight(shape=(self.trie_size,), dtype="int32", trainable=False,
+                                           initializer="zeros", name=name)
+                     for name in ("child_start", "child_count", "node_code", "node_item")}
+        self.build(None)
+
+    def build(self, input_shape=None):
+        d = self.settings.embedding_dim
+        for emb in (self.code_embedding, self.position_embedding, self.token_embedding, self.step_embedding):
+            emb.build((None,))
+        for layer in (self.input_norm, self.encoder_norm, self.decoder_norm, self.output_layer,
+                      *self.encoder_blocks, *self.decoder_blocks):
+            layer.build((None, None, d))
+        self.built = True
+
+    def set_codes(self, item_codes: np.ndarray) -> Trie:
+        trie = Trie.from_codes(item_codes)
+        self.item_codes.assign(np.asarray(item_codes, np.int32))
+        for name in self.trie:
+            self.trie[name].assign(getattr(trie, name))
+        return trie
+
+    # ------------------------------------------------------------------ encoder
+    def _tokens(self, codes):
+        """Codes of levels 0 .. n-1 [..., n] (-1: none) -> embedding ids (0 where there is no code)."""
+        offsets = ops.convert_to_tensor(np.array(self.offsets[: codes.shape[-1]], np.int32))
+        return ops.where(codes >= 0, codes + offsets + 1, 0)
+
+    def encode(self, item_ids, training=False):
+        """History [B, T] (left-padded item tokens) -> (states [B, T, d], valid [B, T])."""
+        valid = ops.not_equal(item_ids, contracts.PAD_ID)
+        codes = ops.take(self.item_codes.value, ops.cast(item_ids, "int32"), axis=0)
+        x = ops.sum(self.code_embedding(self._tokens(codes)), axis=2)
+        t = ops.shape(item_ids)[1]
+        x = x + self.position_embedding(ops.minimum(ops.arange(t - 1, -1, -1), self.max_len))[None]
+        x = self.drop(self.input_norm(x), training=training)
+        causal = ops.greater_equal(ops.arange(t)[:, None], ops.arange(t)[None, :])
+        att = ops.logical_and(ops.logical_and(valid[:, None, :], valid[:, :, None]), causal[None])
+        att = ops.logical_or(att, ops.eye(t, dtype="bool")[None])
+        for block in self.encoder_blocks:
+            x = block(x, att, training=training)
+        return self.encoder_norm(x), valid
+
+    # ------------------------------------------------------------------ decoder
+    def _decode(self, tokens, steps, memory, self_mask, cross_mask, training=False):
+        """Decoder tokens [B, S] at decoding steps `steps` [S] -> logits [B, S, vocab]."""
+        x = self.drop(self.token_embedding(tokens) + self.step_embedding(steps)[None], training=training)
+        for block in self.decoder_blocks:
+            x = block(x, memory, self_mask, cross_mask, training=training)
+        return self.output_layer(self.decoder_norm(x))
+
+    def _level_log_softmax(self, logits, level: int):
+        lo = self.offsets[level]
+        return ops.log_softmax(ops.cast(logits[..., lo:lo + self.level_sizes[level]], "float32"), axis=-1)
+
+    def call(self, inputs, training=False):
+        """Teacher-forced loss over every next item of a batch of windows {"item_ids": [B, W]}."""
+        ids = ops.cast(inputs["item_ids"], "int32")
+        history, targets = ids[:, :-1], ids[:, 1:]
+        memory, hist_valid = self.encode(history, training=training)
+        p, depth = ops.shape(history)[1], self.depth
+        codes = ops.take(self.item_codes.value, targets, axis=0)                       # [B, P, D]
+        target_ok = ops.logical_and(ops.logical_and(ops.not_equal(targets, contracts.PAD_ID), hist_valid),
+                                    ops.all(codes >= 0, axis=-1))
+        dec_in = ops.concatenate([ops.zeros_like(codes[..., :1]), self._tokens(codes[..., :-1])], axis=-1)
+        b = ops.shape(ids)[0]
+        block = ops.repeat(ops.arange(p), depth)                                     # [P*D] target position
+        step = ops.tile(ops.arange(depth), [p])                                       # [P*D] decoding step
+        self_mask = ops.logical_and(ops.equal(block[:, None], block[None, :]), step[None, :] <= step[:, None])
+        cross_mask = ops.logical_and(ops.arange(p)[None, :] <= block[:, None], hist_valid[:, None, :])
+        cross_mask = ops.logical_or(cross_mask, ops.equal(ops.arange(p)[None, :], block[:, None])[None])
+        logits = self._decode(ops.reshape(dec_in, (b, p * depth)), step, memory,
+                              ops.broadcast_to(self_mask[None], (b, p * depth, p * depth)), cross_mask,
+                              training=training)
+        logits = ops.reshape(logits, (b, p, depth, self.vocab))
+        nll = 0.0
+        for level in range(depth):
+            logp = self._level_log_softmax(logits[:, :, level], level)
+            target = ops.maximum(codes[..., level], 0)
+            nll = nll - ops.squeeze(ops.take_along_axis(logp, target[..., None], axis=-1), -1)
+        weight = ops.cast(target_ok, "float32")
+        return {"generative": ops.sum(nll * weight) / ops.maximum(ops.sum(weight), 1.0)}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        from ptum.model.objectives import _per_replica
+        return _per_replica(y_pred["generative"])
+
+    def _step_log_probs(self, memory, valid, tokens, level: int):
+        """Log-probabilities of level `level`'s codes after decoder tokens [B, level + 1]."""
+        s = ops.shape(tokens)[1]
+        steps = ops.arange(s)
+        self_mask = ops.broadcast_to((steps[None, :] <= steps[:, None])[None], (ops.shape(tokens)[0], s, s))
+        cross = ops.broadcast_to(valid[:, None, :], (ops.shape(tokens)[0], s, ops.shape(valid)[1]))
+        logits = self._decode(tokens, steps, memory, self_mask, cross)
+        return self._level_log_softmax(logits[:, -1], level)
+
+    # ------------------------------------------------------------------ inference
+    def beam_search(self, item_ids, beam_size: int):
+        """History [B, T] -> (item tokens [B, K], scores [B, K]) best first, K = min(beam_size,
+        coded items): beam search over the trie. A slot with no item left has item -1, score DEAD."""
+        memory, valid = self.encode(ops.cast(item_ids, "int32"))
+        b = ops.shape(memory)[0]
+        t = self.trie
+        nodes = ops.zeros((b, 1), "int32")
+        scores = ops.zeros((b, 1), "float32")
+        tokens = ops.zeros((b, 1, 1), "int32")          # BOS
+        width = 1
+        for level in range(self.depth):
+            flat_tokens = ops.reshape(tokens, (b * width, level + 1))
+            logp = self._step_log_probs(ops.repeat(memory, width, axis=0), ops.repeat(valid, width, axis=0),
+                                        flat_tokens, level)
+            logp = ops.reshape(logp, (b, width, self.level_sizes[level]))
+            c = max(self.max_children[level], 1)
+            start = ops.take(t["child_start"].value, nodes, axis=0)
+            count = ops.take(t["child_count"].value, nodes, axis=0)
+            j = ops.arange(c, dtype="int32")
+            child = ops.minimum(start[..., None] + j, self.trie_size - 1)           # [B, W, C]
+            ok = ops.logical_and(j < count[..., None], (scores > DEAD / 2)[..., None])
+            code = ops.take(t["node_code"].value, child, axis=0)
+            cand = ops.where(ok, scores[..., None] + ops.take_along_axis(logp, code, axis=-1), DEAD)
+            new_width = min(beam_size, width * c)
+            scores, pick = ops.top_k(ops.reshape(cand, (b, width * c)), k=new_width)
+            parent = pick // c
+            nodes = ops.take_along_axis(ops.reshape(child, (b, width * c)), pick, axis=1)
+            next_code = ops.take(t["node_code"].value, nodes, axis=0)
+            tokens = ops.concatenate([ops.take_along_axis(tokens, ops.repeat(parent[..., None], level + 1, axis=2),
+                                                          axis=1),
+                                      (next_code + self.offsets[level] + 1)[..., None]], axis=2)
+            width = new_width
+        alive = scores > DEAD / 2
+        return ops.where(alive, ops.take(t["node_item"].value, nodes, axis=0), -1), ops.where(alive, scores, DEAD)
+
+    def tuple_log_probs(self, item_ids, tuples):
+        """Log-probability of each code tuple [N, D] after each history [B, T] -> [B, N]
+        (teacher forcing over every tuple: the exhaustive scoring beam search approximates)."""
+        memory, valid = self.encode(ops.cast(item_ids, "int32"))
+        b, n = ops.shape(memory)[0], ops.shape(tuples)[0]
+        tuples = ops.cast(tuples, "int32")
+        dec_in = ops.concatenate([ops.zeros((n, 1), "int32"), self._tokens(tuples[:, :-1])], axis=1)
+        mem = ops.repeat(memory, n, axis=0)
+        val = ops.repeat(valid, n, axis=0)
+        steps = ops.arange(self.depth)
+        self_mask = ops.broadcast_to((steps[None, :] <= steps[:, None])[None], (b * n, self.depth, self.depth))
+        cross = ops.broadcast_to(val[:, None, :], (b * n, self.depth, ops.shape(val)[1]))
+        logits = self._decode(ops.tile(dec_in, [b, 1]), steps, mem, self_mask, cross)
+        total = 0.0
+        for level in range(self.depth):
+            logp = self._level_log_softmax(logits[:, level], level)
+            target = ops.tile(tuples[:, level], [b])
+            total = total + ops.squeeze(ops.take_along_axis(logp, target[:, None], axis=-1), -1)
+        return ops.reshape(total, (b, n))
+
+    def get_config(self):
+        return {"config": self.settings.model_dump(), "generative": self.generative.model_dump(),
+                "level_sizes": self.level_sizes, "trie_size": self.trie_size, "max_children": self.max_children,
+                "name": self.name}
+
+
+def build_generative(cfg, item_codes: np.ndarray) -> GenerativeRetrieval:
+    """A model for `cfg` (model + generative sections, vocabulary filled) over `item_codes`."""
+    trie = Trie.from_codes(item_codes)
+    model = GenerativeRetrieval(cfg.model, cfg.generative, level_sizes(item_codes), trie.size, trie.max_children,
+                                name="generative_retrieval")
+    model.set_codes(item_codes)
+    return model

@@ -1,0 +1,187 @@
+"""Generative retrieval (ptum.model.generative): the prefix trie, constrained beam search equal
+to brute-force enumeration of every item's tuple, every returned item a real one, and training
+/ evaluation through `ptum pretrain` and `ptum evaluate` with each code source."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ptum.config import PTUMConfig
+from ptum.data import contracts
+from ptum.model.generative import Trie, build_generative
+
+
+def _codes(n_items, levels, k, seed, collisions=True):
+    """Item codes for tokens 0 .. n_items + 2 (reserved tokens uncoded), collision token last."""
+    from ptum.model.semantic_ids import dedup_tokens
+
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, k, size=(n_items, levels))
+    codes = np.full((n_items + contracts.FIRST_ITEM_ID, levels + 1), -1, np.int64)
+    codes[contracts.FIRST_ITEM_ID:] = np.concatenate([drawn, dedup_tokens(drawn)[:, None]], axis=1)
+    return codes
+
+
+def test_trie_reaches_every_coded_item_once_and_refuses_shared_tuples():
+    codes = _codes(60, 2, 4, seed=0)
+    codes[10] = -1                                   # an item without a code is not in the trie
+    trie = Trie.from_codes(codes)
+    found = {}
+
+    def walk(node, prefix):
+        if trie.node_item[node] >= 0:
+            found[int(trie.node_item[node])] = tuple(prefix)
+        kids = range(trie.child_start[node], trie.child_start[node] + trie.child_count[node])
+        assert [trie.node_code[c] for c in kids] == sorted(trie.node_code[c] for c in kids)
+        for c in kids:
+            walk(c, prefix + [int(trie.node_code[c])])
+    walk(0, [])
+    coded = [i for i in range(len(codes)) if (codes[i] >= 0).all()]
+    assert sorted(found) == coded and all(found[i] == tuple(codes[i]) for i in coded)
+    assert trie.max_children[0] <= 4 and len(trie.max_children) == 3
+    codes[11] = codes[12]
+    with pytest.raises(ValueError, match="share a code tuple"):
+        Trie.from_codes(codes)
+
+
+def _model(codes, seed=0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    cfg = PTUMConfig.from_dict({"model": {"architecture": "generative", "embedding_dim": 16, "num_blocks": 1,
+                                          "num_heads": 2, "max_len": 8, "dropout": 0.0, "num_items": len(codes)},
+                                "generative": {"codes": "random", "decoder_blocks": 1}})
+    return build_generative(cfg, codes)
+
+
+def test_constrained_beam_search_equals_brute_force_and_returns_only_real_items():
+    codes = _codes(40, 2, 3, seed=1)                 # 40 items on 3 x 3 codes: many collisions
+    model = _model(codes)
+    rng = np.random.default_rng(2)
+    hist = rng.integers(contracts.FIRST_ITEM_ID, len(codes), size=(5, 6)).astype(np.int32)
+    hist[1, :3] = contracts.PAD_ID                   # left padding
+    coded = np.flatnonzero((codes >= 0).all(axis=1))
+    brute = np.asarray(model.tuple_log_probs(hist, codes[coded]))
+    items, scores = (np.asarray(x) for x in model.beam_search(hist, beam_size=len(coded)))
+    for b in range(len(hist)):
+        order = np.argsort(-brute[b], kind="stable")
+        assert np.allclose(scores[b], brute[b][order], atol=1e-4)
+        assert np.array_equal(np.sort(items[b]), np.sort(coded))
+        assert np.allclose(brute[b][np.searchsorted(coded, items[b])], scores[b], atol=1e-4)
+    # A narrow beam: fewer, still real and distinct, best first, each scored as brute force scores it.
+    items, scores = (np.asarray(x) for x in model.beam_search(hist, beam_size=7))
+    assert items.shape == (5, 7) and np.isin(items, coded).all()
+    assert all(len(set(row)) == 7 for row in items.tolist()) and (np.diff(scores, axis=1) <= 1e-6).all()
+    assert np.allclose(np.take_along_axis(brute, np.searchsorted(coded, items), axis=1), scores, atol=1e-4)
+
+
+def test_beam_wider_than_the_catalog_pads_with_no_item():
+    codes = _codes(5, 1, 4, seed=3)
+    items, scores = (np.asarray(x) for x in _model(codes).beam_search(np.array([[3, 4]], np.int32), beam_size=9))
+    real = items[0] >= 0
+    assert real.sum() == 5 and (items[0][~real] == -1).all() and (scores[0][~real] < -1e8).all()
+
+
+def _sequence_dataset(tmp_path, users=240, items=30):
+    """Users walk a cycle of items (the next item is always the current + 1): learnable."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for u in range(users):
+        start, n = rng.integers(items), rng.integers(6, 12)
+        lines.append(" ".join([f"u{u}"] + [f"i{(start + j) % items}" for j in range(n)]))
+    src = tmp_path / "seq.txt"
+    src.write_text("\n".join(lines) + "\n")
+    out = str(tmp_path / "data")
+    from ptum.data.ingest import plan, reference
+    reference.run(plan.TokenizeOptions(inputs=[str(src)], format="sequence-lines", output=out))
+    return out
+
+
+def _ptum(*args):
+    env = dict(os.environ, KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "tensorflow"))
+    return subprocess.run([sys.executable, "-m", "ptum.cli", *args], capture_output=True, text=True, env=env)
+
+
+SMALL = ["--set", "model.architecture=generative", "--set", "model.embedding_dim=32", "--set", "model.num_blocks=1",
+         "--set", "model.max_len=10", "--set", "model.dropout=0.0", "--set", "generative.decoder_blocks=1",
+         "--set", "train.batch_size=32", "--set", "train.learning_rate=0.005"]
+
+
+def test_pretrain_and_evaluate_a_generative_model_from_the_cli(tmp_path):
+    data = _sequence_dataset(tmp_path)
+    gen = str(tmp_path / "gen")
+    r = _ptum("pretrain", "--data", data, "--output", gen, "--epochs", "12", *SMALL,
+              "--set", "generative.codes=random", "--set", "generative.random_levels=2",
+              "--set", "generative.random_codes=4")
+    assert r.returncode == 0, r.stderr
+    meta = json.load(open(os.path.join(gen, "metadata.json")))
+    assert meta["model"] == "ptum-generative-retrieval" and meta["item_codes"]["items_coded"] == 30
+    r = _ptum("evaluate", "--model", gen, "--data", data, "--split", "test")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["users"] == 240 and m["beam_size"] == 20 and {"ndcg@5", "recall@20_unfiltered"} <= set(m)
+    assert m["recall@10"] > 0.8          # the cycle is learned: chance is 10/30
+    _served_equals_keras(tmp_path, gen, data)
+    # The model folder is not a user encoder: commands that need one say so.
+    r = _ptum("export-embeddings", "--model", gen, "--data", data, "--output", str(tmp_path / "emb"))
+    assert r.returncode == 2 and "generative retrieval model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_semantic_codes_from_another_vocabulary_are_refused(tmp_path, clean_dataset):
+    data = _sequence_dataset(tmp_path)
+    sid = str(tmp_path / "sid")
+    from ptum.training.semantic_ids import learn_semantic_ids
+    learn_semantic_ids(clean_dataset[0], sid, codes=4, dim=8, log=lambda s: None)
+    r = _ptum("pretrain", "--data", data, "--output", str(tmp_path / "gen"), "--epochs", "1", *SMALL,
+              "--semantic-ids", sid)
+    assert r.returncode == 2 and "learned on vocabulary" in r.stderr
+    assert not os.path.exists(tmp_path / "gen" / "metadata.json")
+    r = _ptum("pretrain", "--data", data, "--output", str(tmp_path / "gen"), "--epochs", "1", *SMALL)
+    assert r.returncode == 2 and "generative.semantic_ids" in r.stderr
+
+
+SERVE = """
+import json, sys
+import tensorflow as tf
+sig = tf.saved_model.load(sys.argv[1]).signatures["top_k"]
+rows = json.loads(sys.argv[2])
+width = max(len(r) for r in rows)
+ids = [r + [""] * (width - len(r)) for r in rows]
+out = sig(item_ids=tf.constant(ids), behaviors=tf.constant([[""] * width] * len(rows)),
+          timestamps=tf.zeros([len(rows), width], tf.int64), k=tf.constant(5))
+print(json.dumps({"items": out["item_ids"].numpy().astype(str).tolist(), "scores": out["scores"].numpy().tolist(),
+                  "ok": out["ok"].numpy().tolist()}))
+"""
+
+
+def _served_equals_keras(tmp_path, gen, data):
+    """The exported top_k, loaded in a fresh process, returns what the Keras model decodes
+    (history items left out), for raw item-id histories longer and shorter than max_len."""
+    from ptum.data.batches import pad_batch, Rows
+    from ptum.model.saving import load_model_dir
+
+    r = _ptum("export-model", "--model", gen, "--output", str(tmp_path / "serving"))
+    assert r.returncode == 0, r.stderr
+    version = os.path.join(tmp_path / "serving", os.listdir(tmp_path / "serving")[0])
+    histories = [[f"i{j % 30}" for j in range(s, s + n)] for s, n in ((0, 3), (7, 14), (20, 1))]
+    served = subprocess.run([sys.executable, "-c", SERVE, version, json.dumps(histories)], capture_output=True,
+                            text=True)
+    assert served.returncode == 0, served.stderr
+    served = json.loads(served.stdout.strip().splitlines()[-1])
+    model, meta, _ = load_model_dir(gen, generative=True)
+    ds = contracts.open_dataset(data)
+    vocab = ds.read_vocab_table(contracts.ITEMS_VOCAB)
+    token = dict(zip(vocab.column("item_id").to_pylist(), vocab.column("token_id").to_pylist()))
+    name = {t: i for i, t in token.items()}
+    for h, got_items, got_scores, ok in zip(histories, served["items"], served["scores"], served["ok"]):
+        toks = [token[i] for i in h]
+        rows = Rows(np.array(["u"], object), np.array([0, len(toks)]), np.array(toks, np.int32),
+                    np.ones(len(toks), np.int32), np.zeros(len(toks), np.int64))
+        window = pad_batch(rows, np.array([0]), meta["max_len"])["item_ids"]
+        items, scores = (np.asarray(x)[0] for x in model.beam_search(window, meta["beam_size"]))
+        keep = [(name[int(i)], float(s)) for i, s in zip(items, scores) if i >= 0 and int(i) not in toks][:5]
+        assert got_items == [k[0] for k in keep] and all(ok)
+        assert np.allclose(got_scores, [k[1] for k in keep], atol=1e-4)
