@@ -140,7 +140,9 @@ def output_kind(path: str) -> Optional[str]:
             return "semantic_ids"
         return "embeddings" if "saved_model_sha256" in m or m.get("kind") == "embeddings" else "dataset"
     if os.path.exists(os.path.join(path, "metadata.json")):
-        return "model" if load("metadata.json").get("model") == "ptum-user-encoder" else "finetuned"
+        # ptum pretrain's two kinds of model (ptum.model.saving: ptum.model.saving.GENERATIVE_MODEL)
+        pretrained = ("ptum-user-encoder", "ptum-generative-retrieval")
+        return "model" if load("metadata.json").get("model") in pretrained else "finetuned"
     return None
 
 

@@ -6,6 +6,7 @@ reach is a miss, so the largest cut-off must not exceed generative.beam_size.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Dict, Sequence
 
 import keras
@@ -32,7 +33,9 @@ def beam_function(model, beam_size: int) -> Callable:
             return model.beam_search(ids, beam_size)
 
     def run(ids):
-        items, scores = fn(np.asarray(ids, np.int32))
+        with warnings.catch_warnings():   # the first decoding step attends over one token, by design
+            warnings.filterwarnings("ignore", message="You are using a softmax over axis")
+            items, scores = fn(np.asarray(ids, np.int32))
         return np.asarray(keras.ops.convert_to_numpy(items)), np.asarray(keras.ops.convert_to_numpy(scores))
     return run
 

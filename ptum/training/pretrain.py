@@ -148,6 +148,7 @@ def _build(run: _Run, warm_start: Optional[str], log):
     import keras
 
     from ptum.model.encoder import build_encoder_for
+    from ptum.model.generative import build_generative   # also registers the class a checkpoint names
     from ptum.model.objectives import build_pretrainer
 
     cfg, t = run.cfg, run.cfg.train
@@ -172,8 +173,6 @@ def _build(run: _Run, warm_start: Optional[str], log):
                     var.assign(np.asarray(value, dtype=var.dtype))
                 log(f"resuming from {run.latest} after epoch {state['epoch']}")
         if state is not saved and run.generative:
-            from ptum.model.generative import build_generative
-
             if warm_start:
                 state["warm_start"] = {"from": warm_start, "used": False,
                                        "reason": "warm start is for the PTUM encoder, not the generative model"}

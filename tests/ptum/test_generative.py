@@ -185,3 +185,31 @@ def _served_equals_keras(tmp_path, gen, data):
         keep = [(name[int(i)], float(s)) for i, s in zip(items, scores) if i >= 0 and int(i) not in toks][:5]
         assert got_items == [k[0] for k in keep] and all(ok)
         assert np.allclose(got_scores, [k[1] for k in keep], atol=1e-4)
+
+
+def test_generative_training_resumes_after_a_kill(tmp_path):
+    """Killed after an epoch's checkpoint, the same command resumes there (the model, its codes
+    and trie are restored from the checkpoint) and the history keeps the epochs done."""
+    import signal
+    import time
+
+    data = _sequence_dataset(tmp_path, users=60, items=12)
+    gen = str(tmp_path / "gen")
+    args = ["-m", "ptum.cli", "pretrain", "--data", data, "--output", gen, "--epochs", "3", *SMALL,
+            "--set", "generative.codes=item_id"]
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state, seen, deadline = os.path.join(gen, "checkpoints", "state.json"), {}, time.time() + 300
+    while time.time() < deadline and proc.poll() is None and seen.get("epoch", 0) < 1:
+        try:
+            seen = json.load(open(state))
+        except (OSError, ValueError):
+            seen = {}
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= seen.get("epoch", 0) < 3 and not os.path.exists(os.path.join(gen, "metadata.json"))
+    r = _ptum(*args[2:])
+    assert r.returncode == 0, r.stderr
+    assert f"after epoch {seen['epoch']}" in r.stdout + r.stderr
+    history = json.load(open(os.path.join(gen, "history.json")))
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[0] == seen["history"][0]

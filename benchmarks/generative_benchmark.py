@@ -1,0 +1,194 @@
+"""Generative retrieval on Amazon Beauty (S3-Rec preprocessing): Semantic IDs vs item ids vs
+random codes, the same decoder (configs/beauty-generative.yaml), the same training-time cap,
+evaluated by ptum evaluate's protocol (leave-one-out, full catalog, history-filtered and not).
+
+    python benchmarks/generative_benchmark.py --beauty ../shared/data/beauty-s3rec/Beauty.txt \
+        --attributes ../shared/data/beauty-s3rec/Beauty_item2attributes.json --seconds 1500 \
+        [--runs semantic,item_id,random] [--work benchmarks/work/generative]
+
+Steps (each skipped when its output is already finished in --work): tokenize; a short id model
+(configs/beauty.yaml, 3 epochs: the collaborative half of the item vectors, and the id model whose
+top_k latency is measured); `ptum semantic-ids` (attributes + that model); one generative model per
+code source with train.max_train_seconds = --seconds; evaluate; serving latency of the two
+SavedModels' top_k (batch 1 and 256, p50/p99) and of beam search against beam size.
+Writes benchmarks/results/generative.{json,md} and generative_codebook_usage.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from benchmarks import common  # noqa: E402
+
+PUBLISHED = {"TIGER (Rajput et al. 2023)": {"recall@10": 0.0648, "ndcg@10": 0.0384},
+             "RPG (KDD 2025)": {"recall@10": 0.0809, "ndcg@10": 0.0464}}
+
+
+def _prepare(args):
+    from ptum.config import PTUMConfig
+    from ptum.data.ingest import job, plan
+    from ptum.training.pretrain import pretrain
+    from ptum.training.semantic_ids import learn_semantic_ids
+
+    data, idmodel, sid = (os.path.join(args.work, n) for n in ("data", "idmodel", "sid"))
+    if not os.path.exists(os.path.join(data, "manifest.json")):
+        job.run(plan.TokenizeOptions(inputs=[args.beauty], format="sequence-lines", output=data))
+    if not os.path.exists(os.path.join(idmodel, "metadata.json")):
+        pretrain(data, idmodel, PTUMConfig.load("beauty", ["train.epochs=3"]), log=lambda s: print("[id]", s))
+    if not os.path.exists(os.path.join(sid, "manifest.json")):
+        learn_semantic_ids(data, sid, attributes=args.attributes, model=idmodel)
+    return data, idmodel, sid
+
+
+def _train_and_evaluate(args, data, sid, name):
+    from ptum.config import PTUMConfig
+    from ptum.evaluation.ranking import evaluate_model
+    from ptum.training.pretrain import pretrain
+
+    out = os.path.join(args.work, "models", name)
+    sets = [f"generative.codes={name}", f"train.max_train_seconds={args.seconds}"]
+    if name == "semantic":
+        sets.append(f"generative.semantic_ids={sid}")
+    if not os.path.exists(os.path.join(out, "metadata.json")):
+        pretrain(data, out, PTUMConfig.load("beauty-generative", sets), log=lambda s: print(f"[{name}]", s))
+    meta = json.load(open(os.path.join(out, "metadata.json")))
+    test = evaluate_model(out, data, "test")
+    return out, {"settings": sets, "test": {k: v for k, v in test.items() if "@" in k},
+                 "valid": meta["valid"], "epochs": meta["epochs_run"], "best_epoch": meta["best_epoch"],
+                 "train_seconds": meta["train_seconds"], "item_codes": meta["item_codes"],
+                 "curve": common.ptum_curve(out)}
+
+
+def _requests(data, n):
+    """Raw item-id histories of the first n test rows (the newest 20 behaviors), right-padded."""
+    from ptum.data import contracts
+
+    ds = contracts.open_dataset(data)
+    rows = ds.read_split("test").slice(0, n).column("item_ids").to_pylist()
+    vocab = ds.read_vocab_table(contracts.ITEMS_VOCAB)
+    name = dict(zip(vocab.column("token_id").to_pylist(), vocab.column("item_id").to_pylist()))
+    hist = [[name.get(t, "") for t in r[:-1][-20:]] for r in rows]
+    width = max(len(h) for h in hist)
+    return [h + [""] * (width - len(h)) for h in hist]
+
+
+def _latency(signature, requests, batch, calls):
+    import tensorflow as tf
+
+    ids = tf.constant(requests[:batch])
+    beh = tf.fill(tf.shape(ids), "")
+    ts = tf.zeros(tf.shape(ids), tf.int64)
+    signature(item_ids=ids, behaviors=beh, timestamps=ts, k=tf.constant(10))     # warm
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        signature(item_ids=ids, behaviors=beh, timestamps=ts, k=tf.constant(10))
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)), "calls": calls}
+
+
+def _serving(args, data, idmodel, genmodel):
+    import tensorflow as tf
+
+    from ptum.serving.saved_model import export_saved_model
+
+    requests = _requests(data, 256)
+    out = {}
+    for name, model in (("id model top_k (configs/beauty.yaml)", idmodel), ("generative top_k (semantic)", genmodel)):
+        saved = export_saved_model(model, os.path.join(args.work, "serving", os.path.basename(model)))
+        sig = tf.saved_model.load(saved).signatures["top_k"]
+        out[name] = {f"batch {b}": _latency(sig, requests, b, c) for b, c in ((1, 50), (256, 10))}
+    return out
+
+
+def _beam_scaling(data, genmodel, beams=(5, 10, 20, 40)):
+    from ptum.data import contracts
+    from ptum.data.batches import Rows, eval_batches
+    from ptum.evaluation.generative import beam_function
+    from ptum.model.saving import load_model_dir
+
+    model, meta, _ = load_model_dir(genmodel, generative=True)
+    rows = Rows.from_split(contracts.open_dataset(data), "test")
+    _, batch = next(eval_batches(rows, 256, meta["max_len"], [meta["max_len"]], 0))
+    out = {}
+    for beam in beams:
+        run = beam_function(model, beam)
+        run(batch["item_ids"])
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            run(batch["item_ids"])
+            times.append((time.perf_counter() - t0) * 1000)
+        out[str(beam)] = {"ms_per_256_users": float(np.median(times))}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--beauty", default="../shared/data/beauty-s3rec/Beauty.txt")
+    ap.add_argument("--attributes", default="../shared/data/beauty-s3rec/Beauty_item2attributes.json")
+    ap.add_argument("--work", default="benchmarks/work/generative")
+    ap.add_argument("--seconds", type=float, default=1500, help="training-time cap of each generative run")
+    ap.add_argument("--runs", default="semantic,item_id", help="code sources: semantic, item_id, random")
+    args = ap.parse_args()
+    data, idmodel, sid = _prepare(args)
+    runs, folders = {}, {}
+    for name in args.runs.split(","):
+        folders[name], runs[name] = _train_and_evaluate(args, data, sid, name)
+        print(name, runs[name]["test"]["ndcg@10"], flush=True)
+    id_result = os.path.join(common.RESULTS, "beauty.json")
+    id_model = json.load(open(id_result)) if os.path.exists(id_result) else None
+    sid_report = json.load(open(os.path.join(sid, "report.json")))
+    shutil.copy(os.path.join(sid, "codebook_usage.png"), os.path.join(common.RESULTS, "generative_codebook_usage.png"))
+    gen = folders.get("semantic") or next(iter(folders.values()))
+    from ptum.model.saving import load_model_dir
+    model, _, _ = load_model_dir(gen, generative=True)
+    d = model.settings.embedding_dim
+    result = common.envelope(" ".join(["python"] + sys.argv))
+    result.update({
+        "runs": runs, "published": PUBLISHED,
+        "id_model": ({"source": "benchmarks/results/beauty.json", "test": id_model["test"],
+                      "train_seconds": id_model["train_seconds"]} if id_model else None),
+        "semantic_ids": {"report": sid_report, "parameters": json.load(open(os.path.join(sid, "manifest.json")))
+                         ["parameters"]},
+        "item_table_parameters": {f"code embeddings ({os.path.basename(gen)} codes)": (sum(model.level_sizes) + 1) * d,
+                                  "one vector per item (id model, item_id decoder)": int(model.num_items) * d},
+        "serving": _serving(args, data, idmodel, gen),
+        "beam_size_scaling": _beam_scaling(data, gen),
+    })
+    rows = [{"model": f"generative, {n} codes", "test recall@10": f"{r['test']['recall@10']:.4f}",
+             "test ndcg@10": f"{r['test']['ndcg@10']:.4f}", "recall@5": f"{r['test']['recall@5']:.4f}",
+             "ndcg@5": f"{r['test']['ndcg@5']:.4f}", "ndcg@10 unfiltered": f"{r['test']['ndcg@10_unfiltered']:.4f}",
+             "epochs": r["epochs"], "train s": r["train_seconds"]} for n, r in runs.items()]
+    if id_model:
+        t = id_model["test"]
+        rows.append({"model": "id model (configs/beauty.yaml, benchmarks/results/beauty.md)",
+                     "test recall@10": f"{t['recall@10']:.4f}", "test ndcg@10": f"{t['ndcg@10']:.4f}",
+                     "ndcg@10 unfiltered": f"{t['ndcg@10_unfiltered']:.4f}", "train s": id_model["train_seconds"]})
+    rows += [{"model": f"{k} (published)", "test recall@10": f"{v['recall@10']:.4f}",
+              "test ndcg@10": f"{v['ndcg@10']:.4f}"} for k, v in PUBLISHED.items()]
+    result["notes"] = [
+        f"each generative run stops after {args.seconds:.0f} s of training (train.max_train_seconds) on this machine; "
+        "TIGER trains ~200k steps on accelerators, so these runs are not converged: see the curves",
+        "Semantic IDs: Beauty_item2attributes.json (TF-IDF + SVD) joined with a 3-epoch id model's item embeddings "
+        "(ptum semantic-ids --model), 3 x 256 residual k-means + the collision token",
+        "serving: the SavedModels' top_k signature in this process, k=10; the generative one decodes with "
+        "generative.beam_size beams"]
+    common.write_result("generative", result, ["model", "test recall@10", "test ndcg@10", "recall@5", "ndcg@5",
+                                               "ndcg@10 unfiltered", "epochs", "train s"], rows)
+    common.plot_curves("generative", {n: r["curve"] for n, r in runs.items()}, "seconds",
+                       "wall time of training + validation (s), this machine",
+                       "Amazon Beauty: generative retrieval, validation NDCG@10")
+
+
+if __name__ == "__main__":
+    main()
