@@ -123,6 +123,10 @@ def _add_semantic_ids(sub) -> None:
     si.add_argument("--levels", type=int, default=3, help="codebooks (TIGER: 3)")
     si.add_argument("--codes", type=int, default=256, help="codes per codebook (TIGER: 256)")
     si.add_argument("--dim", type=int, default=64, help="content vector size (TF-IDF reduced by SVD)")
+    si.add_argument("--quantizer", choices=["kmeans", "rqvae"], default="kmeans",
+                    help="kmeans: residual k-means on the item vectors | rqvae: an RQ-VAE (Keras) quantizing a "
+                         "learned latent (k-means initialised codebooks, dead-code restarts, commitment loss)")
+    si.add_argument("--rqvae-epochs", type=int, default=100, help="with --quantizer rqvae: training epochs")
     si.add_argument("--seed", type=int, default=0, help="the same seed gives the same codes")
 
 
@@ -308,7 +312,7 @@ def _finetune(a) -> int:
 
 
 def _semantic_ids(a) -> int:
-    if a.model:
+    if a.model or a.quantizer == "rqvae":
         _keras_backend_default()
     from ptum.data.contracts import DatasetError
     from ptum.model.saving import ModelError
@@ -318,7 +322,7 @@ def _semantic_ids(a) -> int:
         manifest = learn_semantic_ids(a.data, a.output, attributes=a.attributes, vectors=a.vectors,
                                       vector_column=a.vector_column, model=a.model,
                                       collaborative_weight=a.collaborative_weight, levels=a.levels, codes=a.codes,
-                                      dim=a.dim, seed=a.seed)
+                                      dim=a.dim, seed=a.seed, quantizer=a.quantizer, rqvae_epochs=a.rqvae_epochs)
     except (SemanticIdError, DatasetError, ModelError) as e:
         print(f"ptum semantic-ids: error: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,18 @@ from ptum.data.batches import Rows, eval_batches
 
 def beam_function(model, beam_size: int) -> Callable:
     """history batch [B, T] int32 -> (items [B, K], scores [B, K]) as numpy, compiled once per
-    backend (TensorFlow: one graph for any batch and width)."""
+    model and beam size (TensorFlow: one graph for any batch and width), so that validating
+    every epoch does not trace the search again."""
+    cache = model.__dict__.get("_ptum_beam_functions")
+    if cache is None:    # a plain attribute (not tracked by Keras), freed with the model
+        cache = {}
+        object.__setattr__(model, "_ptum_beam_functions", cache)
+    if beam_size not in cache:
+        cache[beam_size] = _compile(model, beam_size)
+    return cache[beam_size]
+
+
+def _compile(model, beam_size: int) -> Callable:
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 

@@ -63,10 +63,14 @@ def ridge_map(src: np.ndarray, dst: np.ndarray, alpha: float = 1.0) -> np.ndarra
 def learn_semantic_ids(data: str, output: str, *, attributes: Optional[str] = None, vectors: Optional[str] = None,
                        vector_column: str = "vector", model: Optional[str] = None, collaborative_weight: float = 1.0,
                        levels: int = 3, codes: int = 256, dim: int = 64, seed: int = 0,
+                       quantizer: str = "kmeans", rqvae_epochs: int = 100,
                        log: Callable[[str], None] = print) -> dict:
-    """Learn and write the artifact; returns its manifest."""
+    """Learn and write the artifact; returns its manifest. `quantizer`: kmeans (residual k-means
+    on the item vectors) or rqvae (ptum.model.rqvae: residual quantization of a learned latent)."""
     if levels < 1 or codes < 2 or dim < 2:
         raise SemanticIdError(f"levels {levels}, codes {codes}, dim {dim}: need levels >= 1, codes >= 2, dim >= 2")
+    if quantizer not in ("kmeans", "rqvae") or rqvae_epochs < 1:
+        raise SemanticIdError(f"--quantizer {quantizer} (kmeans | rqvae), --rqvae-epochs {rqvae_epochs} (>= 1)")
     ds = contracts.open_dataset(data)
     contracts.check_output_kind(output, KIND, SemanticIdError)
     try:
@@ -93,12 +97,21 @@ def learn_semantic_ids(data: str, output: str, *, attributes: Optional[str] = No
                               "--vectors) to learn Semantic IDs from")
     log(f"semantic ids: {int(has.sum()):,} of {len(has):,} items with a vector "
         f"({', '.join(content.sources) or 'none'}{', collaborative' if (source == 'collaborative').any() else ''}); "
-        f"residual k-means {levels} x {codes}")
-    q = residual_kmeans(x[has], levels=levels, codes=codes, seed=seed)
-    report = {**quantizer_report(x[has], q), "sources": content.sources, "counts": content.counts}
+        f"{'residual k-means' if quantizer == 'kmeans' else 'RQ-VAE'} {levels} x {codes}")
+    if quantizer == "rqvae":
+        from ptum.model.rqvae import train_rqvae
+
+        q, latent, rq_info = train_rqvae(x[has], levels=levels, codes=codes, epochs=rqvae_epochs, seed=seed)
+        report = {**quantizer_report(latent, q), "space": "RQ-VAE latent", "rqvae": rq_info}
+    else:
+        q = residual_kmeans(x[has], levels=levels, codes=codes, seed=seed)
+        report = {**quantizer_report(x[has], q), "space": "item vectors"}
+    report.update(quantizer=quantizer, sources=content.sources, counts=content.counts)
     with contracts.output_lock(output, "ptum semantic-ids", SemanticIdError), fs.staged_dir(output) as stage:
         manifest = _write(stage, ds, content, has, source, q, report,
-                          {"levels": levels, "codes": codes, "dim": dim, "seed": seed, "quantizer": "residual-kmeans",
+                          {"levels": levels, "codes": codes, "dim": dim, "seed": seed,
+                           "quantizer": "residual-kmeans" if quantizer == "kmeans" else "rqvae",
+                           "rqvae_epochs": rqvae_epochs if quantizer == "rqvae" else None,
                            "attributes": attributes, "vectors": vectors, "vector_column": vector_column,
                            "model": model, "collaborative_weight": collaborative_weight if model else None})
     used = ", ".join(f"{lv['utilisation']:.2f}" for lv in report["levels"])

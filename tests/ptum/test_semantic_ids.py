@@ -157,3 +157,27 @@ def test_a_pretrained_model_codes_items_without_content_and_splits_equal_content
     filled = learn_semantic_ids(bare_dataset, str(tmp_path / "filled"), attributes=str(path), model=model, codes=4,
                                 collaborative_weight=0.0, log=lambda line: None)
     assert filled["counts"]["by_source"] == {"content": half, "collaborative": len(items) - half}
+
+
+def test_rqvae_learns_is_deterministic_and_writes_the_same_artifact(clean_dataset, tmp_path):
+    from ptum.model.rqvae import train_rqvae
+
+    x = _clusters(n=300, d=12)
+    short, _, short_info = train_rqvae(x, levels=2, codes=8, latent_dim=6, epochs=1, seed=1)
+    long, z, long_info = train_rqvae(x, levels=2, codes=8, latent_dim=6, epochs=30, seed=1)
+    again, _, _ = train_rqvae(x, levels=2, codes=8, latent_dim=6, epochs=30, seed=1)
+    assert np.array_equal(long.codes, again.codes)                                 # seeded
+    assert long_info["decoder_relative_error"] < short_info["decoder_relative_error"]   # it learns
+    report = quantizer_report(z, long)
+    assert [lv["used"] for lv in report["levels"]] == [8, 8]                       # restarts keep codes in use
+    data, _ = clean_dataset
+    out = str(tmp_path / "sid")
+    manifest = learn_semantic_ids(data, out, codes=8, dim=16, seed=3, quantizer="rqvae", rqvae_epochs=3,
+                                  log=lambda line: None)
+    table, _ = read_semantic_ids(out)
+    tuples = [tuple(c) for c in table.column("codes").to_pylist()]
+    assert len(set(tuples)) == len(tuples) and manifest["parameters"]["quantizer"] == "rqvae"
+    assert json.load(open(os.path.join(out, "report.json")))["space"] == "RQ-VAE latent"
+    first = open(os.path.join(out, "codes.parquet"), "rb").read()
+    learn_semantic_ids(data, out, codes=8, dim=16, seed=3, quantizer="rqvae", rqvae_epochs=3, log=lambda line: None)
+    assert open(os.path.join(out, "codes.parquet"), "rb").read() == first
