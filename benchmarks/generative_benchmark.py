@@ -46,6 +46,8 @@ def _prepare(args):
         pretrain(data, idmodel, PTUMConfig.load("beauty", ["train.epochs=3"]), log=lambda s: print("[id]", s))
     if not os.path.exists(os.path.join(sid, "manifest.json")):
         learn_semantic_ids(data, sid, attributes=args.attributes, model=idmodel)
+    if "semantic_rqvae" in args.runs and not os.path.exists(os.path.join(sid + "_rqvae", "manifest.json")):
+        learn_semantic_ids(data, sid + "_rqvae", attributes=args.attributes, model=idmodel, quantizer="rqvae")
     return data, idmodel, sid
 
 
@@ -55,9 +57,9 @@ def _train_and_evaluate(args, data, sid, name):
     from ptum.training.pretrain import pretrain
 
     out = os.path.join(args.work, "models", name)
-    sets = [f"generative.codes={name}", f"train.max_train_seconds={args.seconds}"]
-    if name == "semantic":
-        sets.append(f"generative.semantic_ids={sid}")
+    sets = [f"generative.codes={name.split('_rqvae')[0]}", f"train.max_train_seconds={args.seconds}"]
+    if name.startswith("semantic"):
+        sets.append(f"generative.semantic_ids={sid}{name[len('semantic'):]}")
     if not os.path.exists(os.path.join(out, "metadata.json")):
         pretrain(data, out, PTUMConfig.load("beauty-generative", sets), log=lambda s: print(f"[{name}]", s))
     meta = json.load(open(os.path.join(out, "metadata.json")))
@@ -132,13 +134,23 @@ def _beam_scaling(data, genmodel, beams=(5, 10, 20, 40)):
     return out
 
 
+def _quantizer_line(name: str, report: dict) -> str:
+    levels = report["levels"]
+    return (f"quantizer {name}: collision rate {report['collision_rate']:.4f} (largest group "
+            f"{report['largest_collision_group']}), perplexity per level "
+            f"{'/'.join(str(round(lv['perplexity'])) for lv in levels)}, utilisation "
+            f"{'/'.join(str(round(lv['utilisation'], 2)) for lv in levels)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--beauty", default="../shared/data/beauty-s3rec/Beauty.txt")
     ap.add_argument("--attributes", default="../shared/data/beauty-s3rec/Beauty_item2attributes.json")
     ap.add_argument("--work", default="benchmarks/work/generative")
     ap.add_argument("--seconds", type=float, default=1500, help="training-time cap of each generative run")
-    ap.add_argument("--runs", default="semantic,item_id", help="code sources: semantic, item_id, random")
+    ap.add_argument("--runs", default="semantic,item_id",
+                    help="code sources: semantic (residual k-means), semantic_rqvae (the RQ-VAE quantizer), item_id, "
+                         "random")
     args = ap.parse_args()
     data, idmodel, sid = _prepare(args)
     runs, folders = {}, {}
@@ -147,7 +159,8 @@ def main() -> None:
         print(name, runs[name]["test"]["ndcg@10"], flush=True)
     id_result = os.path.join(common.RESULTS, "beauty.json")
     id_model = json.load(open(id_result)) if os.path.exists(id_result) else None
-    sid_report = json.load(open(os.path.join(sid, "report.json")))
+    sid_report = {q: json.load(open(os.path.join(path, "report.json")))
+                  for q, path in (("kmeans", sid), ("rqvae", sid + "_rqvae")) if os.path.exists(path)}
     shutil.copy(os.path.join(sid, "codebook_usage.png"), os.path.join(common.RESULTS, "generative_codebook_usage.png"))
     gen = folders.get("semantic") or next(iter(folders.values()))
     from ptum.model.saving import load_model_dir
@@ -158,7 +171,7 @@ def main() -> None:
         "runs": runs, "published": PUBLISHED,
         "id_model": ({"source": "benchmarks/results/beauty.json", "test": id_model["test"],
                       "train_seconds": id_model["train_seconds"]} if id_model else None),
-        "semantic_ids": {"report": sid_report, "parameters": json.load(open(os.path.join(sid, "manifest.json")))
+        "semantic_ids": {"reports": sid_report, "parameters": json.load(open(os.path.join(sid, "manifest.json")))
                          ["parameters"]},
         "item_table_parameters": {f"code embeddings ({os.path.basename(gen)} codes)": (sum(model.level_sizes) + 1) * d,
                                   "one vector per item (id model, item_id decoder)": int(model.num_items) * d},
@@ -182,7 +195,7 @@ def main() -> None:
         "Semantic IDs: Beauty_item2attributes.json (TF-IDF + SVD) joined with a 3-epoch id model's item embeddings "
         "(ptum semantic-ids --model), 3 x 256 residual k-means + the collision token",
         "serving: the SavedModels' top_k signature in this process, k=10; the generative one decodes with "
-        "generative.beam_size beams"]
+        "generative.beam_size beams"] + [_quantizer_line(q, r) for q, r in sid_report.items()]
     common.write_result("generative", result, ["model", "test recall@10", "test ndcg@10", "recall@5", "ndcg@5",
                                                "ndcg@10 unfiltered", "epochs", "train s"], rows)
     common.plot_curves("generative", {n: r["curve"] for n, r in runs.items()}, "seconds",

@@ -88,6 +88,55 @@ COLUMNS = {
 }
 
 
+ITEMS_FILE = "items.parquet"
+SCORING = "score = dot(user.embedding, item.embedding) + item.bias = dot([user.embedding, 1], item.retrieval_vector)"
+ITEM_COLUMNS = {
+    "item_id": "the item's id as in the logs",
+    "embedding": "the item's vector in the space of the users' embedding (the schema's ptum.space)",
+    "bias": "the item's score offset in that space (0 for the next-item query space)",
+    "retrieval_vector": "[embedding, bias]: its dot product with [user embedding, 1] is the model's score",
+}
+
+
+def _write_items(saved: str, output: str, metadata: dict) -> Optional[dict]:
+    """The item table of the users' space (the SavedModel's item_embeddings) -> output/items.parquet;
+    what the manifest records of it. None for a SavedModel exported before the signature named
+    its space (its table may be another space's)."""
+    import tensorflow as tf
+
+    out = tf.saved_model.load(saved).signatures["item_embeddings"]()
+    if "space" not in out:
+        return None
+    keys = [k.decode() for k in out["item_ids"].numpy().tolist()]
+    emb, bias = out["embeddings"].numpy().astype(np.float32), out["bias"].numpy().astype(np.float32)
+    space, d = out["space"].numpy().decode(), emb.shape[1]
+    described = {"space": space, "scoring": SCORING, **metadata}
+    types = {"item_id": pa.string(), "embedding": pa.list_(pa.float32(), d), "bias": pa.float32(),
+             "retrieval_vector": pa.list_(pa.float32(), d + 1)}
+    schema = pa.schema([pa.field(n, t, metadata={"description": ITEM_COLUMNS[n]}) for n, t in types.items()],
+                       metadata={f"ptum.{k}": json.dumps(v, sort_keys=True, default=str) for k, v in described.items()})
+    vectors = np.concatenate([emb, bias[:, None]], axis=1)
+    table = pa.Table.from_arrays([pa.array(keys, pa.string()),
+                                  pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), d), pa.array(bias),
+                                  pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), d + 1)],
+                                 schema=schema)
+    sink.write_parquet(table, sink.join(output, ITEMS_FILE))
+    return {"file": ITEMS_FILE, "items": len(keys), "space": space, "dim": d, "scoring": SCORING}
+
+
+def read_items(output: str):
+    """(item ids, retrieval vectors [n, d + 1], space) of a committed export: the users'
+    embeddings extended by a 1 score against these by a plain dot product."""
+    manifest = read_manifest(output)
+    if not manifest.get("items"):
+        raise ExportError(f"{output}: this export has no item table (exported from an older SavedModel); export again")
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(sink.join(output, manifest["items"]["file"]))
+    vectors = np.asarray(table.column("retrieval_vector").combine_chunks().flatten(), np.float32)
+    return table.column("item_id").to_pylist(), vectors.reshape(table.num_rows, -1), manifest["items"]["space"]
+
+
 def table_schema(dim: int, metadata: dict) -> pa.Schema:
     """The embedding table's schema: column descriptions, and `metadata` (JSON values) under
     `ptum.*` keys."""
@@ -326,6 +375,7 @@ def _run(model: str, data: str, output: str, split: Optional[str] = None, batch_
             "vocab_hash": ds.vocab_hash,
             "data": data, "split": split, "dim": meta["user_embedding"]["dim"],
             "user_embedding": meta["user_embedding"], "tfrecord": tfrecord, "dataset_users": expected_users}
+    info["items"] = _write_items(saved, output, {"model_version": str(meta["version"]), "vocab_hash": ds.vocab_hash})
     p, runner = make_pipeline(beam_args)
     info["runner"] = runner
     described = {"user_embedding": meta["user_embedding"], "saved_model_sha256": meta["saved_model_sha256"],

@@ -11,7 +11,11 @@ Signatures (all through keras.export.ExportArchive; no tf.keras):
       raw item ids, right-padded with "" (vocabulary lookup in the graph; unknown -> OOV)
   top_k(item_ids, behaviors, timestamps, k: int32[])       -> item_ids string[None, k], scores
       next items for raw sequences, excluding the user's history
-  item_embeddings()                                        -> item_ids string[V], embeddings float[V, d]
+  item_embeddings()                                        -> item_ids string[V], embeddings float[V, d],
+                                                              bias float[V], space string[]
+      the item table of the space serving_default's user embedding lives in: score = dot + bias
+      (a profile embedding: the profile's own item table and bias; the next-item query: the
+      item table top_k uses, bias 0). `space` names it; the exported item table is this one.
 assets.extra/: tf_serving_warmup_requests and ptum_metadata.json.
 """
 from __future__ import annotations
@@ -291,8 +295,15 @@ class _Exporter:
         return {"item_ids": names, "scores": top.values, "ok": ok, "empty_history": empty}
 
     def item_embeddings(self):
+        if self.encoder.has_profile:      # the profile's items: the vocabulary (no catalog-only rows)
+            table, bias = self.encoder.embedding_space()
+            vocab = self.item_tokens < self.num_items
+            keys, tokens = tf.boolean_mask(self.item_keys, vocab), tf.boolean_mask(self.item_tokens, vocab)
+            return {"item_ids": keys, "embeddings": tf.gather(table, tokens), "bias": tf.gather(bias, tokens),
+                    "space": tf.constant("profile")}
         vecs = tf.gather(self.extended, self.item_tokens)
-        return {"item_ids": self.item_keys, "embeddings": vecs}
+        return {"item_ids": self.item_keys, "embeddings": vecs, "bias": tf.zeros(tf.shape(vecs)[:1], vecs.dtype),
+                "space": tf.constant("next_item_query")}
 
 
 class _GenerativeExporter(_Exporter):

@@ -109,6 +109,8 @@ out["top_items"] = [[x.decode() for x in row] for row in top["item_ids"].numpy()
 ie = sig["item_embeddings"]()
 out["n_items"] = int(ie["item_ids"].shape[0])
 out["has_new_item"] = b"item_brand_new" in ie["item_ids"].numpy().tolist()
+out["space"] = ie["space"].numpy().decode()
+out["bias_zero"] = bool((ie["bias"].numpy() == 0).all())
 out["ptum_imported"] = "ptum" in sys.modules
 print(json.dumps(out))
 '''
@@ -123,6 +125,7 @@ def test_signatures_in_a_fresh_tensorflow_process(saved, trained):
     assert out["serving_shape"] == [2, 16]
     assert out["raw_finite"] and not out["ptum_imported"]
     assert out["has_new_item"]
+    assert out["space"] == "next_item_query" and out["bias_zero"]    # the query's space: top_k's table, no bias
     n_vocab = contracts.open_dataset(trained["data"]).manifest["counts"]["items"]
     assert out["n_items"] == n_vocab + 1
     # The user's own history is never recommended back.

@@ -126,6 +126,30 @@ def test_profile_model_selects_by_window_recall_and_exports_the_profile(exported
     np.testing.assert_allclose(emb, embed(rows, idx, rows.lengths[idx]), atol=1e-5)
 
 
+def test_exported_item_table_is_the_user_embeddings_space(exported):
+    """users.embedding . items.embedding + items.bias (= [embedding, 1] . retrieval_vector) is the
+    model's own score of the profile: the same top-10 for every user as exact in-model ranking."""
+    from ptum.evaluation.embeddings import read_embedding_table
+    from ptum.evaluation.ranking import embedding_space_numpy
+    from ptum.model.saving import load_model_dir
+    from ptum.serving.export_embeddings import read_items
+
+    users, emb, _ = read_embedding_table(exported["emb"])
+    item_ids, vectors, space = read_items(exported["emb"])
+    assert space == "profile" and vectors.shape[1] == emb.shape[1] + 1
+    vocab = contracts.open_dataset(exported["data"]).read_vocab_table(contracts.ITEMS_VOCAB)
+    token = dict(zip(vocab.column("item_id").to_pylist(), vocab.column("token_id").to_pylist()))
+    assert sorted(item_ids) == sorted(k for k, t in token.items() if t >= contracts.FIRST_ITEM_ID)
+    encoder, _, _ = load_model_dir(exported["model"])
+    table, bias = embedding_space_numpy(encoder)
+    tokens = np.array([token[i] for i in item_ids])
+    in_model = emb @ table[tokens].T + bias[tokens]
+    from_files = np.hstack([emb, np.ones((len(emb), 1), np.float32)]) @ vectors.T
+    np.testing.assert_allclose(from_files, in_model, rtol=1e-4, atol=1e-4)
+    top = lambda s: np.argsort(-s, axis=1, kind="stable")[:, :10]   # noqa: E731
+    assert (top(from_files) == top(in_model)).mean() > 0.999
+
+
 def test_evaluate_embeddings_planted_and_shuffled_labels(exported):
     import pyarrow as pa
     import pyarrow.csv as pcsv
