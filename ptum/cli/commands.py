@@ -103,6 +103,10 @@ Pipeline options go after `--`.""")
     q.add_argument("--fractions", default="1.0", help="label fractions, e.g. 0.1,1.0")
     q.add_argument("--window", type=int, default=None, help="future window W (default: the dataset's, or 10)")
     q.add_argument("--no-recompute", action="store_true", help="skip the frozen vs recomputed comparison")
+    q.add_argument("--ann", action="store_true",
+                   help="retrieve for every exported user from the exported item table with a faiss HNSW "
+                        "inner-product index; report its agreement@10 with the exact scores (history left out "
+                        "with --data) and both speeds")
     q.add_argument("--output", default=None, help="report folder: report.json, report.md, projection.png")
 
 
@@ -240,7 +244,7 @@ def _evaluate_embeddings(a) -> int:
 
     try:
         report = evaluate_embeddings(a.embeddings, a.data, a.labels, a.label_column, a.model, a.folds, a.repeats,
-                                     fractions, a.window, not a.no_recompute, a.output)
+                                     fractions, a.window, not a.no_recompute, a.output, ann=a.ann)
     except (EmbeddingEvalError, DatasetError, ModelError) as e:
         print(f"ptum evaluate-embeddings: error: {e}", file=sys.stderr)
         return 2

@@ -50,6 +50,25 @@ def read_embedding_table(path: str):
     return users, flat.reshape(len(users), d), manifest
 
 
+def read_item_table(path: str):
+    """(item ids, retrieval vectors [n, d + 1], space) of a committed export's item table:
+    [user embedding, 1] . retrieval_vector is the model's score of the item for the user."""
+    import pyarrow.parquet as pq
+
+    manifest = contracts.read_sealed_manifest(
+        path, EmbeddingEvalError, f"no {contracts.MANIFEST}: not a finished ptum export-embeddings output")
+    if not manifest.get("items"):
+        raise EmbeddingEvalError(f"{path}: this export has no item table (exported from an older SavedModel); "
+                                 "export again")
+    try:
+        table = pq.read_table(os.path.join(path, manifest["items"]["file"]))
+    except (OSError, ValueError) as e:
+        raise EmbeddingEvalError(f"{path}: the item table is missing or unreadable ({str(e).splitlines()[0][:160]}); "
+                                 "export again") from None
+    vectors = np.asarray(table.column("retrieval_vector").combine_chunks().flatten(), np.float32)
+    return table.column("item_id").to_pylist(), vectors.reshape(table.num_rows, -1), manifest["items"]["space"]
+
+
 def health(users: np.ndarray, emb: np.ndarray) -> dict:
     bad = ~np.isfinite(emb).all(axis=1)
     if bad.any():
@@ -309,6 +328,30 @@ def projection_png(emb: np.ndarray, labels: Optional[np.ndarray], path: str, tit
     os.replace(tmp, path)
 
 
+def _ann_report(path: str, users, emb, ds, rows) -> dict:
+    """The ANN check on the exported files (ptum.evaluation.retrieval), each user's own history
+    left out when the dataset is given."""
+    from ptum.evaluation.retrieval import RetrievalError, ann_check
+
+    item_ids, vectors, space = read_item_table(path)
+    history = None
+    if ds is not None and rows is not None:
+        vocab = ds.read_vocab_table(contracts.ITEMS_VOCAB)
+        name = np.array([""] * (max(vocab.column("token_id").to_pylist(), default=0) + 1), dtype=object)
+        name[np.asarray(vocab.column("token_id").to_pylist())] = vocab.column("item_id").to_pylist()
+        pos = {u: i for i, u in enumerate(rows.user_ids)}
+        history = []
+        for u in users:
+            i = pos.get(u)
+            toks = rows.items[rows.offsets[i]:rows.offsets[i + 1]] if i is not None else []
+            history.append({name[t] for t in toks if t < len(name)})
+    try:
+        out = ann_check(emb, item_ids, vectors, history)
+    except RetrievalError as e:
+        raise EmbeddingEvalError(str(e)) from None
+    return {"space": space, **out}
+
+
 def markdown(report: dict) -> str:
     lines = [f"# User-embedding report: {report['embeddings']}", "",
              f"{report['health']['users']} users, dim {report['health']['dim']}, effective rank "
@@ -328,6 +371,9 @@ def markdown(report: dict) -> str:
             for name, d in res.get("paired_auc_difference", {}).items():
                 lines.append(f"- fraction {frac}, {name}: {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
         lines.append("")
+    if "retrieval" in report:
+        lines += ["## Retrieval from the exported files (ANN vs exact)", "", "```",
+                  json.dumps(report["retrieval"], indent=1), "```", ""]
     if "future_window" in report:
         lines += ["## Future-window retrieval", "", "```", json.dumps(report["future_window"], indent=1), "```", ""]
     return "\n".join(lines)
@@ -418,7 +464,8 @@ def probe_model(model_dir: str, data: str, labels: str, label_column: str, folds
 def evaluate_embeddings(embeddings: str, data: Optional[str] = None, labels: Optional[str] = None,
                         label_columns: Sequence[str] = (), model: Optional[str] = None, folds: int = 5,
                         repeats: int = 5, fractions: Sequence[float] = (1.0,), window: Optional[int] = None,
-                        recompute: bool = True, output: Optional[str] = None, seed: int = 0) -> dict:
+                        recompute: bool = True, output: Optional[str] = None, seed: int = 0,
+                        ann: bool = False) -> dict:
     """The whole report (see the module docstring); written to `output` when given."""
     from ptum.data.batches import Rows
 
@@ -469,6 +516,8 @@ def evaluate_embeddings(embeddings: str, data: Optional[str] = None, labels: Opt
         report["future_window"]["split"] = "test"
         report["future_window"]["clean"] = ds.manifest.get("split_scheme") == "window" and \
             int(ds.manifest["parameters"].get("window", -1)) == w
+    if ann:
+        report["retrieval"] = _ann_report(embeddings, users, emb, ds, rows)
     if output:
         os.makedirs(output, exist_ok=True)
         contracts.write_json_atomic(os.path.join(output, "report.json"), report)

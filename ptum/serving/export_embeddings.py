@@ -124,19 +124,6 @@ def _write_items(saved: str, output: str, metadata: dict) -> Optional[dict]:
     return {"file": ITEMS_FILE, "items": len(keys), "space": space, "dim": d, "scoring": SCORING}
 
 
-def read_items(output: str):
-    """(item ids, retrieval vectors [n, d + 1], space) of a committed export: the users'
-    embeddings extended by a 1 score against these by a plain dot product."""
-    manifest = read_manifest(output)
-    if not manifest.get("items"):
-        raise ExportError(f"{output}: this export has no item table (exported from an older SavedModel); export again")
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(sink.join(output, manifest["items"]["file"]))
-    vectors = np.asarray(table.column("retrieval_vector").combine_chunks().flatten(), np.float32)
-    return table.column("item_id").to_pylist(), vectors.reshape(table.num_rows, -1), manifest["items"]["space"]
-
-
 def table_schema(dim: int, metadata: dict) -> pa.Schema:
     """The embedding table's schema: column descriptions, and `metadata` (JSON values) under
     `ptum.*` keys."""

@@ -132,10 +132,12 @@ def test_exported_item_table_is_the_user_embeddings_space(exported):
     from ptum.evaluation.embeddings import read_embedding_table
     from ptum.evaluation.ranking import embedding_space_numpy
     from ptum.model.saving import load_model_dir
-    from ptum.serving.export_embeddings import read_items
 
     users, emb, _ = read_embedding_table(exported["emb"])
-    item_ids, vectors, space = read_items(exported["emb"])
+    from ptum.evaluation.embeddings import read_item_table
+    from ptum.evaluation.retrieval import ann_check, exact_index, search
+
+    item_ids, vectors, space = read_item_table(exported["emb"])
     assert space == "profile" and vectors.shape[1] == emb.shape[1] + 1
     vocab = contracts.open_dataset(exported["data"]).read_vocab_table(contracts.ITEMS_VOCAB)
     token = dict(zip(vocab.column("item_id").to_pylist(), vocab.column("token_id").to_pylist()))
@@ -148,6 +150,16 @@ def test_exported_item_table_is_the_user_embeddings_space(exported):
     np.testing.assert_allclose(from_files, in_model, rtol=1e-4, atol=1e-4)
     top = lambda s: np.argsort(-s, axis=1, kind="stable")[:, :10]   # noqa: E731
     assert (top(from_files) == top(in_model)).mean() > 0.999
+    # An exact inner-product index over the files ranks as the model does; HNSW nearly so.
+    queries = np.hstack([emb, np.ones((len(emb), 1), np.float32)])
+    found = search(exact_index(vectors), queries, 10, item_ids)
+    assert (found == top(in_model)).mean() > 0.999
+    check = ann_check(emb, item_ids, vectors)
+    assert check["ann_agreement@10"] > 0.9 and check["items"] == len(item_ids)
+    # The report's check: every user's own history left out of both lists.
+    from ptum.evaluation.embeddings import evaluate_embeddings
+    report = evaluate_embeddings(exported["emb"], exported["data"], ann=True)["retrieval"]
+    assert report["space"] == "profile" and report["history_filtered"] and report["ann_agreement@10"] > 0.9
 
 
 def test_evaluate_embeddings_planted_and_shuffled_labels(exported):
