@@ -110,7 +110,7 @@ OUTPUT_ENTRIES = {
     "dataset": {MANIFEST, SEQUENCES_DIR, VOCAB_DIR, DEADLETTER_DIR, LABELS_DIR, ".staging"},
     "model": {"metadata.json", "encoder.keras", "config.json", "history.json", VOCAB_DIR, "checkpoints",
               "tensorboard"},
-    "embeddings": {MANIFEST, "embeddings", "saved_model"},
+    "embeddings": {MANIFEST, "embeddings", "saved_model", "items.parquet"},   # ptum.serving.export_embeddings
     "finetuned": {"model.keras", "metrics.json", "metadata.json"},
     "semantic_ids": {MANIFEST, "codes.parquet", "codebooks.parquet", "deadletter.parquet", "report.json", "report.md",
                      "codebook_usage.png"},
