@@ -105,7 +105,10 @@ def test_sigint_ends_with_one_line(tmp_path):
     out = tmp_path / "ds"
     proc = subprocess.Popen([sys.executable, "-m", "ptum.cli", "tokenize", "--input",
                              os.path.join(logs, "events.csv"), "--format", "csv", "--output", str(out),
-                             "--num-shards", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--num-shards", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # A run started in the background by a non-interactive shell (nohup, `&`) inherits
+                            # SIGINT ignored, and Python keeps an ignored SIGINT: give the child a terminal's default.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     def staging():   # the run writes a stage beside the output (see ptum.fs.staged_dir)
         return any((p / ".staging").exists() for p in tmp_path.iterdir() if p.name.startswith(".ds.ptum-new-"))
