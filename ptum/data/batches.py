@@ -60,15 +60,18 @@ class Rows:
         newest history: valid rows, then train rows of users too short for a valid row)."""
         keep = np.flatnonzero(~np.isin(older.user_ids.astype(str), self.user_ids.astype(str)))
         kept_lens = older.lengths[keep]
-        # Value positions of the kept rows: each row's start, repeated, plus 0..len-1.
-        starts = np.repeat(older.offsets[keep], kept_lens)
-        pos = starts + np.arange(len(starts)) - np.repeat(np.cumsum(kept_lens) - kept_lens, kept_lens)
+        pos = flat_positions(older.offsets[keep], kept_lens)
         lens = np.concatenate([self.lengths, kept_lens])
         return Rows(user_ids=np.concatenate([self.user_ids, older.user_ids[keep]]),
                     offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
                     items=np.concatenate([self.items, older.items[pos]]),
                     behaviors=np.concatenate([self.behaviors, older.behaviors[pos]]),
                     timestamps=np.concatenate([self.timestamps, older.timestamps[pos]]))
+
+
+def flat_positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """The flat value positions of rows that start at `starts` and hold `lens` values, row after row."""
+    return np.repeat(starts, lens) + np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
 
 
 def time_buckets_for(ts: np.ndarray, valid: np.ndarray, buckets: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from ptum.data import contracts
-from ptum.data.batches import Rows, eval_batches
+from ptum.data.batches import Rows, eval_batches, flat_positions
 
 
 def beam_function(model, beam_size: int) -> Callable:
@@ -56,7 +56,7 @@ def _in_history(rows: Rows, idx: np.ndarray, items: np.ndarray) -> np.ndarray:
     starts, ends = rows.offsets[idx], rows.offsets[idx + 1] - 1
     lens = ends - starts
     row_of = np.repeat(np.arange(len(idx)), lens)
-    hist = rows.items[np.repeat(starts, lens) + np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)]
+    hist = rows.items[flat_positions(starts, lens)]
     big = np.int64(1) << 32
     keys = row_of.astype(np.int64) * big + hist.astype(np.int64)
     asked = np.arange(len(idx))[:, None].astype(np.int64) * big + items.astype(np.int64)

@@ -24,7 +24,7 @@ score is the sum of its tokens' log-probabilities (each a log-softmax over its l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import keras
 import numpy as np
@@ -180,8 +180,9 @@ class GenerativeRetrieval(keras.Model):
             layer.build((None, None, d))
         self.built = True
 
-    def set_codes(self, item_codes: np.ndarray) -> Trie:
-        trie = Trie.from_codes(item_codes)
+    def set_codes(self, item_codes: np.ndarray, trie: Optional[Trie] = None) -> Trie:
+        """`trie`: Trie.from_codes(item_codes) when the caller built it already."""
+        trie = trie or Trie.from_codes(item_codes)
         self.item_codes.assign(np.asarray(item_codes, np.int32))
         for name in self.trie:
             self.trie[name].assign(getattr(trie, name))
@@ -328,5 +329,5 @@ def build_generative(cfg, item_codes: np.ndarray) -> GenerativeRetrieval:
     trie = Trie.from_codes(item_codes)
     model = GenerativeRetrieval(cfg.model, cfg.generative, level_sizes(item_codes), trie.size, trie.max_children,
                                 name="generative_retrieval")
-    model.set_codes(item_codes)
+    model.set_codes(item_codes, trie)
     return model
