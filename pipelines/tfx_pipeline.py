@@ -1,5 +1,8 @@
 """The scheduled batch pipeline: ingest -> validate -> pre-train -> evaluate/bless -> push -> export.
 
+With a generative model config (model.architecture generative): ingest -> validate -> Semantic
+IDs -> train the generative retrieval model -> evaluate/bless -> push (no embedding export).
+
 `create_pipeline(config)` returns a `tfx.dsl.Pipeline`; runners are thin (LocalDagRunner
 here via `ptum pipeline run`; Airflow and Kubeflow V2 in pipelines/runners/).
 """
@@ -55,7 +58,11 @@ class PipelineConfig:
     finetune_tasks: List[dict] = field(default_factory=list)  # see configs/pipeline.yaml
     # Gate the blessing on a linear probe of the user embeddings: {labels, label_column, min_auc}.
     embedding_probe: dict = field(default_factory=dict)
-    export_embeddings: Bool = True
+    export_embeddings: Bool = True        # (a generative model has no user embeddings: nothing exported)
+    # model.architecture generative with generative.codes semantic: the SemanticIdsGen options
+    # (`ptum semantic-ids` flags: attributes, vectors, vector_column, levels, codes, dim, seed,
+    # quantizer, rqvae_epochs); the Semantic IDs are learned from the window's dataset every run.
+    semantic_ids: dict = field(default_factory=dict)
     beam_args: List[str] = field(default_factory=lambda: ["--direct_running_mode=in_memory"])
     enable_cache: Bool = True
 
@@ -87,6 +94,9 @@ class PipelineConfig:
             task["labels"] = absolute(task.get("labels", ""))
         if cfg.embedding_probe:
             cfg.embedding_probe["labels"] = absolute(cfg.embedding_probe.get("labels", ""))
+        for key in ("attributes", "vectors"):
+            if cfg.semantic_ids.get(key):
+                cfg.semantic_ids[key] = absolute(cfg.semantic_ids[key])
         return cfg
 
 
@@ -131,6 +141,49 @@ def _probe_parameters(probe: dict) -> dict:
             "min_probe_auc": float(probe.get("min_auc", 0.0))}
 
 
+SEMANTIC_IDS_FROM_PIPELINE = "<SemanticIdsGen output>"
+
+
+def _model_config(cfg: PipelineConfig):
+    """The PTUM config of the Trainer. A generative one spelling items as Semantic IDs gets
+    them from the pipeline's SemanticIdsGen (a placeholder here, the artifact's path when the
+    trainer runs); one that names an artifact itself is refused (its codes would not follow
+    the window's vocabulary)."""
+    from ptum.config import PTUMConfig, apply_override, preset_path, read_yaml
+
+    d = read_yaml(preset_path(cfg.model_config)) if cfg.model_config else {}
+    for item in cfg.model_overrides:
+        apply_override(d, item)
+    gen = d.get("generative") or {}
+    if (d.get("model") or {}).get("architecture") == "generative" and gen.get("codes", "semantic") == "semantic":
+        if gen.get("semantic_ids"):
+            raise ValueError("generative.semantic_ids is set in the model config: the pipeline learns the Semantic "
+                             "IDs of each window's dataset itself (SemanticIdsGen; its options under semantic_ids)")
+        d["generative"] = {**gen, "semantic_ids": SEMANTIC_IDS_FROM_PIPELINE}
+    return PTUMConfig.from_dict(d)
+
+
+def _check_generative(cfg: PipelineConfig, ptum_cfg) -> bool:
+    """Whether the model config trains the generative retrieval model; what such a pipeline
+    cannot do is refused here, at construction."""
+    from components.ptum_components import SEMANTIC_ID_OPTIONS
+
+    unknown = sorted(set(cfg.semantic_ids) - set(SEMANTIC_ID_OPTIONS))
+    if unknown:
+        raise ValueError(f"semantic_ids: unknown key(s) {unknown}; known: {list(SEMANTIC_ID_OPTIONS)}")
+    if ptum_cfg.model.architecture != "generative":
+        if cfg.semantic_ids:
+            raise ValueError("semantic_ids is set but the model config does not train a generative model "
+                             "(model.architecture generative)")
+        return False
+    if cfg.finetune_tasks or cfg.embedding_probe:
+        raise ValueError("model.architecture generative has no user encoder: finetune_tasks and embedding_probe "
+                         "need the PTUM model (remove them, or train it in another pipeline)")
+    if ptum_cfg.generative.codes != "semantic" and cfg.semantic_ids:
+        raise ValueError(f"semantic_ids is set but generative.codes is {ptum_cfg.generative.codes!r}")
+    return True
+
+
 # Long on purpose: the DAG reads top to bottom in the order it runs, each component wired where
 # it stands (splitting it would scatter one picture over several functions).
 def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
@@ -141,12 +194,11 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
     from tfx import v1 as tfx
     from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 
-    from components.ptum_components import (EmbeddingExport, NextItemEvaluator, SequenceIngestion,
-                                            ValidationGate, ValidationReport, VersionedPusher)
+    from components.ptum_components import (EmbeddingExport, GenerativeTrainer, NextItemEvaluator,
+                                            SemanticIdsGen, SequenceIngestion, ValidationGate, ValidationReport,
+                                            VersionedPusher)
     from components.dataset_trainer import DATASET_TRAINER
     from components.resolvers import EarlierSpanBlessedModelStrategy, EarlierSpanStatisticsStrategy
-    from ptum.config import PTUMConfig
-
     report_dir = os.path.join(cfg.pipeline_root, "validation_reports")
     if resolvers == "earlier-span":
         # Resolved now: the resolvers below need the span, and the resolved files are part of
@@ -205,13 +257,25 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
                           min_item_overlap=cfg.min_item_overlap, max_id_crossing=cfg.max_id_crossing,
                           max_id_ratio_change=cfg.max_id_ratio_change,
                           report_dir=report_dir)
-    ptum_cfg = PTUMConfig.load(cfg.model_config or None, cfg.model_overrides)
-    trainer = tfx.components.Trainer(
-        run_fn="components.trainer_module.run_fn",
-        examples=ingestion.outputs["examples"], schema=schema.outputs["schema"],
-        base_model=earlier_model.outputs["model"] if cfg.warm_start else None,
-        train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
-        custom_config={"ptum_config": ptum_cfg.to_dict()}, custom_executor_spec=DATASET_TRAINER)
+    ptum_cfg = _model_config(cfg)
+    generative = _check_generative(cfg, ptum_cfg)
+    semantic_ids = None
+    if not generative:
+        trainer = tfx.components.Trainer(
+            run_fn="components.trainer_module.run_fn",
+            examples=ingestion.outputs["examples"], schema=schema.outputs["schema"],
+            base_model=earlier_model.outputs["model"] if cfg.warm_start else None,
+            train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
+            custom_config={"ptum_config": ptum_cfg.to_dict()}, custom_executor_spec=DATASET_TRAINER)
+    else:
+        # The generative retrieval model: Semantic IDs of this window's items (when it spells
+        # items as them), then the same training as `ptum pretrain`, under the Trainer's id.
+        if ptum_cfg.generative.codes == "semantic":
+            semantic_ids = SemanticIdsGen(dataset=ingestion.outputs["dataset"], options=json.dumps(cfg.semantic_ids))
+            semantic_ids.add_upstream_node(gate)
+        trainer = GenerativeTrainer(
+            dataset=ingestion.outputs["dataset"], ptum_config=json.dumps(ptum_cfg.to_dict()),
+            semantic_ids=semantic_ids.outputs["semantic_ids"] if semantic_ids else None).with_id("Trainer")
     trainer.add_upstream_node(gate)
     finetuners = []
     _check_finetune_tasks(cfg.finetune_tasks)
@@ -234,9 +298,9 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
                                   **_probe_parameters(cfg.embedding_probe))
     pusher = VersionedPusher(model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
                              base_directory=cfg.serving_dir)
-    components = [earlier_model, earlier_stats, ingestion, statistics, schema, validator, gate, trainer,
-                  *finetuners, latest_blessed, evaluator, pusher]
-    if cfg.export_embeddings:
+    components = [earlier_model, earlier_stats, ingestion, statistics, schema, validator, gate,
+                  *([semantic_ids] if semantic_ids else []), trainer, *finetuners, latest_blessed, evaluator, pusher]
+    if cfg.export_embeddings and not generative:
         components.append(EmbeddingExport(pushed_model=pusher.outputs["pushed_model"],
                                           dataset=ingestion.outputs["dataset"],
                                           beam_args=json.dumps(cfg.beam_args)))
@@ -342,7 +406,7 @@ def summarize(cfg: PipelineConfig) -> dict:
     for key, type_name in (("dataset", "ptum.SequenceDataset"),
                            ("validation_report", "ptum.ValidationReport"), ("evaluation", "ModelEvaluation"),
                            ("blessing", "ModelBlessing"), ("pushed_model", "PushedModel"),
-                           ("embeddings", "ptum.EmbeddingTable")):
+                           ("embeddings", "ptum.EmbeddingTable"), ("semantic_ids", "ptum.SemanticIds")):
         a = latest(type_name)
         if a is not None:
             out[key] = {"uri": a.uri, **{k: _property_value(v) for k, v in a.custom_properties.items()}}
