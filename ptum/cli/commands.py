@@ -36,6 +36,8 @@ def add_subcommands(sub) -> None:
     e.add_argument("--data", required=True, help="the sequence dataset it was trained on (same vocabulary)")
     e.add_argument("--split", default="test", help="split whose last behavior is the target")
     e.add_argument("--output", default=None, help="also write the metrics JSON here")
+    e.add_argument("--beam-size", type=int, default=None,
+                   help="a generative model: beams kept per decoding step (default: its generative.beam_size)")
 
     _add_export_parsers(sub)
 
@@ -53,6 +55,31 @@ def add_subcommands(sub) -> None:
     f.add_argument("--from-scratch", action="store_true", help="same network, no pre-trained weights")
 
     _add_semantic_ids(sub)
+
+    cs = sub.add_parser("cold-start", help="recommending items never seen in training: hold out a share of the "
+                        "test targets' items, code them from content, train, report (TIGER's cold-start setting)",
+                        epilog="""example:
+  ptum cold-start --data beauty/ --output cold/ --attributes Beauty_item2attributes.json
+Writes cold/semantic_ids, cold/generative, cold/id_model, cold/report.json and report.md.""")
+    cs.add_argument("--data", required=True, help="sequence dataset folder (from ptum tokenize)")
+    cs.add_argument("--output", required=True, help="folder for the codes, both models and the report")
+    cs.add_argument("--config", default="beauty-generative", help="generative model config (YAML or preset)")
+    cs.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a generative config value (repeatable)")
+    cs.add_argument("--id-config", default="beauty", help="id model config (YAML or preset)")
+    cs.add_argument("--id-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override an id model config value (repeatable)")
+    cs.add_argument("--no-id-model", action="store_true", help="do not train and report the id model")
+    cs.add_argument("--share", type=float, default=0.05, help="share of the test targets' items held out (TIGER: 0.05)")
+    cs.add_argument("--epsilon", type=float, default=0.1,
+                    help="at most floor(epsilon * 10) (at least 1) new items in a top-10 list (TIGER's epsilon)")
+    cs.add_argument("--attributes", default=None, help="as for ptum semantic-ids")
+    cs.add_argument("--vectors", default=None, help="as for ptum semantic-ids")
+    cs.add_argument("--vector-column", default="vector", help="as for ptum semantic-ids")
+    cs.add_argument("--levels", type=int, default=3, help="as for ptum semantic-ids")
+    cs.add_argument("--codes", type=int, default=256, help="as for ptum semantic-ids")
+    cs.add_argument("--dim", type=int, default=64, help="as for ptum semantic-ids")
+    cs.add_argument("--seed", type=int, default=0, help="which items are held out, and the codes' seed")
 
     pl = sub.add_parser("pipeline", help="the TFX pipeline (validate, pre-train, evaluate, push, export)")
     pl_sub = pl.add_subparsers(dest="pipeline_command", required=True)
@@ -149,6 +176,8 @@ def dispatch(args, extra) -> int:
         return _evaluate_embeddings(args)
     if args.command == "semantic-ids":
         return _semantic_ids(args)
+    if args.command == "cold-start":
+        return _cold_start(args)
     if args.command == "pipeline":
         return _pipeline(args)
     if args.command == "demo":
@@ -199,8 +228,8 @@ def _evaluate(a) -> int:
     from ptum.model.saving import ModelError
 
     try:
-        result = evaluate_model(a.model, a.data, a.split)
-    except (DatasetError, ModelError, NonFiniteScores) as e:
+        result = evaluate_model(a.model, a.data, a.split, beam_size=a.beam_size)
+    except (DatasetError, ModelError, NonFiniteScores, ValueError) as e:
         print(f"ptum evaluate: error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(result, indent=2)
@@ -331,6 +360,27 @@ def _semantic_ids(a) -> int:
         print(f"ptum semantic-ids: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({"output": a.output, "counts": manifest["counts"], "report": manifest["report"]}, indent=2))
+    return 0
+
+
+def _cold_start(a) -> int:
+    _keras_backend_default()
+    from ptum.config import ConfigError
+    from ptum.data.contracts import DatasetError
+    from ptum.evaluation.cold_start import cold_start
+    from ptum.model.saving import ModelError
+    from ptum.training.runtime import TrainingError
+    from ptum.training.semantic_ids import SemanticIdError
+
+    try:
+        report = cold_start(a.data, a.output, config=a.config, overrides=a.set,
+                            id_config=None if a.no_id_model else a.id_config, id_overrides=a.id_set, share=a.share,
+                            epsilon=a.epsilon, seed=a.seed, attributes=a.attributes, vectors=a.vectors,
+                            vector_column=a.vector_column, levels=a.levels, codes=a.codes, dim=a.dim)
+    except (ConfigError, DatasetError, ModelError, TrainingError, SemanticIdError, ValueError) as e:
+        print(f"ptum cold-start: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: report[k] for k in ("new_items", "users", "cold", "warm") if k in report}, indent=2))
     return 0
 
 

@@ -69,6 +69,25 @@ class Rows:
                     timestamps=np.concatenate([self.timestamps, older.timestamps[pos]]))
 
 
+    def take(self, idx: np.ndarray) -> "Rows":
+        """Rows `idx`, in that order."""
+        idx = np.asarray(idx, np.int64)
+        lens = self.lengths[idx]
+        pos = flat_positions(self.offsets[idx], lens)
+        return Rows(user_ids=self.user_ids[idx], offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+                    items=self.items[pos], behaviors=self.behaviors[pos], timestamps=self.timestamps[pos])
+
+    def without_items(self, tokens) -> "Rows":
+        """The same rows with every behavior on the item tokens `tokens` removed (rows left
+        empty are dropped): the data of a catalog in which those items never appeared."""
+        keep = ~np.isin(self.items, np.asarray(tokens, self.items.dtype))
+        row_of = np.repeat(np.arange(len(self)), self.lengths)
+        lens = np.bincount(row_of[keep], minlength=len(self)).astype(np.int64)
+        rows = lens > 0
+        return Rows(user_ids=self.user_ids[rows], offsets=np.concatenate([[0], np.cumsum(lens[rows])]).astype(np.int64),
+                    items=self.items[keep], behaviors=self.behaviors[keep], timestamps=self.timestamps[keep])
+
+
 def flat_positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """The flat value positions of rows that start at `starts` and hold `lens` values, row after row."""
     return np.repeat(starts, lens) + np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)

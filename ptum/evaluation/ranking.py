@@ -8,7 +8,7 @@ excluded. Reserved token ids (padding, mask, OOV) are never ranked.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import keras
 import numpy as np
@@ -80,9 +80,10 @@ def rank_metrics(embedder: UserEmbedder, rows: Rows, width: int, buckets: Sequen
     return out
 
 
-def evaluate_model(model_dir: str, data_dir: str, split: str) -> dict:
+def evaluate_model(model_dir: str, data_dir: str, split: str, beam_size: Optional[int] = None) -> dict:
     """Next-item metrics of a finished model folder on one split of a dataset with the same
-    vocabulary: {"split", "model", "data", "ndcg@10", ...}."""
+    vocabulary: {"split", "model", "data", "ndcg@10", ...}. `beam_size`: a generative model's
+    beams per step (default: its config's)."""
     from ptum.model.saving import GENERATIVE_MODEL, load_model_dir
 
     encoder, meta, cfg = load_model_dir(model_dir, generative=True)
@@ -95,10 +96,14 @@ def evaluate_model(model_dir: str, data_dir: str, split: str) -> dict:
     if meta["model"] == GENERATIVE_MODEL:
         from ptum.evaluation.generative import generative_metrics
 
-        beam = cfg.generative.beam_size
+        beam = beam_size or cfg.generative.beam_size
+        if beam < 1:
+            raise ValueError(f"beam size {beam}: must be >= 1")
         metrics = generative_metrics(encoder, rows, meta["max_len"], meta["length_buckets"], beam,
                                      cfg.train.eval_batch_size, ks=[k for k in (5, 10, 20) if k <= beam])
         return {"split": split, "model": model_dir, "data": data_dir, "beam_size": beam, **metrics}
+    if beam_size is not None:
+        raise ValueError(f"{model_dir}: a beam size is for a generative retrieval model; this one ranks the catalog")
     metrics = rank_metrics(UserEmbedder(encoder), rows, meta["max_len"], meta["length_buckets"],
                            meta["time_buckets"], cfg.train.eval_batch_size)
     return {"split": split, "model": model_dir, "data": data_dir, **metrics}

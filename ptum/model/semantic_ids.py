@@ -84,6 +84,18 @@ def residual_kmeans(x: np.ndarray, levels: int = 3, codes: int = 256, seed: int 
     return Quantized(books, code, dedup_tokens(code), restarts)
 
 
+def assign_codes(codebooks: List[np.ndarray], x: np.ndarray) -> np.ndarray:
+    """[n, L] codes of new vectors under learned codebooks: the nearest code at each level, on
+    the residual the levels before it left (how an item seen after training gets its tuple)."""
+    residual = np.asarray(x, np.float64).copy()
+    cols = []
+    for book in codebooks:
+        a = np.argmin(_sq_distances(residual, np.asarray(book, np.float64)), axis=1)
+        cols.append(a)
+        residual = residual - book[a]
+    return np.stack(cols, axis=1).astype(np.int64) if cols else np.zeros((len(residual), 0), np.int64)
+
+
 def dedup_tokens(codes: np.ndarray) -> np.ndarray:
     """Per row, its rank among the rows with the same code tuple (0 for a unique tuple)."""
     n = len(codes)

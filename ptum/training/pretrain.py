@@ -68,6 +68,9 @@ def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output:
     with contracts.output_lock(output, "ptum pretrain", TrainingError):
         run = _prepare(ds, train_rows, output, cfg, run_dir or output, resume)
         pretrainer, state = _build(run, warm_start, log)
+        # The rows trained on (the TFX Trainer's Examples, or a subset such as cold start's).
+        state["rows"] = {"train": len(train_rows), "train_behaviors": int(train_rows.lengths.sum()),
+                         "valid": len(valid_rows)}
         data = _batches(run, pretrainer, train_rows, state)
         callbacks = _callbacks(run, pretrainer, state, valid_rows, len(data), log)
         _fit(run, pretrainer, state, train_rows, data, callbacks, log)
@@ -491,7 +494,8 @@ def _finish(output, ds, cfg, encoder, state, vocab_snapshot: Dict[str, bytes], c
         "warm_start": state.get("warm_start", {"used": False, "reason": "not requested"}),
         "distribution": state.get("distribution", {"strategy": "none", "replicas": 1}),
         "training_data": {"path": ds.root, "manifest_created": ds.manifest.get("created"),
-                          "inputs": ds.manifest.get("inputs"), "counts": ds.manifest.get("counts")},
+                          "inputs": ds.manifest.get("inputs"), "counts": ds.manifest.get("counts"),
+                          "rows": state.get("rows")},
         "stack": runtime.versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # What decides the model's behaviour besides metadata.json: loaders verify these.

@@ -13,19 +13,25 @@ content vector, so items with the same content are told apart by behaviour (sour
 its item embedding by a ridge regression learned on the items that have both (source
 "collaborative"). Without a model, an item without content is a dead letter with its reason. The folder is
 replaced in one step (a failed run leaves the previous artifact as it was).
+
+New items (`new_items`: token ids of items that had no events, e.g. those a cold-start
+evaluation holds out of training) take no part in learning the codebooks: they get the nearest
+codes of the codebooks learned on the rest, from their content alone (with a model, their
+collaborative block is predicted from their content by a ridge map learned on the other items),
+and the next free collision token (source "content_new_item"). Residual k-means only.
 """
 from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from ptum import fs
 from ptum.data import contracts
 from ptum.data.item_content import ContentError, item_content
-from ptum.model.semantic_ids import quantizer_report, residual_kmeans
+from ptum.model.semantic_ids import Quantized, assign_codes, dedup_tokens, quantizer_report, residual_kmeans
 
 CODES_FILE, CODEBOOKS_FILE, DEADLETTER_FILE = "codes.parquet", "codebooks.parquet", "deadletter.parquet"
 KIND = "semantic_ids"
@@ -64,13 +70,16 @@ def learn_semantic_ids(data: str, output: str, *, attributes: Optional[str] = No
                        vector_column: str = "vector", model: Optional[str] = None, collaborative_weight: float = 1.0,
                        levels: int = 3, codes: int = 256, dim: int = 64, seed: int = 0,
                        quantizer: str = "kmeans", rqvae_epochs: int = 100,
-                       log: Callable[[str], None] = print) -> dict:
+                       new_items: Optional[Sequence[int]] = None, log: Callable[[str], None] = print) -> dict:
     """Learn and write the artifact; returns its manifest. `quantizer`: kmeans (residual k-means
-    on the item vectors) or rqvae (ptum.model.rqvae: residual quantization of a learned latent)."""
+    on the item vectors) or rqvae (ptum.model.rqvae: residual quantization of a learned latent).
+    `new_items`: item tokens coded from content by the codebooks of the others (module doc)."""
     if levels < 1 or codes < 2 or dim < 2:
         raise SemanticIdError(f"levels {levels}, codes {codes}, dim {dim}: need levels >= 1, codes >= 2, dim >= 2")
     if quantizer not in ("kmeans", "rqvae") or rqvae_epochs < 1:
         raise SemanticIdError(f"--quantizer {quantizer} (kmeans | rqvae), --rqvae-epochs {rqvae_epochs} (>= 1)")
+    if new_items is not None and len(new_items) and quantizer != "kmeans":
+        raise SemanticIdError("new items are coded with the residual k-means codebooks: use --quantizer kmeans")
     ds = contracts.open_dataset(data)
     contracts.check_output_kind(output, KIND, SemanticIdError)
     try:
@@ -79,33 +88,47 @@ def learn_semantic_ids(data: str, output: str, *, attributes: Optional[str] = No
         raise SemanticIdError(str(e)) from None
     x, has = content.vectors.astype(np.float64), content.has_content.copy()
     source = np.array(["content" if h else "" for h in has], dtype=object)
+    new = np.isin(content.token_ids, np.asarray(list(new_items) if new_items is not None else [], np.int64))
     if model:
         collab = _unit_rows(collaborative_vectors(model, ds, content.token_ids))
-        if (~has).any() and has.sum() >= 2 and x.shape[1]:
+        seen = has & ~new
+        if new.any() and seen.sum() >= 2 and x.shape[1]:
+            # A new item has no behaviour yet: its collaborative block predicted from its content.
+            collab[new & has] = x[new & has] @ ridge_map(x[seen], collab[seen])
+            collab[new & ~has] = 0.0
+        bare = ~has & ~new
+        if bare.any() and seen.sum() >= 2 and x.shape[1]:
             # Items without content: their content block predicted from their item embedding.
-            x[~has] = collab[~has] @ ridge_map(collab[has], x[has])
-            source[~has] = "collaborative"
-            has[:] = True
+            x[bare] = collab[bare] @ ridge_map(collab[seen], x[seen])
+            source[bare] = "collaborative"
+            has = has | bare
         if collaborative_weight > 0:
             # Items with the same content (the same attribute set) are told apart by behaviour.
             x = np.concatenate([x, collaborative_weight * collab], axis=1) if x.shape[1] else collab
             source[source == "content"] = "content+collaborative"
             source[source == ""] = "collaborative"
-            has[:] = True
+            has = has | ~new      # every seen item has a vector now; a new one only from its content
+    source[new & has] = "content_new_item"
     if not has.any() or x.shape[1] == 0:
         raise SemanticIdError(f"{data}: no item has content (a catalog with titles or categories, --attributes or "
                               "--vectors) to learn Semantic IDs from")
     log(f"semantic ids: {int(has.sum()):,} of {len(has):,} items with a vector "
         f"({', '.join(content.sources) or 'none'}{', collaborative' if (source == 'collaborative').any() else ''}); "
         f"{'residual k-means' if quantizer == 'kmeans' else 'RQ-VAE'} {levels} x {codes}")
+    fit = has & ~new
+    if not fit.any():
+        raise SemanticIdError(f"{data}: every item with content is a new item; nothing to learn codebooks from")
     if quantizer == "rqvae":
         from ptum.model.rqvae import train_rqvae
 
         q, latent, rq_info = train_rqvae(x[has], levels=levels, codes=codes, epochs=rqvae_epochs, seed=seed)
         report = {**quantizer_report(latent, q), "space": "RQ-VAE latent", "rqvae": rq_info}
     else:
-        q = residual_kmeans(x[has], levels=levels, codes=codes, seed=seed)
-        report = {**quantizer_report(x[has], q), "space": "item vectors"}
+        q = residual_kmeans(x[fit], levels=levels, codes=codes, seed=seed)
+        report = {**quantizer_report(x[fit], q), "space": "item vectors"}
+        if (new & has).any():
+            q, report["new_items"] = _with_new_items(q, x, fit, new & has)
+            report["dedup_tokens"] = int(q.dedup.max()) + 1
     report.update(quantizer=quantizer, sources=content.sources, counts=content.counts)
     with contracts.output_lock(output, "ptum semantic-ids", SemanticIdError), fs.staged_dir(output) as stage:
         manifest = _write(stage, ds, content, has, source, q, report,
@@ -113,10 +136,29 @@ def learn_semantic_ids(data: str, output: str, *, attributes: Optional[str] = No
                            "quantizer": "residual-kmeans" if quantizer == "kmeans" else "rqvae",
                            "rqvae_epochs": rqvae_epochs if quantizer == "rqvae" else None,
                            "attributes": attributes, "vectors": vectors, "vector_column": vector_column,
-                           "model": model, "collaborative_weight": collaborative_weight if model else None})
+                           "model": model, "collaborative_weight": collaborative_weight if model else None,
+                           "new_items": int(new.sum())})
     used = ", ".join(f"{lv['utilisation']:.2f}" for lv in report["levels"])
     log(f"semantic ids written to {output}: collision rate {report['collision_rate']:.4f}, utilisation {used}")
     return manifest
+
+
+def _with_new_items(q: Quantized, x: np.ndarray, fit: np.ndarray, new: np.ndarray):
+    """The quantization of every item with a vector (rows in item order): the fitted ones as
+    learned, the new ones by their nearest codes; the collision token numbers the new items
+    after the fitted ones sharing their tuple, so no fitted item's tuple changes."""
+    rows = np.flatnonzero(fit | new)
+    where = np.searchsorted(rows, np.flatnonzero(new))
+    added = assign_codes(q.codebooks, x[new])
+    codes = np.zeros((len(rows), q.codes.shape[1]), np.int64)
+    codes[np.searchsorted(rows, np.flatnonzero(fit))] = q.codes
+    codes[where] = added
+    order = np.concatenate([np.searchsorted(rows, np.flatnonzero(fit)), where])   # fitted first
+    dedup = np.empty(len(rows), np.int64)
+    dedup[order] = dedup_tokens(codes[order])
+    fitted = {tuple(t) for t in q.codes.tolist()}
+    info = {"items": int(new.sum()), "sharing_a_fitted_tuple": int(sum(tuple(t) in fitted for t in added.tolist()))}
+    return Quantized(q.codebooks, codes, dedup, q.restarts), info
 
 
 def _write(stage: str, ds, content, has, source, q, report: dict, params: dict) -> dict:

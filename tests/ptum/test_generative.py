@@ -124,6 +124,10 @@ def test_pretrain_and_evaluate_a_generative_model_from_the_cli(tmp_path):
     m = json.loads(r.stdout)
     assert m["users"] == 240 and m["beam_size"] == 20 and {"ndcg@5", "recall@20_unfiltered"} <= set(m)
     assert m["recall@10"] > 0.8          # the cycle is learned: chance is 10/30
+    r = _ptum("evaluate", "--model", gen, "--data", data, "--split", "test", "--beam-size", "5")
+    assert r.returncode == 0, r.stderr
+    narrow = json.loads(r.stdout)
+    assert narrow["beam_size"] == 5 and "recall@5" in narrow and "recall@10" not in narrow
     _served_equals_keras(tmp_path, gen, data)
     # The model folder is not a user encoder: commands that need one say so.
     r = _ptum("export-embeddings", "--model", gen, "--data", data, "--output", str(tmp_path / "emb"))

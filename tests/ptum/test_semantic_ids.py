@@ -181,3 +181,38 @@ def test_rqvae_learns_is_deterministic_and_writes_the_same_artifact(clean_datase
     first = open(os.path.join(out, "codes.parquet"), "rb").read()
     learn_semantic_ids(data, out, codes=8, dim=16, seed=3, quantizer="rqvae", rqvae_epochs=3, log=lambda line: None)
     assert open(os.path.join(out, "codes.parquet"), "rb").read() == first
+
+
+def test_new_items_take_the_nearest_codes_of_codebooks_learned_without_them(clean_dataset, tmp_path):
+    """Items with no events yet (held out of a cold-start run) play no part in the codebooks;
+    each gets its nearest codes from its content and a collision token after the fitted items'."""
+    from ptum.data.item_content import item_content
+    from ptum.model.semantic_ids import assign_codes
+
+    data, _ = clean_dataset
+    from ptum.data import contracts
+    ds = contracts.open_dataset(data)
+    content = item_content(ds, dim=16, seed=3)
+    new = content.token_ids[::10][:12]
+    out = str(tmp_path / "sid")
+    manifest = learn_semantic_ids(data, out, codes=8, dim=16, seed=3, new_items=new.tolist(), log=lambda line: None)
+    assert manifest["parameters"]["new_items"] == 12 and manifest["counts"]["by_source"]["content_new_item"] == 12
+    is_new = np.isin(content.token_ids, new)
+    fitted = residual_kmeans(content.vectors[~is_new].astype(np.float64), levels=3, codes=8, seed=3)
+    books = pq.read_table(os.path.join(out, "codebooks.parquet"))
+    for level, book in enumerate(fitted.codebooks):
+        got = np.array([v for lv, v in zip(books.column("level").to_pylist(), books.column("vector").to_pylist())
+                        if lv == level + 1])
+        assert np.allclose(got, book, atol=1e-6)      # learned on the other items only
+    table, _ = read_semantic_ids(out)
+    by_token = dict(zip(table.column("token_id").to_pylist(), table.column("codes").to_pylist()))
+    src = dict(zip(table.column("token_id").to_pylist(), table.column("source").to_pylist()))
+    expected = assign_codes(fitted.codebooks, content.vectors[is_new])
+    for token, codes in zip(content.token_ids[is_new], expected):
+        assert by_token[int(token)][:3] == codes.tolist() and src[int(token)] == "content_new_item"
+    # The fitted items keep the tuples the codebooks gave them; every tuple is still unique.
+    for token, codes, dedup in zip(content.token_ids[~is_new], fitted.codes, fitted.dedup):
+        assert by_token[int(token)] == [*codes.tolist(), int(dedup)]
+    assert len({tuple(c) for c in by_token.values()}) == len(by_token)
+    with pytest.raises(SemanticIdError, match="kmeans"):
+        learn_semantic_ids(data, str(tmp_path / "rq"), quantizer="rqvae", new_items=new.tolist(), log=lambda s: None)

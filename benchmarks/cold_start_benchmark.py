@@ -1,0 +1,65 @@
+"""Cold start on Amazon Beauty (S3-Rec preprocessing): `ptum cold-start` as a user runs it.
+
+    python benchmarks/cold_start_benchmark.py --beauty ../shared/data/beauty-s3rec/Beauty.txt \
+        --attributes ../shared/data/beauty-s3rec/Beauty_item2attributes.json \
+        [--seconds 1500] [--id-seconds 600] [--work benchmarks/work/cold_start]
+
+Tokenizes Beauty (skipped when --work holds the dataset), then runs
+`ptum cold-start --data D --output O --attributes A` (5% of the test targets' items held out of
+training, Semantic IDs from attributes alone, configs beauty-generative and beauty capped at
+--seconds / --id-seconds of training), and writes benchmarks/results/cold_start.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from benchmarks import common  # noqa: E402
+from ptum.evaluation.cold_start import NAMES  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--beauty", required=True)
+    p.add_argument("--attributes", required=True)
+    p.add_argument("--work", default="benchmarks/work/cold_start")
+    p.add_argument("--data", default=None, help="an already tokenized Beauty dataset (else tokenized into --work)")
+    p.add_argument("--seconds", type=float, default=1500)
+    p.add_argument("--id-seconds", type=float, default=600)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    from ptum.data.ingest import job, plan
+
+    data = args.data or os.path.join(args.work, "data")
+    if not os.path.exists(os.path.join(data, "manifest.json")):
+        job.run(plan.TokenizeOptions(inputs=[args.beauty], format="sequence-lines", output=data))
+    out = os.path.join(args.work, "cold")
+    command = [sys.executable, "-m", "ptum.cli", "cold-start", "--data", data, "--output", out,
+               "--attributes", args.attributes, "--seed", str(args.seed),
+               "--set", f"train.max_train_seconds={args.seconds}", "--id-set", f"train.max_train_seconds={args.id_seconds}"]
+    subprocess.run(command, check=True)
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    rows = []
+    for group in ("cold", "warm"):
+        for name, label in NAMES.items():
+            m = report[group].get(name)
+            if m:
+                rows.append({"users": f"{group} ({report['users'][group]:,})", "ranker": label,
+                             **{k: f"{m[k]:.4f}" for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")}})
+    result = {**common.envelope(" ".join(["python", *sys.argv])), "report": report,
+              "notes": f"{report['new_items']} new items (share {report['share']}), at most "
+                       f"{report['new_items_cap']} in a top-{report['k']} list (epsilon {report['epsilon']}); "
+                       f"generative training capped at {args.seconds:.0f} s, id model at {args.id_seconds:.0f} s"}
+    common.write_result("cold_start", result, ["users", "ranker", "recall@5", "recall@10", "ndcg@5", "ndcg@10"],
+                        rows)
+
+
+if __name__ == "__main__":
+    main()
