@@ -133,7 +133,8 @@ Pipeline options go after `--`.""")
     q.add_argument("--ann", action="store_true",
                    help="retrieve for every exported user from the exported item table with a faiss HNSW "
                         "inner-product index; report its agreement@10 with the exact scores (history left out "
-                        "with --data) and both speeds")
+                        "with --data) and both speeds; with --model also the future window's recall@10 retrieved "
+                        "from the exported item table, exactly and through the index")
     q.add_argument("--output", default=None, help="report folder: report.json, report.md, projection.png")
 
 

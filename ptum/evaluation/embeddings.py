@@ -328,17 +328,22 @@ def projection_png(emb: np.ndarray, labels: Optional[np.ndarray], path: str, tit
     os.replace(tmp, path)
 
 
-def _ann_report(path: str, users, emb, ds, rows) -> dict:
+def _ann_report(path: str, users, emb, ds, rows, model: Optional[str] = None, window: int = 10,
+                max_window_users: int = 20000) -> dict:
     """The ANN check on the exported files (ptum.evaluation.retrieval), each user's own history
-    left out when the dataset is given."""
-    from ptum.evaluation.retrieval import RetrievalError, ann_check
+    left out when the dataset is given. With the model too: recall of the future window of the
+    test rows (each user embedded by the model at the cut before its last `window` behaviors,
+    the items retrieved from the exported table exactly and through the index)."""
+    from ptum.evaluation.retrieval import RetrievalError, ann_check, window_recall
 
     item_ids, vectors, space = read_item_table(path)
     history = None
-    if ds is not None and rows is not None:
+    name = None
+    if ds is not None:
         vocab = ds.read_vocab_table(contracts.ITEMS_VOCAB)
         name = np.array([""] * (max(vocab.column("token_id").to_pylist(), default=0) + 1), dtype=object)
         name[np.asarray(vocab.column("token_id").to_pylist())] = vocab.column("item_id").to_pylist()
+    if name is not None and rows is not None:
         pos = {u: i for i, u in enumerate(rows.user_ids)}
         history = []
         for u in users:
@@ -346,10 +351,26 @@ def _ann_report(path: str, users, emb, ds, rows) -> dict:
             toks = rows.items[rows.offsets[i]:rows.offsets[i + 1]] if i is not None else []
             history.append({name[t] for t in toks if t < len(name)})
     try:
-        out = ann_check(emb, item_ids, vectors, history)
+        out = {"space": space, **ann_check(emb, item_ids, vectors, history)}
+        if model and name is not None:
+            from ptum.data.batches import Rows
+
+            test = Rows.from_split(ds, "test") if "test" in ds.splits else rows
+            eligible = np.flatnonzero(test.lengths > window)[:max_window_users]
+            cut = test.lengths[eligible] - window
+            embed, _, _ = model_embedder(model)
+            queries = np.asarray(embed(test, eligible, cut), np.float32)
+            hist, targets = [], []
+            for i, c in zip(eligible, cut):
+                s0 = test.offsets[i]
+                h = {name[t] for t in test.items[s0:s0 + c]}
+                hist.append(h)
+                targets.append({name[t] for t in test.items[s0 + c:test.offsets[i + 1]]
+                                if t >= contracts.FIRST_ITEM_ID} - h)
+            out.update(window_recall(queries, item_ids, vectors, hist, targets), window=window)
     except RetrievalError as e:
         raise EmbeddingEvalError(str(e)) from None
-    return {"space": space, **out}
+    return out
 
 
 def markdown(report: dict) -> str:
@@ -517,7 +538,9 @@ def evaluate_embeddings(embeddings: str, data: Optional[str] = None, labels: Opt
         report["future_window"]["clean"] = ds.manifest.get("split_scheme") == "window" and \
             int(ds.manifest["parameters"].get("window", -1)) == w
     if ann:
-        report["retrieval"] = _ann_report(embeddings, users, emb, ds, rows)
+        report["retrieval"] = _ann_report(embeddings, users, emb, ds, rows, model,
+                                          window or int((ds.manifest.get("parameters", {}).get("window") or 10)
+                                                        if ds is not None else 10))
     if output:
         os.makedirs(output, exist_ok=True)
         contracts.write_json_atomic(os.path.join(output, "report.json"), report)

@@ -75,3 +75,20 @@ def ann_check(user_vectors: np.ndarray, item_ids: Sequence[str], item_vectors: n
             "exact_build_seconds": round(t1 - t0, 4), "ann_build_seconds": round(t2 - t1, 4),
             "exact_queries_per_second": round(len(queries) / max(t3 - t2, 1e-9), 1),
             "ann_queries_per_second": round(len(queries) / max(t4 - t3, 1e-9), 1)}
+
+
+def window_recall(user_vectors: np.ndarray, item_ids: Sequence[str], item_vectors: np.ndarray,
+                  history: Sequence[set], targets: Sequence[set], k: int = 10) -> Dict[str, float]:
+    """Recall@k of the future window from the exported item table: each user embedded at the
+    cut before its window, its top-k (history left out) from the exact inner product and from
+    the HNSW index; recall = |top-k ∩ window items| / |window items| (users whose window holds
+    only items of their history are not counted)."""
+    queries = np.hstack([user_vectors, np.ones((len(user_vectors), 1), np.float32)]).astype(np.float32)
+    keep = [i for i, t in enumerate(targets) if t]
+    out = {"window_users": len(keep)}
+    for name, index in (("exact", exact_index(item_vectors)), ("ann", hnsw_index(item_vectors))):
+        found = search(index, queries[keep], k, item_ids, [history[i] for i in keep])
+        recall = [len({item_ids[c] for c in row if c >= 0} & targets[i]) / len(targets[i])
+                  for row, i in zip(found, keep)]
+        out[f"window_recall@{k}_{name}"] = float(np.mean(recall)) if recall else 0.0
+    return out

@@ -160,6 +160,14 @@ def test_exported_item_table_is_the_user_embeddings_space(exported):
     from ptum.evaluation.embeddings import evaluate_embeddings
     report = evaluate_embeddings(exported["emb"], exported["data"], ann=True)["retrieval"]
     assert report["space"] == "profile" and report["history_filtered"] and report["ann_agreement@10"] > 0.9
+    # With the model: the future window's recall from the files equals the model's own
+    # future-window retrieval (exact index), and the HNSW index keeps nearly all of it.
+    full = evaluate_embeddings(exported["emb"], exported["data"], model=exported["model"], ann=True,
+                               recompute=False)
+    ret, window = full["retrieval"], full["future_window"]
+    assert ret["window"] == window["window"] == 5 and ret["window_users"] == window["users"] > 0
+    assert abs(ret["window_recall@10_exact"] - window["window_recall@10"]) < 1e-6
+    assert ret["window_recall@10_ann"] >= 0.9 * ret["window_recall@10_exact"] > 0
 
 
 def test_evaluate_embeddings_planted_and_shuffled_labels(exported):
