@@ -167,10 +167,14 @@ def _build(run: _Run, warm_start: Optional[str], log):
         if run.has_checkpoint:
             with open(run.state_path) as f:
                 saved = json.load(f)
-            if saved.get("config") != cfg.to_dict():
+            if _resume_key(saved.get("config")) != _resume_key(cfg.to_dict()):
                 log("checkpoint config differs from this run's: starting over")
             else:
                 state = saved
+                if saved["config"] != cfg.to_dict():   # only how long to train: go on from the checkpoint
+                    log(f"checkpoint config differs only in {', '.join(_budget_changes(saved['config'], cfg))}: "
+                        "training goes on from the checkpoint")
+                    state["config"] = cfg.to_dict()
                 pretrainer = keras.saving.load_model(run.latest, compile=True)
                 for var, value in zip(_rng_states(pretrainer), state.get("rng_states", [])):
                     var.assign(np.asarray(value, dtype=var.dtype))
@@ -195,6 +199,22 @@ def _build(run: _Run, warm_start: Optional[str], log):
                                steps_per_execution=t.steps_per_execution)
     state["select_metric"] = selection_metric(cfg, run.ds)
     return pretrainer, state
+
+
+# How long to train, not what: a checkpoint resumes when only these differ (more epochs after a
+# finished run, a longer time limit, another patience).
+TRAINING_BUDGET = ("epochs", "max_train_seconds", "patience")
+
+
+def _resume_key(config: Optional[dict]) -> Optional[dict]:
+    if not config:
+        return config
+    return {**config, "train": {k: v for k, v in config.get("train", {}).items() if k not in TRAINING_BUDGET}}
+
+
+def _budget_changes(old: dict, cfg: PTUMConfig) -> list:
+    new = cfg.to_dict()["train"]
+    return [f"train.{k} {old['train'].get(k)} -> {new[k]}" for k in TRAINING_BUDGET if old["train"].get(k) != new[k]]
 
 
 def _network(run: _Run, pretrainer):

@@ -205,6 +205,27 @@ def test_resume_after_kill_matches_uninterrupted(clean_dataset, tmp_path):
         assert abs(a["valid_ndcg@10"] - b["valid_ndcg@10"]) < 1e-4
 
 
+def test_more_epochs_go_on_from_the_checkpoint_another_model_starts_over(clean_dataset, tmp_path):
+    """Raising train.epochs (or the time limit, or patience) after a finished run trains on from
+    its checkpoint; a change to what is trained (here the learning rate) starts over."""
+    from ptum.training.pretrain import pretrain
+
+    data, _ = clean_dataset
+    out, lines = str(tmp_path / "m"), []
+    pretrain(data, out, small_cfg("train.epochs=2", "train.patience=10"), log=lines.append)
+    first = json.load(open(os.path.join(out, "history.json")))
+    pretrain(data, out, small_cfg("train.epochs=3", "train.patience=10"), log=lines.append)
+    assert any("differs only in train.epochs 2 -> 3" in line for line in lines)
+    history = json.load(open(os.path.join(out, "history.json")))
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[:2] == first
+    assert json.load(open(os.path.join(out, "config.json")))["train"]["epochs"] == 3
+    lines.clear()
+    pretrain(data, out, small_cfg("train.epochs=3", "train.patience=10", "train.learning_rate=0.01"),
+             log=lines.append)
+    assert any("starting over" in line for line in lines)
+    assert [h["epoch"] for h in json.load(open(os.path.join(out, "history.json")))] == [1, 2, 3]
+
+
 def test_bad_inputs_give_clear_errors(clean_dataset, tmp_path):
     from ptum.training.pretrain import TrainingError, pretrain
 
