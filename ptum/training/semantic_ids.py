@@ -94,7 +94,7 @@ def learn_semantic_ids(data: str, output: str, *, attributes: Optional[str] = No
         seen = has & ~new
         if new.any() and seen.sum() >= 2 and x.shape[1]:
             # A new item has no behaviour yet: its collaborative block predicted from its content.
-            collab[new & has] = x[new & has] @ ridge_map(x[seen], collab[seen])
+            collab[new & has] = _unit_rows(x[new & has] @ ridge_map(x[seen], collab[seen]))
             collab[new & ~has] = 0.0
         bare = ~has & ~new
         if bare.any() and seen.sum() >= 2 and x.shape[1]:
