@@ -192,7 +192,8 @@ def cold_start(data: str, output: str, *, config: str = "beauty-generative", ove
     cap = max(1, int(math.floor(epsilon * k)))
     if gen_cfg.generative.beam_size < k:
         raise ConfigError(f"generative.beam_size {gen_cfg.generative.beam_size} < {k}: the lists need {k} items")
-    os.makedirs(output, exist_ok=True)
+    _check_plan(output, {"vocab_hash": ds.vocab_hash, "share": share, "seed": seed,
+                         "new_items": new_tokens.tolist()})
     if id_dir:
         pretrain_rows(ds, train, valid, id_dir, id_cfg, log=log)
     sid = learn_semantic_ids(data, sid_dir, attributes=attributes, vectors=vectors, vector_column=vector_column,
@@ -221,6 +222,25 @@ def cold_start(data: str, output: str, *, config: str = "beauty-generative", ove
         f.write(markdown(report))
     os.replace(os.path.join(output, "report.md.tmp"), os.path.join(output, "report.md"))
     return report
+
+
+def _check_plan(output: str, plan: dict) -> None:
+    """The models under `output` resume from their checkpoints when the command runs again;
+    that is only right for the same held-out items (else a model could have trained on the
+    new items of another run): a folder holding another plan is refused."""
+    import json
+
+    path = os.path.join(output, "plan.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        if before != plan:
+            changed = sorted(k for k in plan if before.get(k) != plan[k])
+            raise ValueError(f"{output}: holds a cold-start run with other held-out items ({', '.join(changed)} "
+                             "differ); use a new --output")
+        return
+    os.makedirs(output, exist_ok=True)
+    contracts.write_json_atomic(path, plan)
 
 
 def _new_item_info(sid_dir: str) -> dict:

@@ -96,3 +96,6 @@ def test_cold_start_holds_new_items_out_of_training_and_reports_every_ranker(cle
         assert rows["train_behaviors"] == len(full.without_items(new).items) < len(full.items)
     md = open(os.path.join(out, "report.md")).read()
     assert "## cold users" in md and "content KNN" in md
+    # Its models would resume in the folder: another choice of new items is refused there.
+    r = _ptum("cold-start", "--data", data, "--output", out, "--share", "0.2", "--seed", "5", *SMALL, *SMALL_ID)
+    assert r.returncode == 2 and "other held-out items" in r.stderr and "Traceback" not in r.stderr
