@@ -28,6 +28,17 @@ def test_kubeflow_v2_compiles(tmp_path):
     assert "components.dataset_trainer.DatasetTrainerExecutor" in spec  # both Trainers get the dataset path
 
 
+def test_a_generative_pipeline_compiles_for_kubeflow_v2(tmp_path):
+    pytest.importorskip("kfp")
+    from pipelines.runners.kubeflow_v2 import compile_pipeline
+
+    cfg = _config(tmp_path)
+    with open(cfg, "a") as f:
+        f.write("model_config: beauty-generative\nsemantic_ids: {levels: 2, codes: 16}\n")
+    spec = json.dumps(json.load(open(compile_pipeline(cfg, "example/ptum:1", str(tmp_path / "p.json")))))
+    assert "SemanticIdsGen" in spec and "GenerativeTrainer" in spec and "EmbeddingExport" not in spec
+
+
 def test_compiled_pipelines_resolve_inputs_at_run_time(tmp_path):
     from pipelines.tfx_pipeline import PipelineConfig, create_pipeline
 
