@@ -79,6 +79,7 @@ Writes cold/semantic_ids, cold/generative, cold/id_model, cold/report.json and r
     cs.add_argument("--levels", type=int, default=3, help="as for ptum semantic-ids")
     cs.add_argument("--codes", type=int, default=256, help="as for ptum semantic-ids")
     cs.add_argument("--dim", type=int, default=64, help="as for ptum semantic-ids")
+    cs.add_argument("--quantizer", choices=["kmeans", "rqvae"], default="kmeans", help="as for ptum semantic-ids")
     cs.add_argument("--seed", type=int, default=0, help="which items are held out, and the codes' seed")
 
     pl = sub.add_parser("pipeline", help="the TFX pipeline (validate, pre-train, evaluate, push, export)")
@@ -377,7 +378,8 @@ def _cold_start(a) -> int:
         report = cold_start(a.data, a.output, config=a.config, overrides=a.set,
                             id_config=None if a.no_id_model else a.id_config, id_overrides=a.id_set, share=a.share,
                             epsilon=a.epsilon, seed=a.seed, attributes=a.attributes, vectors=a.vectors,
-                            vector_column=a.vector_column, levels=a.levels, codes=a.codes, dim=a.dim)
+                            vector_column=a.vector_column, levels=a.levels, codes=a.codes, dim=a.dim,
+                            quantizer=a.quantizer)
     except (ConfigError, DatasetError, ModelError, TrainingError, SemanticIdError, ValueError) as e:
         print(f"ptum cold-start: error: {e}", file=sys.stderr)
         return 2

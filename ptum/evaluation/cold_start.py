@@ -162,7 +162,7 @@ def cold_start(data: str, output: str, *, config: str = "beauty-generative", ove
                id_config: Optional[str] = "beauty", id_overrides: Sequence[str] = (), share: float = 0.05,
                epsilon: float = 0.1, seed: int = 0, attributes: Optional[str] = None, vectors: Optional[str] = None,
                vector_column: str = "vector", levels: int = 3, codes: int = 256, dim: int = 64,
-               log: Callable[[str], None] = print) -> dict:
+               quantizer: str = "kmeans", log: Callable[[str], None] = print) -> dict:
     """Run the whole evaluation (module doc); returns the report (also written to `output`)."""
     from ptum.config import ConfigError, PTUMConfig
     from ptum.data.item_content import item_content
@@ -192,12 +192,14 @@ def cold_start(data: str, output: str, *, config: str = "beauty-generative", ove
     cap = max(1, int(math.floor(epsilon * k)))
     if gen_cfg.generative.beam_size < k:
         raise ConfigError(f"generative.beam_size {gen_cfg.generative.beam_size} < {k}: the lists need {k} items")
-    _check_plan(output, {"vocab_hash": ds.vocab_hash, "share": share, "seed": seed,
-                         "new_items": new_tokens.tolist()})
+    # The Semantic IDs' settings too: the generative model resumes with the codes it began with.
+    _check_plan(output, {"vocab_hash": ds.vocab_hash, "share": share, "seed": seed, "new_items": new_tokens.tolist(),
+                         "semantic_ids": {"attributes": attributes, "vectors": vectors, "vector_column": vector_column,
+                                          "levels": levels, "codes": codes, "dim": dim, "quantizer": quantizer}})
     if id_dir:
         pretrain_rows(ds, train, valid, id_dir, id_cfg, log=log)
     sid = learn_semantic_ids(data, sid_dir, attributes=attributes, vectors=vectors, vector_column=vector_column,
-                             model=id_dir, levels=levels, codes=codes, dim=dim, seed=seed,
+                             model=id_dir, levels=levels, codes=codes, dim=dim, seed=seed, quantizer=quantizer,
                              new_items=new_tokens.tolist(), log=log)
     pretrain_rows(ds, train, valid, gen_dir, gen_cfg, log=log)
     lists = _Lists(cold)
@@ -210,7 +212,7 @@ def cold_start(data: str, output: str, *, config: str = "beauty-generative", ove
     _knn_lists(vecs, test, new_tokens, cap, lists)
     if id_dir:
         _id_model_lists(id_dir, test, new_tokens, lists)
-    report = {"data": ds.root, "vocab_hash": ds.vocab_hash, "share": share, "epsilon": epsilon, "k": k,
+    report = {"data": ds.root, "vocab_hash": ds.vocab_hash, "quantizer": quantizer, "share": share, "epsilon": epsilon, "k": k,
               "new_items_cap": cap, "seed": seed, "new_items": int(len(new_tokens)),
               "users": {"cold": int(cold.sum()), "warm": int((~cold).sum())},
               "semantic_ids": {"path": sid_dir, "counts": sid["counts"], "new_items": _new_item_info(sid_dir)},
@@ -236,8 +238,8 @@ def _check_plan(output: str, plan: dict) -> None:
             before = json.load(f)
         if before != plan:
             changed = sorted(k for k in plan if before.get(k) != plan[k])
-            raise ValueError(f"{output}: holds a cold-start run with other held-out items ({', '.join(changed)} "
-                             "differ); use a new --output")
+            raise ValueError(f"{output}: holds a cold-start run with other held-out items or codes "
+                             f"({', '.join(changed)} differ); use a new --output")
         return
     os.makedirs(output, exist_ok=True)
     contracts.write_json_atomic(path, plan)

@@ -11,7 +11,7 @@ codebooks (latent space) and restarts come back as `semantic_ids.Quantized`, lik
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -97,10 +97,15 @@ def _numpy(x) -> np.ndarray:
 
 
 def train_rqvae(x: np.ndarray, levels: int = 3, codes: int = 256, latent_dim: int = 32, epochs: int = 100,
-                batch_size: int = 256, learning_rate: float = 1e-3, seed: int = 0) -> Tuple[Quantized, np.ndarray, dict]:
-    """(codes as Quantized [latent codebooks], the latents [n, latent_dim], {decoder error, losses})."""
+                batch_size: int = 256, learning_rate: float = 1e-3, seed: int = 0,
+                fit: Optional[np.ndarray] = None) -> Tuple[Quantized, np.ndarray, dict]:
+    """(codes as Quantized [latent codebooks], the latents [n, latent_dim], {decoder error, losses}).
+    `fit` (bool [n]): train on those rows only and code the others (new items) with the trained
+    encoder and codebooks; their collision tokens number them after the fitted rows'."""
     keras.utils.set_random_seed(seed)
-    x = np.asarray(x, np.float32)
+    everything = np.asarray(x, np.float32)
+    fit = np.ones(len(everything), bool) if fit is None else np.asarray(fit, bool)
+    x = everything[fit]
     scale = float(np.sqrt((x * x).sum(axis=1).mean())) or 1.0
     x = x / scale                      # inputs of unit mean norm: one learning rate for any content
     model = RQVAE(x.shape[1], latent_dim, levels=levels, codes=codes, name="rqvae")
@@ -129,7 +134,20 @@ def train_rqvae(x: np.ndarray, levels: int = 3, codes: int = 256, latent_dim: in
     x_hat = _numpy(model.decode(sum(_numpy(model.codebooks)[lv][got[:, lv]] for lv in range(levels))))
     info = {"decoder_relative_error": float(((x - x_hat) ** 2).sum() / max(float((x * x).sum()), 1e-12)),
             "final_loss": float(history.history["loss"][-1]), "epochs": epochs, "latent_dim": latent_dim}
-    return Quantized([b.astype(np.float32) for b in _numpy(model.codebooks)], got, dedup_tokens(got), restarts), z, info
+    books = [b.astype(np.float32) for b in _numpy(model.codebooks)]
+    if fit.all():
+        return Quantized(books, got, dedup_tokens(got), restarts), z, info
+    z_all = np.zeros((len(everything), z.shape[1]), np.float32)
+    z_all[fit] = z
+    z_all[~fit] = _numpy(model.encode(everything[~fit] / scale))
+    all_codes = np.zeros((len(everything), levels), np.int64)
+    all_codes[fit] = got
+    all_codes[~fit] = _numpy(model.assign_codes(z_all[~fit])[0]).astype(np.int64)
+    order = np.concatenate([np.flatnonzero(fit), np.flatnonzero(~fit)])      # fitted rows first
+    dedup = np.empty(len(everything), np.int64)
+    dedup[order] = dedup_tokens(all_codes[order])
+    info["new_items"] = int((~fit).sum())
+    return Quantized(books, all_codes, dedup, restarts), z_all, info
 
 
 def _initial_books(z: np.ndarray, levels: int, codes: int, seed: int) -> list:

@@ -18,7 +18,8 @@ New items (`new_items`: token ids of items that had no events, e.g. those a cold
 evaluation holds out of training) take no part in learning the codebooks: they get the nearest
 codes of the codebooks learned on the rest, from their content alone (with a model, their
 collaborative block is predicted from their content by a ridge map learned on the other items),
-and the next free collision token (source "content_new_item"). Residual k-means only.
+and the next free collision token (source "content_new_item"). With the RQ-VAE, the encoder
+trained on the others maps them into its latent space first.
 """
 from __future__ import annotations
 
@@ -78,8 +79,6 @@ def learn_semantic_ids(data: str, output: str, *, attributes: Optional[str] = No
         raise SemanticIdError(f"levels {levels}, codes {codes}, dim {dim}: need levels >= 1, codes >= 2, dim >= 2")
     if quantizer not in ("kmeans", "rqvae") or rqvae_epochs < 1:
         raise SemanticIdError(f"--quantizer {quantizer} (kmeans | rqvae), --rqvae-epochs {rqvae_epochs} (>= 1)")
-    if new_items is not None and len(new_items) and quantizer != "kmeans":
-        raise SemanticIdError("new items are coded with the residual k-means codebooks: use --quantizer kmeans")
     ds = contracts.open_dataset(data)
     contracts.check_output_kind(output, KIND, SemanticIdError)
     try:
@@ -121,8 +120,17 @@ def learn_semantic_ids(data: str, output: str, *, attributes: Optional[str] = No
     if quantizer == "rqvae":
         from ptum.model.rqvae import train_rqvae
 
-        q, latent, rq_info = train_rqvae(x[has], levels=levels, codes=codes, epochs=rqvae_epochs, seed=seed)
-        report = {**quantizer_report(latent, q), "space": "RQ-VAE latent", "rqvae": rq_info}
+        q, latent, rq_info = train_rqvae(x[has], levels=levels, codes=codes, epochs=rqvae_epochs, seed=seed,
+                                         fit=fit[has])
+        fitted = fit[has]
+        report = {**quantizer_report(latent[fitted], Quantized(q.codebooks, q.codes[fitted], q.dedup[fitted],
+                                                                q.restarts)),
+                  "space": "RQ-VAE latent", "rqvae": rq_info}
+        if (~fitted).any():
+            shared = {tuple(t) for t in q.codes[fitted].tolist()}
+            report["new_items"] = {"items": int((~fitted).sum()), "sharing_a_fitted_tuple":
+                                   int(sum(tuple(t) in shared for t in q.codes[~fitted].tolist()))}
+            report["dedup_tokens"] = int(q.dedup.max()) + 1
     else:
         q = residual_kmeans(x[fit], levels=levels, codes=codes, seed=seed)
         report = {**quantizer_report(x[fit], q), "space": "item vectors"}

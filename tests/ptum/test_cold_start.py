@@ -99,3 +99,4 @@ def test_cold_start_holds_new_items_out_of_training_and_reports_every_ranker(cle
     # Its models would resume in the folder: another choice of new items is refused there.
     r = _ptum("cold-start", "--data", data, "--output", out, "--share", "0.2", "--seed", "5", *SMALL, *SMALL_ID)
     assert r.returncode == 2 and "other held-out items" in r.stderr and "Traceback" not in r.stderr
+    assert "seed" in r.stderr

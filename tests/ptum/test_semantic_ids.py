@@ -214,5 +214,16 @@ def test_new_items_take_the_nearest_codes_of_codebooks_learned_without_them(clea
     for token, codes, dedup in zip(content.token_ids[~is_new], fitted.codes, fitted.dedup):
         assert by_token[int(token)] == [*codes.tolist(), int(dedup)]
     assert len({tuple(c) for c in by_token.values()}) == len(by_token)
-    with pytest.raises(SemanticIdError, match="kmeans"):
-        learn_semantic_ids(data, str(tmp_path / "rq"), quantizer="rqvae", new_items=new.tolist(), log=lambda s: None)
+    # The RQ-VAE too: trained on the other items only (the same codebooks as a run on them alone),
+    # the new items coded by its encoder and codebooks, every tuple still unique.
+    from ptum.model.rqvae import train_rqvae
+    learn_semantic_ids(data, str(tmp_path / "rq"), quantizer="rqvae", rqvae_epochs=3, codes=8, dim=16, seed=3,
+                       new_items=new.tolist(), log=lambda s: None)
+    alone, _, _ = train_rqvae(content.vectors[~is_new], levels=3, codes=8, epochs=3, seed=3)
+    books = pq.read_table(os.path.join(tmp_path / "rq", "codebooks.parquet"))
+    got = np.array(books.column("vector").to_pylist()).reshape(3, 8, -1)
+    assert np.allclose(got, np.stack(alone.codebooks), atol=1e-5)
+    table, _ = read_semantic_ids(str(tmp_path / "rq"))
+    src = dict(zip(table.column("token_id").to_pylist(), table.column("source").to_pylist()))
+    assert {src[int(t)] for t in new} == {"content_new_item"}
+    assert len({tuple(c) for c in table.column("codes").to_pylist()}) == table.num_rows
