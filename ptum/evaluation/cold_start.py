@@ -13,7 +13,10 @@ setting), in one command.
 5. On the test users whose target is a new item ("cold"): Recall/NDCG@K (history items left
    out) of
    - the generative model's beam, the list holding at most floor(epsilon * K) new items
-     (TIGER's epsilon; at least one), and without the cap;
+     (TIGER's epsilon; at least one), and without the cap; the decoder never saw a new item as a
+     target, so its beam rarely reaches one: as TIGER does, a new item whose semantic codes (the
+     tuple without its collision token) equal those of an item the beam generated joins the list
+     right after it (capped), and the same with one code fewer (a coarser match);
    - content KNN: every item ranked by the cosine of its content vector with the user's last
      item's (the vectors the Semantic IDs were learned from), with and without the same cap;
    - the id model (the new items' embeddings were never trained: it cannot reach them).
@@ -96,18 +99,58 @@ class _Lists:
         return out
 
 
+def with_prefix_matches(items: np.ndarray, scores: np.ndarray, codes: np.ndarray, new_tokens: np.ndarray,
+                        m: int):
+    """TIGER's cold-start retrieval: a new item whose first `m` codes equal those of an item the
+    beam generated joins the list with that item's score (just below it; new items sharing one
+    prefix in token order). Returns the merged lists (items, scores) [B, L'], best first, -1 pads."""
+    groups: Dict[tuple, List[int]] = {}
+    for t in np.sort(new_tokens):
+        groups.setdefault(tuple(codes[t, :m].tolist()), []).append(int(t))
+    merged = []
+    for row_items, row_scores in zip(items, scores):
+        cand: Dict[int, float] = {}
+        for it, sc in zip(row_items.tolist(), row_scores.tolist()):
+            if it < contracts.FIRST_ITEM_ID:
+                continue
+            cand[it] = max(cand.get(it, -np.inf), sc)
+            for rank, t in enumerate(groups.get(tuple(codes[it, :m].tolist()), ())):
+                inherited = sc - 1e-6 * (rank + 1)
+                if inherited > cand.get(t, -np.inf):
+                    cand[t] = inherited
+        merged.append(sorted(cand.items(), key=lambda kv: -kv[1]))
+    width = max((len(r) for r in merged), default=0)
+    out_items = np.full((len(merged), width), -1, np.int64)
+    out_scores = np.full((len(merged), width), -np.inf)
+    for b, r in enumerate(merged):
+        if r:
+            out_items[b, :len(r)] = [kv[0] for kv in r]
+            out_scores[b, :len(r)] = [kv[1] for kv in r]
+    return out_items, out_scores
+
+
 def _generative_lists(model, rows: Rows, width: int, buckets, beam: int, batch: int, new_tokens: np.ndarray,
                       cap: int, lists: _Lists) -> None:
+    import keras
+
     from ptum.evaluation.generative import beam_function
 
     search = beam_function(model, beam)
+    codes = np.asarray(keras.ops.convert_to_numpy(model.item_codes.value)).astype(np.int64)
+    semantic = codes.shape[1] - 1          # the codes before the collision token
     for idx, b in eval_batches(rows, batch, width, buckets, 0):
-        items, _ = search(b["item_ids"])
+        items, scores = search(b["item_ids"])
         targets = rows.items[rows.offsets[idx + 1] - 1].astype(np.int64)
-        kept = (items >= contracts.FIRST_ITEM_ID) & ~_history_mask(rows, idx, items)
-        new = np.isin(items, new_tokens)
-        lists.add("generative", idx, capped_metrics(items, kept, targets, new, None))
-        lists.add("generative_capped", idx, capped_metrics(items, kept, targets, new, cap))
+        lists_of = [("generative", items)]
+        for name, m in (("generative_prefix", semantic), ("generative_prefix_coarse", semantic - 1)):
+            if m >= 1:
+                lists_of.append((name, with_prefix_matches(items, scores, codes, new_tokens, m)[0]))
+        for name, got in lists_of:
+            kept = (got >= contracts.FIRST_ITEM_ID) & ~_history_mask(rows, idx, got)
+            new = np.isin(got, new_tokens)
+            if name == "generative":
+                lists.add(name, idx, capped_metrics(got, kept, targets, new, None))
+            lists.add(f"{name}_capped", idx, capped_metrics(got, kept, targets, new, cap))
 
 
 def _knn_lists(vectors: np.ndarray, rows: Rows, new_tokens: np.ndarray, cap: int, lists: _Lists,
@@ -254,6 +297,8 @@ def _new_item_info(sid_dir: str) -> dict:
 
 NAMES = {"generative_capped": "generative (Semantic IDs), new items capped",
          "generative": "generative (Semantic IDs), no cap",
+         "generative_prefix_capped": "generative + new items matching a generated item's semantic codes (TIGER), capped",
+         "generative_prefix_coarse_capped": "generative + new items matching its codes but the last, capped",
          "content_knn_capped": "content KNN (last item), capped", "content_knn": "content KNN (last item), no cap",
          "id_model": "id model"}
 

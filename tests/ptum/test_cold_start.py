@@ -44,6 +44,20 @@ def test_the_cap_keeps_at_most_that_many_new_items_and_moves_the_rest_up():
     assert capped_metrics(items, kept, np.array([12]), new, 3, ks=(4,))["recall@4"][0] == 1
 
 
+def test_new_items_matching_a_generated_items_codes_follow_it():
+    from ptum.evaluation.cold_start import with_prefix_matches
+
+    codes = np.full((9, 3), -1)
+    codes[3:8] = [[1, 2, 0], [1, 2, 1], [1, 3, 0], [1, 3, 5], [2, 0, 0]]   # 4 and 6 are new
+    items, scores = np.array([[3, 5, -1]]), np.array([[-1.0, -2.0, -1e9]])
+    got, sc = with_prefix_matches(items, scores, codes, np.array([4, 6]), 2)
+    assert got.tolist() == [[3, 4, 5, 6]] and sc[0, 1] < sc[0, 0] and sc[0, 1] > sc[0, 2]
+    got, _ = with_prefix_matches(items, scores, codes, np.array([4, 6]), 1)   # coarser: both follow item 3
+    assert got.tolist() == [[3, 4, 6, 5]]
+    got, _ = with_prefix_matches(np.array([[7, -1]]), np.array([[0.0, -1e9]]), codes, np.array([4, 6]), 2)
+    assert got.tolist() == [[7]]                                              # nothing shares item 7's codes
+
+
 def test_new_items_are_a_seeded_share_of_the_test_targets():
     test = _rows([[3, 4], [5, 6], [7, 8], [9, 6], [3, 2]])
     a, b = pick_new_items(test, 0.5, 1), pick_new_items(test, 0.5, 1)
@@ -79,7 +93,8 @@ def test_cold_start_holds_new_items_out_of_training_and_reports_every_ranker(cle
                                                                     "warm": int((~cold).sum())}
     assert report["new_items_cap"] == 1 and cold.sum() > 0
     for group in ("cold", "warm"):
-        assert set(report[group]) == {"generative", "generative_capped", "content_knn", "content_knn_capped",
+        assert set(report[group]) == {"generative", "generative_capped", "generative_prefix_capped",
+                                      "generative_prefix_coarse_capped", "content_knn", "content_knn_capped",
                                       "id_model"}
         assert all(0.0 <= v <= 1.0 for m in report[group].values() for v in m.values())
     # The new items were coded from content and the generative model can decode them ...
