@@ -33,16 +33,24 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=1500)
     p.add_argument("--id-seconds", type=float, default=600)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--collaborative-weight", type=float, default=1.0,
+                   help="0: Semantic IDs from the attributes alone (the run goes to --work/cold-content)")
+    p.add_argument("--epochs", type=int, default=None, help="train the generative model this many epochs instead "
+                   "of for --seconds")
     args = p.parse_args()
     from ptum.data.ingest import job, plan
 
     data = args.data or os.path.join(args.work, "data")
     if not os.path.exists(os.path.join(data, "manifest.json")):
         job.run(plan.TokenizeOptions(inputs=[args.beauty], format="sequence-lines", output=data))
-    out = os.path.join(args.work, "cold")
+    content_only = args.collaborative_weight == 0
+    out = os.path.join(args.work, "cold-content" if content_only else "cold")
+    budget = [f"train.epochs={args.epochs}", "train.max_train_seconds=0"] if args.epochs else \
+        [f"train.max_train_seconds={args.seconds}"]
     command = [sys.executable, "-m", "ptum.cli", "cold-start", "--data", data, "--output", out,
                "--attributes", args.attributes, "--seed", str(args.seed),
-               "--set", f"train.max_train_seconds={args.seconds}", "--id-set", f"train.max_train_seconds={args.id_seconds}"]
+               "--collaborative-weight", str(args.collaborative_weight),
+               *[x for b in budget for x in ("--set", b)], "--id-set", f"train.max_train_seconds={args.id_seconds}"]
     subprocess.run(command, check=True)
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
@@ -56,8 +64,10 @@ def main() -> None:
     result = {**common.envelope(" ".join(["python", *sys.argv])), "report": report,
               "notes": f"{report['new_items']} new items (share {report['share']}), at most "
                        f"{report['new_items_cap']} in a top-{report['k']} list (epsilon {report['epsilon']}); "
-                       f"generative training capped at {args.seconds:.0f} s, id model at {args.id_seconds:.0f} s"}
-    common.write_result("cold_start", result, ["users", "ranker", "recall@5", "recall@10", "ndcg@5", "ndcg@10"],
+                       f"Semantic IDs from {'the attributes alone' if content_only else 'attributes + the id model'}; "
+                       f"generative training {f'{args.epochs} epochs' if args.epochs else f'capped at {args.seconds:.0f} s'}"
+                       f", id model capped at {args.id_seconds:.0f} s"}
+    common.write_result("cold_start_content_only" if content_only else "cold_start", result, ["users", "ranker", "recall@5", "recall@10", "ndcg@5", "ndcg@10"],
                         rows)
 
 

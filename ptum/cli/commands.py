@@ -80,6 +80,9 @@ Writes cold/semantic_ids, cold/generative, cold/id_model, cold/report.json and r
     cs.add_argument("--codes", type=int, default=256, help="as for ptum semantic-ids")
     cs.add_argument("--dim", type=int, default=64, help="as for ptum semantic-ids")
     cs.add_argument("--quantizer", choices=["kmeans", "rqvae"], default="kmeans", help="as for ptum semantic-ids")
+    cs.add_argument("--collaborative-weight", type=float, default=1.0,
+                    help="weight of the id model's item embeddings joined to the content vectors the codes are "
+                         "learned from (0: content alone)")
     cs.add_argument("--seed", type=int, default=0, help="which items are held out, and the codes' seed")
 
     pl = sub.add_parser("pipeline", help="the TFX pipeline (validate, pre-train, evaluate, push, export)")
@@ -379,7 +382,7 @@ def _cold_start(a) -> int:
                             id_config=None if a.no_id_model else a.id_config, id_overrides=a.id_set, share=a.share,
                             epsilon=a.epsilon, seed=a.seed, attributes=a.attributes, vectors=a.vectors,
                             vector_column=a.vector_column, levels=a.levels, codes=a.codes, dim=a.dim,
-                            quantizer=a.quantizer)
+                            quantizer=a.quantizer, collaborative_weight=a.collaborative_weight)
     except (ConfigError, DatasetError, ModelError, TrainingError, SemanticIdError, ValueError) as e:
         print(f"ptum cold-start: error: {e}", file=sys.stderr)
         return 2

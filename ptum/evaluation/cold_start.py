@@ -6,7 +6,8 @@ setting), in one command.
    sees them trained on (they stay in the vocabulary and may appear in test histories).
 2. The id model (`id_config`) trained with `pretrain_rows` on the filtered rows.
 3. Semantic IDs learned on the other items, from their content joined with that id model's
-   item embeddings (as `ptum semantic-ids --model`; content alone with `id_config=None`); a
+   item embeddings (as `ptum semantic-ids --model`, `collaborative_weight`; content alone with
+   `id_config=None` or `collaborative_weight=0`); a
    new item's collaborative half is predicted from its content by a ridge map learned on the
    others, and it gets the nearest codes of those codebooks (`learn_semantic_ids(new_items=...)`).
 4. The generative model (`config`, codes: those Semantic IDs) trained on the filtered rows.
@@ -205,7 +206,8 @@ def cold_start(data: str, output: str, *, config: str = "beauty-generative", ove
                id_config: Optional[str] = "beauty", id_overrides: Sequence[str] = (), share: float = 0.05,
                epsilon: float = 0.1, seed: int = 0, attributes: Optional[str] = None, vectors: Optional[str] = None,
                vector_column: str = "vector", levels: int = 3, codes: int = 256, dim: int = 64,
-               quantizer: str = "kmeans", log: Callable[[str], None] = print) -> dict:
+               quantizer: str = "kmeans", collaborative_weight: float = 1.0,
+               log: Callable[[str], None] = print) -> dict:
     """Run the whole evaluation (module doc); returns the report (also written to `output`)."""
     from ptum.config import ConfigError, PTUMConfig
     from ptum.data.item_content import item_content
@@ -238,11 +240,13 @@ def cold_start(data: str, output: str, *, config: str = "beauty-generative", ove
     # The Semantic IDs' settings too: the generative model resumes with the codes it began with.
     _check_plan(output, {"vocab_hash": ds.vocab_hash, "share": share, "seed": seed, "new_items": new_tokens.tolist(),
                          "semantic_ids": {"attributes": attributes, "vectors": vectors, "vector_column": vector_column,
-                                          "levels": levels, "codes": codes, "dim": dim, "quantizer": quantizer}})
+                                          "levels": levels, "codes": codes, "dim": dim, "quantizer": quantizer,
+                                          "collaborative_weight": collaborative_weight}})
     if id_dir:
         pretrain_rows(ds, train, valid, id_dir, id_cfg, log=log)
     sid = learn_semantic_ids(data, sid_dir, attributes=attributes, vectors=vectors, vector_column=vector_column,
-                             model=id_dir, levels=levels, codes=codes, dim=dim, seed=seed, quantizer=quantizer,
+                             model=id_dir, collaborative_weight=collaborative_weight, levels=levels, codes=codes,
+                             dim=dim, seed=seed, quantizer=quantizer,
                              new_items=new_tokens.tolist(), log=log)
     pretrain_rows(ds, train, valid, gen_dir, gen_cfg, log=log)
     lists = _Lists(cold)
@@ -255,7 +259,8 @@ def cold_start(data: str, output: str, *, config: str = "beauty-generative", ove
     _knn_lists(vecs, test, new_tokens, cap, lists)
     if id_dir:
         _id_model_lists(id_dir, test, new_tokens, lists)
-    report = {"data": ds.root, "vocab_hash": ds.vocab_hash, "quantizer": quantizer, "share": share, "epsilon": epsilon, "k": k,
+    report = {"data": ds.root, "vocab_hash": ds.vocab_hash, "quantizer": quantizer,
+              "collaborative_weight": collaborative_weight if id_dir else None, "share": share, "epsilon": epsilon, "k": k,
               "new_items_cap": cap, "seed": seed, "new_items": int(len(new_tokens)),
               "users": {"cold": int(cold.sum()), "warm": int((~cold).sum())},
               "semantic_ids": {"path": sid_dir, "counts": sid["counts"], "new_items": _new_item_info(sid_dir)},
