@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from benchmarks import common  # noqa: E402
-from ptum.evaluation.cold_start import NAMES  # noqa: E402
+from ptum.training.cold_start import NAMES  # noqa: E402
 
 
 def main() -> None:

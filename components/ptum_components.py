@@ -2,9 +2,7 @@
 
   SequenceIngestion   raw logs (a window of spans) -> sequence dataset + TFX Examples
   ValidationGate      ExampleValidator anomalies + manifest thresholds -> stop or pass (report)
-  SemanticIdsGen      dataset (+ its item catalog) -> Semantic IDs artifact (generative models)
-  GenerativeTrainer   dataset (+ Semantic IDs) -> generative retrieval model (model.architecture
-                      generative; the PTUM model is trained by TFX's Trainer, module trainer_module)
+  (generative models: SemanticIdsGen and GenerativeTrainer in components/generative_components.py)
   NextItemEvaluator   next-item metrics vs the latest blessed model -> ModelBlessing
   VersionedPusher     blessed model -> <base>/<version>/ (atomic rename) -> PushedModel
   EmbeddingExport     pushed SavedModel + dataset -> Parquet user embeddings
@@ -41,12 +39,6 @@ class EmbeddingTable(types.Artifact):
 
 class ValidationReport(types.Artifact):
     TYPE_NAME = "ptum.ValidationReport"
-
-
-class SemanticIds(types.Artifact):
-    """`ptum semantic-ids`' artifact: codes.parquet, codebooks, dead letters, report, manifest."""
-
-    TYPE_NAME = "ptum.SemanticIds"
 
 
 def _write_examples(dataset_dir: str, examples_uri: str) -> dict:
@@ -352,75 +344,6 @@ def _write_report(uri: str, report_dir: str, span: int, text: dict, lines: list)
         with open(os.path.join(folder, stem + ".txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
     return targets[-1]
-
-
-SEMANTIC_ID_OPTIONS = ("attributes", "vectors", "vector_column", "levels", "codes", "dim", "seed", "quantizer",
-                       "rqvae_epochs")
-
-
-@component
-def SemanticIdsGen(  # noqa: N802
-        dataset: InputArtifact[SequenceDataset],
-        semantic_ids: OutputArtifact[SemanticIds],
-        options: Parameter[str] = "{}"):
-    """Semantic IDs for the items of this window's vocabulary, from their content (the item
-    catalog the ingestion read; `options` JSON: the `ptum semantic-ids` flags, see
-    SEMANTIC_ID_OPTIONS). The artifact is `ptum semantic-ids`' folder, unchanged."""
-    from ptum.training.semantic_ids import learn_semantic_ids
-
-    opts = json.loads(options)
-    unknown = sorted(set(opts) - set(SEMANTIC_ID_OPTIONS))
-    if unknown:
-        raise ValueError(f"semantic_ids options: unknown key(s) {unknown}; known: {list(SEMANTIC_ID_OPTIONS)}")
-    if opts.get("quantizer") == "rqvae":
-        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    out = os.path.join(semantic_ids.uri, "semantic_ids")
-    manifest = learn_semantic_ids(os.path.join(dataset.uri, DATASET_SUBDIR), out, **opts)
-    semantic_ids.set_string_custom_property("path", out)
-    semantic_ids.set_string_custom_property("vocab_hash", manifest["dataset"]["vocab_hash"])
-    semantic_ids.set_int_custom_property("items_coded", manifest["counts"]["items_coded"])
-    semantic_ids.set_int_custom_property("items_dead_lettered", manifest["counts"]["items_dead_lettered"])
-    semantic_ids.set_string_custom_property("collision_rate", f"{manifest['report']['collision_rate']:.6f}")
-    semantic_ids.set_int_custom_property("span", dataset.get_int_custom_property("span"))
-
-
-@component
-def GenerativeTrainer(  # noqa: N802
-        dataset: InputArtifact[SequenceDataset],
-        model: OutputArtifact[standard_artifacts.Model],
-        model_run: OutputArtifact[standard_artifacts.ModelRun],
-        ptum_config: Parameter[str],
-        semantic_ids: InputArtifact[SemanticIds] = None):
-    """The generative retrieval model (model.architecture generative) with `ptum pretrain`'s
-    training (pretrain_rows: checkpoints and resume, early stopping on the validation beam
-    search), on the dataset's train and valid rows; codes from `semantic_ids` when
-    generative.codes is semantic. The same layout as the Trainer's model: Format-Serving/
-    ptum_model/ and Format-Serving/saved_model/ (top_k over generated items); checkpoints
-    and logs in the ModelRun."""
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from ptum.config import PTUMConfig
-    from ptum.data import contracts
-    from ptum.data.batches import Rows
-    from ptum.serving.saved_model import export_saved_model, stamp_version
-    from ptum.training.pretrain import pretrain_rows
-
-    cfg = PTUMConfig.from_dict(json.loads(ptum_config))
-    if cfg.generative.codes == "semantic":
-        if semantic_ids is None:
-            raise ValueError("GenerativeTrainer: generative.codes is semantic but no Semantic IDs artifact was given")
-        cfg.generative.semantic_ids = semantic_ids.get_string_custom_property("path")
-    data_dir = os.path.join(dataset.uri, DATASET_SUBDIR)
-    ds = contracts.open_dataset(data_dir)
-    serving = os.path.join(model.uri, "Format-Serving")
-    model_dir = os.path.join(serving, "ptum_model")
-    pretrain_rows(ds, Rows.from_split(ds, "train"), Rows.from_split(ds, "valid"), model_dir, cfg, log=print,
-                  run_dir=model_run.uri)
-    tmp_base = os.path.join(model_run.uri, "export")
-    shutil.rmtree(tmp_base, ignore_errors=True)
-    version_dir = export_saved_model(model_dir, tmp_base, version=1)
-    dest = os.path.join(serving, "saved_model")
-    shutil.move(version_dir, dest)
-    stamp_version(dest, None)  # not served yet: the pusher gives it its version
 
 
 def _model_dir(model_artifact) -> str:

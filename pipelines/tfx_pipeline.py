@@ -166,7 +166,7 @@ def _model_config(cfg: PipelineConfig):
 def _check_generative(cfg: PipelineConfig, ptum_cfg) -> bool:
     """Whether the model config trains the generative retrieval model; what such a pipeline
     cannot do is refused here, at construction."""
-    from components.ptum_components import SEMANTIC_ID_OPTIONS
+    from components.generative_components import SEMANTIC_ID_OPTIONS
 
     unknown = sorted(set(cfg.semantic_ids) - set(SEMANTIC_ID_OPTIONS))
     if unknown:
@@ -194,9 +194,9 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
     from tfx import v1 as tfx
     from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 
-    from components.ptum_components import (EmbeddingExport, GenerativeTrainer, NextItemEvaluator,
-                                            SemanticIdsGen, SequenceIngestion, ValidationGate, ValidationReport,
-                                            VersionedPusher)
+    from components.generative_components import GenerativeTrainer, SemanticIdsGen
+    from components.ptum_components import (EmbeddingExport, NextItemEvaluator, SequenceIngestion, ValidationGate,
+                                            ValidationReport, VersionedPusher)
     from components.dataset_trainer import DATASET_TRAINER
     from components.resolvers import EarlierSpanBlessedModelStrategy, EarlierSpanStatisticsStrategy
     report_dir = os.path.join(cfg.pipeline_root, "validation_reports")

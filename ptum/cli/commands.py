@@ -55,35 +55,7 @@ def add_subcommands(sub) -> None:
     f.add_argument("--from-scratch", action="store_true", help="same network, no pre-trained weights")
 
     _add_semantic_ids(sub)
-
-    cs = sub.add_parser("cold-start", help="recommending items never seen in training: hold out a share of the "
-                        "test targets' items, code them from content, train, report (TIGER's cold-start setting)",
-                        epilog="""example:
-  ptum cold-start --data beauty/ --output cold/ --attributes Beauty_item2attributes.json
-Writes cold/semantic_ids, cold/generative, cold/id_model, cold/report.json and report.md.""")
-    cs.add_argument("--data", required=True, help="sequence dataset folder (from ptum tokenize)")
-    cs.add_argument("--output", required=True, help="folder for the codes, both models and the report")
-    cs.add_argument("--config", default="beauty-generative", help="generative model config (YAML or preset)")
-    cs.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override a generative config value (repeatable)")
-    cs.add_argument("--id-config", default="beauty", help="id model config (YAML or preset)")
-    cs.add_argument("--id-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override an id model config value (repeatable)")
-    cs.add_argument("--no-id-model", action="store_true", help="do not train and report the id model")
-    cs.add_argument("--share", type=float, default=0.05, help="share of the test targets' items held out (TIGER: 0.05)")
-    cs.add_argument("--epsilon", type=float, default=0.1,
-                    help="at most floor(epsilon * 10) (at least 1) new items in a top-10 list (TIGER's epsilon)")
-    cs.add_argument("--attributes", default=None, help="as for ptum semantic-ids")
-    cs.add_argument("--vectors", default=None, help="as for ptum semantic-ids")
-    cs.add_argument("--vector-column", default="vector", help="as for ptum semantic-ids")
-    cs.add_argument("--levels", type=int, default=3, help="as for ptum semantic-ids")
-    cs.add_argument("--codes", type=int, default=256, help="as for ptum semantic-ids")
-    cs.add_argument("--dim", type=int, default=64, help="as for ptum semantic-ids")
-    cs.add_argument("--quantizer", choices=["kmeans", "rqvae"], default="kmeans", help="as for ptum semantic-ids")
-    cs.add_argument("--collaborative-weight", type=float, default=1.0,
-                    help="weight of the id model's item embeddings joined to the content vectors the codes are "
-                         "learned from (0: content alone)")
-    cs.add_argument("--seed", type=int, default=0, help="which items are held out, and the codes' seed")
+    _add_cold_start(sub)
 
     pl = sub.add_parser("pipeline", help="the TFX pipeline (validate, pre-train, evaluate, push, export)")
     pl_sub = pl.add_subparsers(dest="pipeline_command", required=True)
@@ -140,6 +112,37 @@ Pipeline options go after `--`.""")
                         "with --data) and both speeds; with --model also the future window's recall@10 retrieved "
                         "from the exported item table, exactly and through the index")
     q.add_argument("--output", default=None, help="report folder: report.json, report.md, projection.png")
+
+
+def _add_cold_start(sub) -> None:
+    cs = sub.add_parser("cold-start", help="recommending items never seen in training: hold out a share of the "
+                        "test targets' items, code them from content, train, report (TIGER's cold-start setting)",
+                        epilog="""example:
+  ptum cold-start --data beauty/ --output cold/ --attributes Beauty_item2attributes.json
+Writes cold/semantic_ids, cold/generative, cold/id_model, cold/report.json and report.md.""")
+    cs.add_argument("--data", required=True, help="sequence dataset folder (from ptum tokenize)")
+    cs.add_argument("--output", required=True, help="folder for the codes, both models and the report")
+    cs.add_argument("--config", default="beauty-generative", help="generative model config (YAML or preset)")
+    cs.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a generative config value (repeatable)")
+    cs.add_argument("--id-config", default="beauty", help="id model config (YAML or preset)")
+    cs.add_argument("--id-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override an id model config value (repeatable)")
+    cs.add_argument("--no-id-model", action="store_true", help="do not train and report the id model")
+    cs.add_argument("--share", type=float, default=0.05, help="share of the test targets' items held out (TIGER: 0.05)")
+    cs.add_argument("--epsilon", type=float, default=0.1,
+                    help="at most floor(epsilon * 10) (at least 1) new items in a top-10 list (TIGER's epsilon)")
+    cs.add_argument("--attributes", default=None, help="as for ptum semantic-ids")
+    cs.add_argument("--vectors", default=None, help="as for ptum semantic-ids")
+    cs.add_argument("--vector-column", default="vector", help="as for ptum semantic-ids")
+    cs.add_argument("--levels", type=int, default=3, help="as for ptum semantic-ids")
+    cs.add_argument("--codes", type=int, default=256, help="as for ptum semantic-ids")
+    cs.add_argument("--dim", type=int, default=64, help="as for ptum semantic-ids")
+    cs.add_argument("--quantizer", choices=["kmeans", "rqvae"], default="kmeans", help="as for ptum semantic-ids")
+    cs.add_argument("--collaborative-weight", type=float, default=1.0,
+                    help="weight of the id model's item embeddings joined to the content vectors the codes are "
+                         "learned from (0: content alone)")
+    cs.add_argument("--seed", type=int, default=0, help="which items are held out, and the codes' seed")
 
 
 def _add_semantic_ids(sub) -> None:
@@ -372,7 +375,7 @@ def _cold_start(a) -> int:
     _keras_backend_default()
     from ptum.config import ConfigError
     from ptum.data.contracts import DatasetError
-    from ptum.evaluation.cold_start import cold_start
+    from ptum.training.cold_start import cold_start
     from ptum.model.saving import ModelError
     from ptum.training.runtime import TrainingError
     from ptum.training.semantic_ids import SemanticIdError

@@ -90,23 +90,7 @@ def learn_semantic_ids(data: str, output: str, *, attributes: Optional[str] = No
     new = np.isin(content.token_ids, np.asarray(list(new_items) if new_items is not None else [], np.int64))
     if model:
         collab = _unit_rows(collaborative_vectors(model, ds, content.token_ids))
-        seen = has & ~new
-        if new.any() and seen.sum() >= 2 and x.shape[1]:
-            # A new item has no behaviour yet: its collaborative block predicted from its content.
-            collab[new & has] = _unit_rows(x[new & has] @ ridge_map(x[seen], collab[seen]))
-            collab[new & ~has] = 0.0
-        bare = ~has & ~new
-        if bare.any() and seen.sum() >= 2 and x.shape[1]:
-            # Items without content: their content block predicted from their item embedding.
-            x[bare] = collab[bare] @ ridge_map(collab[seen], x[seen])
-            source[bare] = "collaborative"
-            has = has | bare
-        if collaborative_weight > 0:
-            # Items with the same content (the same attribute set) are told apart by behaviour.
-            x = np.concatenate([x, collaborative_weight * collab], axis=1) if x.shape[1] else collab
-            source[source == "content"] = "content+collaborative"
-            source[source == ""] = "collaborative"
-            has = has | ~new      # every seen item has a vector now; a new one only from its content
+        x, has = _join_collaborative(x, has, new, source, collab, collaborative_weight)
     source[new & has] = "content_new_item"
     if not has.any() or x.shape[1] == 0:
         raise SemanticIdError(f"{data}: no item has content (a catalog with titles or categories, --attributes or "
@@ -149,6 +133,29 @@ def learn_semantic_ids(data: str, output: str, *, attributes: Optional[str] = No
     used = ", ".join(f"{lv['utilisation']:.2f}" for lv in report["levels"])
     log(f"semantic ids written to {output}: collision rate {report['collision_rate']:.4f}, utilisation {used}")
     return manifest
+
+
+def _join_collaborative(x, has, new, source, collab, weight: float):
+    """(item vectors, which items have one) with a pre-trained model's item embeddings `collab`
+    (unit rows): `source` is updated in place."""
+    seen = has & ~new
+    if new.any() and seen.sum() >= 2 and x.shape[1]:
+        # A new item has no behaviour yet: its collaborative block predicted from its content.
+        collab[new & has] = _unit_rows(x[new & has] @ ridge_map(x[seen], collab[seen]))
+        collab[new & ~has] = 0.0
+    bare = ~has & ~new
+    if bare.any() and seen.sum() >= 2 and x.shape[1]:
+        # Items without content: their content block predicted from their item embedding.
+        x[bare] = collab[bare] @ ridge_map(collab[seen], x[seen])
+        source[bare] = "collaborative"
+        has = has | bare
+    if weight > 0:
+        # Items with the same content (the same attribute set) are told apart by behaviour.
+        x = np.concatenate([x, weight * collab], axis=1) if x.shape[1] else collab
+        source[source == "content"] = "content+collaborative"
+        source[source == ""] = "collaborative"
+        has = has | ~new          # every seen item has a vector now; a new one only from its content
+    return x, has
 
 
 def _with_new_items(q: Quantized, x: np.ndarray, fit: np.ndarray, new: np.ndarray):

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from ptum.data import contracts
 from ptum.data.batches import Rows
-from ptum.evaluation.cold_start import capped_metrics, pick_new_items
+from ptum.training.cold_start import capped_metrics, pick_new_items
 
 
 def _rows(seqs):
@@ -45,7 +45,7 @@ def test_the_cap_keeps_at_most_that_many_new_items_and_moves_the_rest_up():
 
 
 def test_new_items_matching_a_generated_items_codes_follow_it():
-    from ptum.evaluation.cold_start import with_prefix_matches
+    from ptum.training.cold_start import with_prefix_matches
 
     codes = np.full((9, 3), -1)
     codes[3:8] = [[1, 2, 0], [1, 2, 1], [1, 3, 0], [1, 3, 5], [2, 0, 0]]   # 4 and 6 are new
