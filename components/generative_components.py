@@ -8,7 +8,6 @@
 
 import json
 import os
-import shutil
 
 from tfx import types
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
@@ -71,7 +70,7 @@ def GenerativeTrainer(  # noqa: N802
     from ptum.config import PTUMConfig
     from ptum.data import contracts
     from ptum.data.batches import Rows
-    from ptum.serving.saved_model import export_saved_model, stamp_version
+    from components.trainer_module import export_beside
     from ptum.training.pretrain import pretrain_rows
 
     cfg = PTUMConfig.from_dict(json.loads(ptum_config))
@@ -85,9 +84,4 @@ def GenerativeTrainer(  # noqa: N802
     model_dir = os.path.join(serving, "ptum_model")
     pretrain_rows(ds, Rows.from_split(ds, "train"), Rows.from_split(ds, "valid"), model_dir, cfg, log=print,
                   run_dir=model_run.uri)
-    tmp_base = os.path.join(model_run.uri, "export")
-    shutil.rmtree(tmp_base, ignore_errors=True)
-    version_dir = export_saved_model(model_dir, tmp_base, version=1)
-    dest = os.path.join(serving, "saved_model")
-    shutil.move(version_dir, dest)
-    stamp_version(dest, None)  # not served yet: the pusher gives it its version
+    export_beside(model_dir, serving, model_run.uri)

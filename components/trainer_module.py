@@ -57,7 +57,6 @@ def run_fn(fn_args) -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from ptum.config import PTUMConfig
     from ptum.data import contracts
-    from ptum.serving.saved_model import export_saved_model, stamp_version
     from ptum.training.pretrain import pretrain_rows
 
     cfg = PTUMConfig.from_dict(fn_args.custom_config["ptum_config"])
@@ -69,9 +68,17 @@ def run_fn(fn_args) -> None:
     # As TFX's templates do: checkpoints and TensorBoard logs in model_run_dir, the model in
     # serving_model_dir.
     pretrain_rows(ds, train, valid, model_dir, cfg, log=print, warm_start=base, run_dir=fn_args.model_run_dir)
-    tmp_base = os.path.join(fn_args.model_run_dir, "export")
+    export_beside(model_dir, fn_args.serving_model_dir, fn_args.model_run_dir)
+
+
+def export_beside(model_dir: str, serving_model_dir: str, run_dir: str) -> None:
+    """The model folder's SavedModel as <serving_model_dir>/saved_model (exported under
+    `run_dir` first), unversioned: the pusher gives it its version."""
+    from ptum.serving.saved_model import export_saved_model, stamp_version
+
+    tmp_base = os.path.join(run_dir, "export")
     shutil.rmtree(tmp_base, ignore_errors=True)
     version_dir = export_saved_model(model_dir, tmp_base, version=1)
-    dest = os.path.join(fn_args.serving_model_dir, "saved_model")
+    dest = os.path.join(serving_model_dir, "saved_model")
     shutil.move(version_dir, dest)
-    stamp_version(dest, None)  # not served yet: the pusher gives it its version
+    stamp_version(dest, None)

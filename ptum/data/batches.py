@@ -58,16 +58,13 @@ class Rows:
     def newest_with(self, older: "Rows") -> "Rows":
         """These rows plus the rows of `older` whose user is not among them (e.g. each user's
         newest history: valid rows, then train rows of users too short for a valid row)."""
-        keep = np.flatnonzero(~np.isin(older.user_ids.astype(str), self.user_ids.astype(str)))
-        kept_lens = older.lengths[keep]
-        pos = flat_positions(older.offsets[keep], kept_lens)
-        lens = np.concatenate([self.lengths, kept_lens])
-        return Rows(user_ids=np.concatenate([self.user_ids, older.user_ids[keep]]),
+        extra = older.take(np.flatnonzero(~np.isin(older.user_ids.astype(str), self.user_ids.astype(str))))
+        lens = np.concatenate([self.lengths, extra.lengths])
+        return Rows(user_ids=np.concatenate([self.user_ids, extra.user_ids]),
                     offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-                    items=np.concatenate([self.items, older.items[pos]]),
-                    behaviors=np.concatenate([self.behaviors, older.behaviors[pos]]),
-                    timestamps=np.concatenate([self.timestamps, older.timestamps[pos]]))
-
+                    items=np.concatenate([self.items, extra.items]),
+                    behaviors=np.concatenate([self.behaviors, extra.behaviors]),
+                    timestamps=np.concatenate([self.timestamps, extra.timestamps]))
 
     def take(self, idx: np.ndarray) -> "Rows":
         """Rows `idx`, in that order."""

@@ -51,7 +51,7 @@ def _compile(model, beam_size: int) -> Callable:
     return run
 
 
-def _in_history(rows: Rows, idx: np.ndarray, items: np.ndarray) -> np.ndarray:
+def in_history(rows: Rows, idx: np.ndarray, items: np.ndarray) -> np.ndarray:
     """[B, K] bool: item k of row b is among row idx[b]'s behaviors before its last one."""
     starts, ends = rows.offsets[idx], rows.offsets[idx + 1] - 1
     lens = ends - starts
@@ -61,6 +61,22 @@ def _in_history(rows: Rows, idx: np.ndarray, items: np.ndarray) -> np.ndarray:
     keys = row_of.astype(np.int64) * big + hist.astype(np.int64)
     asked = np.arange(len(idx))[:, None].astype(np.int64) * big + items.astype(np.int64)
     return np.isin(asked, keys)
+
+
+def list_metrics(items: np.ndarray, kept: np.ndarray, targets: np.ndarray,
+                 ks: Sequence[int]) -> Dict[str, np.ndarray]:
+    """Per-row recall@k and ndcg@k of ranked lists `items` [B, L] (best first) in which only
+    the `kept` slots are shown: the target's rank counts the kept items ahead of it."""
+    is_target = (items == targets[:, None]) & kept
+    before = np.cumsum(kept, axis=1) - kept         # kept items ahead of each slot
+    found = is_target.any(axis=1)
+    rank = np.where(found, before[np.arange(len(items)), np.argmax(is_target, axis=1)], 1 << 30)
+    out = {}
+    for k in ks:
+        hit = found & (rank < k)
+        out[f"recall@{k}"] = hit.astype(np.float64)
+        out[f"ndcg@{k}"] = hit / np.log2(rank + 2.0)
+    return out
 
 
 def generative_metrics(model, rows: Rows, width: int, buckets: Sequence[int], beam_size: int,
@@ -74,15 +90,11 @@ def generative_metrics(model, rows: Rows, width: int, buckets: Sequence[int], be
         targets = rows.items[rows.offsets[idx + 1] - 1].astype(np.int64)
         real = items >= contracts.FIRST_ITEM_ID
         is_target = (items == targets[:, None]) & real
-        for suffix, kept in (("_unfiltered", real), ("", real & (~_in_history(rows, idx, items) | is_target))):
-            before = np.cumsum(kept, axis=1) - kept         # kept items ahead of each slot
-            found = (is_target & kept).any(axis=1)
-            rank = np.where(found, before[np.arange(len(idx)), np.argmax(is_target & kept, axis=1)], 1 << 30)
-            for k in ks:
-                hit = found & (rank < k)
-                sums[f"recall@{k}{suffix}"] += float(hit.sum())
-                sums[f"ndcg@{k}{suffix}"] += float((hit / np.log2(rank + 2.0)).sum())
+        for suffix, kept in (("_unfiltered", real), ("", real & (~in_history(rows, idx, items) | is_target))):
+            for name, per_row in list_metrics(items, kept, targets, ks).items():
+                sums[f"{name}{suffix}"] += float(per_row.sum())
             if suffix == "":
+                before = np.cumsum(kept, axis=1) - kept
                 firsts = np.where(kept & (before < 10), items, -1)
                 top.update(np.unique(firsts[firsts >= 0]).tolist())
         n += len(idx)

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ptum.model.semantic_ids import Quantized, dedup_tokens, residual_kmeans
+from ptum.model.semantic_ids import Quantized, dedup_fitted_first, dedup_tokens, residual_kmeans
 
 
 @keras.saving.register_keras_serializable(package="ptum")
@@ -143,11 +143,8 @@ def train_rqvae(x: np.ndarray, levels: int = 3, codes: int = 256, latent_dim: in
     all_codes = np.zeros((len(everything), levels), np.int64)
     all_codes[fit] = got
     all_codes[~fit] = _numpy(model.assign_codes(z_all[~fit])[0]).astype(np.int64)
-    order = np.concatenate([np.flatnonzero(fit), np.flatnonzero(~fit)])      # fitted rows first
-    dedup = np.empty(len(everything), np.int64)
-    dedup[order] = dedup_tokens(all_codes[order])
     info["new_items"] = int((~fit).sum())
-    return Quantized(books, all_codes, dedup, restarts), z_all, info
+    return Quantized(books, all_codes, dedup_fitted_first(all_codes, fit), restarts), z_all, info
 
 
 def _initial_books(z: np.ndarray, levels: int, codes: int, seed: int) -> list:

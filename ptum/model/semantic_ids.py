@@ -109,6 +109,16 @@ def dedup_tokens(codes: np.ndarray) -> np.ndarray:
     return out
 
 
+def dedup_fitted_first(codes: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """dedup_tokens with the `fit` rows ranked before the others sharing their tuple: new rows
+    coded after the codebooks were learned take the next free tokens, so no fitted row's tuple
+    changes."""
+    order = np.concatenate([np.flatnonzero(fit), np.flatnonzero(~fit)])
+    out = np.empty(len(codes), np.int64)
+    out[order] = dedup_tokens(codes[order])
+    return out
+
+
 def reconstruct(q: Quantized, levels: int) -> np.ndarray:
     """The sum of the first `levels` codewords of every row."""
     out = np.zeros((len(q.codes), q.codebooks[0].shape[1]), np.float64)

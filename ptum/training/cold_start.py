@@ -33,6 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ptum import fs
 from ptum.data import contracts
 from ptum.data.batches import Rows, eval_batches
 
@@ -55,48 +56,46 @@ def capped_metrics(items: np.ndarray, kept: np.ndarray, targets: np.ndarray, new
     """Per-row hits and gains of ranked lists `items` [B, L] (best first; `kept`: the slots
     that may be shown): with `cap`, a new item (`new` [B, L]) past the cap-th is dropped from
     the list, and the items after it move up."""
+    from ptum.evaluation.generative import list_metrics
+
     if cap is not None:
         kept = kept & (~new | (np.cumsum(kept & new, axis=1) <= cap))
-    is_target = (items == targets[:, None]) & kept
-    before = np.cumsum(kept, axis=1) - kept
-    found = is_target.any(axis=1)
-    rank = np.where(found, before[np.arange(len(items)), np.argmax(is_target, axis=1)], 1 << 30)
-    out = {}
-    for k in ks:
-        hit = found & (rank < k)
-        out[f"recall@{k}"] = hit.astype(np.float64)
-        out[f"ndcg@{k}"] = hit / np.log2(rank + 2.0)
-    return out
+    return list_metrics(items, kept, targets, ks)
 
 
 def _history_mask(rows: Rows, idx: np.ndarray, items: np.ndarray) -> np.ndarray:
     """[B, L] bool: the item is among the row's behaviors before its last (not its target)."""
-    from ptum.evaluation.generative import _in_history
+    from ptum.evaluation.generative import in_history
 
     targets = rows.items[rows.offsets[idx + 1] - 1]
-    return _in_history(rows, idx, items) & (items != targets[:, None])
+    return in_history(rows, idx, items) & (items != targets[:, None])
+
+
+def _ranked(scores: np.ndarray, depth: int = 200) -> np.ndarray:
+    """[B, depth] the best-scored item tokens of each row, best first."""
+    d = min(depth, scores.shape[1])
+    top = np.argpartition(-scores, d - 1, axis=1)[:, :d]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1).astype(np.int64)
 
 
 class _Lists:
-    """Accumulates per-user metrics of several rankers on the cold and warm users."""
+    """Per-user metrics of several rankers, averaged over the cold and the warm users."""
 
     def __init__(self, cold_users: np.ndarray):
         self.cold = cold_users
-        self.sums: Dict[str, Dict[str, List[np.ndarray]]] = {}
+        self.parts: Dict[tuple, List[np.ndarray]] = {}
 
     def add(self, name: str, idx: np.ndarray, per_row: Dict[str, np.ndarray]) -> None:
-        by = self.sums.setdefault(name, {})
         for group, mask in (("cold", self.cold[idx]), ("warm", ~self.cold[idx])):
             for metric, v in per_row.items():
-                by.setdefault(f"{group}/{metric}", []).append(v[mask])
+                self.parts.setdefault((group, name, metric), []).append(v[mask])
 
     def result(self) -> Dict[str, Dict[str, Dict[str, float]]]:
         out: Dict[str, Dict[str, Dict[str, float]]] = {}
-        for name, by in self.sums.items():
-            for key, parts in by.items():
-                group, metric = key.split("/")
-                v = np.concatenate(parts)
-                out.setdefault(group, {}).setdefault(name, {})[metric] = float(v.mean()) if len(v) else 0.0
+        for (group, name, metric), parts in self.parts.items():
+            v = np.concatenate(parts)
+            out.setdefault(group, {}).setdefault(name, {})[metric] = float(v.mean()) if len(v) else 0.0
         return out
 
 
@@ -167,10 +166,7 @@ def _knn_lists(vectors: np.ndarray, rows: Rows, new_tokens: np.ndarray, cap: int
         scores = unit[last] @ unit.T
         scores[:, : contracts.FIRST_ITEM_ID] = -np.inf
         scores[~has_history] = -np.inf
-        d = min(depth, scores.shape[1])
-        top = np.argpartition(-scores, d - 1, axis=1)[:, :d]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        items = np.take_along_axis(top, order, axis=1).astype(np.int64)
+        items = _ranked(scores, depth)
         finite = np.isfinite(np.take_along_axis(scores, items, axis=1))
         targets = rows.items[ends[idx]].astype(np.int64)
         kept = finite & ~_history_mask(rows, idx, items)
@@ -181,6 +177,7 @@ def _knn_lists(vectors: np.ndarray, rows: Rows, new_tokens: np.ndarray, cap: int
 
 def _id_model_lists(model_dir: str, rows: Rows, new_tokens: np.ndarray, lists: _Lists, batch: int = 512,
                     depth: int = 200) -> None:
+    """The id model's full-catalog ranking (as `ptum evaluate` scores it)."""
     import keras
 
     from ptum.evaluation.ranking import UserEmbedder, item_table_numpy
@@ -193,10 +190,7 @@ def _id_model_lists(model_dir: str, rows: Rows, new_tokens: np.ndarray, lists: _
         users = np.asarray(keras.ops.convert_to_numpy(embedder.predict_on_batch(b)), np.float32)
         scores = users @ table.T
         scores[:, : contracts.FIRST_ITEM_ID] = -np.inf
-        d = min(depth, scores.shape[1])
-        top = np.argpartition(-scores, d - 1, axis=1)[:, :d]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        items = np.take_along_axis(top, order, axis=1).astype(np.int64)
+        items = _ranked(scores, depth)
         targets = rows.items[rows.offsets[idx + 1] - 1].astype(np.int64)
         kept = ~_history_mask(rows, idx, items)
         lists.add("id_model", idx, capped_metrics(items, kept, targets, np.isin(items, new_tokens), None))
@@ -220,8 +214,11 @@ def cold_start(data: str, output: str, *, config: str = "beauty-generative", ove
     ds = contracts.open_dataset(data)
     test = Rows.from_split(ds, "test")
     new_tokens = pick_new_items(test, share, seed)
-    train = Rows.from_split(ds, "train").without_items(new_tokens)
-    valid = Rows.from_split(ds, "valid").without_items(new_tokens)
+    full = {split: Rows.from_split(ds, split) for split in ("train", "valid")}
+    train, valid = (full[split].without_items(new_tokens) for split in ("train", "valid"))
+    # Every behavior accounted for: what the filter removed, per split (rows left empty dropped).
+    removed = {split: {"behaviors": len(full[split].items) - len(kept.items), "rows": len(full[split]) - len(kept)}
+               for split, kept in (("train", train), ("valid", valid))}
     cold = np.isin(test.items[test.offsets[1:] - 1], new_tokens)
     log(f"cold start: {len(new_tokens):,} new items (share {share} of the test targets' items), "
         f"{int(cold.sum()):,} of {len(test):,} test users have one as their target; their events are removed "
@@ -262,15 +259,13 @@ def cold_start(data: str, output: str, *, config: str = "beauty-generative", ove
     report = {"data": ds.root, "vocab_hash": ds.vocab_hash, "quantizer": quantizer,
               "collaborative_weight": collaborative_weight if id_dir else None, "share": share, "epsilon": epsilon, "k": k,
               "new_items_cap": cap, "seed": seed, "new_items": int(len(new_tokens)),
-              "users": {"cold": int(cold.sum()), "warm": int((~cold).sum())},
+              "users": {"cold": int(cold.sum()), "warm": int((~cold).sum())}, "removed_from_training": removed,
               "semantic_ids": {"path": sid_dir, "counts": sid["counts"], "new_items": _new_item_info(sid_dir)},
               "models": {"generative": gen_dir, "id_model": id_dir},
               "config": config, "overrides": list(overrides), "id_config": id_config,
               "id_overrides": list(id_overrides), **lists.result()}
     contracts.write_json_atomic(os.path.join(output, "report.json"), report)
-    with open(os.path.join(output, "report.md.tmp"), "w") as f:
-        f.write(markdown(report))
-    os.replace(os.path.join(output, "report.md.tmp"), os.path.join(output, "report.md"))
+    fs.write_bytes(os.path.join(output, "report.md"), markdown(report).encode("utf-8"))
     return report
 
 

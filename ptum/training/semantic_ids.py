@@ -32,7 +32,8 @@ import numpy as np
 from ptum import fs
 from ptum.data import contracts
 from ptum.data.item_content import ContentError, item_content
-from ptum.model.semantic_ids import Quantized, assign_codes, dedup_tokens, quantizer_report, residual_kmeans
+from ptum.model.semantic_ids import (Quantized, assign_codes, dedup_fitted_first, quantizer_report,
+                                     residual_kmeans)
 
 CODES_FILE, CODEBOOKS_FILE, DEADLETTER_FILE = "codes.parquet", "codebooks.parquet", "deadletter.parquet"
 KIND = "semantic_ids"
@@ -101,26 +102,28 @@ def learn_semantic_ids(data: str, output: str, *, attributes: Optional[str] = No
     fit = has & ~new
     if not fit.any():
         raise SemanticIdError(f"{data}: every item with content is a new item; nothing to learn codebooks from")
+    fitted = fit[has]                 # of the rows quantized (every item with a vector)
     if quantizer == "rqvae":
         from ptum.model.rqvae import train_rqvae
 
         q, latent, rq_info = train_rqvae(x[has], levels=levels, codes=codes, epochs=rqvae_epochs, seed=seed,
-                                         fit=fit[has])
-        fitted = fit[has]
+                                         fit=fitted)
         report = {**quantizer_report(latent[fitted], Quantized(q.codebooks, q.codes[fitted], q.dedup[fitted],
                                                                 q.restarts)),
                   "space": "RQ-VAE latent", "rqvae": rq_info}
-        if (~fitted).any():
-            shared = {tuple(t) for t in q.codes[fitted].tolist()}
-            report["new_items"] = {"items": int((~fitted).sum()), "sharing_a_fitted_tuple":
-                                   int(sum(tuple(t) in shared for t in q.codes[~fitted].tolist()))}
-            report["dedup_tokens"] = int(q.dedup.max()) + 1
     else:
         q = residual_kmeans(x[fit], levels=levels, codes=codes, seed=seed)
         report = {**quantizer_report(x[fit], q), "space": "item vectors"}
-        if (new & has).any():
-            q, report["new_items"] = _with_new_items(q, x, fit, new & has)
-            report["dedup_tokens"] = int(q.dedup.max()) + 1
+        if not fitted.all():
+            # New items: the nearest codes of these codebooks, the next free collision tokens.
+            all_codes = np.zeros((len(fitted), levels), np.int64)
+            all_codes[fitted], all_codes[~fitted] = q.codes, assign_codes(q.codebooks, x[has & new])
+            q = Quantized(q.codebooks, all_codes, dedup_fitted_first(all_codes, fitted), q.restarts)
+    if not fitted.all():
+        known = {tuple(t) for t in q.codes[fitted].tolist()}
+        report["new_items"] = {"items": int((~fitted).sum()), "sharing_a_fitted_tuple":
+                               int(sum(tuple(t) in known for t in q.codes[~fitted].tolist()))}
+        report["dedup_tokens"] = int(q.dedup.max()) + 1
     report.update(quantizer=quantizer, sources=content.sources, counts=content.counts)
     with contracts.output_lock(output, "ptum semantic-ids", SemanticIdError), fs.staged_dir(output) as stage:
         manifest = _write(stage, ds, content, has, source, q, report,
@@ -156,24 +159,6 @@ def _join_collaborative(x, has, new, source, collab, weight: float):
         source[source == ""] = "collaborative"
         has = has | ~new          # every seen item has a vector now; a new one only from its content
     return x, has
-
-
-def _with_new_items(q: Quantized, x: np.ndarray, fit: np.ndarray, new: np.ndarray):
-    """The quantization of every item with a vector (rows in item order): the fitted ones as
-    learned, the new ones by their nearest codes; the collision token numbers the new items
-    after the fitted ones sharing their tuple, so no fitted item's tuple changes."""
-    rows = np.flatnonzero(fit | new)
-    where = np.searchsorted(rows, np.flatnonzero(new))
-    added = assign_codes(q.codebooks, x[new])
-    codes = np.zeros((len(rows), q.codes.shape[1]), np.int64)
-    codes[np.searchsorted(rows, np.flatnonzero(fit))] = q.codes
-    codes[where] = added
-    order = np.concatenate([np.searchsorted(rows, np.flatnonzero(fit)), where])   # fitted first
-    dedup = np.empty(len(rows), np.int64)
-    dedup[order] = dedup_tokens(codes[order])
-    fitted = {tuple(t) for t in q.codes.tolist()}
-    info = {"items": int(new.sum()), "sharing_a_fitted_tuple": int(sum(tuple(t) in fitted for t in added.tolist()))}
-    return Quantized(q.codebooks, codes, dedup, q.restarts), info
 
 
 def _write(stage: str, ds, content, has, source, q, report: dict, params: dict) -> dict:
