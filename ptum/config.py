@@ -134,6 +134,11 @@ class GenerativeConfig(Section):
     decoder_blocks: Int = Field(2, ge=1, le=64)
     beam_size: Int = Field(20, ge=1, le=4096, description="beams kept at each decoding step (validation, "
                            "evaluation); the metrics' largest cut-off is at most this")
+    catalog_items: Bool = Field(False, description="codes: semantic: the catalog's items without events "
+                                "(coded from their content by ptum semantic-ids) are in the trie, so the "
+                                "model can return them from their first day (cold start)")
+    catalog_items_epsilon: Float = Field(0.1, ge=0.0, le=1.0, description="with catalog_items: a top-k "
+                                         "holds at most max(1, floor(epsilon * k)) of them (TIGER's epsilon)")
 
 
 class TrainConfig(Section):
@@ -203,6 +208,8 @@ class PTUMConfig(Section):
                 heads,
                 (g.codes != "semantic" or bool(g.semantic_ids), "generative.codes=semantic needs "
                  "generative.semantic_ids (a `ptum semantic-ids` artifact; or pretrain --semantic-ids)"),
+                (g.codes == "semantic" or not g.catalog_items, "generative.catalog_items needs "
+                 "generative.codes=semantic (only Semantic IDs code an item from its content)"),
             ]
         for ok, msg in checks:
             if not ok:

@@ -365,6 +365,21 @@ class SequenceDataset:
         return parquet_from_bytes(self.read_checked_bytes(rel))
 
 
+def catalog_only_items(catalog) -> List[str]:
+    """Item ids of the catalog rows without a token id (no events, or fewer than the
+    vocabulary's min count), in catalog order, each once. Wherever a model can return items it
+    never trained on (the title encoder's exported table, a generative model's codes), the
+    j-th of them takes the token id num_item_tokens + j, after the vocabulary."""
+    if catalog is None or "token_id" not in catalog.column_names:
+        return []
+    seen, out = set(), []
+    for item, token in zip(catalog.column("item_id").to_pylist(), catalog.column("token_id").to_pylist()):
+        if item is not None and (token is None or token < 0) and item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out
+
+
 def parquet_from_bytes(data: bytes):
     import pyarrow as pa
     import pyarrow.parquet as pq

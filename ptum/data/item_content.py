@@ -1,6 +1,7 @@
 """Item content vectors for Semantic IDs, from what a dataset's catalog and its side files hold.
 
-Sources, per item token of the dataset's vocabulary:
+Sources, per item token of the dataset's vocabulary (and, when asked, per catalog item without
+events):
 - the catalog (`vocab/catalog.parquet`): title words and categories;
 - an attribute file (`--attributes`): a JSON object item id -> list of attribute ids (the
   layout of Amazon's `*_item2attributes.json`), read as it is;
@@ -169,12 +170,19 @@ def _l2_sparse(x):
 
 def item_content(ds: contracts.SequenceDataset, attributes: Optional[str] = None, vectors: Optional[str] = None,
                  vector_column: str = "vector", vector_item_column: str = "item_id", dim: int = 64,
-                 seed: int = 0) -> ItemContent:
-    """Content vectors of every item of the dataset's vocabulary (see the module doc)."""
+                 seed: int = 0, catalog_only: bool = False) -> ItemContent:
+    """Content vectors of every item of the dataset's vocabulary (see the module doc);
+    `catalog_only`: also of the catalog's items without a token (no events), after them, with
+    the token ids contracts.catalog_only_items gives them."""
     tokens, ids = dataset_items(ds)
+    counts = {"items": len(ids)}
+    if catalog_only:
+        extra = contracts.catalog_only_items(ds.read_vocab_table(contracts.CATALOG))
+        tokens = np.concatenate([tokens, ds.num_item_tokens + np.arange(len(extra), dtype=np.int64)])
+        ids = ids + extra
+        counts["catalog_only_items"] = len(extra)
     known = set(ids)
     bags = catalog_features(ds)
-    counts = {"items": len(ids)}
     sources = ["catalog"] if bags else []
     if attributes:
         attrs, c = read_attributes(attributes, known)

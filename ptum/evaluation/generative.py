@@ -6,8 +6,9 @@ reach is a miss, so the largest cut-off must not exceed generative.beam_size.
 """
 from __future__ import annotations
 
+import math
 import warnings
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import keras
 import numpy as np
@@ -79,21 +80,43 @@ def list_metrics(items: np.ndarray, kept: np.ndarray, targets: np.ndarray,
     return out
 
 
+def cap_new_items(kept: np.ndarray, new: np.ndarray, cap: Optional[int]) -> np.ndarray:
+    """`kept` [B, L] with each row's new items (`new`) past the cap-th shown one dropped (the
+    items after them move up): TIGER's epsilon share of unseen items in a top-k."""
+    if cap is None:
+        return kept
+    return kept & (~new | (np.cumsum(kept & new, axis=1) <= cap))
+
+
+def catalog_cap(k: int, epsilon: float) -> int:
+    """How many never-seen items a top-k may hold: max(1, floor(epsilon * k))."""
+    return max(1, int(math.floor(epsilon * k + 1e-9)))
+
+
 def generative_metrics(model, rows: Rows, width: int, buckets: Sequence[int], beam_size: int,
-                       batch_size: int = 256, ks: Sequence[int] = (5, 10)) -> Dict[str, float]:
-    """{"ndcg@k", "recall@k", their `_unfiltered`, "coverage@10", "users"} over `rows`."""
+                       batch_size: int = 256, ks: Sequence[int] = (5, 10),
+                       catalog_from: Optional[int] = None) -> Dict[str, float]:
+    """{"ndcg@k", "recall@k", their `_unfiltered`, "coverage@10", "users"} over `rows`.
+    `catalog_from`: the first token of the catalog's items without events (a model trained
+    with generative.catalog_items): each top-k holds at most catalog_cap(k, epsilon) of them,
+    as the served signatures do."""
     search = beam_function(model, beam_size)
     sums = {f"{m}@{k}{s}": 0.0 for m in ("ndcg", "recall") for k in ks for s in ("", "_unfiltered")}
+    eps = model.generative.catalog_items_epsilon
     top, n = set(), 0
     for idx, batch in eval_batches(rows, batch_size, width, buckets, 0):
         items, _ = search(batch["item_ids"])
         targets = rows.items[rows.offsets[idx + 1] - 1].astype(np.int64)
         real = items >= contracts.FIRST_ITEM_ID
         is_target = (items == targets[:, None]) & real
+        new = items >= catalog_from if catalog_from is not None else np.zeros_like(real)
         for suffix, kept in (("_unfiltered", real), ("", real & (~in_history(rows, idx, items) | is_target))):
-            for name, per_row in list_metrics(items, kept, targets, ks).items():
-                sums[f"{name}{suffix}"] += float(per_row.sum())
+            for k in ks:
+                shown = cap_new_items(kept, new, catalog_cap(k, eps) if catalog_from is not None else None)
+                for name, per_row in list_metrics(items, shown, targets, [k]).items():
+                    sums[f"{name}{suffix}"] += float(per_row.sum())
             if suffix == "":
+                kept = cap_new_items(kept, new, catalog_cap(10, eps) if catalog_from is not None else None)
                 before = np.cumsum(kept, axis=1) - kept
                 firsts = np.where(kept & (before < 10), items, -1)
                 top.update(np.unique(firsts[firsts >= 0]).tolist())

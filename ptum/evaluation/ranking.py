@@ -100,7 +100,8 @@ def evaluate_model(model_dir: str, data_dir: str, split: str, beam_size: Optiona
         if beam < 1:
             raise ValueError(f"beam size {beam}: must be >= 1")
         metrics = generative_metrics(encoder, rows, meta["max_len"], meta["length_buckets"], beam,
-                                     cfg.train.eval_batch_size, ks=[k for k in (5, 10, 20) if k <= beam])
+                                     cfg.train.eval_batch_size, ks=[k for k in (5, 10, 20) if k <= beam],
+                                     catalog_from=ds.num_item_tokens if cfg.generative.catalog_items else None)
         return {"split": split, "model": model_dir, "data": data_dir, "beam_size": beam, **metrics}
     if beam_size is not None:
         raise ValueError(f"{model_dir}: a beam size is for a generative retrieval model; this one ranks the catalog")

@@ -168,16 +168,18 @@ class _Exporter:
         self.catalog_only = 0
         if encoder.title_encoder is not None and os.path.exists(cat_path):
             cat = pq.read_table(cat_path)
-            tok = np.asarray(cat.column("token_id").to_numpy(), np.int64)
-            extra = np.flatnonzero(tok < 0)
-            if len(extra):
+            keys = contracts.catalog_only_items(cat)
+            if keys:
+                first_row: dict = {}
+                for r, item in enumerate(cat.column("item_id").to_pylist()):
+                    first_row.setdefault(item, r)
+                extra = np.array([first_row[k] for k in keys], np.int64)
                 words = np.zeros((len(extra), encoder.text_max_words), np.int32)
                 for j, w in enumerate(cat.column("word_ids").take(extra).to_pylist()):
                     w = w[: encoder.text_max_words]
                     words[j, : len(w)] = w
                 vecs = np.asarray(encoder.encode_titles(words), np.float32)
                 vecs = vecs + np.asarray(encoder.item_embedding.embeddings[contracts.OOV_ID])[None]
-                keys = cat.column("item_id").take(extra).to_pylist()
                 item_keys = item_keys + keys
                 item_ids = np.concatenate([item_ids, np.arange(self.num_items, self.num_items + len(extra))])
                 table = np.concatenate([table, vecs])
@@ -311,8 +313,22 @@ class _GenerativeExporter(_Exporter):
     search over the items' code tuples (ptum.model.generative), with top_k's inputs and checks."""
 
     def _items(self, model, vocab_dir, item_keys, item_ids) -> None:
-        self.num_items, self.catalog_only = model.num_items, 0
+        import pyarrow.parquet as pq
+
+        self.num_items = model.num_items
         self.beam = int(self.metadata.get("beam_size") or model.generative.beam_size)
+        # A model trained with generative.catalog_items: the catalog's items without events
+        # follow the vocabulary (their codes came from their content), at most epsilon of a top-k.
+        self.catalog_only = int((self.metadata.get("item_codes") or {}).get("catalog_items") or 0)
+        self.first_catalog = self.num_items - self.catalog_only
+        self.epsilon = float(model.generative.catalog_items_epsilon)
+        if self.catalog_only:
+            keys = contracts.catalog_only_items(pq.read_table(os.path.join(vocab_dir, contracts.CATALOG)))
+            if len(keys) != self.catalog_only:
+                raise ValueError(f"{vocab_dir}: {len(keys)} catalog items without events, the model was trained "
+                                 f"with {self.catalog_only}")
+            item_keys = item_keys + keys
+            item_ids = np.concatenate([item_ids, np.arange(self.first_catalog, self.num_items)])
         self._item_lookups(item_keys, item_ids, model.num_items)
 
     def _generate(self, ids, beh, ts, lengths, k):
@@ -325,9 +341,14 @@ class _GenerativeExporter(_Exporter):
         seen = tf.reduce_any(tf.logical_and(tf.equal(tf.cast(items, tf.int64)[:, :, None], ids[:, None, :]),
                                             inside[:, None, :]), axis=2)
         keep = tf.logical_and(items >= contracts.FIRST_ITEM_ID, tf.logical_not(seen))
+        k = tf.minimum(k, self.beam)
+        if self.catalog_only:     # catalog items without events: at most max(1, floor(epsilon * k))
+            cap = tf.maximum(1, tf.cast(tf.floor(self.epsilon * tf.cast(k, tf.float64) + 1e-9), tf.int32))
+            new = tf.logical_and(keep, items >= self.first_catalog)
+            keep = tf.logical_and(keep, tf.logical_or(tf.logical_not(new),
+                                                      tf.cumsum(tf.cast(new, tf.int32), axis=1) <= cap))
         order = tf.argsort(tf.cast(tf.logical_not(keep), tf.int32), axis=1, stable=True)   # kept first, in order
         items, scores, keep = (tf.gather(x, order, batch_dims=1) for x in (items, scores, keep))
-        k = tf.minimum(k, self.beam)
         items, scores, keep = items[:, :k], scores[:, :k], keep[:, :k]
         empty = tf.equal(lengths, 0)
         names = tf.where(keep, tf.gather(self.token_names, tf.maximum(items, 0)), tf.fill(tf.shape(items), ""))

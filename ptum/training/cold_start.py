@@ -27,7 +27,6 @@ Writes <output>/semantic_ids/, generative/, id_model/, report.json and report.md
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -56,11 +55,9 @@ def capped_metrics(items: np.ndarray, kept: np.ndarray, targets: np.ndarray, new
     """Per-row hits and gains of ranked lists `items` [B, L] (best first; `kept`: the slots
     that may be shown): with `cap`, a new item (`new` [B, L]) past the cap-th is dropped from
     the list, and the items after it move up."""
-    from ptum.evaluation.generative import list_metrics
+    from ptum.evaluation.generative import cap_new_items, list_metrics
 
-    if cap is not None:
-        kept = kept & (~new | (np.cumsum(kept & new, axis=1) <= cap))
-    return list_metrics(items, kept, targets, ks)
+    return list_metrics(items, cap_new_items(kept, new, cap), targets, ks)
 
 
 def _history_mask(rows: Rows, idx: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -205,6 +202,7 @@ def cold_start(data: str, output: str, *, config: str = "beauty-generative", ove
     """Run the whole evaluation (module doc); returns the report (also written to `output`)."""
     from ptum.config import ConfigError, PTUMConfig
     from ptum.data.item_content import item_content
+    from ptum.evaluation.generative import catalog_cap
     from ptum.model.saving import load_model_dir
     from ptum.training.pretrain import pretrain_rows
     from ptum.training.semantic_ids import learn_semantic_ids
@@ -231,7 +229,7 @@ def cold_start(data: str, output: str, *, config: str = "beauty-generative", ove
     if id_cfg is not None and id_cfg.model.architecture == "generative":
         raise ConfigError(f"--id-config {id_config}: needs the id model (model.architecture ptum), not generative")
     k = max(KS)
-    cap = max(1, int(math.floor(epsilon * k)))
+    cap = catalog_cap(k, epsilon)
     if gen_cfg.generative.beam_size < k:
         raise ConfigError(f"generative.beam_size {gen_cfg.generative.beam_size} < {k}: the lists need {k} items")
     # The Semantic IDs' settings too: the generative model resumes with the codes it began with.

@@ -135,6 +135,7 @@ def _prepare(ds, train_rows, output: str, cfg: PTUMConfig, run_dir: str, resume:
         from ptum.training.generative import item_codes
 
         run.item_codes, run.codes_info = item_codes(cfg, ds)
+        cfg.model.num_items = len(run.item_codes)      # the vocabulary, then catalog items (catalog_items)
     if run.has_checkpoint:
         with open(run.state_path) as f:
             saved_vocab = json.load(f).get("vocab_hash")
@@ -229,7 +230,8 @@ def _generative_validation(run: _Run, model, valid_rows) -> Callable[[int], dict
 
     def metrics(epoch: int) -> dict:
         m = generative_metrics(model, valid_rows, run.cfg.model.max_len, t.length_buckets,
-                               run.cfg.generative.beam_size, t.eval_batch_size, ks=(10,))
+                               run.cfg.generative.beam_size, t.eval_batch_size, ks=(10,),
+                               catalog_from=run.ds.num_item_tokens if run.cfg.generative.catalog_items else None)
         return {"ndcg@10": m["ndcg@10"], "recall@10": m["recall@10"]}
     return metrics
 

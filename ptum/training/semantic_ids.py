@@ -19,7 +19,10 @@ evaluation holds out of training) take no part in learning the codebooks: they g
 codes of the codebooks learned on the rest, from their content alone (with a model, their
 collaborative block is predicted from their content by a ridge map learned on the other items),
 and the next free collision token (source "content_new_item"). With the RQ-VAE, the encoder
-trained on the others maps them into its latent space first.
+trained on the others maps them into its latent space first. The catalog's items without a
+token (no events, or fewer than the vocabulary's min count) are new items too (source
+"content_catalog_only"; token ids after the vocabulary, contracts.catalog_only_items): a
+generative model trained with `generative.catalog_items` can return them from the first day.
 """
 from __future__ import annotations
 
@@ -83,16 +86,21 @@ def learn_semantic_ids(data: str, output: str, *, attributes: Optional[str] = No
     ds = contracts.open_dataset(data)
     contracts.check_output_kind(output, KIND, SemanticIdError)
     try:
-        content = item_content(ds, attributes, vectors, vector_column, dim=dim, seed=seed)
+        content = item_content(ds, attributes, vectors, vector_column, dim=dim, seed=seed, catalog_only=True)
     except ContentError as e:
         raise SemanticIdError(str(e)) from None
     x, has = content.vectors.astype(np.float64), content.has_content.copy()
     source = np.array(["content" if h else "" for h in has], dtype=object)
+    catalog = content.token_ids >= ds.num_item_tokens      # catalog items without events: new too
     new = np.isin(content.token_ids, np.asarray(list(new_items) if new_items is not None else [], np.int64))
+    new |= catalog
     if model:
-        collab = _unit_rows(collaborative_vectors(model, ds, content.token_ids))
+        seen_vectors = collaborative_vectors(model, ds, content.token_ids[~catalog])
+        collab = np.zeros((len(content.token_ids), seen_vectors.shape[1]))
+        collab[~catalog] = _unit_rows(seen_vectors)
         x, has = _join_collaborative(x, has, new, source, collab, collaborative_weight)
     source[new & has] = "content_new_item"
+    source[catalog & has] = "content_catalog_only"
     if not has.any() or x.shape[1] == 0:
         raise SemanticIdError(f"{data}: no item has content (a catalog with titles or categories, --attributes or "
                               "--vectors) to learn Semantic IDs from")
@@ -132,7 +140,7 @@ def learn_semantic_ids(data: str, output: str, *, attributes: Optional[str] = No
                            "rqvae_epochs": rqvae_epochs if quantizer == "rqvae" else None,
                            "attributes": attributes, "vectors": vectors, "vector_column": vector_column,
                            "model": model, "collaborative_weight": collaborative_weight if model else None,
-                           "new_items": int(new.sum())})
+                           "new_items": int((new & ~catalog).sum()), "catalog_only_items": int(catalog.sum())})
     used = ", ".join(f"{lv['utilisation']:.2f}" for lv in report["levels"])
     log(f"semantic ids written to {output}: collision rate {report['collision_rate']:.4f}, utilisation {used}")
     return manifest
