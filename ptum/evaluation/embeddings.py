@@ -224,6 +224,15 @@ def linear_probes(features: Dict[str, object], labels: np.ndarray, folds: int = 
 
 
 # ------------------------------------------------------------------ future windows
+def window_sets(rows, i: int, cut: int):
+    """(history tokens, window targets) of row `i` cut before behavior `cut`: the targets are
+    the window's items that are not in the history (reserved ids excluded)."""
+    s0 = rows.offsets[i]
+    hist = set(rows.items[s0:s0 + cut].tolist())
+    return hist, {int(t) for t in rows.items[s0 + cut:rows.offsets[i + 1]]
+                  if t >= contracts.FIRST_ITEM_ID and int(t) not in hist}
+
+
 def window_retrieval(embed: Callable, rows, table: np.ndarray, window: int, k: int = 10,
                      recompute: bool = False, batch_size: int = 256, bias: Optional[np.ndarray] = None) -> dict:
     """Future-window retrieval over the rows with more than `window` behaviors.
@@ -253,10 +262,7 @@ def window_retrieval(embed: Callable, rows, table: np.ndarray, window: int, k: i
         top = np.argpartition(-scores, min(k, n_items - 1) - 1, axis=1)[:, :k]
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable"), 1)
         for r, i in enumerate(idx):
-            s0 = rows.offsets[i]
-            hist = set(rows.items[s0:s0 + cut[r]].tolist())
-            target = {int(t) for t in rows.items[s0 + cut[r]:rows.offsets[i + 1]]
-                      if t >= contracts.FIRST_ITEM_ID and int(t) not in hist}
+            _, target = window_sets(rows, i, cut[r])
             if not target:
                 continue
             hit = np.array([int(t) in target for t in top[r]], np.float64)
@@ -362,11 +368,9 @@ def _ann_report(path: str, users, emb, ds, rows, model: Optional[str] = None, wi
             queries = np.asarray(embed(test, eligible, cut), np.float32)
             hist, targets = [], []
             for i, c in zip(eligible, cut):
-                s0 = test.offsets[i]
-                h = {name[t] for t in test.items[s0:s0 + c]}
-                hist.append(h)
-                targets.append({name[t] for t in test.items[s0 + c:test.offsets[i + 1]]
-                                if t >= contracts.FIRST_ITEM_ID} - h)
+                h, t = window_sets(test, i, c)
+                hist.append({name[x] for x in h})
+                targets.append({name[x] for x in t})
             out.update(window_recall(queries, item_ids, vectors, hist, targets), window=window)
     except RetrievalError as e:
         raise EmbeddingEvalError(str(e)) from None

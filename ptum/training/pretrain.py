@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
@@ -338,8 +339,11 @@ def _fit(run: _Run, pretrainer, state: dict, train_rows, data, callbacks: list, 
                 runtime.build_on(pretrainer, batches)
         else:
             fit_data = batches
-        pretrainer.fit(fit_data, epochs=epochs, initial_epoch=state["epoch"], callbacks=callbacks,
-                       steps_per_epoch=len(batches), verbose=0, shuffle=False)
+        with warnings.catch_warnings():
+            if run.generative:    # the first decoding step attends over one token, by design
+                warnings.filterwarnings("ignore", message="You are using a softmax over axis")
+            pretrainer.fit(fit_data, epochs=epochs, initial_epoch=state["epoch"], callbacks=callbacks,
+                           steps_per_epoch=len(batches), verbose=0, shuffle=False)
 
     def go_on():
         over_time = t.max_train_seconds and state["train_seconds"] > t.max_train_seconds
