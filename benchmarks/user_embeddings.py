@@ -36,6 +36,7 @@ RUNS = {
     "ml100k-nextitem": ("configs/ml100k-nextitem.yaml", []),
     "ml100k": ("configs/ml100k.yaml", []),
     "bag-only": ("configs/user-embeddings.yaml", ["objective.nbp=false"]),
+    "user-embeddings-d128": ("configs/user-embeddings.yaml", ["model.embedding_dim=128"]),
     "nbp-profile-no-bag": ("configs/user-embeddings.yaml", ["objective.bag=false", "objective.nbp=true"]),
 }
 
