@@ -43,14 +43,16 @@ def ppmi_item_vectors(bags, dim: int) -> np.ndarray:
 
 def features(bags, seed: int = 0) -> dict:
     from scipy import sparse
-    from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfTransformer
     from sklearn.preprocessing import normalize
 
-    tfidf = TfidfTransformer().fit_transform(bags)
-    out = {"tfidf_bag (raw bag LR)": tfidf}
-    for k in (32, 64, 128, 256):
-        out[f"tfidf_svd{k}"] = TruncatedSVD(k, random_state=seed).fit_transform(tfidf)
+    from ptum.evaluation.embeddings import bag_features
+
+    out = {}
+    for k in (32, 64, 128, 256):     # the TF-IDF bag and its SVD, as evaluate-embeddings builds them
+        base = bag_features(bags, k, seed)
+        out.setdefault("tfidf_bag (raw bag LR)", base["tfidf_bag"])
+        out[f"tfidf_svd{k}"] = base[f"tfidf_svd{k}"]
+    tfidf = out["tfidf_bag (raw bag LR)"]
     for k in (32, 64):
         out[f"ppmi_svd{k}_item_average"] = normalize(bags.astype(np.float64)) @ ppmi_item_vectors(bags, k)
     cos = normalize(bags.T.tocsr().astype(np.float64)) @ normalize(bags.T.tocsr().astype(np.float64)).T

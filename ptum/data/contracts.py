@@ -365,19 +365,26 @@ class SequenceDataset:
         return parquet_from_bytes(self.read_checked_bytes(rel))
 
 
-def catalog_only_items(catalog) -> List[str]:
-    """Item ids of the catalog rows without a token id (no events, or fewer than the
-    vocabulary's min count), in catalog order, each once. Wherever a model can return items it
-    never trained on (the title encoder's exported table, a generative model's codes), the
-    j-th of them takes the token id num_item_tokens + j, after the vocabulary."""
+def catalog_only_rows(catalog) -> List[int]:
+    """Row numbers of the catalog's items without a token id (no events, or fewer than the
+    vocabulary's min count), in catalog order, the first row of each item. Wherever a model can
+    return items it never trained on (the title encoder's exported table, a generative model's
+    codes), the j-th of them takes the token id num_item_tokens + j, after the vocabulary."""
     if catalog is None or "token_id" not in catalog.column_names:
         return []
     seen, out = set(), []
-    for item, token in zip(catalog.column("item_id").to_pylist(), catalog.column("token_id").to_pylist()):
+    for row, (item, token) in enumerate(zip(catalog.column("item_id").to_pylist(),
+                                            catalog.column("token_id").to_pylist())):
         if item is not None and (token is None or token < 0) and item not in seen:
             seen.add(item)
-            out.append(item)
+            out.append(row)
     return out
+
+
+def catalog_only_items(catalog) -> List[str]:
+    """The item ids of catalog_only_rows, in that order."""
+    rows = catalog_only_rows(catalog)
+    return catalog.column("item_id").take(rows).to_pylist() if rows else []
 
 
 def parquet_from_bytes(data: bytes):

@@ -103,6 +103,10 @@ def generative_metrics(model, rows: Rows, width: int, buckets: Sequence[int], be
     search = beam_function(model, beam_size)
     sums = {f"{m}@{k}{s}": 0.0 for m in ("ndcg", "recall") for k in ks for s in ("", "_unfiltered")}
     eps = model.generative.catalog_items_epsilon
+
+    def cap(k: int) -> Optional[int]:
+        return catalog_cap(k, eps) if catalog_from is not None else None
+
     top, n = set(), 0
     for idx, batch in eval_batches(rows, batch_size, width, buckets, 0):
         items, _ = search(batch["item_ids"])
@@ -112,11 +116,11 @@ def generative_metrics(model, rows: Rows, width: int, buckets: Sequence[int], be
         new = items >= catalog_from if catalog_from is not None else np.zeros_like(real)
         for suffix, kept in (("_unfiltered", real), ("", real & (~in_history(rows, idx, items) | is_target))):
             for k in ks:
-                shown = cap_new_items(kept, new, catalog_cap(k, eps) if catalog_from is not None else None)
+                shown = cap_new_items(kept, new, cap(k))
                 for name, per_row in list_metrics(items, shown, targets, [k]).items():
                     sums[f"{name}{suffix}"] += float(per_row.sum())
             if suffix == "":
-                kept = cap_new_items(kept, new, catalog_cap(10, eps) if catalog_from is not None else None)
+                kept = cap_new_items(kept, new, cap(10))
                 before = np.cumsum(kept, axis=1) - kept
                 firsts = np.where(kept & (before < 10), items, -1)
                 top.update(np.unique(firsts[firsts >= 0]).tolist())

@@ -168,12 +168,9 @@ class _Exporter:
         self.catalog_only = 0
         if encoder.title_encoder is not None and os.path.exists(cat_path):
             cat = pq.read_table(cat_path)
-            keys = contracts.catalog_only_items(cat)
-            if keys:
-                first_row: dict = {}
-                for r, item in enumerate(cat.column("item_id").to_pylist()):
-                    first_row.setdefault(item, r)
-                extra = np.array([first_row[k] for k in keys], np.int64)
+            extra = np.asarray(contracts.catalog_only_rows(cat), np.int64)
+            if len(extra):
+                keys = cat.column("item_id").take(extra).to_pylist()
                 words = np.zeros((len(extra), encoder.text_max_words), np.int32)
                 for j, w in enumerate(cat.column("word_ids").take(extra).to_pylist()):
                     w = w[: encoder.text_max_words]
