@@ -108,6 +108,9 @@ class ObjectiveConfig(Section):
         "shared", description="sampled (PTUM's per-target candidates) | shared | full")
     num_negatives: Int = Field(256, ge=1, le=1_000_000)
     logq_correction: Bool = True
+    exclude_history: Bool = Field(False, description="NBP: the items a prefix already holds are not negatives "
+                                  "of its next item (training agrees with the history-filtered ranking "
+                                  "that evaluation and top_k serve)")
     temperature: Float = Field(1.0, gt=0.0, le=1e4)
     bag: Bool = Field(False, description="set-level: the profile predicts the user's item bag (full softmax)")
     bag_weight: Float = Field(1.0, ge=0.0, le=1e4)
@@ -139,6 +142,10 @@ class GenerativeConfig(Section):
                                 "model can return them from their first day (cold start)")
     catalog_items_epsilon: Float = Field(0.1, ge=0.0, le=1.0, description="with catalog_items: a top-k "
                                          "holds at most max(1, floor(epsilon * k)) of them (TIGER's epsilon)")
+    catalog_items_prefix: Int = Field(-1, ge=-1, le=64, description="with catalog_items: a catalog item joins a "
+                                      "list just below a decoded item whose first n codes it shares (TIGER's "
+                                      "cold-start retrieval); -1: every level but the collision token; 0: "
+                                      "off (only what the beam reaches)")
 
 
 class TrainConfig(Section):

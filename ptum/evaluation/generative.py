@@ -6,7 +6,6 @@ reach is a miss, so the largest cut-off must not exceed generative.beam_size.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Callable, Dict, Optional, Sequence
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from ptum.data import contracts
 from ptum.data.batches import Rows, eval_batches, flat_positions
+from ptum.model.generative import catalog_cap, merge_prefix_matches
 
 
 def beam_function(model, beam_size: int) -> Callable:
@@ -88,11 +88,6 @@ def cap_new_items(kept: np.ndarray, new: np.ndarray, cap: Optional[int]) -> np.n
     return kept & (~new | (np.cumsum(kept & new, axis=1) <= cap))
 
 
-def catalog_cap(k: int, epsilon: float) -> int:
-    """How many never-seen items a top-k may hold: max(1, floor(epsilon * k))."""
-    return max(1, int(math.floor(epsilon * k + 1e-9)))
-
-
 def generative_metrics(model, rows: Rows, width: int, buckets: Sequence[int], beam_size: int,
                        batch_size: int = 256, ks: Sequence[int] = (5, 10),
                        catalog_from: Optional[int] = None) -> Dict[str, float]:
@@ -101,6 +96,7 @@ def generative_metrics(model, rows: Rows, width: int, buckets: Sequence[int], be
     with generative.catalog_items): each top-k holds at most catalog_cap(k, epsilon) of them,
     as the served signatures do."""
     search = beam_function(model, beam_size)
+    twins = model.catalog_twins(catalog_from, beam_size) if catalog_from is not None else None
     sums = {f"{m}@{k}{s}": 0.0 for m in ("ndcg", "recall") for k in ks for s in ("", "_unfiltered")}
     eps = model.generative.catalog_items_epsilon
 
@@ -109,7 +105,9 @@ def generative_metrics(model, rows: Rows, width: int, buckets: Sequence[int], be
 
     top, n = set(), 0
     for idx, batch in eval_batches(rows, batch_size, width, buckets, 0):
-        items, _ = search(batch["item_ids"])
+        items, scores = search(batch["item_ids"])
+        if twins is not None and twins.shape[1]:    # catalog items beside their decoded twins
+            items = np.asarray(keras.ops.convert_to_numpy(merge_prefix_matches(items, scores, twins)[0]))
         targets = rows.items[rows.offsets[idx + 1] - 1].astype(np.int64)
         real = items >= contracts.FIRST_ITEM_ID
         is_target = (items == targets[:, None]) & real

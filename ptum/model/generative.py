@@ -23,6 +23,7 @@ score is the sum of its tokens' log-probabilities (each a log-softmax over its l
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -263,6 +264,17 @@ class GenerativeRetrieval(keras.Model):
         return self._level_log_softmax(logits[:, -1], level)
 
     # ------------------------------------------------------------------ inference
+    def catalog_twins(self, first_new: int, beam_size: int) -> np.ndarray:
+        """prefix_groups of the catalog items without events (tokens first_new ..) by
+        generative.catalog_items_prefix (-1: every level but the collision token; 0: none)."""
+        codes = np.asarray(ops.convert_to_numpy(self.item_codes.value))
+        m = self.generative.catalog_items_prefix
+        m = self.depth - 1 if m < 0 else min(m, self.depth)
+        if m < 1:
+            return np.zeros((len(codes), 0), np.int32)
+        return prefix_groups(codes, range(first_new, len(codes)), m,
+                             catalog_cap(beam_size, self.generative.catalog_items_epsilon))
+
     def beam_search(self, item_ids, beam_size: int):
         """History [B, T] -> (item tokens [B, K], scores [B, K]) best first, K = min(beam_size,
         coded items): beam search over the trie. A slot with no item left has item -1, score DEAD."""
@@ -322,6 +334,63 @@ class GenerativeRetrieval(keras.Model):
         return {"config": self.settings.model_dump(), "generative": self.generative.model_dump(),
                 "level_sizes": self.level_sizes, "trie_size": self.trie_size, "max_children": self.max_children,
                 "name": self.name}
+
+
+def catalog_cap(k: int, epsilon: float) -> int:
+    """How many never-seen items a top-k may hold: max(1, floor(epsilon * k))."""
+    return max(1, int(math.floor(epsilon * k + 1e-9)))
+
+
+def prefix_groups(item_codes: np.ndarray, new_tokens: Sequence[int], m: int, max_members: int) -> np.ndarray:
+    """[num_items, M] int32 (-1 pads): for each item that is not new, the new items whose first `m`
+    codes equal its own, in token order, at most `max_members` each (a top-k shows no more of
+    them: TIGER's epsilon cap). M = 0 when no item has such a new twin."""
+    codes = np.asarray(item_codes, np.int64)
+    new = np.asarray(sorted(set(int(t) for t in new_tokens)), np.int64)
+    new = new[(codes[new] >= 0).all(axis=1)] if len(new) else new
+    groups: dict = {}
+    for t in new:
+        members = groups.setdefault(tuple(codes[t, :m].tolist()), [])
+        if len(members) < max_members:
+            members.append(int(t))
+    is_new = np.zeros(len(codes), bool)
+    is_new[new] = True
+    rows = {i: groups[key] for i in np.flatnonzero((codes >= 0).all(axis=1) & ~is_new)
+            if (key := tuple(codes[i, :m].tolist())) in groups}
+    width = max((len(v) for v in rows.values()), default=0)
+    out = np.full((len(codes), width), -1, np.int32)
+    for i, members in rows.items():
+        out[i, :len(members)] = members
+    return out
+
+
+def merge_prefix_matches(items, scores, groups):
+    """TIGER's cold-start retrieval over a beam's list: each decoded item's new twins (`groups`,
+    prefix_groups) join the list with its score, just below it (the j-th twin 1e-6 * (j + 1)
+    lower); an item reached twice keeps its best score. items/scores [B, K] (item -1: no
+    item) -> [B, K * (1 + M)], best first, -1 / DEAD after the last item. keras.ops: evaluation
+    and the SavedModel run this one function."""
+    m = int(groups.shape[1])
+    if m == 0:
+        return items, scores
+    items, scores = ops.cast(items, "int32"), ops.cast(scores, "float32")
+    b, k = ops.shape(items)[0], ops.shape(items)[1]
+    real = items >= contracts.FIRST_ITEM_ID
+    twins = ops.take(ops.convert_to_tensor(groups, "int32"), ops.maximum(items, 0), axis=0)       # [B, K, M]
+    twins = ops.where(real[..., None], twins, -1)
+    inherited = scores[..., None] - 1e-6 * ops.cast(ops.arange(1, m + 1), "float32")[None, None, :]
+    cand = ops.concatenate([items, ops.reshape(twins, (b, k * m))], axis=1)
+    cand_scores = ops.concatenate([scores, ops.reshape(inherited, (b, k * m))], axis=1)
+    n = ops.shape(cand)[1]
+    order = ops.arange(n)
+    better = ops.logical_or(cand_scores[:, None, :] > cand_scores[:, :, None],
+                            ops.logical_and(ops.equal(cand_scores[:, None, :], cand_scores[:, :, None]),
+                                            (order[None, :] < order[:, None])[None]))
+    duplicate = ops.any(ops.logical_and(ops.equal(cand[:, None, :], cand[:, :, None]), better), axis=-1)
+    alive = ops.logical_and(cand >= contracts.FIRST_ITEM_ID, ops.logical_not(duplicate))
+    cand_scores = ops.where(alive, cand_scores, DEAD)
+    top, pick = ops.top_k(cand_scores, k=k * (1 + m))
+    return ops.where(top > DEAD / 2, ops.take_along_axis(cand, pick, axis=1), -1), top
 
 
 def build_generative(cfg, item_codes: np.ndarray) -> GenerativeRetrieval:

@@ -20,6 +20,11 @@ def scored_cross_entropy(logits, target_col=0):
     return -ops.take(ops.log_softmax(logits, axis=-1), target_col, axis=-1)
 
 
+def _among(ids, history):
+    """[N, S] bool: ids[n, s] is one of history[n] (PAD_ID entries match nothing real)."""
+    return ops.any(ops.equal(ops.cast(ids, "int32")[:, :, None], ops.cast(history, "int32")[:, None, :]), axis=-1)
+
+
 @keras.saving.register_keras_serializable(package="ptum")
 class CandidateScoring(keras.layers.Layer):
     """Scores queries against their target item and negatives; returns the mean softmax
@@ -34,8 +39,10 @@ class CandidateScoring(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def call(self, queries, targets, valid, table):
-        """queries [N, d], targets [N] int, valid [N] bool, table [V, d] -> scalar loss."""
+    def call(self, queries, targets, valid, table, history=None):
+        """queries [N, d], targets [N] int, valid [N] bool, table [V, d] -> scalar loss.
+        `history` [N, H] int (PAD_ID where none): items that are no negative of their row (the
+        items a prefix already holds: its target, if among them, stays the positive)."""
         num_items = ops.shape(table)[0]
         q = ops.cast(queries, "float32") / self.temperature
         table = ops.cast(table, "float32")
@@ -46,6 +53,8 @@ class CandidateScoring(keras.layers.Layer):
             logits = ops.where(reserved[None, :], NEG_INF, logits)
             is_target = ops.equal(ops.arange(num_items)[None, :], targets[:, None])
             logits = ops.where(is_target, NEG_INF, logits)
+            if history is not None:
+                return self._mean(self._full_without(pos, logits, targets, history), valid)
             logits = ops.concatenate([pos, logits], axis=-1)
         elif self.negatives == "shared":
             neg = keras.random.randint((self.num_negatives,), contracts.FIRST_ITEM_ID, num_items,
@@ -56,6 +65,8 @@ class CandidateScoring(keras.layers.Layer):
                 n_real = ops.cast(num_items - contracts.FIRST_ITEM_ID, "float32")
                 logits = logits - ops.log(self.num_negatives / n_real)
             logits = ops.where(ops.equal(neg[None, :], targets[:, None]), NEG_INF, logits)
+            if history is not None:
+                logits = ops.where(_among(ops.broadcast_to(neg[None, :], ops.shape(logits)), history), NEG_INF, logits)
             logits = ops.concatenate([pos, logits], axis=-1)
         else:  # PTUM: per-target sampled candidates
             n = ops.shape(targets)[0]
@@ -64,10 +75,30 @@ class CandidateScoring(keras.layers.Layer):
             neg_vec = ops.take(table, neg, axis=0)
             logits = ops.sum(q[:, None, :] * neg_vec, axis=-1)
             logits = ops.where(ops.equal(neg, targets[:, None]), NEG_INF, logits)
+            if history is not None:
+                logits = ops.where(_among(neg, history), NEG_INF, logits)
             logits = ops.concatenate([pos, logits], axis=-1)
-        ce = scored_cross_entropy(logits)
+        return self._mean(scored_cross_entropy(logits), valid)
+
+    @staticmethod
+    def _mean(ce, valid):
         w = ops.cast(valid, "float32")
         return ops.sum(ce * w) / ops.maximum(ops.sum(w), 1.0)
+
+    @staticmethod
+    def _full_without(pos, logits, targets, history):
+        """Full-softmax cross-entropy with the history's items taken out of the normaliser:
+        log(Z - sum of their exp) from their gathered logits (a [N, V, H] mask would not fit),
+        each distinct item once; the target and reserved ids are already NEG_INF in `logits`."""
+        lse = ops.logsumexp(ops.concatenate([pos, logits], axis=-1), axis=-1, keepdims=True)
+        h = ops.cast(history, "int32")
+        earlier = ops.arange(ops.shape(h)[1])[None, :, None] > ops.arange(ops.shape(h)[1])[None, None, :]
+        repeat = ops.any(ops.logical_and(ops.equal(h[:, :, None], h[:, None, :]), earlier), axis=-1)
+        seen = ops.take_along_axis(logits, h, axis=1)
+        seen = ops.where(ops.logical_or(repeat, ops.equal(h, targets[:, None])), NEG_INF, seen)
+        gone = ops.sum(ops.exp(seen - lse), axis=-1, keepdims=True)
+        left = ops.maximum(1.0 - gone, ops.exp(pos - lse))      # the positive always remains
+        return ops.squeeze(lse + ops.log(left) - pos, -1)
 
     def get_config(self):
         return {**super().get_config(), "negatives": self.negatives, "num_negatives": self.num_negatives,
@@ -118,9 +149,9 @@ class NextBehaviorsPrediction(keras.layers.Layer):
     from the last position only (PTUM: the last K behaviors are cut off the input) or
     from every prefix (dense next-K; needs causal attention)."""
 
-    def __init__(self, k=1, nbp_from="every", **kwargs):
+    def __init__(self, k=1, nbp_from="every", exclude_history=False, **kwargs):
         super().__init__(**kwargs)
-        self.k, self.nbp_from = k, nbp_from
+        self.k, self.nbp_from, self.exclude_history = k, nbp_from, exclude_history
 
     def call(self, inputs, encoder=None, scoring=None, training=False):
         ids = inputs["item_ids"]
@@ -140,7 +171,12 @@ class NextBehaviorsPrediction(keras.layers.Layer):
                 tgt = ops.reshape(tgt, (-1,))
                 ok = ops.logical_and(ops.reshape(src_ok, (-1,)), ops.not_equal(tgt, contracts.PAD_ID))
                 ok = ops.logical_and(ok, ops.not_equal(tgt, contracts.OOV_ID))
-                losses.append(scoring(q, tgt, ok, table))
+                hist = None
+                if self.exclude_history:      # position i's history: the items at positions <= i
+                    upto = ops.arange(t - 1)[None, :] <= ops.arange(t - 1 - k)[:, None]
+                    hist = ops.where(upto[None], cut["item_ids"][:, None, :], contracts.PAD_ID)
+                    hist = ops.reshape(hist, (-1, t - 1))
+                losses.append(scoring(q, tgt, ok, table, hist))
         else:
             cut = {name: v[:, : t - self.k] for name, v in inputs.items()}
             out = encoder(cut, training=training)
@@ -150,11 +186,13 @@ class NextBehaviorsPrediction(keras.layers.Layer):
                 tgt = ids[:, t - self.k + k]
                 ok = ops.logical_and(has_history, ops.not_equal(tgt, contracts.PAD_ID))
                 ok = ops.logical_and(ok, ops.not_equal(tgt, contracts.OOV_ID))
-                losses.append(scoring(encoder.query(vec, k), tgt, ok, table))
+                hist = cut["item_ids"] if self.exclude_history else None
+                losses.append(scoring(encoder.query(vec, k), tgt, ok, table, hist))
         return ops.mean(ops.stack(losses))
 
     def get_config(self):
-        return {**super().get_config(), "k": self.k, "nbp_from": self.nbp_from}
+        return {**super().get_config(), "k": self.k, "nbp_from": self.nbp_from,
+                "exclude_history": self.exclude_history}
 
 
 @keras.saving.register_keras_serializable(package="ptum")
@@ -285,7 +323,7 @@ class PTUMPretrainer(keras.Model):
         self.scoring = CandidateScoring(o.negatives, o.num_negatives, o.logq_correction, o.temperature, seed,
                                         name="scoring")
         self.mbp = MaskedBehaviorPrediction(o.mask_rate, o.mbp_readout, seed, name="mbp") if o.mbp else None
-        self.nbp = NextBehaviorsPrediction(o.k, o.nbp_from, name="nbp") if o.nbp else None
+        self.nbp = NextBehaviorsPrediction(o.k, o.nbp_from, o.exclude_history, name="nbp") if o.nbp else None
         self.bag = BagPrediction(o.bag_dropout, seed, o.bag_future, o.bag_contrastive, o.bag_contrastive_temperature,
                                  name="bag") if o.bag else None
 

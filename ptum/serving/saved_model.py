@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from ptum.data import contracts
 from ptum.data.features import row_to_example, tf_feature_spec
+from ptum.model.generative import merge_prefix_matches
 from ptum.model.layers import SequencePreprocessing
 
 METADATA_ASSET = "ptum_metadata.json"
@@ -326,6 +327,8 @@ class _GenerativeExporter(_Exporter):
                                  f"with {self.catalog_only}")
             item_keys = item_keys + keys
             item_ids = np.concatenate([item_ids, np.arange(self.first_catalog, self.num_items)])
+        # ... and each follows a decoded item whose semantic codes it shares (TIGER's cold start).
+        self.twins = model.catalog_twins(self.first_catalog, self.beam) if self.catalog_only else None
         self._item_lookups(item_keys, item_ids, model.num_items)
 
     def _generate(self, ids, beh, ts, lengths, k):
@@ -334,6 +337,8 @@ class _GenerativeExporter(_Exporter):
             ids = tf.identity(ids)
         window = self.preprocess(ids, beh, ts, lengths)["item_ids"]
         items, scores = self.encoder.beam_search(window, self.beam)
+        if self.twins is not None and self.twins.shape[1]:
+            items, scores = merge_prefix_matches(items, scores, self.twins)
         inside = tf.range(tf.shape(ids, out_type=tf.int64)[1])[None, :] < tf.cast(lengths, tf.int64)[:, None]
         seen = tf.reduce_any(tf.logical_and(tf.equal(tf.cast(items, tf.int64)[:, :, None], ids[:, None, :]),
                                             inside[:, None, :]), axis=2)
@@ -360,6 +365,13 @@ class _GenerativeExporter(_Exporter):
         lengths = _row_lengths(parsed["item_ids"])
         dense = [tf.sparse.to_dense(parsed[name]) for name in ("item_ids", "behavior_ids", "timestamps")]
         return self._generate(*dense, lengths, tf.constant(self.beam, tf.int32))
+
+
+def _twinned(twins) -> Optional[int]:
+    """How many catalog items follow some decoded item (prefix match), for the metadata."""
+    if twins is None:
+        return None
+    return int(len(np.unique(twins[twins >= 0])))
 
 
 def _row_lengths(sparse):
@@ -430,6 +442,7 @@ def export_saved_model(model_dir: str, export_base: str, version: Optional[int] 
     meta = dict(metadata)
     meta.update({"config": cfg.to_dict(), "version": version, "source_model": os.path.abspath(model_dir),
                  "catalog_only_items": exp.catalog_only,
+                 "catalog_items_with_twins": _twinned(getattr(exp, "twins", None)),
                  "signatures": signatures})
     meta_path = os.path.join(extra, METADATA_ASSET)
     with open(meta_path, "w") as f:

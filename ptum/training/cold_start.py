@@ -97,33 +97,19 @@ class _Lists:
 
 
 def with_prefix_matches(items: np.ndarray, scores: np.ndarray, codes: np.ndarray, new_tokens: np.ndarray,
-                        m: int):
-    """TIGER's cold-start retrieval: a new item whose first `m` codes equal those of an item the
-    beam generated joins the list with that item's score (just below it; new items sharing one
-    prefix in token order). Returns the merged lists (items, scores) [B, L'], best first, -1 pads."""
-    groups: Dict[tuple, List[int]] = {}
-    for t in np.sort(new_tokens):
-        groups.setdefault(tuple(codes[t, :m].tolist()), []).append(int(t))
-    merged = []
-    for row_items, row_scores in zip(items, scores):
-        cand: Dict[int, float] = {}
-        for it, sc in zip(row_items.tolist(), row_scores.tolist()):
-            if it < contracts.FIRST_ITEM_ID:
-                continue
-            cand[it] = max(cand.get(it, -np.inf), sc)
-            for rank, t in enumerate(groups.get(tuple(codes[it, :m].tolist()), ())):
-                inherited = sc - 1e-6 * (rank + 1)
-                if inherited > cand.get(t, -np.inf):
-                    cand[t] = inherited
-        merged.append(sorted(cand.items(), key=lambda kv: -kv[1]))
-    width = max((len(r) for r in merged), default=0)
-    out_items = np.full((len(merged), width), -1, np.int64)
-    out_scores = np.full((len(merged), width), -np.inf)
-    for b, r in enumerate(merged):
-        if r:
-            out_items[b, :len(r)] = [kv[0] for kv in r]
-            out_scores[b, :len(r)] = [kv[1] for kv in r]
-    return out_items, out_scores
+                        m: int, max_members: Optional[int] = None):
+    """TIGER's cold-start retrieval (ptum.model.generative.merge_prefix_matches, which the served
+    signatures run too): a new item whose first `m` codes equal those of an item the beam
+    generated joins the list just below it, at most `max_members` per generated item. Returns
+    the merged lists (items, scores) [B, L'], best first, -1 pads."""
+    import keras
+
+    from ptum.model.generative import merge_prefix_matches, prefix_groups
+
+    groups = prefix_groups(codes, new_tokens, m, max_members or max(len(new_tokens), 1))
+    got, sc = (np.asarray(keras.ops.convert_to_numpy(x)) for x in merge_prefix_matches(items, scores, groups))
+    width = int((got >= contracts.FIRST_ITEM_ID).sum(axis=1).max(initial=0))
+    return got[:, :width].astype(np.int64), sc[:, :width].astype(np.float64)
 
 
 def _generative_lists(model, rows: Rows, width: int, buckets, beam: int, batch: int, new_tokens: np.ndarray,
@@ -141,7 +127,7 @@ def _generative_lists(model, rows: Rows, width: int, buckets, beam: int, batch: 
         lists_of = [("generative", items)]
         for name, m in (("generative_prefix", semantic), ("generative_prefix_coarse", semantic - 1)):
             if m >= 1:
-                lists_of.append((name, with_prefix_matches(items, scores, codes, new_tokens, m)[0]))
+                lists_of.append((name, with_prefix_matches(items, scores, codes, new_tokens, m, cap)[0]))
         for name, got in lists_of:
             kept = (got >= contracts.FIRST_ITEM_ID) & ~_history_mask(rows, idx, got)
             new = np.isin(got, new_tokens)

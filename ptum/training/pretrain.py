@@ -137,6 +137,11 @@ def _prepare(ds, train_rows, output: str, cfg: PTUMConfig, run_dir: str, resume:
 
         run.item_codes, run.codes_info = item_codes(cfg, ds)
         cfg.model.num_items = len(run.item_codes)      # the vocabulary, then catalog items (catalog_items)
+        info = run.codes_info
+        if info.get("catalog_items_coded", 0) < info.get("catalog_items", 0):
+            log(f"warning: {info['catalog_items'] - info['catalog_items_coded']:,} of {info['catalog_items']:,} "
+                f"catalog items without events have no code in {cfg.generative.semantic_ids} (made before they "
+                "were in the catalog, or no content): the model cannot return them; re-run ptum semantic-ids")
     if run.has_checkpoint:
         with open(run.state_path) as f:
             saved_vocab = json.load(f).get("vocab_hash")

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -311,6 +312,61 @@ def test_a_generative_model_serves_catalog_items_capped_by_epsilon(catalog_datas
     assert sum(i in extra for i in got["ten"]) <= 1 and len(got["ten"]) == 10
     # A catalog item in the history is a known token (its codes), so it is not offered again.
     assert new[0] not in got["with_new"] and sum(i in extra for i in got["with_new"]) == min(cap, len(extra) - 1)
+    # The served list is evaluation's: the beam, catalog items beside their decoded twins, history
+    # left out, the epsilon cap (the new items copy known items' content: they have twins).
+    from ptum.serving.saved_model import read_export_metadata
+
+    assert read_export_metadata(version)["catalog_items_with_twins"] >= 1
+    assert _evaluation_list(gen, ds, known[:4], extra, 10) == got["ten"]
+
+
+def test_prefix_matches_merge_like_a_brute_force():
+    """Each decoded item's new twins follow it (j-th twin 1e-6 (j + 1) lower), an item reached
+    twice keeps its best score, dead slots stay out, best first."""
+    from ptum.model.generative import merge_prefix_matches, prefix_groups
+
+    rng = np.random.default_rng(5)
+    codes = np.full((40, 3), -1)
+    codes[3:] = np.stack([rng.integers(0, 3, 37), rng.integers(0, 3, 37), np.arange(37)], axis=1)
+    new = np.arange(30, 40)
+    groups = prefix_groups(codes, new, 2, max_members=2)
+    assert groups.shape[1] <= 2 and not np.isin(groups[30:], np.arange(40)).any()
+    items = rng.integers(3, 40, size=(6, 8))
+    items[0, -2:] = -1
+    scores = -np.sort(rng.random((6, 8)), axis=1).astype(np.float32)
+    scores[0, -2:] = -1e9
+    got, got_scores = (np.asarray(keras.ops.convert_to_numpy(x)) for x in merge_prefix_matches(items, scores, groups))
+    for b in range(6):
+        best = {}
+        for it, sc in zip(items[b], scores[b]):
+            if it < 3:
+                continue
+            best[it] = max(best.get(it, -np.inf), sc)
+            for j, twin in enumerate(t for t in groups[it] if t >= 0):
+                best[twin] = max(best.get(twin, -np.inf), sc - 1e-6 * (j + 1))
+        n = len(best)
+        assert sorted(got[b, :n].tolist()) == sorted(best) and (got[b, n:] == -1).all()
+        assert np.allclose(got_scores[b, :n], [best[i] for i in got[b, :n]], atol=1e-7)
+        assert (np.diff(got_scores[b, :n]) <= 0).all()
+
+
+def _evaluation_list(model_dir, ds, history, extra, k):
+    from ptum.evaluation.generative import beam_function, cap_new_items, catalog_cap
+    from ptum.model.generative import merge_prefix_matches
+    from ptum.model.saving import load_model_dir
+
+    model = load_model_dir(model_dir, generative=True)[0]
+    vocab = ds.read_vocab_table(contracts.ITEMS_VOCAB)
+    name = dict(zip(vocab.column("token_id").to_pylist(), vocab.column("item_id").to_pylist()))
+    token = {v: t for t, v in name.items()}
+    name.update({ds.num_item_tokens + j: item for j, item in enumerate(extra)})
+    beam = model.generative.beam_size
+    items, scores = beam_function(model, beam)(np.array([[token[i] for i in history]], np.int32))
+    items, scores = merge_prefix_matches(items, scores, model.catalog_twins(ds.num_item_tokens, beam))
+    items = np.asarray(keras.ops.convert_to_numpy(items))
+    kept = (items >= contracts.FIRST_ITEM_ID) & ~np.isin(items, [token[i] for i in history])
+    kept = cap_new_items(kept, items >= ds.num_item_tokens, catalog_cap(k, model.generative.catalog_items_epsilon))
+    return [name[int(t)] for t in items[0][kept[0]][:k]]
 
 
 def test_catalog_items_need_semantic_codes():

@@ -52,9 +52,10 @@ def test_config_yaml_overrides_and_errors(tmp_path):
     # PTUM-faithful: bidirectional, pooled readout, 4 sampled negatives, K=2, NBP from the last position.
     ["model.attention=bidirectional", "model.user_vector=pooled", "objective.mbp=true",
      "objective.mbp_readout=pooled", "objective.negatives=sampled", "objective.num_negatives=4",
-     "objective.k=2", "objective.nbp_from=last"],
+     "objective.k=2", "objective.nbp_from=last", "objective.exclude_history=true"],
     ["objective.mbp=true", "objective.nbp=false", "model.attention=bidirectional", "objective.negatives=full"],
-    ["objective.k=2", "objective.negatives=shared", "model.use_text=true", "model.use_behavior=false"],
+    ["objective.k=2", "objective.negatives=shared", "model.use_text=true", "model.use_behavior=false",
+     "objective.exclude_history=true"],
 ])
 def test_objectives_train_and_round_trip(clean_dataset, overrides, tmp_path, recwarn):
     import keras
@@ -103,6 +104,37 @@ def test_objectives_train_and_round_trip(clean_dataset, overrides, tmp_path, rec
     # Every variable handed to the optimizer gets a gradient (without NBP the future-position
     # embeddings are not handed over: nothing reads them).
     assert not [str(w.message) for w in recwarn if "Gradients do not exist" in str(w.message)]
+
+
+@pytest.mark.parametrize("negatives", ["full", "shared", "sampled"])
+def test_history_items_are_no_negatives(negatives):
+    """objective.exclude_history: the softmax over the target and the items not in the row's
+    history (repeats counted once; a target in the history stays the positive), by brute force."""
+    import keras
+
+    from ptum.model.objectives import CandidateScoring
+
+    rng = np.random.default_rng(0)
+    v, n, h, d = 30, 7, 5, 4
+    q, table = rng.normal(size=(n, d)).astype("float32"), rng.normal(size=(v, d)).astype("float32")
+    targets, history = rng.integers(3, v, n), rng.integers(3, v, (n, h))
+    history[:, 0] = contracts.PAD_ID
+    history[1, 2], history[2, 3] = targets[1], history[2, 4]
+    valid = np.ones(n, bool)
+    # Enough sampled negatives to draw every item: the sampled losses then equal the full one.
+    scoring = CandidateScoring(negatives, num_negatives=4000, logq_correction=False, seed=1)
+    got = float(keras.ops.convert_to_numpy(scoring(q, targets, valid, table, history)))
+    want = []
+    for row in range(n):
+        logits = table @ q[row]
+        keep = [j for j in range(contracts.FIRST_ITEM_ID, v) if j == targets[row] or j not in set(history[row])]
+        want.append(np.log(np.exp(logits[keep]).sum()) - logits[targets[row]])
+    if negatives == "full":
+        assert got == pytest.approx(np.mean(want), rel=1e-5)
+    else:
+        # Sampled with replacement: each kept item counted as often as it was drawn, history never.
+        plain = float(keras.ops.convert_to_numpy(scoring(q, targets, valid, table)))
+        assert got < plain and np.isfinite(got)
 
 
 def test_pretrain_then_evaluate_cli(clean_dataset, tmp_path):
