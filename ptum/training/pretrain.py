@@ -67,7 +67,7 @@ def pretrain_rows(ds: contracts.SequenceDataset, train_rows, valid_rows, output:
         log(f"not the chief of the TF_CONFIG cluster: this worker writes to {output}")
     contracts.check_output_kind(output, "model", TrainingError)
     with contracts.output_lock(output, "ptum pretrain", TrainingError):
-        run = _prepare(ds, train_rows, output, cfg, run_dir or output, resume)
+        run = _prepare(ds, train_rows, output, cfg, run_dir or output, resume, log)
         pretrainer, state = _build(run, warm_start, log)
         # The rows trained on (the TFX Trainer's Examples, or a subset such as cold start's).
         state["rows"] = {"train": len(train_rows), "train_behaviors": int(train_rows.lengths.sum()),
@@ -121,7 +121,7 @@ class _Run:
         return self.cfg.model.time_buckets if self.cfg.model.use_time else 0
 
 
-def _prepare(ds, train_rows, output: str, cfg: PTUMConfig, run_dir: str, resume: bool) -> _Run:
+def _prepare(ds, train_rows, output: str, cfg: PTUMConfig, run_dir: str, resume: bool, log=print) -> _Run:
     """Everything refused before the output is touched: no trainable sequence, a bad or
     too large config, a checkpoint trained on another vocabulary."""
     if (train_rows.lengths >= 2).sum() == 0:

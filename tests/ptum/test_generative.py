@@ -240,7 +240,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def catalog_dataset(tmp_path_factory):
     """Generated logs whose catalog also lists items nobody has touched yet: each a copy of a
-    known item's title and categories under a new id."""
+    known item's title and categories under a new id, and one with neither (no content: no code)."""
     from ptum.data.generate import generate
     from ptum.data.ingest import plan, reference
 
@@ -250,7 +250,7 @@ def catalog_dataset(tmp_path_factory):
         rows = list(csv.reader(f))
     new = [[f"new_{j:03d}", rows[1 + 7 * j][1], rows[1 + 7 * j][2]] for j in range(5)]
     with open(os.path.join(logs, "items.csv"), "w", newline="") as f:
-        csv.writer(f).writerows(rows + new)
+        csv.writer(f).writerows(rows + new + [["bare_000", "", ""]])
     out = str(tmp_path_factory.mktemp("catalog_ds"))
     reference.run(plan.TokenizeOptions(inputs=[os.path.join(logs, "events.csv")], format="csv", output=out,
                                        items_catalog=os.path.join(logs, "items.csv")))
@@ -266,11 +266,14 @@ def test_catalog_items_without_events_get_codes_after_the_vocabulary(catalog_dat
     assert set(new) <= set(extra)
     manifest = learn_semantic_ids(data, str(tmp_path / "sid"), codes=8, dim=16, seed=3, log=lambda s: None)
     assert manifest["parameters"]["catalog_only_items"] == len(extra)
-    assert manifest["counts"]["by_source"]["content_catalog_only"] == len(extra)
+    # The catalog item with neither title nor categories has no content: a counted dead letter.
+    assert "bare_000" in extra and manifest["counts"]["items_dead_lettered"] == 1
+    assert manifest["counts"]["by_source"]["content_catalog_only"] == len(extra) - 1
     table, _ = read_semantic_ids(str(tmp_path / "sid"))
     token = dict(zip(table.column("item_id").to_pylist(), table.column("token_id").to_pylist()))
     codes = dict(zip(table.column("item_id").to_pylist(), table.column("codes").to_pylist()))
-    assert [token[i] for i in extra] == list(range(ds.num_item_tokens, ds.num_item_tokens + len(extra)))
+    assert "bare_000" not in token
+    assert all(token[i] == ds.num_item_tokens + j for j, i in enumerate(extra) if i != "bare_000")
     assert len({tuple(c) for c in codes.values()}) == len(codes)      # still one tuple per item
     # A new item with a known item's content lands on that item's codes (all but the collision token).
     catalog = ds.read_vocab_table(contracts.CATALOG)
@@ -291,8 +294,10 @@ def test_a_generative_model_serves_catalog_items_capped_by_epsilon(catalog_datas
     r = _ptum("pretrain", "--data", data, "--output", gen, "--epochs", "2", *SMALL, "--semantic-ids", sid,
               "--set", "generative.catalog_items=true", "--set", f"generative.beam_size={beam}")
     assert r.returncode == 0, r.stderr
+    assert "1 of 6 catalog items without events have no code" in r.stdout + r.stderr     # bare_000: said
     meta = json.load(open(os.path.join(gen, "metadata.json")))
-    assert meta["item_codes"]["catalog_items"] == meta["item_codes"]["catalog_items_coded"] == len(extra)
+    assert meta["item_codes"]["catalog_items"] == len(extra) == meta["item_codes"]["catalog_items_coded"] + 1
+    coded = len(extra) - 1
     r = _ptum("evaluate", "--model", gen, "--data", data, "--split", "test")
     assert r.returncode == 0, r.stderr
     r = _ptum("export-model", "--model", gen, "--output", str(tmp_path / "serving"))
@@ -307,11 +312,12 @@ def test_a_generative_model_serves_catalog_items_capped_by_epsilon(catalog_datas
     assert served.returncode == 0, served.stderr
     got = json.loads(served.stdout.strip().splitlines()[-1])
     cap = max(1, int(0.1 * beam))
-    assert sum(i in extra for i in got["all"]) == min(cap, len(extra))   # every coded item reachable, capped
+    assert sum(i in extra for i in got["all"]) == min(cap, coded)   # every coded item reachable, capped
+    assert "bare_000" not in got["all"]
     assert set(got["all"]) <= set(known + extra) and not set(got["all"]) & set(known[:4])
     assert sum(i in extra for i in got["ten"]) <= 1 and len(got["ten"]) == 10
     # A catalog item in the history is a known token (its codes), so it is not offered again.
-    assert new[0] not in got["with_new"] and sum(i in extra for i in got["with_new"]) == min(cap, len(extra) - 1)
+    assert new[0] not in got["with_new"] and sum(i in extra for i in got["with_new"]) == min(cap, coded - 1)
     # The served list is evaluation's: the beam, catalog items beside their decoded twins, history
     # left out, the epsilon cap (the new items copy known items' content: they have twins).
     from ptum.serving.saved_model import read_export_metadata
