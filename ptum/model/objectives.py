@@ -20,6 +20,15 @@ def scored_cross_entropy(logits, target_col=0):
     return -ops.take(ops.log_softmax(logits, axis=-1), target_col, axis=-1)
 
 
+def first_occurrences(ids):
+    """[B, T] item ids with each repeat (an item seen at an earlier position) set to PAD_ID:
+    any prefix of a row then lists each of its items once."""
+    t = ops.shape(ids)[1]
+    earlier = ops.arange(t)[None, :] < ops.arange(t)[:, None]              # [T, T]: column before row
+    repeat = ops.any(ops.logical_and(ops.equal(ids[:, :, None], ids[:, None, :]), earlier[None]), axis=-1)
+    return ops.where(repeat, contracts.PAD_ID, ids)
+
+
 def _among(ids, history):
     """[N, S] bool: ids[n, s] is one of history[n] (PAD_ID entries match nothing real)."""
     return ops.any(ops.equal(ops.cast(ids, "int32")[:, :, None], ops.cast(history, "int32")[:, None, :]), axis=-1)
@@ -41,8 +50,9 @@ class CandidateScoring(keras.layers.Layer):
 
     def call(self, queries, targets, valid, table, history=None):
         """queries [N, d], targets [N] int, valid [N] bool, table [V, d] -> scalar loss.
-        `history` [N, H] int (PAD_ID where none): items that are no negative of their row (the
-        items a prefix already holds: its target, if among them, stays the positive)."""
+        `history` [N, H] int, each item once (first_occurrences), PAD_ID where none: items that
+        are no negative of their row (the items a prefix already holds: its target, if among
+        them, stays the positive)."""
         num_items = ops.shape(table)[0]
         q = ops.cast(queries, "float32") / self.temperature
         table = ops.cast(table, "float32")
@@ -88,14 +98,10 @@ class CandidateScoring(keras.layers.Layer):
     @staticmethod
     def _full_without(pos, logits, targets, history):
         """Full-softmax cross-entropy with the history's items taken out of the normaliser:
-        log(Z - sum of their exp) from their gathered logits (a [N, V, H] mask would not fit),
-        each distinct item once; the target and reserved ids are already NEG_INF in `logits`."""
+        log(Z - sum of their exp) from their gathered logits (a [N, V, H] mask would not fit);
+        the target and reserved ids are already NEG_INF in `logits`."""
         lse = ops.logsumexp(ops.concatenate([pos, logits], axis=-1), axis=-1, keepdims=True)
-        h = ops.cast(history, "int32")
-        earlier = ops.arange(ops.shape(h)[1])[None, :, None] > ops.arange(ops.shape(h)[1])[None, None, :]
-        repeat = ops.any(ops.logical_and(ops.equal(h[:, :, None], h[:, None, :]), earlier), axis=-1)
-        seen = ops.take_along_axis(logits, h, axis=1)
-        seen = ops.where(ops.logical_or(repeat, ops.equal(h, targets[:, None])), NEG_INF, seen)
+        seen = ops.take_along_axis(logits, ops.cast(history, "int32"), axis=1)
         gone = ops.sum(ops.exp(seen - lse), axis=-1, keepdims=True)
         left = ops.maximum(1.0 - gone, ops.exp(pos - lse))      # the positive always remains
         return ops.squeeze(lse + ops.log(left) - pos, -1)
@@ -174,7 +180,7 @@ class NextBehaviorsPrediction(keras.layers.Layer):
                 hist = None
                 if self.exclude_history:      # position i's history: the items at positions <= i
                     upto = ops.arange(t - 1)[None, :] <= ops.arange(t - 1 - k)[:, None]
-                    hist = ops.where(upto[None], cut["item_ids"][:, None, :], contracts.PAD_ID)
+                    hist = ops.where(upto[None], first_occurrences(cut["item_ids"])[:, None, :], contracts.PAD_ID)
                     hist = ops.reshape(hist, (-1, t - 1))
                 losses.append(scoring(q, tgt, ok, table, hist))
         else:
@@ -186,7 +192,7 @@ class NextBehaviorsPrediction(keras.layers.Layer):
                 tgt = ids[:, t - self.k + k]
                 ok = ops.logical_and(has_history, ops.not_equal(tgt, contracts.PAD_ID))
                 ok = ops.logical_and(ok, ops.not_equal(tgt, contracts.OOV_ID))
-                hist = cut["item_ids"] if self.exclude_history else None
+                hist = first_occurrences(cut["item_ids"]) if self.exclude_history else None
                 losses.append(scoring(encoder.query(vec, k), tgt, ok, table, hist))
         return ops.mean(ops.stack(losses))
 

@@ -112,7 +112,7 @@ def test_history_items_are_no_negatives(negatives):
     history (repeats counted once; a target in the history stays the positive), by brute force."""
     import keras
 
-    from ptum.model.objectives import CandidateScoring
+    from ptum.model.objectives import CandidateScoring, first_occurrences
 
     rng = np.random.default_rng(0)
     v, n, h, d = 30, 7, 5, 4
@@ -123,7 +123,9 @@ def test_history_items_are_no_negatives(negatives):
     valid = np.ones(n, bool)
     # Enough sampled negatives to draw every item: the sampled losses then equal the full one.
     scoring = CandidateScoring(negatives, num_negatives=4000, logq_correction=False, seed=1)
-    got = float(keras.ops.convert_to_numpy(scoring(q, targets, valid, table, history)))
+    once = keras.ops.convert_to_numpy(first_occurrences(history))
+    assert once[2, 4] == contracts.PAD_ID and once[2, 3] == history[2, 3]      # the repeat goes, once
+    got = float(keras.ops.convert_to_numpy(scoring(q, targets, valid, table, once)))
     want = []
     for row in range(n):
         logits = table @ q[row]
