@@ -109,7 +109,7 @@ def _seed_summary(seeds) -> dict:
     for split in ("test", "valid"):
         out[split] = {k: float(np.mean([s[split][k] for s in seeds])) for k in seeds[0][split]}
         out[f"{split}_std"] = {k: float(np.std([s[split][k] for s in seeds])) for k in seeds[0][split]}
-    out["train_seconds"] = float(np.mean([s["train_seconds"] for s in seeds]))
+    out["train_seconds"] = round(float(np.mean([s["train_seconds"] for s in seeds])), 2)
     return out
 
 
