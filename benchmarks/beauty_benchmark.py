@@ -102,14 +102,11 @@ def _spread(run: dict, metric: str) -> str:
 
 def _seed_summary(seeds) -> dict:
     """Mean and standard deviation over the seeds' metrics; each seed's figures kept."""
-    import numpy as np
-
     out = {"seeds": [{"seed": i, "test": s["test"], "valid": s["valid"], "epochs": s["epochs"]}
                      for i, s in enumerate(seeds)]}
     for split in ("test", "valid"):
-        out[split] = {k: float(np.mean([s[split][k] for s in seeds])) for k in seeds[0][split]}
-        out[f"{split}_std"] = {k: float(np.std([s[split][k] for s in seeds])) for k in seeds[0][split]}
-    out["train_seconds"] = round(float(np.mean([s["train_seconds"] for s in seeds])), 2)
+        out[split], out[f"{split}_std"] = common.mean_sd([s[split] for s in seeds], list(seeds[0][split]))
+    out["train_seconds"] = round(common.mean_sd(seeds, ["train_seconds"])[0]["train_seconds"], 2)
     return out
 
 

@@ -7,7 +7,7 @@ import os
 import platform
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -70,6 +70,14 @@ def write_result(name: str, result: dict, columns: Sequence[str], rows: List[dic
     with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print(f"wrote {RESULTS}/{name}.json and .md", file=sys.stderr)
+
+
+def mean_sd(rows: Sequence[dict], keys: Sequence[str]) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """Mean and (population) standard deviation of each key over runs (seeds)."""
+    import numpy as np
+
+    return ({k: float(np.mean([r[k] for r in rows])) for k in keys},
+            {k: float(np.std([r[k] for r in rows])) for k in keys})
 
 
 def write_json(path: str, obj) -> None:

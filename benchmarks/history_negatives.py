@@ -32,8 +32,6 @@ def main() -> None:
     ap.add_argument("--work", default="benchmarks/work/history_negatives")
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
-    import numpy as np
-
     from ptum.config import PTUMConfig
     from ptum.evaluation.ranking import evaluate_model
     from ptum.training.pretrain import pretrain
@@ -50,10 +48,8 @@ def main() -> None:
             meta = json.load(open(os.path.join(out, "metadata.json")))
             per_seed.append({"seed": seed, **{m: test[m] for m in METRICS}, "best_epoch": meta["best_epoch"]})
             print(flag, seed, {m: round(test[m], 4) for m in METRICS}, flush=True)
-        runs[f"exclude_history={flag}"] = {
-            "seeds": per_seed,
-            "mean": {m: float(np.mean([s[m] for s in per_seed])) for m in METRICS},
-            "std": {m: float(np.std([s[m] for s in per_seed])) for m in METRICS}}
+        mean, sd = common.mean_sd(per_seed, METRICS)
+        runs[f"exclude_history={flag}"] = {"seeds": per_seed, "mean": mean, "std": sd}
     result = common.envelope(" ".join(["python"] + sys.argv))
     off, on = runs["exclude_history=false"]["mean"], runs["exclude_history=true"]["mean"]
     result.update({"config": args.config, "runs": runs,

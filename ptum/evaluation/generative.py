@@ -106,7 +106,7 @@ def generative_metrics(model, rows: Rows, width: int, buckets: Sequence[int], be
     top, n = set(), 0
     for idx, batch in eval_batches(rows, batch_size, width, buckets, 0):
         items, scores = search(batch["item_ids"])
-        if twins is not None and twins.shape[1]:    # catalog items beside their decoded twins
+        if twins is not None:    # catalog items beside their decoded twins
             items = np.asarray(keras.ops.convert_to_numpy(merge_prefix_matches(items, scores, twins)[0]))
         targets = rows.items[rows.offsets[idx + 1] - 1].astype(np.int64)
         real = items >= contracts.FIRST_ITEM_ID

@@ -381,7 +381,7 @@ def merge_prefix_matches(items, scores, groups):
     inherited = scores[..., None] - 1e-6 * ops.cast(ops.arange(1, m + 1), "float32")[None, None, :]
     cand = ops.concatenate([items, ops.reshape(twins, (b, k * m))], axis=1)
     cand_scores = ops.concatenate([scores, ops.reshape(inherited, (b, k * m))], axis=1)
-    n = ops.shape(cand)[1]
+    n = k * (1 + m)
     order = ops.arange(n)
     better = ops.logical_or(cand_scores[:, None, :] > cand_scores[:, :, None],
                             ops.logical_and(ops.equal(cand_scores[:, None, :], cand_scores[:, :, None]),
@@ -389,7 +389,7 @@ def merge_prefix_matches(items, scores, groups):
     duplicate = ops.any(ops.logical_and(ops.equal(cand[:, None, :], cand[:, :, None]), better), axis=-1)
     alive = ops.logical_and(cand >= contracts.FIRST_ITEM_ID, ops.logical_not(duplicate))
     cand_scores = ops.where(alive, cand_scores, DEAD)
-    top, pick = ops.top_k(cand_scores, k=k * (1 + m))
+    top, pick = ops.top_k(cand_scores, k=n)
     return ops.where(top > DEAD / 2, ops.take_along_axis(cand, pick, axis=1), -1), top
 
 

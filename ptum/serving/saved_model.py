@@ -127,6 +127,7 @@ class _Exporter:
 
         self.encoder = encoder
         self.metadata = metadata
+        self.twins = None     # a generative model's catalog items by decoded item (prefix match)
         self.width = int(metadata["max_len"])
         self.time_buckets = int(metadata.get("time_buckets", 0))
         # Windowing, padding and time buckets: the layer whose arithmetic training ran too.
@@ -337,7 +338,7 @@ class _GenerativeExporter(_Exporter):
             ids = tf.identity(ids)
         window = self.preprocess(ids, beh, ts, lengths)["item_ids"]
         items, scores = self.encoder.beam_search(window, self.beam)
-        if self.twins is not None and self.twins.shape[1]:
+        if self.twins is not None:
             items, scores = merge_prefix_matches(items, scores, self.twins)
         inside = tf.range(tf.shape(ids, out_type=tf.int64)[1])[None, :] < tf.cast(lengths, tf.int64)[:, None]
         seen = tf.reduce_any(tf.logical_and(tf.equal(tf.cast(items, tf.int64)[:, :, None], ids[:, None, :]),
@@ -442,7 +443,7 @@ def export_saved_model(model_dir: str, export_base: str, version: Optional[int] 
     meta = dict(metadata)
     meta.update({"config": cfg.to_dict(), "version": version, "source_model": os.path.abspath(model_dir),
                  "catalog_only_items": exp.catalog_only,
-                 "catalog_items_with_twins": _twinned(getattr(exp, "twins", None)),
+                 "catalog_items_with_twins": _twinned(exp.twins),
                  "signatures": signatures})
     meta_path = os.path.join(extra, METADATA_ASSET)
     with open(meta_path, "w") as f:
