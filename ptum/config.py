@@ -156,6 +156,9 @@ class TrainConfig(Section):
     weight_decay: Float = Field(0.0, ge=0.0, le=10.0)
     clipnorm: Float = Field(1.0, ge=0.0, le=1e6)
     patience: Int = Field(5, ge=1, le=1_000_000)
+    lr_decay_patience: Int = Field(0, ge=0, le=1_000_000, description="n > 0: the learning rate is multiplied by "
+                                   "lr_decay_factor after every n validated epochs without a better one; 0: off")
+    lr_decay_factor: Float = Field(0.5, gt=0.0, lt=1.0)
     seed: Int = 0
     length_buckets: PositiveInts = Field(default_factory=lambda: [8, 16, 32])
     eval_every: Int = Field(1, ge=1, le=1_000_000)

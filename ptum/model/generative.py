@@ -275,12 +275,52 @@ class GenerativeRetrieval(keras.Model):
         return prefix_groups(codes, range(first_new, len(codes)), m,
                              catalog_cap(beam_size, self.generative.catalog_items_epsilon))
 
-    def beam_search(self, item_ids, beam_size: int):
+    def leaf_counts(self):
+        """[trie_size] int32: the items under each node of the trie (1 at a leaf), bottom-up
+        from the trie's arrays (a node's children are contiguous: a cumulative sum per pass)."""
+        t = self.trie
+        start, count = t["child_start"].value, t["child_count"].value
+        counts = ops.cast(t["node_item"].value >= 0, "int32")
+        for _ in range(self.depth):
+            total = ops.concatenate([ops.zeros((1,), "int32"), ops.cumsum(counts)])
+            counts = ops.where(count > 0, ops.take(total, start + count) - ops.take(total, start), counts)
+        return counts
+
+    def item_nodes(self, items):
+        """Item tokens [B, E] -> each one's trie node at depths 1 .. D [B, E, D] (-1 for every
+        depth of a reserved token, an item without a code or one not in the trie)."""
+        items = ops.cast(items, "int32")
+        t = self.trie
+        real = ops.logical_and(items >= contracts.FIRST_ITEM_ID, items < self.num_items)
+        codes = ops.take(self.item_codes.value, ops.clip(items, 0, self.num_items - 1), axis=0)   # [B, E, D]
+        ok = ops.logical_and(real, ops.all(codes >= 0, axis=-1))
+        node = ops.zeros_like(items)
+        out = []
+        for level in range(self.depth):
+            j = ops.arange(max(self.max_children[level], 1), dtype="int32")
+            child = ops.minimum(ops.take(t["child_start"].value, node)[..., None] + j, self.trie_size - 1)
+            hit = ops.logical_and(j < ops.take(t["child_count"].value, node)[..., None],
+                                  ops.equal(ops.take(t["node_code"].value, child), codes[..., level, None]))
+            ok = ops.logical_and(ok, ops.any(hit, axis=-1))
+            node = ops.sum(ops.where(hit, child, 0), axis=-1)
+            out.append(ops.where(ok, node, -1))
+        return ops.stack(out, axis=-1)
+
+    def beam_search(self, item_ids, beam_size: int, exclude=None):
         """History [B, T] -> (item tokens [B, K], scores [B, K]) best first, K = min(beam_size,
-        coded items): beam search over the trie. A slot with no item left has item -1, score DEAD."""
+        coded items): beam search over the trie. A slot with no item left has item -1, score DEAD.
+        `exclude` [B, E] (item tokens; PAD and other reserved tokens ignored, repeats counted
+        once): items the lists must not hold, left out inside the search: a prefix whose items
+        are all excluded is no candidate, so a beam of K still returns K items when the catalog
+        has K besides them (filtering after the search would return fewer)."""
         memory, valid = self.encode(ops.cast(item_ids, "int32"))
         b = ops.shape(memory)[0]
         t = self.trie
+        if exclude is not None:
+            from ptum.model.objectives import first_occurrences
+
+            paths = self.item_nodes(first_occurrences(ops.cast(exclude, "int32")))    # [B, E, D]
+            leaves = self.leaf_counts()
         nodes = ops.zeros((b, 1), "int32")
         scores = ops.zeros((b, 1), "float32")
         tokens = ops.zeros((b, 1, 1), "int32")          # BOS
@@ -296,6 +336,8 @@ class GenerativeRetrieval(keras.Model):
             j = ops.arange(c, dtype="int32")
             child = ops.minimum(start[..., None] + j, self.trie_size - 1)           # [B, W, C]
             ok = ops.logical_and(j < count[..., None], (scores > DEAD / 2)[..., None])
+            if exclude is not None:    # a child keeps a candidate only while it has an item not excluded
+                ok = ops.logical_and(ok, ops.take(leaves, child) > self._excluded_below(paths, nodes, level, c))
             code = ops.take(t["node_code"].value, child, axis=0)
             cand = ops.where(ok, scores[..., None] + ops.take_along_axis(logp, code, axis=-1), DEAD)
             new_width = min(beam_size, width * c)
@@ -309,6 +351,17 @@ class GenerativeRetrieval(keras.Model):
             width = new_width
         alive = scores > DEAD / 2
         return ops.where(alive, ops.take(t["node_item"].value, nodes, axis=0), -1), ops.where(alive, scores, DEAD)
+
+    def _excluded_below(self, paths, nodes, level: int, c: int):
+        """[B, W, C] int32: how many excluded items lie under child j of beam w's node (depth
+        `level`), from their paths [B, E, D]: an item is under the child its depth-(level+1)
+        node is, when its depth-`level` node is the beam's (the root at level 0)."""
+        here = paths[..., level]                                                 # [B, E]
+        above = paths[..., level - 1] if level else ops.where(here >= 0, 0, -1)
+        under = ops.logical_and(ops.equal(above[:, None, :], nodes[:, :, None]), (here >= 0)[:, None, :])
+        j = here - ops.take(self.trie["child_start"].value, ops.maximum(above, 0))
+        slot = ops.one_hot(ops.where(here >= 0, j, -1), c, dtype="float32")    # [B, E, C]; -1: all zero
+        return ops.cast(ops.round(ops.matmul(ops.cast(under, "float32"), slot)), "int32")
 
     def tuple_log_probs(self, item_ids, tuples):
         """Log-probability of each code tuple [N, D] after each history [B, T] -> [B, N]

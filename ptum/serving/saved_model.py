@@ -337,10 +337,11 @@ class _GenerativeExporter(_Exporter):
                                      [tf.debugging.assert_non_negative(k, message="k must be >= 0")]):
             ids = tf.identity(ids)
         window = self.preprocess(ids, beh, ts, lengths)["item_ids"]
-        items, scores = self.encoder.beam_search(window, self.beam)
+        inside = tf.range(tf.shape(ids, out_type=tf.int64)[1])[None, :] < tf.cast(lengths, tf.int64)[:, None]
+        history = tf.where(inside, ids, tf.cast(contracts.PAD_ID, ids.dtype))    # left out inside the search
+        items, scores = self.encoder.beam_search(window, self.beam, exclude=history)
         if self.twins is not None:
             items, scores = merge_prefix_matches(items, scores, self.twins)
-        inside = tf.range(tf.shape(ids, out_type=tf.int64)[1])[None, :] < tf.cast(lengths, tf.int64)[:, None]
         seen = tf.reduce_any(tf.logical_and(tf.equal(tf.cast(items, tf.int64)[:, :, None], ids[:, None, :]),
                                             inside[:, None, :]), axis=2)
         keep = tf.logical_and(items >= contracts.FIRST_ITEM_ID, tf.logical_not(seen))

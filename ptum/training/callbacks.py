@@ -92,6 +92,31 @@ class KeepBest(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class DecayOnPlateau(keras.callbacks.Callback):
+    """Multiplies the optimizer's learning rate by `factor` when `KeepBest`'s wait (validated
+    epochs without a better one, in `state`) reaches a multiple of `patience`; the rate is kept
+    in `state["learning_rate"]`, so a resumed run goes on with the rate it had. Epochs without
+    validation (`eval_every` > 1, no `key` in the logs) leave it alone. Runs after KeepBest."""
+
+    def __init__(self, key: str, state: dict, patience: int, factor: float, log: Callable[[str], None]):
+        super().__init__()
+        self._key, self._state, self._patience, self._factor, self._log = key, state, patience, factor, log
+
+    def on_train_begin(self, logs=None):
+        if "learning_rate" in self._state:
+            self.model.optimizer.learning_rate.assign(self._state["learning_rate"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        wait = self._state["wait"]
+        if self._key not in (logs or {}) or not wait or wait % self._patience:
+            return
+        before = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self._state["learning_rate"] = after = before * self._factor
+        self.model.optimizer.learning_rate.assign(after)
+        self._log(f"learning rate {before:.3g} -> {after:.3g} after {wait} epochs without a better "
+                  f"{self._key.removeprefix('val_')}")
+
+
 class History(keras.callbacks.Callback):
     """One entry per epoch, numbered across fits: {"epoch", "phase", "loss", validation metrics}."""
 

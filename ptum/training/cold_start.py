@@ -116,13 +116,13 @@ def _generative_lists(model, rows: Rows, width: int, buckets, beam: int, batch: 
                       cap: int, lists: _Lists) -> None:
     import keras
 
-    from ptum.evaluation.generative import beam_function
+    from ptum.evaluation.generative import beam_function, history_exclusion
 
-    search = beam_function(model, beam)
+    search = beam_function(model, beam, excluding=True)    # the history left out inside the search
     codes = np.asarray(keras.ops.convert_to_numpy(model.item_codes.value)).astype(np.int64)
     semantic = codes.shape[1] - 1          # the codes before the collision token
     for idx, b in eval_batches(rows, batch, width, buckets, 0):
-        items, scores = search(b["item_ids"])
+        items, scores = search(b["item_ids"], history_exclusion(rows, idx))
         targets = rows.items[rows.offsets[idx + 1] - 1].astype(np.int64)
         lists_of = [("generative", items)]
         for name, m in (("generative_prefix", semantic), ("generative_prefix_coarse", semantic - 1)):

@@ -237,7 +237,8 @@ def _generative_validation(run: _Run, model, valid_rows) -> Callable[[int], dict
     def metrics(epoch: int) -> dict:
         m = generative_metrics(model, valid_rows, run.cfg.model.max_len, t.length_buckets,
                                run.cfg.generative.beam_size, t.eval_batch_size, ks=(10,),
-                               catalog_from=run.ds.num_item_tokens if run.cfg.generative.catalog_items else None)
+                               catalog_from=run.ds.num_item_tokens if run.cfg.generative.catalog_items else None,
+                               unfiltered=False)
         return {"ndcg@10": m["ndcg@10"], "recall@10": m["recall@10"]}
     return metrics
 
@@ -275,12 +276,13 @@ def _validation(run: _Run, encoder, valid_rows, select: str) -> Callable[[int], 
 
 def _callbacks(run: _Run, pretrainer, state: dict, valid_rows, batches: int, log) -> list:
     """In this order at each epoch's end: the loss must be finite; the clock stops before
-    validation; the best weights and patience see the validation; the history records it all;
-    the checkpoint saves the state the others left; then the time limit."""
+    validation; the best weights and patience see the validation, then the learning rate's
+    decay (train.lr_decay_patience); the history records it all; the checkpoint saves the state
+    the others left; then the time limit."""
     import keras
 
-    from ptum.training.callbacks import (Checkpoint, EpochRecord, KeepBest, NaNGuard, TimeLimit, TrainClock,
-                                         ValidationMetrics, epoch_line)
+    from ptum.training.callbacks import (Checkpoint, DecayOnPlateau, EpochRecord, KeepBest, NaNGuard, TimeLimit,
+                                         TrainClock, ValidationMetrics, epoch_line)
 
     t = run.cfg.train
     select = state["select_metric"]
@@ -305,6 +307,8 @@ def _callbacks(run: _Run, pretrainer, state: dict, valid_rows, batches: int, log
                  clock, ValidationMetrics(_validation(run, _network(run, pretrainer), valid_rows, select),
                                           every=t.eval_every, timed=True),
                  KeepBest("val_" + select, state, t.patience, keep=lambda _: pretrainer.save_weights(run.best_path)),
+                 *([DecayOnPlateau("val_" + select, state, t.lr_decay_patience, t.lr_decay_factor, log)]
+                   if t.lr_decay_patience else []),
                  EpochRecord(state, line),
                  Checkpoint(save_checkpoint, state, clock, t.checkpoint_every_steps, batches + skip, offset=skip),
                  TimeLimit(t.max_train_seconds)]

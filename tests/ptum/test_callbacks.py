@@ -83,3 +83,39 @@ def test_nan_guard_raises_the_callers_error_naming_the_epoch():
     x, y = _data(nan=True)
     with pytest.raises(Stop, match=r"loss is nan at epoch 1: hint"):
         _model().fit(x, y, epochs=3, verbose=0, callbacks=[NaNGuard(Stop, hint=": hint")])
+
+
+def test_learning_rate_decays_on_plateau_and_a_resumed_fit_keeps_it():
+    import keras
+
+    from ptum.training.callbacks import DecayOnPlateau, KeepBest, ValidationMetrics
+
+    # Epoch 1 is the best; the later ones are not better; epoch 4 is not validated.
+    scores = {0: 0.5, 1: 0.4, 2: 0.3, 4: 0.2, 5: 0.1}
+    state = {"best": -1.0, "best_epoch": -1, "wait": 0}
+    rates, lines = [], []
+
+    class Rate(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            rates.append(round(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)), 6))
+
+    def chain():
+        return [ValidationMetrics(lambda e: {"ndcg@10": scores[e]} if e in scores else {}),
+                KeepBest("val_ndcg@10", state, patience=10, keep=lambda _: None),
+                DecayOnPlateau("val_ndcg@10", state, patience=2, factor=0.5, log=lines.append), Rate()]
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    x, y = _data()
+    model.fit(x, y, epochs=6, verbose=0, callbacks=chain())
+    # Waits 0, 1, 2 (-> halved), 2 again on the unvalidated epoch (left alone), 3, 4 (-> halved).
+    assert rates == [0.1, 0.1, 0.05, 0.05, 0.05, 0.025]
+    assert state["learning_rate"] == pytest.approx(0.025) and len(lines) == 2
+    assert "0.1 -> 0.05 after 2 epochs without a better ndcg@10" in lines[0]
+    # A fresh model and optimizer (a resumed run) start from the decayed rate in the state.
+    fresh = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    fresh.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    rates.clear()
+    scores.clear()
+    fresh.fit(x, y, epochs=1, verbose=0, callbacks=chain())
+    assert rates == [0.025]

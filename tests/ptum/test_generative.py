@@ -80,6 +80,49 @@ def test_constrained_beam_search_equals_brute_force_and_returns_only_real_items(
     assert np.allclose(np.take_along_axis(brute, np.searchsorted(coded, items), axis=1), scores, atol=1e-4)
 
 
+def test_beam_search_leaves_excluded_items_out_inside_the_search():
+    codes = _codes(40, 2, 3, seed=4)
+    codes[7] = -1                                    # an uncoded item in the exclusion is ignored
+    model = _model(codes)
+    coded = np.flatnonzero((codes >= 0).all(axis=1))
+    trie = Trie.from_codes(codes)
+    under = np.zeros(trie.size, int)                 # items under each node, by walking the trie
+    for item in coded:
+        node = 0
+        under[node] += 1
+        for code in codes[item]:
+            kids = range(trie.child_start[node], trie.child_start[node] + trie.child_count[node])
+            node = next(k for k in kids if trie.node_code[k] == code)
+            under[node] += 1
+    assert np.array_equal(np.asarray(model.leaf_counts()), under)
+    rng = np.random.default_rng(5)
+    hist = rng.integers(contracts.FIRST_ITEM_ID, len(codes), size=(4, 6)).astype(np.int32)
+    # Row 0 excludes every item under the first top-level code, with repeats and padding; row 1 a
+    # few items and the uncoded one; row 2 the items a plain beam of 6 would return; row 3 nothing.
+    first = coded[codes[coded, 0] == codes[coded[0], 0]]
+    plain = np.asarray(model.beam_search(hist, beam_size=6)[0])
+    width = len(first) + 3
+    exclude = np.zeros((4, width), np.int32)
+    exclude[0, 3:] = first
+    exclude[0, :3] = first[:3]
+    exclude[1, -4:] = [coded[3], coded[5], coded[3], 7]
+    exclude[2, :6] = plain[2]
+    brute = np.asarray(model.tuple_log_probs(hist, codes[coded]))
+    items, scores = (np.asarray(x) for x in model.beam_search(hist, len(coded), exclude=exclude))
+    for b in range(4):
+        allowed = ~np.isin(coded, exclude[b])
+        n = int(allowed.sum())
+        order = np.argsort(-brute[b][allowed], kind="stable")
+        assert np.array_equal(np.sort(items[b, :n]), np.sort(coded[allowed]))
+        assert np.allclose(scores[b, :n], brute[b][allowed][order], atol=1e-4)
+        assert (items[b, n:] == -1).all() and (scores[b, n:] < -1e8).all()
+    # A narrow beam still returns its width in items, none of them excluded.
+    items, scores = (np.asarray(x) for x in model.beam_search(hist, beam_size=6, exclude=exclude))
+    assert (items >= contracts.FIRST_ITEM_ID).all() and all(len(set(r)) == 6 for r in items.tolist())
+    assert not any(np.isin(items[b], exclude[b]).any() for b in range(4))
+    assert np.array_equal(items[3], plain[3])
+
+
 def test_beam_wider_than_the_catalog_pads_with_no_item():
     codes = _codes(5, 1, 4, seed=3)
     items, scores = (np.asarray(x) for x in _model(codes).beam_search(np.array([[3, 4]], np.int32), beam_size=9))
@@ -165,14 +208,17 @@ print(json.dumps({"items": out["item_ids"].numpy().astype(str).tolist(), "scores
 
 def _served_equals_keras(tmp_path, gen, data):
     """The exported top_k, loaded in a fresh process, returns what the Keras model decodes
-    (history items left out), for raw item-id histories longer and shorter than max_len."""
+    (history items left out inside the search), for raw item-id histories longer and shorter
+    than max_len; a history that holds the 26 items the model ranks first still gets the other 4
+    from a beam of 20."""
     from ptum.data.batches import pad_batch, Rows
     from ptum.model.saving import load_model_dir
 
     r = _ptum("export-model", "--model", gen, "--output", str(tmp_path / "serving"))
     assert r.returncode == 0, r.stderr
     version = os.path.join(tmp_path / "serving", os.listdir(tmp_path / "serving")[0])
-    histories = [[f"i{j % 30}" for j in range(s, s + n)] for s, n in ((0, 3), (7, 14), (20, 1))]
+    histories = [[f"i{j % 30}" for j in range(s, s + n)] for s, n in ((0, 3), (7, 14), (20, 1), (1, 25))]
+    histories[-1].append("i0")     # i1 .. i25 come after i0 (the cycle): only the 4 the model ranks last are unseen
     served = subprocess.run([sys.executable, "-c", SERVE, version, json.dumps(histories)], capture_output=True,
                             text=True)
     assert served.returncode == 0, served.stderr
@@ -187,10 +233,14 @@ def _served_equals_keras(tmp_path, gen, data):
         rows = Rows(np.array(["u"], object), np.array([0, len(toks)]), np.array(toks, np.int32),
                     np.ones(len(toks), np.int32), np.zeros(len(toks), np.int64))
         window = pad_batch(rows, np.array([0]), meta["max_len"])["item_ids"]
-        items, scores = (np.asarray(x)[0] for x in model.beam_search(window, meta["beam_size"]))
-        keep = [(name[int(i)], float(s)) for i, s in zip(items, scores) if i >= 0 and int(i) not in toks][:5]
-        assert got_items == [k[0] for k in keep] and all(ok)
-        assert np.allclose(got_scores, [k[1] for k in keep], atol=1e-4)
+        items, scores = (np.asarray(x)[0] for x in model.beam_search(window, meta["beam_size"],
+                                                                      exclude=np.array([toks], np.int32)))
+        keep = [(name[int(i)], float(s)) for i, s in zip(items, scores) if i >= 0][:5]
+        assert len(keep) == min(5, 30 - len(h)) and not {k[0] for k in keep} & set(h)
+        pad = 5 - len(keep)       # slots without an item: "", not ok, -inf
+        assert got_items == [k[0] for k in keep] + [""] * pad and ok == [True] * len(keep) + [False] * pad
+        assert np.allclose(got_scores[:len(keep)], [k[1] for k in keep], atol=1e-4)
+        assert all(s == -np.inf for s in got_scores[len(keep):])
 
 
 def test_generative_training_resumes_after_a_kill(tmp_path):
@@ -367,7 +417,8 @@ def _evaluation_list(model_dir, ds, history, extra, k):
     token = {v: t for t, v in name.items()}
     name.update({ds.num_item_tokens + j: item for j, item in enumerate(extra)})
     beam = model.generative.beam_size
-    items, scores = beam_function(model, beam)(np.array([[token[i] for i in history]], np.int32))
+    toks = np.array([[token[i] for i in history]], np.int32)
+    items, scores = beam_function(model, beam, excluding=True)(toks, toks)
     items, scores = merge_prefix_matches(items, scores, model.catalog_twins(ds.num_item_tokens, beam))
     items = np.asarray(keras.ops.convert_to_numpy(items))
     kept = (items >= contracts.FIRST_ITEM_ID) & ~np.isin(items, [token[i] for i in history])
