@@ -20,6 +20,9 @@ Inference is beam search over a prefix trie of the items' tuples (`Trie`): at ea
 the children of a beam's prefix are candidates, so every result is a real item; an item's
 score is the sum of its tokens' log-probabilities (each a log-softmax over its level's codes).
 `tuple_log_probs` scores given tuples the same way (the brute force the tests compare with).
+Items a list must not hold (the user's history) are left out inside the search: a prefix
+counts the items under it (`leaf_counts`) against the excluded ones (`item_nodes`), so a beam
+of K returns K items whenever the catalog has them.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from keras import ops
 from ptum.config import GenerativeConfig, ModelConfig
 from ptum.data import contracts
 from ptum.model.layers import TransformerBlock
+from ptum.model.objectives import first_occurrences
 
 DEAD = -1e9   # the score of a beam that has no real continuation
 
@@ -317,8 +321,6 @@ class GenerativeRetrieval(keras.Model):
         b = ops.shape(memory)[0]
         t = self.trie
         if exclude is not None:
-            from ptum.model.objectives import first_occurrences
-
             paths = self.item_nodes(first_occurrences(ops.cast(exclude, "int32")))    # [B, E, D]
             leaves = self.leaf_counts()
         nodes = ops.zeros((b, 1), "int32")
