@@ -159,6 +159,8 @@ class TrainConfig(Section):
     lr_decay_patience: Int = Field(0, ge=0, le=1_000_000, description="n > 0: the learning rate is multiplied by "
                                    "lr_decay_factor after every n validated epochs without a better one; 0: off")
     lr_decay_factor: Float = Field(0.5, gt=0.0, lt=1.0)
+    lr_restarts: Int = Field(0, ge=0, le=1000, description="n > 0: where train.patience would stop, reload the best "
+                             "weights, multiply the learning rate by lr_decay_factor and go on, up to n times")
     seed: Int = 0
     length_buckets: PositiveInts = Field(default_factory=lambda: [8, 16, 32])
     eval_every: Int = Field(1, ge=1, le=1_000_000)
@@ -209,6 +211,8 @@ class PTUMConfig(Section):
             (not o.bag or m.user_embedding == "profile", "objective.bag trains the profile: set model.user_embedding=profile"),
             (o.bag_contrastive == 0 or o.bag_dropout > 0, "objective.bag_contrastive needs bag_dropout > 0 (the views)"),
             (o.k <= m.future_positions, "objective.k must be <= model.future_positions"),
+            (not (self.train.lr_decay_patience and self.train.lr_restarts),
+             "train.lr_decay_patience and train.lr_restarts are two decay rules: set one"),
             (not (o.nbp and o.nbp_from == "every" and m.attention == "bidirectional"),
              "NBP from every prefix needs causal attention (bidirectional attention sees the future)"),
         ]

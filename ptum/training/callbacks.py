@@ -96,25 +96,40 @@ class DecayOnPlateau(keras.callbacks.Callback):
     """Multiplies the optimizer's learning rate by `factor` when `KeepBest`'s wait (validated
     epochs without a better one, in `state`) reaches a multiple of `patience`; the rate is kept
     in `state["learning_rate"]`, so a resumed run goes on with the rate it had. Epochs without
-    validation (`eval_every` > 1, no `key` in the logs) leave it alone. Runs after KeepBest."""
+    validation (`eval_every` > 1, no `key` in the logs) leave it alone. Runs after KeepBest.
+    With `restarts` n > 0 it acts only where KeepBest stops (`patience` is then KeepBest's):
+    it reloads the best weights (`reload()`), lowers the rate, resets the wait and lets the fit
+    go on, at most n times (counted in `state["restarts"]`), so it never acts inside an early
+    plateau that training would have climbed out of."""
 
-    def __init__(self, key: str, state: dict, patience: int, factor: float, log: Callable[[str], None]):
+    def __init__(self, key: str, state: dict, patience: int, factor: float, log: Callable[[str], None],
+                 restarts: int = 0, reload: Optional[Callable[[], None]] = None):
         super().__init__()
         self._key, self._state, self._patience, self._factor, self._log = key, state, patience, factor, log
+        self._restarts, self._reload = restarts, reload
 
     def on_train_begin(self, logs=None):
         if "learning_rate" in self._state:
             self.model.optimizer.learning_rate.assign(self._state["learning_rate"])
 
     def on_epoch_end(self, epoch, logs=None):
-        wait = self._state["wait"]
-        if self._key not in (logs or {}) or not wait or wait % self._patience:
+        state, wait = self._state, self._state["wait"]
+        if self._key not in (logs or {}) or not wait:
+            return
+        if self._restarts:
+            if wait < self._patience or state.get("restarts", 0) >= self._restarts:
+                return
+            self._reload()
+            state.update(restarts=state.get("restarts", 0) + 1, wait=0)
+            self.model.stop_training = False
+        elif wait % self._patience:
             return
         before = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        self._state["learning_rate"] = after = before * self._factor
+        state["learning_rate"] = after = before * self._factor
         self.model.optimizer.learning_rate.assign(after)
+        again = f"; restart {state['restarts']} of {self._restarts} from the best weights" if self._restarts else ""
         self._log(f"learning rate {before:.3g} -> {after:.3g} after {wait} epochs without a better "
-                  f"{self._key.removeprefix('val_')}")
+                  f"{self._key.removeprefix('val_')}{again}")
 
 
 class History(keras.callbacks.Callback):

@@ -277,8 +277,8 @@ def _validation(run: _Run, encoder, valid_rows, select: str) -> Callable[[int], 
 def _callbacks(run: _Run, pretrainer, state: dict, valid_rows, batches: int, log) -> list:
     """In this order at each epoch's end: the loss must be finite; the clock stops before
     validation; the best weights and patience see the validation, then the learning rate's
-    decay (train.lr_decay_patience); the history records it all; the checkpoint saves the state
-    the others left; then the time limit."""
+    decay (train.lr_decay_patience, or lr_restarts from the best weights); the history records
+    it all; the checkpoint saves the state the others left; then the time limit."""
     import keras
 
     from ptum.training.callbacks import (Checkpoint, DecayOnPlateau, EpochRecord, KeepBest, NaNGuard, TimeLimit,
@@ -307,8 +307,10 @@ def _callbacks(run: _Run, pretrainer, state: dict, valid_rows, batches: int, log
                  clock, ValidationMetrics(_validation(run, _network(run, pretrainer), valid_rows, select),
                                           every=t.eval_every, timed=True),
                  KeepBest("val_" + select, state, t.patience, keep=lambda _: pretrainer.save_weights(run.best_path)),
-                 *([DecayOnPlateau("val_" + select, state, t.lr_decay_patience, t.lr_decay_factor, log)]
-                   if t.lr_decay_patience else []),
+                 *([DecayOnPlateau("val_" + select, state, t.patience if t.lr_restarts else t.lr_decay_patience,
+                                   t.lr_decay_factor, log, restarts=t.lr_restarts,
+                                   reload=lambda: pretrainer.load_weights(run.best_path))]
+                   if t.lr_decay_patience or t.lr_restarts else []),
                  EpochRecord(state, line),
                  Checkpoint(save_checkpoint, state, clock, t.checkpoint_every_steps, batches + skip, offset=skip),
                  TimeLimit(t.max_train_seconds)]

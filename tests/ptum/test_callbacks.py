@@ -119,3 +119,46 @@ def test_learning_rate_decays_on_plateau_and_a_resumed_fit_keeps_it():
     scores.clear()
     fresh.fit(x, y, epochs=1, verbose=0, callbacks=chain())
     assert rates == [0.025]
+
+
+def test_restarts_reload_the_best_weights_where_patience_would_stop():
+    import keras
+
+    from ptum.training.callbacks import DecayOnPlateau, KeepBest, ValidationMetrics
+
+    scores = [0.5, 0.4, 0.3, 0.2, 0.1, 0.6, 0.1, 0.1, 0.1, 0.1]
+    state = {"best": -1.0, "best_epoch": -1, "wait": 0}
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    best, reloads, lines, rates = {}, [], [], []
+
+    class Rate(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            rates.append(round(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)), 6))
+
+    def keep(epoch):
+        best["weights"] = [w.copy() for w in model.get_weights()]
+
+    def reload():
+        reloads.append(len(rates))
+        model.set_weights(best["weights"])
+
+    x, y = _data()
+    fitted = model.fit(x, y, epochs=10, verbose=0, callbacks=[
+        ValidationMetrics(lambda e: {"ndcg@10": scores[e]}),
+        KeepBest("val_ndcg@10", state, patience=2, keep=keep),
+        DecayOnPlateau("val_ndcg@10", state, patience=2, factor=0.5, log=lines.append, restarts=2, reload=reload),
+        Rate()])
+    # Epoch 3 would stop (2 without a better one): restart 1 at half the rate; epoch 5 would stop
+    # again: restart 2; epoch 6 is a new best; epochs 7 and 8 use up the patience: no restarts left.
+    assert len(fitted.history["loss"]) == 8 and state["restarts"] == 2 and state["best_epoch"] == 6
+    assert rates == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.025, 0.025]
+    assert reloads == [2, 4] and "restart 2 of 2 from the best weights" in lines[1]
+    assert state["learning_rate"] == pytest.approx(0.025)
+
+
+def test_the_two_decay_rules_are_not_set_together():
+    from ptum.config import ConfigError, PTUMConfig
+
+    with pytest.raises(ConfigError, match="two decay rules"):
+        PTUMConfig.load(None, ["train.lr_decay_patience=2", "train.lr_restarts=1"])
