@@ -131,7 +131,7 @@ def generative_metrics(model, rows: Rows, width: int, buckets: Sequence[int], be
             if twins is not None:    # catalog items beside their decoded twins
                 items = np.asarray(keras.ops.convert_to_numpy(merge_prefix_matches(items, scores, twins)[0]))
             kept = items >= contracts.FIRST_ITEM_ID
-            if not suffix:   # a catalog twin may still be a history item (the search left out the rest)
+            if not suffix and twins is not None:   # a catalog twin may be a history item (the search left out the rest)
                 kept &= ~in_history(rows, idx, items) | (items == targets[:, None])
             new = items >= catalog_from if catalog_from is not None else np.zeros_like(kept)
             for k in ks:
