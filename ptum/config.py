@@ -161,6 +161,9 @@ class TrainConfig(Section):
     lr_decay_factor: Float = Field(0.5, gt=0.0, lt=1.0)
     lr_restarts: Int = Field(0, ge=0, le=1000, description="n > 0: where train.patience would stop, reload the best "
                              "weights, multiply the learning rate by lr_decay_factor and go on, up to n times")
+    ema_momentum: Float = Field(0.0, ge=0.0, lt=1.0, description="m > 0: validate, keep and export the moving "
+                                "average of the weights (each step: avg = m avg + (1 - m) w); training goes on "
+                                "from its own weights; 0: off")
     seed: Int = 0
     length_buckets: PositiveInts = Field(default_factory=lambda: [8, 16, 32])
     eval_every: Int = Field(1, ge=1, le=1_000_000)

@@ -14,7 +14,9 @@ Stock callbacks are used where they keep the behaviour (TensorBoard); these stay
 - pre-training: `TrainClock` (training seconds across resumed runs), `EpochRecord` (history +
   the progress line),
   `Checkpoint` (weights and state every epoch and every N batches, with the data position and
-  the epoch's running loss, for a bit-identical resume after a kill) and `TimeLimit`.
+  the epoch's running loss, for a bit-identical resume after a kill), `TimeLimit` and
+  `SwapAverage` (validate and keep the moving average of the weights: keras' SwapEMAWeights
+  exchanges them by arithmetic, which is not exact, and only around evaluate/predict).
 """
 from __future__ import annotations
 
@@ -130,6 +132,35 @@ class DecayOnPlateau(keras.callbacks.Callback):
         again = f"; restart {state['restarts']} of {self._restarts} from the best weights" if self._restarts else ""
         self._log(f"learning rate {before:.3g} -> {after:.3g} after {wait} epochs without a better "
                   f"{self._key.removeprefix('val_')}{again}")
+
+
+class SwapAverage(keras.callbacks.Callback):
+    """Exchanges the model's trainable weights with the optimizer's exponential moving average
+    of them (an optimizer built with `use_ema=True`), by copying, so the exchange is exact. Put
+    once before validation and once after the best weights are kept: the epoch is validated and
+    kept on the averaged weights, and training goes on from its own (train.ema_momentum)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        swap_average(self.model)
+
+
+def swap_average(model) -> None:
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    averages = getattr(optimizer, "_model_variables_moving_average", None)
+    if averages is None:
+        raise ValueError("SwapAverage needs an optimizer built with use_ema=True")
+    for var, average in zip(model.trainable_variables, averages):
+        if average is not None:
+            own = keras.ops.convert_to_numpy(var.value)
+            var.assign(average.value)
+            average.assign(own)
+
+
+def keep_own_weights_after_fit(optimizer) -> None:
+    """Keras overwrites the model's weights with their average when a fit ends (use_ema); a run
+    fitted in two parts (a resumed half epoch, then the rest) must go on from its own weights."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    optimizer.finalize_variable_values = lambda var_list: None
 
 
 class History(keras.callbacks.Callback):

@@ -201,9 +201,13 @@ def _build(run: _Run, warm_start: Optional[str], log):
             pretrainer = build_pretrainer(cfg, encoder)
         if state is not saved:
             optimizer = keras.optimizers.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay,
-                                               clipnorm=t.clipnorm or None)
+                                               clipnorm=t.clipnorm or None, use_ema=t.ema_momentum > 0,
+                                               ema_momentum=t.ema_momentum or 0.99)
             pretrainer.compile(optimizer=optimizer, jit_compile=runtime.jit_setting(cfg),
                                steps_per_execution=t.steps_per_execution)
+    if t.ema_momentum:
+        from ptum.training.callbacks import keep_own_weights_after_fit
+        keep_own_weights_after_fit(pretrainer.optimizer)
     state["select_metric"] = selection_metric(cfg, run.ds)
     return pretrainer, state
 
@@ -276,13 +280,14 @@ def _validation(run: _Run, encoder, valid_rows, select: str) -> Callable[[int], 
 
 def _callbacks(run: _Run, pretrainer, state: dict, valid_rows, batches: int, log) -> list:
     """In this order at each epoch's end: the loss must be finite; the clock stops before
-    validation; the best weights and patience see the validation, then the learning rate's
+    validation; (train.ema_momentum: the averaged weights are swapped in) the best weights and
+    patience see the validation, (the model's own weights back) then the learning rate's
     decay (train.lr_decay_patience, or lr_restarts from the best weights); the history records
     it all; the checkpoint saves the state the others left; then the time limit."""
     import keras
 
-    from ptum.training.callbacks import (Checkpoint, DecayOnPlateau, EpochRecord, KeepBest, NaNGuard, TimeLimit,
-                                         TrainClock, ValidationMetrics, epoch_line)
+    from ptum.training.callbacks import (Checkpoint, DecayOnPlateau, EpochRecord, KeepBest, NaNGuard, SwapAverage,
+                                         TimeLimit, TrainClock, ValidationMetrics, epoch_line)
 
     t = run.cfg.train
     select = state["select_metric"]
@@ -303,10 +308,12 @@ def _callbacks(run: _Run, pretrainer, state: dict, valid_rows, batches: int, log
                           "valid_window_recall@10": logs.get("val_window_recall@10")}))
 
     clock = TrainClock(state)
+    average = [SwapAverage()] if t.ema_momentum else []
     callbacks = [NaNGuard(TrainingError, hint=": lower the learning rate or check the data; no model was written"),
-                 clock, ValidationMetrics(_validation(run, _network(run, pretrainer), valid_rows, select),
+                 clock, *average, ValidationMetrics(_validation(run, _network(run, pretrainer), valid_rows, select),
                                           every=t.eval_every, timed=True),
                  KeepBest("val_" + select, state, t.patience, keep=lambda _: pretrainer.save_weights(run.best_path)),
+                 *average,
                  *([DecayOnPlateau("val_" + select, state, t.patience if t.lr_restarts else t.lr_decay_patience,
                                    t.lr_decay_factor, log, restarts=t.lr_restarts,
                                    reload=lambda: pretrainer.load_weights(run.best_path))]

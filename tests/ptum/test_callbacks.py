@@ -162,3 +162,34 @@ def test_the_two_decay_rules_are_not_set_together():
 
     with pytest.raises(ConfigError, match="two decay rules"):
         PTUMConfig.load(None, ["train.lr_decay_patience=2", "train.lr_restarts=1"])
+
+
+def test_the_average_is_validated_and_training_goes_on_from_its_own_weights():
+    """SwapAverage around validation: validation sees the optimizer's moving average, exactly;
+    after the epoch the model holds its own weights again, also after the fit ends (Keras
+    would overwrite them with the average there: a fit in two parts must go on from its own)."""
+    import keras
+
+    from ptum.training.callbacks import SwapAverage, ValidationMetrics, keep_own_weights_after_fit
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.AdamW(0.1, use_ema=True, ema_momentum=0.5), loss="mse")
+    keep_own_weights_after_fit(model.optimizer)
+    seen = []
+
+    def values(variables):
+        return [np.array(keras.ops.convert_to_numpy(v.value)) for v in variables]
+
+    def validate(epoch):
+        seen.append((values(model.trainable_variables), values(model.optimizer._model_variables_moving_average)))
+        return {"ndcg@10": 0.5}
+
+    x, y = _data()
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False,
+              callbacks=[SwapAverage(), ValidationMetrics(validate), SwapAverage()])
+    (validated, own), after = seen[-1], values(model.trainable_variables)
+    for v, o, a, avg in zip(validated, own, after, values(model.optimizer._model_variables_moving_average)):
+        np.testing.assert_array_equal(a, o)       # the model's own weights, back exactly
+        np.testing.assert_array_equal(avg, v)     # the average, back in the optimizer
+    assert not all(np.array_equal(v, o) for v, o in zip(validated, own))

@@ -341,3 +341,27 @@ def test_trains_under_jax(clean_dataset, tmp_path):
     meta = json.load(open(os.path.join(out, "metadata.json")))
     assert meta["stack"].get("jax") and meta["valid"]["ndcg@10"] > 0
     assert meta["user_embedding"]["vector"] == "profile"
+
+
+def test_weight_average_is_the_model_written_the_checkpoint_trains_on(clean_dataset, tmp_path):
+    """train.ema_momentum: the model folder holds the moving average of the weights (one epoch:
+    the best epoch is the last), the checkpoint the weights training goes on from."""
+    import keras
+
+    from ptum.model.saving import load_model_dir
+    from ptum.training.pretrain import pretrain
+
+    data, _ = clean_dataset
+    out = str(tmp_path / "m")
+    pretrain(data, out, small_cfg("train.epochs=1", "train.ema_momentum=0.9"), log=lambda s: None)
+    checkpoint = keras.saving.load_model(os.path.join(out, "checkpoints", "latest.keras"), compile=True)
+    own = [keras.ops.convert_to_numpy(v.value) for v in checkpoint.trainable_variables]
+    average = [keras.ops.convert_to_numpy(v.value) for v in checkpoint.optimizer._model_variables_moving_average]
+    encoder, _, _ = load_model_dir(out)
+    kept = [keras.ops.convert_to_numpy(v.value) for v in encoder.trainable_variables]
+
+    def among(w, pool):
+        return any(p.shape == w.shape and np.array_equal(p, w) for p in pool)
+
+    assert kept and all(among(w, average) for w in kept)
+    assert sum(not among(w, own) for w in kept) >= len(kept) // 2
