@@ -60,10 +60,11 @@ def main() -> None:
         if args.seeds > 1:
             runs[name].update(_seed_summary(seeds))
         print(name, runs[name]["test"]["ndcg@10"], flush=True)
-    best = args.headline or max(runs, key=lambda n: runs[n]["valid"]["ndcg@10"])
+    by_validation = max(runs, key=lambda n: runs[n]["valid"]["ndcg@10"])
+    best = args.headline or by_validation
     result = common.envelope(" ".join(["python"] + sys.argv))
     result.update({
-        "best_run": best, "best_by_validation": max(runs, key=lambda n: runs[n]["valid"]["ndcg@10"]),
+        "best_run": best, "best_by_validation": by_validation,
         "test": runs[best]["test"], "valid": runs[best]["valid"], "config": runs[best]["config"],
         "config_files": sorted({r["config_file"] for r in runs.values()}),
         "epochs": runs[best]["epochs"], "train_seconds": runs[best]["train_seconds"],

@@ -202,7 +202,7 @@ def _build(run: _Run, warm_start: Optional[str], log):
         if state is not saved:
             optimizer = keras.optimizers.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay,
                                                clipnorm=t.clipnorm or None, use_ema=t.ema_momentum > 0,
-                                               ema_momentum=t.ema_momentum or 0.99)
+                                               ema_momentum=t.ema_momentum)
             pretrainer.compile(optimizer=optimizer, jit_compile=runtime.jit_setting(cfg),
                                steps_per_execution=t.steps_per_execution)
     if t.ema_momentum:
