@@ -112,6 +112,8 @@ class ObjectiveConfig(Section):
                                   "of its next item (training agrees with the history-filtered ranking "
                                   "that evaluation and top_k serve)")
     temperature: Float = Field(1.0, gt=0.0, le=1e4)
+    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0, description="e > 0: the item softmax's target puts e "
+                                   "evenly over the row's candidates (the positive and its negatives); 0: off")
     bag: Bool = Field(False, description="set-level: the profile predicts the user's item bag (full softmax)")
     bag_weight: Float = Field(1.0, ge=0.0, le=1e4)
     bag_dropout: Float = Field(0.5, ge=0.0, lt=1.0, description="share of behaviors hidden from the encoder "

@@ -14,10 +14,18 @@ from ptum.data import contracts
 from ptum.model.encoder import NEG_INF, UserEncoder
 
 
-def scored_cross_entropy(logits, target_col=0):
-    """Softmax cross-entropy where the positive sits in column `target_col`."""
+def scored_cross_entropy(logits, target_col=0, smoothing=0.0):
+    """Softmax cross-entropy where the positive sits in column `target_col`; with `smoothing`
+    e > 0 the target is (1 - e) on the positive and e spread evenly over the columns that are
+    candidates (NEG_INF columns are none)."""
     logits = ops.cast(logits, "float32")
-    return -ops.take(ops.log_softmax(logits, axis=-1), target_col, axis=-1)
+    logp = ops.log_softmax(logits, axis=-1)
+    ce = -ops.take(logp, target_col, axis=-1)
+    if not smoothing:
+        return ce
+    ok = logits > NEG_INF / 2
+    uniform = -ops.sum(ops.where(ok, logp, 0.0), axis=-1) / ops.maximum(ops.sum(ops.cast(ok, "float32"), axis=-1), 1.0)
+    return (1.0 - smoothing) * ce + smoothing * uniform
 
 
 def first_occurrences(ids):
@@ -38,14 +46,16 @@ def _among(ids, history):
 class CandidateScoring(keras.layers.Layer):
     """Scores queries against their target item and negatives; returns the mean softmax
     cross-entropy over valid targets. One place for PTUM's sampled candidates, shared
-    sampled softmax (uniform, logQ-corrected, accidental hits masked) and full softmax."""
+    sampled softmax (uniform, logQ-corrected, accidental hits masked) and full softmax.
+    `label_smoothing` e: the target puts e evenly on every candidate of its row (the positive
+    included, the items left out of the row excluded)."""
 
     def __init__(self, negatives="shared", num_negatives=256, logq_correction=True, temperature=1.0,
-                 seed=0, **kwargs):
+                 seed=0, label_smoothing=0.0, **kwargs):
         super().__init__(**kwargs)
         self.negatives, self.num_negatives = negatives, num_negatives
         self.logq_correction, self.temperature = logq_correction, temperature
-        self.seed = seed
+        self.seed, self.label_smoothing = seed, float(label_smoothing)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, queries, targets, valid, table, history=None):
@@ -64,7 +74,7 @@ class CandidateScoring(keras.layers.Layer):
             is_target = ops.equal(ops.arange(num_items)[None, :], targets[:, None])
             logits = ops.where(is_target, NEG_INF, logits)
             if history is not None:
-                return self._mean(self._full_without(pos, logits, targets, history), valid)
+                return self._mean(self._full_without(pos, logits, history, self.label_smoothing), valid)
             logits = ops.concatenate([pos, logits], axis=-1)
         elif self.negatives == "shared":
             neg = keras.random.randint((self.num_negatives,), contracts.FIRST_ITEM_ID, num_items,
@@ -88,7 +98,7 @@ class CandidateScoring(keras.layers.Layer):
             if history is not None:
                 logits = ops.where(_among(neg, history), NEG_INF, logits)
             logits = ops.concatenate([pos, logits], axis=-1)
-        return self._mean(scored_cross_entropy(logits), valid)
+        return self._mean(scored_cross_entropy(logits, smoothing=self.label_smoothing), valid)
 
     @staticmethod
     def _mean(ce, valid):
@@ -96,19 +106,29 @@ class CandidateScoring(keras.layers.Layer):
         return ops.sum(ce * w) / ops.maximum(ops.sum(w), 1.0)
 
     @staticmethod
-    def _full_without(pos, logits, targets, history):
+    def _full_without(pos, logits, history, smoothing=0.0):
         """Full-softmax cross-entropy with the history's items taken out of the normaliser:
         log(Z - sum of their exp) from their gathered logits (a [N, V, H] mask would not fit);
-        the target and reserved ids are already NEG_INF in `logits`."""
+        the target and reserved ids are already NEG_INF in `logits`. With `smoothing`, the
+        uniform part's mean logit over the kept items is (all real - history) sums the same way."""
         lse = ops.logsumexp(ops.concatenate([pos, logits], axis=-1), axis=-1, keepdims=True)
         seen = ops.take_along_axis(logits, ops.cast(history, "int32"), axis=1)
         gone = ops.sum(ops.exp(seen - lse), axis=-1, keepdims=True)
         left = ops.maximum(1.0 - gone, ops.exp(pos - lse))      # the positive always remains
-        return ops.squeeze(lse + ops.log(left) - pos, -1)
+        norm = lse + ops.log(left)
+        ce = ops.squeeze(norm - pos, -1)
+        if not smoothing:
+            return ce
+        real, hist = logits > NEG_INF / 2, seen > NEG_INF / 2
+        total = ops.sum(ops.where(real, logits, 0.0), axis=-1) - ops.sum(ops.where(hist, seen, 0.0), axis=-1)
+        count = ops.sum(ops.cast(real, "float32"), axis=-1) - ops.sum(ops.cast(hist, "float32"), axis=-1)
+        mean_logit = (total + ops.squeeze(pos, -1)) / (count + 1.0)
+        return (1.0 - smoothing) * ce + smoothing * (ops.squeeze(norm, -1) - mean_logit)
 
     def get_config(self):
         return {**super().get_config(), "negatives": self.negatives, "num_negatives": self.num_negatives,
-                "logq_correction": self.logq_correction, "temperature": self.temperature, "seed": self.seed}
+                "logq_correction": self.logq_correction, "temperature": self.temperature, "seed": self.seed,
+                "label_smoothing": self.label_smoothing}
 
 
 @keras.saving.register_keras_serializable(package="ptum")
@@ -327,7 +347,7 @@ class PTUMPretrainer(keras.Model):
         self.use_mbp, self.use_nbp, self.nbp_lambda = o.mbp, o.nbp, o.nbp_lambda
         self.use_bag, self.bag_weight = o.bag, o.bag_weight
         self.scoring = CandidateScoring(o.negatives, o.num_negatives, o.logq_correction, o.temperature, seed,
-                                        name="scoring")
+                                        o.label_smoothing, name="scoring")
         self.mbp = MaskedBehaviorPrediction(o.mask_rate, o.mbp_readout, seed, name="mbp") if o.mbp else None
         self.nbp = NextBehaviorsPrediction(o.k, o.nbp_from, o.exclude_history, name="nbp") if o.nbp else None
         self.bag = BagPrediction(o.bag_dropout, seed, o.bag_future, o.bag_contrastive, o.bag_contrastive_temperature,

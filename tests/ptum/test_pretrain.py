@@ -139,6 +139,35 @@ def test_history_items_are_no_negatives(negatives):
         assert got < plain and np.isfinite(got)
 
 
+@pytest.mark.parametrize("with_history", [False, True])
+def test_label_smoothing_spreads_the_target_over_the_candidates(with_history):
+    """objective.label_smoothing e (full softmax): (1 - e) * CE + e * the mean of -log p over the
+    row's candidates (the target and every real item outside the history), by brute force."""
+    import keras
+
+    from ptum.model.objectives import CandidateScoring, first_occurrences
+
+    rng = np.random.default_rng(1)
+    v, n, h, d, e = 25, 6, 4, 3, 0.2
+    q, table = rng.normal(size=(n, d)).astype("float32"), rng.normal(size=(v, d)).astype("float32")
+    targets, history = rng.integers(3, v, n), rng.integers(3, v, (n, h))
+    history[:, 0] = contracts.PAD_ID
+    history[1, 2], history[2, 3] = targets[1], history[2, 1]
+    once = keras.ops.convert_to_numpy(first_occurrences(history)) if with_history else None
+    got = float(keras.ops.convert_to_numpy(CandidateScoring("full", label_smoothing=e)(
+        q, targets, np.ones(n, bool), table, once)))
+    want = []
+    for row in range(n):
+        logits = table @ q[row]
+        left = set(history[row]) if with_history else set()
+        keep = [j for j in range(contracts.FIRST_ITEM_ID, v) if j == targets[row] or j not in left]
+        logp = logits[keep] - np.log(np.exp(logits[keep]).sum())
+        want.append(-(1 - e) * logp[keep.index(targets[row])] - e * logp.mean())
+    assert got == pytest.approx(np.mean(want), rel=1e-5)
+    plain = float(keras.ops.convert_to_numpy(CandidateScoring("full")(q, targets, np.ones(n, bool), table, once)))
+    assert plain != pytest.approx(got, rel=1e-3)
+
+
 def test_pretrain_then_evaluate_cli(clean_dataset, tmp_path):
     data, _ = clean_dataset
     out = str(tmp_path / "model")
