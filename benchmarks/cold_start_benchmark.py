@@ -51,8 +51,9 @@ def main() -> None:
     seeds = [int(x) for x in args.seeds.split(",")]
     reports = [_run(args, data, seed, content_only, budget) for seed in seeds]
     rows = _rows(reports)
-    cold = {s: r["cold"].get("generative_prefix_capped", {}).get("recall@10") for s, r in zip(seeds, reports)}
-    knn = {s: r["cold"]["content_knn_capped"]["recall@10"] for s, r in zip(seeds, reports)}
+    cold = {s: round(r["cold"].get("generative_prefix_capped", {}).get("recall@10", float("nan")), 4)
+            for s, r in zip(seeds, reports)}
+    knn = {s: round(r["cold"]["content_knn_capped"]["recall@10"], 4) for s, r in zip(seeds, reports)}
     report = reports[0]
     result = {**common.envelope(" ".join(["python", *sys.argv])), "reports": dict(zip(map(str, seeds), reports)),
               "notes": f"{report['new_items']} new items (share {report['share']}), at most "
