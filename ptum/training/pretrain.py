@@ -174,6 +174,7 @@ def _build(run: _Run, warm_start: Optional[str], log):
         if run.has_checkpoint:
             with open(run.state_path) as f:
                 saved = json.load(f)
+            saved["config"] = _with_defaults(saved.get("config"))
             if _resume_key(saved.get("config")) != _resume_key(cfg.to_dict()):
                 log("checkpoint config differs from this run's: starting over")
             else:
@@ -215,6 +216,15 @@ def _build(run: _Run, warm_start: Optional[str], log):
 # How long to train, not what: a checkpoint resumes when only these differ (more epochs after a
 # finished run, a longer time limit, another patience).
 TRAINING_BUDGET = ("epochs", "max_train_seconds", "patience")
+
+
+def _with_defaults(config: Optional[dict]) -> Optional[dict]:
+    """A checkpoint's config with the keys a later version added at their defaults (so upgrading
+    ptum does not restart a run); as it is when it no longer validates (then it differs)."""
+    try:
+        return PTUMConfig.from_dict(config).to_dict() if config else config
+    except Exception:   # noqa: BLE001 - a config this version cannot read is simply not this run's
+        return config
 
 
 def _resume_key(config: Optional[dict]) -> Optional[dict]:
