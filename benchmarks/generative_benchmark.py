@@ -20,14 +20,12 @@ import json
 import os
 import shutil
 import sys
-import time
-
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from benchmarks import common  # noqa: E402
+from benchmarks.generative_serving import beam_scaling, serving  # noqa: E402
 
 PUBLISHED = {"TIGER (Rajput et al. 2023)": {"recall@10": 0.0648, "ndcg@10": 0.0384},
              "RPG (KDD 2025)": {"recall@10": 0.0809, "ndcg@10": 0.0464}}
@@ -68,70 +66,6 @@ def _train_and_evaluate(args, data, sid, name):
                  "valid": meta["valid"], "epochs": meta["epochs_run"], "best_epoch": meta["best_epoch"],
                  "train_seconds": meta["train_seconds"], "item_codes": meta["item_codes"],
                  "curve": common.ptum_curve(out)}
-
-
-def _requests(data, n):
-    """Raw item-id histories of the first n test rows (the newest 20 behaviors), right-padded."""
-    from ptum.data import contracts
-
-    ds = contracts.open_dataset(data)
-    rows = ds.read_split("test").slice(0, n).column("item_ids").to_pylist()
-    vocab = ds.read_vocab_table(contracts.ITEMS_VOCAB)
-    name = dict(zip(vocab.column("token_id").to_pylist(), vocab.column("item_id").to_pylist()))
-    hist = [[name.get(t, "") for t in r[:-1][-20:]] for r in rows]
-    width = max(len(h) for h in hist)
-    return [h + [""] * (width - len(h)) for h in hist]
-
-
-def _latency(signature, requests, batch, calls):
-    import tensorflow as tf
-
-    ids = tf.constant(requests[:batch])
-    beh = tf.fill(tf.shape(ids), "")
-    ts = tf.zeros(tf.shape(ids), tf.int64)
-    signature(item_ids=ids, behaviors=beh, timestamps=ts, k=tf.constant(10))     # warm
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        signature(item_ids=ids, behaviors=beh, timestamps=ts, k=tf.constant(10))
-        times.append((time.perf_counter() - t0) * 1000)
-    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)), "calls": calls}
-
-
-def _serving(args, data, idmodel, genmodel):
-    import tensorflow as tf
-
-    from ptum.serving.saved_model import export_saved_model
-
-    requests = _requests(data, 256)
-    out = {}
-    for name, model in (("id model top_k (configs/beauty.yaml)", idmodel), ("generative top_k (semantic)", genmodel)):
-        saved = export_saved_model(model, os.path.join(args.work, "serving", os.path.basename(model)))
-        sig = tf.saved_model.load(saved).signatures["top_k"]
-        out[name] = {f"batch {b}": _latency(sig, requests, b, c) for b, c in ((1, 50), (256, 10))}
-    return out
-
-
-def _beam_scaling(data, genmodel, beams=(5, 10, 20, 40)):
-    from ptum.data import contracts
-    from ptum.data.batches import Rows, eval_batches
-    from ptum.evaluation.generative import beam_function
-    from ptum.model.saving import load_model_dir
-
-    model, meta, _ = load_model_dir(genmodel, generative=True)
-    rows = Rows.from_split(contracts.open_dataset(data), "test")
-    _, batch = next(eval_batches(rows, 256, meta["max_len"], [meta["max_len"]], 0))
-    out = {}
-    for beam in beams:
-        run = beam_function(model, beam)
-        run(batch["item_ids"])
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            run(batch["item_ids"])
-            times.append((time.perf_counter() - t0) * 1000)
-        out[str(beam)] = {"ms_per_256_users": float(np.median(times))}
-    return out
 
 
 def _quantizer_line(name: str, report: dict) -> str:
@@ -175,8 +109,8 @@ def main() -> None:
                          ["parameters"]},
         "item_table_parameters": {f"code embeddings ({os.path.basename(gen)} codes)": (sum(model.level_sizes) + 1) * d,
                                   "one vector per item (id model, item_id decoder)": int(model.num_items) * d},
-        "serving": _serving(args, data, idmodel, gen),
-        "beam_size_scaling": _beam_scaling(data, gen),
+        "serving": serving(gen, idmodel, data, args.work),
+        "beam_size_scaling": beam_scaling(gen, data, (5, 10, 20, 40)),
     })
     rows = [{"model": f"generative, {n} codes", "test recall@10": f"{r['test']['recall@10']:.4f}",
              "test ndcg@10": f"{r['test']['ndcg@10']:.4f}", "recall@5": f"{r['test']['recall@5']:.4f}",

@@ -15,6 +15,7 @@ else the machine runs; compare the rows of one run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -25,7 +26,34 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from benchmarks import common  # noqa: E402
-from benchmarks.generative_benchmark import _latency, _requests  # noqa: E402
+
+
+def _requests(data, n):
+    """Raw item-id histories of the first n test rows (the newest 20 behaviors), right-padded."""
+    from ptum.data import contracts
+
+    ds = contracts.open_dataset(data)
+    rows = ds.read_split("test").slice(0, n).column("item_ids").to_pylist()
+    vocab = ds.read_vocab_table(contracts.ITEMS_VOCAB)
+    name = dict(zip(vocab.column("token_id").to_pylist(), vocab.column("item_id").to_pylist()))
+    hist = [[name.get(t, "") for t in r[:-1][-20:]] for r in rows]
+    width = max(len(h) for h in hist)
+    return [h + [""] * (width - len(h)) for h in hist]
+
+
+def _latency(signature, requests, batch, calls):
+    import tensorflow as tf
+
+    ids = tf.constant(requests[:batch])
+    beh = tf.fill(tf.shape(ids), "")
+    ts = tf.zeros(tf.shape(ids), tf.int64)
+    signature(item_ids=ids, behaviors=beh, timestamps=ts, k=tf.constant(10))     # warm
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        signature(item_ids=ids, behaviors=beh, timestamps=ts, k=tf.constant(10))
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)), "calls": calls}
 
 
 def _median_ms(fn, *args, repeats: int = 5) -> float:
@@ -78,8 +106,6 @@ def main() -> None:
     ap.add_argument("--work", default="benchmarks/work/generative_serving")
     ap.add_argument("--note", action="append", default=[], help="a line for the notes (e.g. what else ran)")
     args = ap.parse_args()
-    import json
-
     meta = json.load(open(os.path.join(args.generative, "metadata.json")))
     result = common.envelope(" ".join(["python"] + sys.argv))
     result["serving"] = serving(args.generative, args.id_model, args.data, args.work)
