@@ -28,15 +28,20 @@ import keras
 
 
 class ValidationMetrics(keras.callbacks.Callback):
-    """Every `every` epochs, logs["val_<name>"] for each of `metrics(epoch)` (None: no
-    validation); with `timed`, also `val_seconds`, the time it took."""
+    """Every `every` epochs, and at the epoch `final(epoch, logs)` says is the run's last,
+    logs["val_<name>"] for each of `metrics(epoch)` (None: no validation); with `timed`, also
+    `val_seconds`, the time it took. (With every > 1 the last epoch's weights would otherwise
+    be trained and never considered, and a run shorter than `every` would have no result.)"""
 
-    def __init__(self, metrics: Optional[Callable[[int], dict]], every: int = 1, timed: bool = False):
+    def __init__(self, metrics: Optional[Callable[[int], dict]], every: int = 1, timed: bool = False,
+                 final: Optional[Callable[[int, dict], bool]] = None):
         super().__init__()
-        self._metrics, self._every, self._timed = metrics, every, timed
+        self._metrics, self._every, self._timed, self._final = metrics, every, timed, final
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._metrics is None or logs is None or (epoch + 1) % self._every:
+        if self._metrics is None or logs is None:
+            return
+        if (epoch + 1) % self._every and not (self._final and self._final(epoch, logs)):
             return
         t0 = time.perf_counter()
         for k, v in self._metrics(epoch).items():

@@ -243,6 +243,14 @@ def _network(run: _Run, pretrainer):
     return pretrainer if run.generative else pretrainer.encoder
 
 
+def _last_epoch(t) -> Callable[[int, dict], bool]:
+    """Whether an epoch is the run's last (train.epochs, or train.max_train_seconds passed): it
+    is validated whatever train.eval_every says."""
+    def last(epoch: int, logs: dict) -> bool:
+        return epoch + 1 >= t.epochs or bool(t.max_train_seconds and logs.get("seconds", 0.0) > t.max_train_seconds)
+    return last
+
+
 def _generative_validation(run: _Run, model, valid_rows) -> Callable[[int], dict]:
     from ptum.evaluation.generative import generative_metrics
 
@@ -321,7 +329,7 @@ def _callbacks(run: _Run, pretrainer, state: dict, valid_rows, batches: int, log
     average = [SwapAverage()] if t.ema_momentum else []
     callbacks = [NaNGuard(TrainingError, hint=": lower the learning rate or check the data; no model was written"),
                  clock, *average, ValidationMetrics(_validation(run, _network(run, pretrainer), valid_rows, select),
-                                          every=t.eval_every, timed=True),
+                                          every=t.eval_every, timed=True, final=_last_epoch(t)),
                  KeepBest("val_" + select, state, t.patience, keep=lambda _: pretrainer.save_weights(run.best_path)),
                  *average,
                  *([DecayOnPlateau("val_" + select, state, t.patience if t.lr_restarts else t.lr_decay_patience,

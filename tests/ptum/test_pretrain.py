@@ -399,3 +399,19 @@ def test_weight_average_is_the_model_written_the_checkpoint_trains_on(clean_data
 
     assert kept and all(among(w, average) for w in kept)
     assert sum(not among(w, own) for w in kept) >= len(kept) // 2
+
+
+def test_the_last_epoch_is_validated_whatever_eval_every_says(clean_dataset, tmp_path):
+    """train.eval_every validates every n-th epoch, and the run's last epoch as well: a run
+    shorter than n still writes a model, and the last epoch's weights are always considered."""
+    from ptum.training.pretrain import pretrain
+
+    data, _ = clean_dataset
+    out = str(tmp_path / "m")
+    pretrain(data, out, small_cfg("train.epochs=3", "train.eval_every=2", "train.patience=10"), log=lambda s: None)
+    validated = [h["epoch"] for h in json.load(open(os.path.join(out, "history.json"))) if "valid_ndcg@10" in h]
+    assert validated == [2, 3]
+    out = str(tmp_path / "short")
+    pretrain(data, out, small_cfg("train.epochs=1", "train.eval_every=5"), log=lambda s: None)
+    meta = json.load(open(os.path.join(out, "metadata.json")))
+    assert meta["best_epoch"] == 1 and meta["epochs_run"] == 1
