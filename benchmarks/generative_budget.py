@@ -30,14 +30,9 @@ _NOT_SETTINGS = {"model.num_items", "model.num_words", "model.num_behaviors", "m
                  "generative.semantic_ids"}
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def _flat(config: dict) -> dict:
+    """{section: {key: value}} -> {"section.key": value}."""
+    return {f"{section}.{k}": v for section, keys in config.items() for k, v in keys.items()}
 
 
 def changed_settings(model_dir: str, preset: str) -> dict:

@@ -273,8 +273,12 @@ class TimeLimit(keras.callbacks.Callback):
         super().__init__()
         self._seconds = seconds
 
+    def passed(self, logs: Optional[dict]) -> bool:
+        """Whether the epoch these logs close is past the limit (the run's last)."""
+        return bool(self._seconds and (logs or {}).get("seconds", 0.0) > self._seconds)
+
     def on_epoch_end(self, epoch, logs=None):
-        if self._seconds and (logs or {}).get("seconds", 0.0) > self._seconds:
+        if self.passed(logs):
             self.model.stop_training = True
 
 

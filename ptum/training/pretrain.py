@@ -243,14 +243,6 @@ def _network(run: _Run, pretrainer):
     return pretrainer if run.generative else pretrainer.encoder
 
 
-def _last_epoch(t) -> Callable[[int, dict], bool]:
-    """Whether an epoch is the run's last (train.epochs, or train.max_train_seconds passed): it
-    is validated whatever train.eval_every says."""
-    def last(epoch: int, logs: dict) -> bool:
-        return epoch + 1 >= t.epochs or bool(t.max_train_seconds and logs.get("seconds", 0.0) > t.max_train_seconds)
-    return last
-
-
 def _generative_validation(run: _Run, model, valid_rows) -> Callable[[int], dict]:
     from ptum.evaluation.generative import generative_metrics
 
@@ -327,9 +319,14 @@ def _callbacks(run: _Run, pretrainer, state: dict, valid_rows, batches: int, log
 
     clock = TrainClock(state)
     average = [SwapAverage()] if t.ema_momentum else []
+    limit = TimeLimit(t.max_train_seconds)
+
+    def last_epoch(epoch: int, logs: dict) -> bool:    # validated whatever train.eval_every says
+        return epoch + 1 >= t.epochs or limit.passed(logs)
+
     callbacks = [NaNGuard(TrainingError, hint=": lower the learning rate or check the data; no model was written"),
                  clock, *average, ValidationMetrics(_validation(run, _network(run, pretrainer), valid_rows, select),
-                                          every=t.eval_every, timed=True, final=_last_epoch(t)),
+                                          every=t.eval_every, timed=True, final=last_epoch),
                  KeepBest("val_" + select, state, t.patience, keep=lambda _: pretrainer.save_weights(run.best_path)),
                  *average,
                  *([DecayOnPlateau("val_" + select, state, t.patience if t.lr_restarts else t.lr_decay_patience,
@@ -338,7 +335,7 @@ def _callbacks(run: _Run, pretrainer, state: dict, valid_rows, batches: int, log
                    if t.lr_decay_patience or t.lr_restarts else []),
                  EpochRecord(state, line),
                  Checkpoint(save_checkpoint, state, clock, t.checkpoint_every_steps, batches + skip, offset=skip),
-                 TimeLimit(t.max_train_seconds)]
+                 limit]
     if runtime.tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run.run_dir, "tensorboard"),
                                                      write_graph=False, update_freq="epoch"))

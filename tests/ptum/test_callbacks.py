@@ -65,13 +65,15 @@ def test_validation_every_n_epochs_leaves_the_others_alone(tmp_path):
     assert state["best_epoch"] == 2 and state["epoch"] == 4
 
 
-def test_time_limit_stops_after_the_epoch_that_passes_it():
-    from ptum.training.callbacks import TimeLimit, TrainClock
+def test_time_limit_stops_after_the_epoch_that_passes_it_and_that_epoch_is_validated():
+    from ptum.training.callbacks import TimeLimit, TrainClock, ValidationMetrics
 
     state = {"train_seconds": 100.0}   # a resumed run: 100 s were spent before it
     x, y = _data()
-    h = _model().fit(x, y, epochs=5, verbose=0, callbacks=[TrainClock(state), TimeLimit(50.0)])
-    assert len(h.history["loss"]) == 1
+    limit = TimeLimit(50.0)
+    validation = ValidationMetrics(lambda e: {"ndcg@10": 0.5}, every=10, final=lambda e, logs: limit.passed(logs))
+    h = _model().fit(x, y, epochs=5, verbose=0, callbacks=[TrainClock(state), validation, limit])
+    assert len(h.history["loss"]) == 1 and h.history["val_ndcg@10"] == [0.5]
 
 
 def test_nan_guard_raises_the_callers_error_naming_the_epoch():
