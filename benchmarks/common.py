@@ -57,8 +57,7 @@ def markdown_table(columns: Sequence[str], rows: List[dict]) -> str:
 
 def write_result(name: str, result: dict, columns: Sequence[str], rows: List[dict]) -> None:
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
+    write_text(os.path.join(RESULTS, f"{name}.json"), json.dumps(result, indent=2, sort_keys=True))
     st, m = result["stack"], result["machine"]
     md = [f"# {name}", "", f"- stack: {st.get('name')} ({', '.join(f'{k} {v}' for k, v in st.items() if k != 'name')})",
           f"- machine: {m['cores']} cores, {m['cpu']}" + (f", GPU {m['gpu']}" if m.get("gpu") else ""),
@@ -67,8 +66,7 @@ def write_result(name: str, result: dict, columns: Sequence[str], rows: List[dic
     for key in ("growth", "goal", "notes"):
         if key in result:
             md.append(f"- {key}: {json.dumps(result[key])}")
-    with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
+    write_text(os.path.join(RESULTS, f"{name}.md"), "\n".join(md) + "\n")
     print(f"wrote {RESULTS}/{name}.json and .md", file=sys.stderr)
 
 
@@ -80,12 +78,32 @@ def mean_sd(rows: Sequence[dict], keys: Sequence[str]) -> Tuple[Dict[str, float]
             {k: float(np.std([r[k] for r in rows])) for k in keys})
 
 
+def write_text(path: str, text: str) -> None:
+    """Write a file atomically: a killed benchmark leaves the previous result whole, never half of one."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    _atomic(path, write)
+
+
+def save_figure(fig, path: str) -> None:
+    """A matplotlib figure as PNG, atomically (as write_text)."""
+    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+
+
+def _atomic(path: str, write) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_json(path: str, obj) -> None:
     """Write JSON atomically (a benchmark's intermediate results survive a kill whole or not at all)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1))
 
 
 def ptum_curve(model_dir: str) -> List[dict]:
@@ -121,4 +139,4 @@ def plot_curves(name: str, curves: Dict[str, List[dict]], x: str, xlabel: str, t
 def save_plot(fig, name: str) -> None:
     """Finish a matplotlib figure and write it beside the results as <name>.png."""
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
+    save_figure(fig, os.path.join(RESULTS, f"{name}.png"))

@@ -233,7 +233,7 @@ def _plot(rows, path):
     ax[1].set(xlabel="events (millions)", ylabel="peak RSS (GiB)", title="tokenize: memory")
     ax[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    common.save_figure(fig, path)
 
 
 if __name__ == "__main__":
