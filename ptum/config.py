@@ -112,6 +112,11 @@ class ObjectiveConfig(Section):
                                   "of its next item (training agrees with the history-filtered ranking "
                                   "that evaluation and top_k serve)")
     temperature: Float = Field(1.0, gt=0.0, le=1e4)
+    loss_average: Literal["batch", "dataset"] = Field(
+        "batch", description="NBP from every prefix: batch (each batch's loss is the mean over its targets, so a "
+        "batch of short histories gives each of its few targets more weight) | dataset (a batch's summed loss over "
+        "its rows x the training data's mean targets per row: every target weighs the same, whatever length "
+        "bucket its batch came from)")
     label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0, description="e > 0: the item softmax's target puts e "
                                    "evenly over the row's candidates (the positive and its negatives); 0: off")
     bag: Bool = Field(False, description="set-level: the profile predicts the user's item bag (full softmax)")
@@ -220,6 +225,8 @@ class PTUMConfig(Section):
              "train.lr_decay_patience and train.lr_restarts are two decay rules: set one"),
             (not (o.nbp and o.nbp_from == "every" and m.attention == "bidirectional"),
              "NBP from every prefix needs causal attention (bidirectional attention sees the future)"),
+            (o.loss_average == "batch" or (o.nbp and o.nbp_from == "every"),
+             "objective.loss_average=dataset weighs NBP's targets from every prefix: set objective.nbp_from=every"),
         ]
         if m.architecture == "generative":
             g = self.generative
@@ -229,6 +236,8 @@ class PTUMConfig(Section):
                  "generative.semantic_ids (a `ptum semantic-ids` artifact; or pretrain --semantic-ids)"),
                 (g.codes == "semantic" or not g.catalog_items, "generative.catalog_items needs "
                  "generative.codes=semantic (only Semantic IDs code an item from its content)"),
+                (o.loss_average == "batch", "objective.loss_average=dataset is for the PTUM encoder's NBP; the "
+                 "generative model averages over each batch's targets"),
             ]
         for ok, msg in checks:
             if not ok:

@@ -175,9 +175,13 @@ class NextBehaviorsPrediction(keras.layers.Layer):
     from the last position only (PTUM: the last K behaviors are cut off the input) or
     from every prefix (dense next-K; needs causal attention)."""
 
-    def __init__(self, k=1, nbp_from="every", exclude_history=False, **kwargs):
+    def __init__(self, k=1, nbp_from="every", exclude_history=False, targets_per_row=0.0, **kwargs):
+        """`targets_per_row` > 0 (objective.loss_average=dataset, from every prefix): a batch's
+        summed loss is divided by its rows x this (the training data's mean), not by its own
+        count of targets, so that every target weighs the same in every batch."""
         super().__init__(**kwargs)
         self.k, self.nbp_from, self.exclude_history = k, nbp_from, exclude_history
+        self.targets_per_row = float(targets_per_row)
 
     def call(self, inputs, encoder=None, scoring=None, training=False):
         ids = inputs["item_ids"]
@@ -202,7 +206,11 @@ class NextBehaviorsPrediction(keras.layers.Layer):
                     upto = ops.arange(t - 1)[None, :] <= ops.arange(t - 1 - k)[:, None]
                     hist = ops.where(upto[None], first_occurrences(cut["item_ids"])[:, None, :], contracts.PAD_ID)
                     hist = ops.reshape(hist, (-1, t - 1))
-                losses.append(scoring(q, tgt, ok, table, hist))
+                loss = scoring(q, tgt, ok, table, hist)
+                if self.targets_per_row > 0:     # the batch's mean -> its sum / (real rows x the data's mean)
+                    rows = ops.sum(ops.cast(ops.any(ops.not_equal(ids, contracts.PAD_ID), axis=1), "float32"))
+                    loss = loss * ops.sum(ops.cast(ok, "float32")) / (rows * self.targets_per_row)
+                losses.append(loss)
         else:
             cut = {name: v[:, : t - self.k] for name, v in inputs.items()}
             out = encoder(cut, training=training)
@@ -218,7 +226,7 @@ class NextBehaviorsPrediction(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "k": self.k, "nbp_from": self.nbp_from,
-                "exclude_history": self.exclude_history}
+                "exclude_history": self.exclude_history, "targets_per_row": self.targets_per_row}
 
 
 @keras.saving.register_keras_serializable(package="ptum")
@@ -336,20 +344,22 @@ def _per_replica(loss):
 class PTUMPretrainer(keras.Model):
     """Backbone + the two self-supervised tasks. Loss = L_MBP + lambda * L_NBP."""
 
-    def __init__(self, encoder: UserEncoder, objective=None, seed: int = 0, **kwargs):
+    def __init__(self, encoder: UserEncoder, objective=None, seed: int = 0, targets_per_row: float = 0.0, **kwargs):
         """`objective`: the objective section (ptum.config.ObjectiveConfig or its dict); `seed`
-        draws masks, negatives and bag views."""
+        draws masks, negatives and bag views; `targets_per_row`: the training data's mean NBP
+        targets per row, which objective.loss_average=dataset divides by."""
         super().__init__(**kwargs)
         self.encoder = encoder
         self.objective = o = (objective if isinstance(objective, ObjectiveConfig)
                               else ObjectiveConfig(**(objective or {})))
-        self.seed = seed
+        self.seed, self.targets_per_row = seed, float(targets_per_row)
         self.use_mbp, self.use_nbp, self.nbp_lambda = o.mbp, o.nbp, o.nbp_lambda
         self.use_bag, self.bag_weight = o.bag, o.bag_weight
         self.scoring = CandidateScoring(o.negatives, o.num_negatives, o.logq_correction, o.temperature, seed,
                                         o.label_smoothing, name="scoring")
         self.mbp = MaskedBehaviorPrediction(o.mask_rate, o.mbp_readout, seed, name="mbp") if o.mbp else None
-        self.nbp = NextBehaviorsPrediction(o.k, o.nbp_from, o.exclude_history, name="nbp") if o.nbp else None
+        per_row = self.targets_per_row if o.loss_average == "dataset" else 0.0
+        self.nbp = NextBehaviorsPrediction(o.k, o.nbp_from, o.exclude_history, per_row, name="nbp") if o.nbp else None
         self.bag = BagPrediction(o.bag_dropout, seed, o.bag_future, o.bag_contrastive, o.bag_contrastive_temperature,
                                  name="bag") if o.bag else None
 
@@ -384,7 +394,7 @@ class PTUMPretrainer(keras.Model):
 
     def get_config(self):
         return {"encoder": keras.saving.serialize_keras_object(self.encoder), "objective": self.objective.model_dump(),
-                "seed": self.seed, "name": self.name}
+                "seed": self.seed, "targets_per_row": self.targets_per_row, "name": self.name}
 
     @classmethod
     def from_config(cls, config):
@@ -395,9 +405,23 @@ class PTUMPretrainer(keras.Model):
         return cls(**config)
 
 
-def build_pretrainer(cfg, encoder: UserEncoder) -> PTUMPretrainer:
+def build_pretrainer(cfg, encoder: UserEncoder, targets_per_row: float = 0.0) -> PTUMPretrainer:
+    """`targets_per_row`: the training rows' mean NBP targets (nbp_targets_per_row), which
+    objective.loss_average=dataset divides each batch's summed loss by (per row)."""
     if not cfg.objective.nbp:
         # Only NBP reads the future-position embeddings: without it nothing trains them (they
         # stay zeros), so they are not handed to the optimizer.
         encoder.future_embedding.trainable = False
-    return PTUMPretrainer(encoder, cfg.objective, seed=cfg.train.seed, name="ptum_pretrainer")
+    if cfg.objective.loss_average == "dataset" and targets_per_row <= 0:
+        raise ValueError("objective.loss_average=dataset needs the training data's targets per row")
+    return PTUMPretrainer(encoder, cfg.objective, seed=cfg.train.seed, targets_per_row=targets_per_row,
+                          name="ptum_pretrainer")
+
+
+def nbp_targets_per_row(lengths, window: int) -> float:
+    """The mean number of next-item targets a training row gives from every prefix: a row of n
+    behaviors in a window of `window` has min(n, window) - 1 (its first one is no target)."""
+    import numpy as np
+
+    lengths = np.asarray(lengths, np.int64)
+    return float(np.maximum(np.minimum(lengths, window) - 1, 0).mean()) if len(lengths) else 0.0

@@ -91,6 +91,7 @@ class _Run:
     resume: bool
     item_codes: Optional[np.ndarray] = None     # model.architecture generative: the items' code tuples
     codes_info: Optional[dict] = None
+    targets_per_row: float = 0.0                # the train rows' mean NBP targets (objective.loss_average)
 
     @property
     def generative(self) -> bool:
@@ -132,6 +133,9 @@ def _prepare(ds, train_rows, output: str, cfg: PTUMConfig, run_dir: str, resume:
     # The vocabularies the model will carry, read (and verified) now: a dataset folder
     # rewritten during training cannot hand the model other vocabularies than it trained on.
     run = _Run(ds, cfg, title_words, ds.vocab_files(), output, run_dir, resume)
+    if not run.generative:
+        from ptum.model.objectives import nbp_targets_per_row
+        run.targets_per_row = nbp_targets_per_row(train_rows.lengths, train_window(cfg))
     if run.generative:
         from ptum.training.generative import item_codes
 
@@ -199,7 +203,7 @@ def _build(run: _Run, warm_start: Optional[str], log):
                 encoder, state["warm_start"] = _warm_start_encoder(warm_start, run.ds, cfg, run.title_words, log)
             if encoder is None:
                 encoder = build_encoder_for(cfg, run.title_words)
-            pretrainer = build_pretrainer(cfg, encoder)
+            pretrainer = build_pretrainer(cfg, encoder, run.targets_per_row)
         if state is not saved:
             optimizer = keras.optimizers.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay,
                                                clipnorm=t.clipnorm or None, use_ema=t.ema_momentum > 0,

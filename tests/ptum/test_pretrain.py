@@ -415,3 +415,42 @@ def test_the_last_epoch_is_validated_whatever_eval_every_says(clean_dataset, tmp
     pretrain(data, out, small_cfg("train.epochs=1", "train.eval_every=5"), log=lambda s: None)
     meta = json.load(open(os.path.join(out, "metadata.json")))
     assert meta["best_epoch"] == 1 and meta["epochs_run"] == 1
+
+
+def test_dataset_loss_average_weighs_every_target_the_same_in_any_batch(clean_dataset):
+    """objective.loss_average=dataset: a batch's NBP loss is its summed cross-entropy over its
+    rows x the data's mean targets per row, so two batches weighted by their rows add up to the
+    batch that holds both (short histories' targets weigh no more than long ones'); the batch
+    mean (the default) does not."""
+    import keras
+
+    from ptum.data.batches import Rows, pad_batch
+    from ptum.model.encoder import build_encoder_for
+    from ptum.model.objectives import build_pretrainer, nbp_targets_per_row
+    from ptum.training.pretrain import fill_from_dataset, train_window
+
+    ds = contracts.open_dataset(clean_dataset[0])
+    rows = Rows.from_split(ds, "train")
+    order = np.argsort(rows.lengths, kind="stable")
+    short, long = order[:16], order[-16:]
+    losses = {}
+    for average in ("batch", "dataset"):
+        cfg, words = fill_from_dataset(small_cfg("objective.negatives=full", f"objective.loss_average={average}"), ds)
+        width = train_window(cfg)
+        per_row = nbp_targets_per_row(rows.lengths, width)
+        assert per_row == pytest.approx(np.mean([min(n, width) - 1 for n in rows.lengths]))
+        keras.utils.set_random_seed(0)      # the same weights for both
+        pre = build_pretrainer(cfg.validate(), build_encoder_for(cfg, words), per_row)
+
+        def loss(idx):
+            batch = {k: keras.ops.convert_to_tensor(v) for k, v in pad_batch(rows, idx, width).items()}
+            return len(idx) * float(keras.ops.convert_to_numpy(pre.nbp(batch, encoder=pre.encoder,
+                                                                        scoring=pre.scoring)))
+        losses[average] = (loss(short), loss(long), loss(np.concatenate([short, long])))
+    assert losses["dataset"][0] + losses["dataset"][1] == pytest.approx(losses["dataset"][2], rel=1e-5)
+    # A batch of short histories: its mean scaled by its own targets over rows x the data's mean.
+    for i, idx in enumerate((short, long)):
+        targets = sum(min(n, width) - 1 for n in rows.lengths[idx])
+        assert losses["dataset"][i] == pytest.approx(losses["batch"][i] * targets / (len(idx) * per_row), rel=1e-5)
+    with pytest.raises(ConfigError, match="nbp_from=every"):
+        small_cfg("objective.loss_average=dataset", "objective.nbp_from=last").validate()
