@@ -113,7 +113,7 @@ class ObjectiveConfig(Section):
                                   "that evaluation and top_k serve)")
     temperature: Float = Field(1.0, gt=0.0, le=1e4)
     loss_average: Literal["batch", "dataset"] = Field(
-        "batch", description="NBP from every prefix: batch (each batch's loss is the mean over its targets, so a "
+        "batch", description="NBP from every prefix (and the generative model): batch (each batch's loss is the mean over its targets, so a "
         "batch of short histories gives each of its few targets more weight) | dataset (a batch's summed loss over "
         "its rows x the training data's mean targets per row: every target weighs the same, whatever length "
         "bucket its batch came from)")
@@ -236,8 +236,6 @@ class PTUMConfig(Section):
                  "generative.semantic_ids (a `ptum semantic-ids` artifact; or pretrain --semantic-ids)"),
                 (g.codes == "semantic" or not g.catalog_items, "generative.catalog_items needs "
                  "generative.codes=semantic (only Semantic IDs code an item from its content)"),
-                (o.loss_average == "batch", "objective.loss_average=dataset is for the PTUM encoder's NBP; the "
-                 "generative model averages over each batch's targets"),
             ]
         for ok, msg in checks:
             if not ok:

@@ -141,8 +141,11 @@ class GenerativeRetrieval(keras.Model):
     `set_codes` loads the codes and their trie (they are weights: a saved model carries them)."""
 
     def __init__(self, config, generative, level_sizes: Sequence[int], trie_size: int,
-                 max_children: Sequence[int], **kwargs):
+                 max_children: Sequence[int], targets_per_row: float = 0.0, **kwargs):
+        """`targets_per_row` > 0 (objective.loss_average=dataset): the training loss is a batch's
+        summed NLL over its rows x this (the training data's mean), not its own targets' mean."""
         super().__init__(**kwargs)
+        self.targets_per_row = float(targets_per_row)
         self.settings = m = config if isinstance(config, ModelConfig) else ModelConfig(**config)
         self.generative = g = generative if isinstance(generative, GenerativeConfig) else GenerativeConfig(**generative)
         self.level_sizes, self.trie_size = [int(k) for k in level_sizes], int(trie_size)
@@ -252,6 +255,9 @@ class GenerativeRetrieval(keras.Model):
             target = ops.maximum(codes[..., level], 0)
             nll = nll - ops.squeeze(ops.take_along_axis(logp, target[..., None], axis=-1), -1)
         weight = ops.cast(target_ok, "float32")
+        if self.targets_per_row > 0:      # every target weighs the same, whatever its batch
+            rows = ops.sum(ops.cast(ops.any(ops.not_equal(ids, contracts.PAD_ID), axis=1), "float32"))
+            return {"generative": ops.sum(nll * weight) / ops.maximum(rows * self.targets_per_row, 1e-6)}
         return {"generative": ops.sum(nll * weight) / ops.maximum(ops.sum(weight), 1.0)}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -388,7 +394,7 @@ class GenerativeRetrieval(keras.Model):
     def get_config(self):
         return {"config": self.settings.model_dump(), "generative": self.generative.model_dump(),
                 "level_sizes": self.level_sizes, "trie_size": self.trie_size, "max_children": self.max_children,
-                "name": self.name}
+                "targets_per_row": self.targets_per_row, "name": self.name}
 
 
 def catalog_cap(k: int, epsilon: float) -> int:
@@ -448,10 +454,14 @@ def merge_prefix_matches(items, scores, groups):
     return ops.where(top > DEAD / 2, ops.take_along_axis(cand, pick, axis=1), -1), top
 
 
-def build_generative(cfg, item_codes: np.ndarray) -> GenerativeRetrieval:
-    """A model for `cfg` (model + generative sections, vocabulary filled) over `item_codes`."""
+def build_generative(cfg, item_codes: np.ndarray, targets_per_row: float = 0.0) -> GenerativeRetrieval:
+    """A model for `cfg` (model + generative sections, vocabulary filled) over `item_codes`;
+    `targets_per_row`: the training rows' mean targets, for objective.loss_average=dataset."""
     trie = Trie.from_codes(item_codes)
+    per_row = targets_per_row if cfg.objective.loss_average == "dataset" else 0.0
+    if cfg.objective.loss_average == "dataset" and per_row <= 0:
+        raise ValueError("objective.loss_average=dataset needs the training data's targets per row")
     model = GenerativeRetrieval(cfg.model, cfg.generative, level_sizes(item_codes), trie.size, trie.max_children,
-                                name="generative_retrieval")
+                                per_row, name="generative_retrieval")
     model.set_codes(item_codes, trie)
     return model

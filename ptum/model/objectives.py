@@ -406,7 +406,7 @@ class PTUMPretrainer(keras.Model):
 
 
 def build_pretrainer(cfg, encoder: UserEncoder, targets_per_row: float = 0.0) -> PTUMPretrainer:
-    """`targets_per_row`: the training rows' mean NBP targets (nbp_targets_per_row), which
+    """`targets_per_row`: the training rows' mean NBP targets (mean_targets_per_row), which
     objective.loss_average=dataset divides each batch's summed loss by (per row)."""
     if not cfg.objective.nbp:
         # Only NBP reads the future-position embeddings: without it nothing trains them (they
@@ -418,7 +418,7 @@ def build_pretrainer(cfg, encoder: UserEncoder, targets_per_row: float = 0.0) ->
                           name="ptum_pretrainer")
 
 
-def nbp_targets_per_row(lengths, window: int) -> float:
+def mean_targets_per_row(lengths, window: int) -> float:
     """The mean number of next-item targets a training row gives from every prefix: a row of n
     behaviors in a window of `window` has min(n, window) - 1 (its first one is no target)."""
     import numpy as np

@@ -133,9 +133,8 @@ def _prepare(ds, train_rows, output: str, cfg: PTUMConfig, run_dir: str, resume:
     # The vocabularies the model will carry, read (and verified) now: a dataset folder
     # rewritten during training cannot hand the model other vocabularies than it trained on.
     run = _Run(ds, cfg, title_words, ds.vocab_files(), output, run_dir, resume)
-    if not run.generative:
-        from ptum.model.objectives import nbp_targets_per_row
-        run.targets_per_row = nbp_targets_per_row(train_rows.lengths, train_window(cfg))
+    from ptum.model.objectives import mean_targets_per_row
+    run.targets_per_row = mean_targets_per_row(train_rows.lengths, train_window(cfg))
     if run.generative:
         from ptum.training.generative import item_codes
 
@@ -196,7 +195,7 @@ def _build(run: _Run, warm_start: Optional[str], log):
                 state["warm_start"] = {"from": warm_start, "used": False,
                                        "reason": "warm start is for the PTUM encoder, not the generative model"}
                 log(f"no warm start from {warm_start}: {state['warm_start']['reason']}")
-            pretrainer = build_generative(cfg, run.item_codes)
+            pretrainer = build_generative(cfg, run.item_codes, run.targets_per_row)
         elif state is not saved:
             encoder = None
             if warm_start:

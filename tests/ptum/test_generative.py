@@ -49,14 +49,39 @@ def test_trie_reaches_every_coded_item_once_and_refuses_shared_tuples():
         Trie.from_codes(codes)
 
 
-def _model(codes, seed=0):
+def _model(codes, seed=0, targets_per_row=0.0):
     import keras
 
     keras.utils.set_random_seed(seed)
     cfg = PTUMConfig.from_dict({"model": {"architecture": "generative", "embedding_dim": 16, "num_blocks": 1,
                                           "num_heads": 2, "max_len": 8, "dropout": 0.0, "num_items": len(codes)},
-                                "generative": {"codes": "random", "decoder_blocks": 1}})
-    return build_generative(cfg, codes)
+                                "generative": {"codes": "random", "decoder_blocks": 1},
+                                "objective": {"loss_average": "dataset" if targets_per_row else "batch"}})
+    return build_generative(cfg, codes, targets_per_row)
+
+
+def test_dataset_loss_average_weighs_every_target_the_same_in_any_batch():
+    """objective.loss_average=dataset: the teacher-forced loss is a batch's summed NLL over its
+    rows x the data's mean targets per row, so two batches weighted by their rows add up to the
+    batch that holds both; the batch mean is that sum over the batch's own targets."""
+    codes = _codes(40, 2, 4, seed=3)
+    rng = np.random.default_rng(0)
+    windows = np.zeros((6, 9), np.int32)                    # left-padded histories + next item
+    for row, n in enumerate([2, 3, 3, 9, 9, 8]):
+        windows[row, 9 - n:] = rng.integers(contracts.FIRST_ITEM_ID, len(codes), n)
+    short, long = windows[:3], windows[3:]
+    targets = (windows != contracts.PAD_ID).sum(axis=1) - 1
+    per_row = float(targets.mean())
+    loss = {}
+    for name, tpr in (("batch", 0.0), ("dataset", per_row)):
+        model = _model(codes, seed=0, targets_per_row=tpr)
+        assert type(model).from_config(model.get_config()).targets_per_row == tpr
+        loss[name] = [3 * float(keras.ops.convert_to_numpy(model({"item_ids": w})["generative"]))
+                      for w in (short, long)] + [6 * float(keras.ops.convert_to_numpy(model({"item_ids": windows})
+                                                                                          ["generative"]))]
+    assert loss["dataset"][0] + loss["dataset"][1] == pytest.approx(loss["dataset"][2], rel=1e-5)
+    for i, part in enumerate((targets[:3], targets[3:])):
+        assert loss["dataset"][i] == pytest.approx(loss["batch"][i] * part.sum() / (3 * per_row), rel=1e-5)
 
 
 def test_constrained_beam_search_equals_brute_force_and_returns_only_real_items():

@@ -426,7 +426,7 @@ def test_dataset_loss_average_weighs_every_target_the_same_in_any_batch(clean_da
 
     from ptum.data.batches import Rows, pad_batch
     from ptum.model.encoder import build_encoder_for
-    from ptum.model.objectives import build_pretrainer, nbp_targets_per_row
+    from ptum.model.objectives import build_pretrainer, mean_targets_per_row
     from ptum.training.pretrain import fill_from_dataset, train_window
 
     ds = contracts.open_dataset(clean_dataset[0])
@@ -437,7 +437,7 @@ def test_dataset_loss_average_weighs_every_target_the_same_in_any_batch(clean_da
     for average in ("batch", "dataset"):
         cfg, words = fill_from_dataset(small_cfg("objective.negatives=full", f"objective.loss_average={average}"), ds)
         width = train_window(cfg)
-        per_row = nbp_targets_per_row(rows.lengths, width)
+        per_row = mean_targets_per_row(rows.lengths, width)
         assert per_row == pytest.approx(np.mean([min(n, width) - 1 for n in rows.lengths]))
         keras.utils.set_random_seed(0)      # the same weights for both
         pre = build_pretrainer(cfg.validate(), build_encoder_for(cfg, words), per_row)
