@@ -113,6 +113,13 @@ def pad_batch(rows: Rows, idx: np.ndarray, width: int, ends: Optional[np.ndarray
     return out
 
 
+def mean_targets_per_row(lengths: np.ndarray, window: int) -> float:
+    """The mean number of next-item targets a training row gives from every prefix: a row of n
+    behaviors in a window of `window` has min(n, window) - 1 (its first one is no target)."""
+    lengths = np.asarray(lengths, np.int64)
+    return float(np.maximum(np.minimum(lengths, window) - 1, 0).mean()) if len(lengths) else 0.0
+
+
 def bucket_widths(lengths: np.ndarray, buckets: Sequence[int], max_width: int) -> np.ndarray:
     """Padded width per length: the smallest bucket that holds it, else max_width."""
     edges = np.array(sorted(b for b in buckets if b < max_width) + [max_width], np.int64)

@@ -37,7 +37,7 @@ from keras import ops
 from ptum.config import GenerativeConfig, ModelConfig
 from ptum.data import contracts
 from ptum.model.layers import TransformerBlock
-from ptum.model.objectives import first_occurrences
+from ptum.model.objectives import dataset_mean, dataset_targets_per_row, first_occurrences
 
 DEAD = -1e9   # the score of a beam that has no real continuation
 
@@ -256,8 +256,7 @@ class GenerativeRetrieval(keras.Model):
             nll = nll - ops.squeeze(ops.take_along_axis(logp, target[..., None], axis=-1), -1)
         weight = ops.cast(target_ok, "float32")
         if self.targets_per_row > 0:      # every target weighs the same, whatever its batch
-            rows = ops.sum(ops.cast(ops.any(ops.not_equal(ids, contracts.PAD_ID), axis=1), "float32"))
-            return {"generative": ops.sum(nll * weight) / ops.maximum(rows * self.targets_per_row, 1e-6)}
+            return {"generative": dataset_mean(ops.sum(nll * weight), ids, self.targets_per_row)}
         return {"generative": ops.sum(nll * weight) / ops.maximum(ops.sum(weight), 1.0)}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -458,10 +457,7 @@ def build_generative(cfg, item_codes: np.ndarray, targets_per_row: float = 0.0) 
     """A model for `cfg` (model + generative sections, vocabulary filled) over `item_codes`;
     `targets_per_row`: the training rows' mean targets, for objective.loss_average=dataset."""
     trie = Trie.from_codes(item_codes)
-    per_row = targets_per_row if cfg.objective.loss_average == "dataset" else 0.0
-    if cfg.objective.loss_average == "dataset" and per_row <= 0:
-        raise ValueError("objective.loss_average=dataset needs the training data's targets per row")
     model = GenerativeRetrieval(cfg.model, cfg.generative, level_sizes(item_codes), trie.size, trie.max_children,
-                                per_row, name="generative_retrieval")
+                                dataset_targets_per_row(cfg, targets_per_row), name="generative_retrieval")
     model.set_codes(item_codes, trie)
     return model

@@ -37,6 +37,24 @@ def first_occurrences(ids):
     return ops.where(repeat, contracts.PAD_ID, ids)
 
 
+def dataset_mean(total, ids, targets_per_row: float):
+    """objective.loss_average=dataset: a batch's summed loss over its real rows (not all PAD:
+    the padding rows a distributed batch gets count for nothing) x the data's mean targets per
+    row, so every target weighs the same in every batch; 0 for a batch of padding only."""
+    rows = ops.sum(ops.cast(ops.any(ops.not_equal(ids, contracts.PAD_ID), axis=1), "float32"))
+    return total / ops.maximum(rows * targets_per_row, 1e-6)
+
+
+def dataset_targets_per_row(cfg, targets_per_row: float) -> float:
+    """What a model divides by (build_pretrainer, build_generative): the training data's mean
+    targets per row under objective.loss_average=dataset, 0 (the batch mean) otherwise."""
+    if cfg.objective.loss_average != "dataset":
+        return 0.0
+    if targets_per_row <= 0:
+        raise ValueError("objective.loss_average=dataset needs the training data's targets per row")
+    return float(targets_per_row)
+
+
 def _among(ids, history):
     """[N, S] bool: ids[n, s] is one of history[n] (PAD_ID entries match nothing real)."""
     return ops.any(ops.equal(ops.cast(ids, "int32")[:, :, None], ops.cast(history, "int32")[:, None, :]), axis=-1)
@@ -208,8 +226,7 @@ class NextBehaviorsPrediction(keras.layers.Layer):
                     hist = ops.reshape(hist, (-1, t - 1))
                 loss = scoring(q, tgt, ok, table, hist)
                 if self.targets_per_row > 0:     # the batch's mean -> its sum / (real rows x the data's mean)
-                    rows = ops.sum(ops.cast(ops.any(ops.not_equal(ids, contracts.PAD_ID), axis=1), "float32"))
-                    loss = loss * ops.sum(ops.cast(ok, "float32")) / (rows * self.targets_per_row)
+                    loss = dataset_mean(loss * ops.sum(ops.cast(ok, "float32")), ids, self.targets_per_row)
                 losses.append(loss)
         else:
             cut = {name: v[:, : t - self.k] for name, v in inputs.items()}
@@ -346,8 +363,8 @@ class PTUMPretrainer(keras.Model):
 
     def __init__(self, encoder: UserEncoder, objective=None, seed: int = 0, targets_per_row: float = 0.0, **kwargs):
         """`objective`: the objective section (ptum.config.ObjectiveConfig or its dict); `seed`
-        draws masks, negatives and bag views; `targets_per_row`: the training data's mean NBP
-        targets per row, which objective.loss_average=dataset divides by."""
+        draws masks, negatives and bag views; `targets_per_row` > 0: what NBP's summed loss is
+        divided by per row (dataset_targets_per_row; 0: the batch mean)."""
         super().__init__(**kwargs)
         self.encoder = encoder
         self.objective = o = (objective if isinstance(objective, ObjectiveConfig)
@@ -358,8 +375,8 @@ class PTUMPretrainer(keras.Model):
         self.scoring = CandidateScoring(o.negatives, o.num_negatives, o.logq_correction, o.temperature, seed,
                                         o.label_smoothing, name="scoring")
         self.mbp = MaskedBehaviorPrediction(o.mask_rate, o.mbp_readout, seed, name="mbp") if o.mbp else None
-        per_row = self.targets_per_row if o.loss_average == "dataset" else 0.0
-        self.nbp = NextBehaviorsPrediction(o.k, o.nbp_from, o.exclude_history, per_row, name="nbp") if o.nbp else None
+        self.nbp = (NextBehaviorsPrediction(o.k, o.nbp_from, o.exclude_history, self.targets_per_row, name="nbp")
+                    if o.nbp else None)
         self.bag = BagPrediction(o.bag_dropout, seed, o.bag_future, o.bag_contrastive, o.bag_contrastive_temperature,
                                  name="bag") if o.bag else None
 
@@ -406,22 +423,11 @@ class PTUMPretrainer(keras.Model):
 
 
 def build_pretrainer(cfg, encoder: UserEncoder, targets_per_row: float = 0.0) -> PTUMPretrainer:
-    """`targets_per_row`: the training rows' mean NBP targets (mean_targets_per_row), which
+    """`targets_per_row`: the training rows' mean NBP targets (batches.mean_targets_per_row), which
     objective.loss_average=dataset divides each batch's summed loss by (per row)."""
     if not cfg.objective.nbp:
         # Only NBP reads the future-position embeddings: without it nothing trains them (they
         # stay zeros), so they are not handed to the optimizer.
         encoder.future_embedding.trainable = False
-    if cfg.objective.loss_average == "dataset" and targets_per_row <= 0:
-        raise ValueError("objective.loss_average=dataset needs the training data's targets per row")
-    return PTUMPretrainer(encoder, cfg.objective, seed=cfg.train.seed, targets_per_row=targets_per_row,
-                          name="ptum_pretrainer")
-
-
-def mean_targets_per_row(lengths, window: int) -> float:
-    """The mean number of next-item targets a training row gives from every prefix: a row of n
-    behaviors in a window of `window` has min(n, window) - 1 (its first one is no target)."""
-    import numpy as np
-
-    lengths = np.asarray(lengths, np.int64)
-    return float(np.maximum(np.minimum(lengths, window) - 1, 0).mean()) if len(lengths) else 0.0
+    return PTUMPretrainer(encoder, cfg.objective, seed=cfg.train.seed,
+                          targets_per_row=dataset_targets_per_row(cfg, targets_per_row), name="ptum_pretrainer")

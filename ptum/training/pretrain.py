@@ -133,7 +133,7 @@ def _prepare(ds, train_rows, output: str, cfg: PTUMConfig, run_dir: str, resume:
     # The vocabularies the model will carry, read (and verified) now: a dataset folder
     # rewritten during training cannot hand the model other vocabularies than it trained on.
     run = _Run(ds, cfg, title_words, ds.vocab_files(), output, run_dir, resume)
-    from ptum.model.objectives import mean_targets_per_row
+    from ptum.data.batches import mean_targets_per_row
     run.targets_per_row = mean_targets_per_row(train_rows.lengths, train_window(cfg))
     if run.generative:
         from ptum.training.generative import item_codes

@@ -424,9 +424,9 @@ def test_dataset_loss_average_weighs_every_target_the_same_in_any_batch(clean_da
     mean (the default) does not."""
     import keras
 
-    from ptum.data.batches import Rows, pad_batch
+    from ptum.data.batches import Rows, mean_targets_per_row, pad_batch
     from ptum.model.encoder import build_encoder_for
-    from ptum.model.objectives import build_pretrainer, mean_targets_per_row
+    from ptum.model.objectives import build_pretrainer
     from ptum.training.pretrain import fill_from_dataset, train_window
 
     ds = contracts.open_dataset(clean_dataset[0])
@@ -447,6 +447,9 @@ def test_dataset_loss_average_weighs_every_target_the_same_in_any_batch(clean_da
             return len(idx) * float(keras.ops.convert_to_numpy(pre.nbp(batch, encoder=pre.encoder,
                                                                         scoring=pre.scoring)))
         losses[average] = (loss(short), loss(long), loss(np.concatenate([short, long])))
+        # A batch of padding rows only (a distributed replica's share of a small last batch) adds nothing.
+        padding = {k: keras.ops.zeros_like(keras.ops.convert_to_tensor(v)) for k, v in pad_batch(rows, short, width).items()}
+        assert float(keras.ops.convert_to_numpy(pre.nbp(padding, encoder=pre.encoder, scoring=pre.scoring))) == 0.0
     assert losses["dataset"][0] + losses["dataset"][1] == pytest.approx(losses["dataset"][2], rel=1e-5)
     # A batch of short histories: its mean scaled by its own targets over rows x the data's mean.
     for i, idx in enumerate((short, long)):
