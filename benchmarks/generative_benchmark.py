@@ -6,9 +6,9 @@ evaluated by ptum evaluate's protocol (leave-one-out, full catalog, history-filt
         --attributes ../shared/data/beauty-s3rec/Beauty_item2attributes.json --seconds 1500 \
         [--runs semantic,item_id,random] [--work benchmarks/work/generative]
 
-Steps (each skipped when its output is already finished in --work): tokenize; a short id model
-(configs/beauty.yaml, 3 epochs: the collaborative half of the item vectors, and the id model whose
-top_k latency is measured); `ptum semantic-ids` (attributes + that model); one generative model per
+Steps (each skipped when its output is already finished in --work): tokenize; the id model
+(configs/beauty.yaml to early stopping, or --id-epochs: the collaborative half of the item
+vectors, and the id model whose top_k latency is measured); `ptum semantic-ids` (attributes + that model); one generative model per
 code source with train.max_train_seconds = --seconds; evaluate; serving latency of the two
 SavedModels' top_k (batch 1 and 256, p50/p99) and of beam search against beam size.
 Writes benchmarks/results/generative.{json,md} and generative_codebook_usage.png.
@@ -41,7 +41,8 @@ def _prepare(args):
     if not os.path.exists(os.path.join(data, "manifest.json")):
         job.run(plan.TokenizeOptions(inputs=[args.beauty], format="sequence-lines", output=data))
     if not os.path.exists(os.path.join(idmodel, "metadata.json")):
-        pretrain(data, idmodel, PTUMConfig.load("beauty", ["train.epochs=3"]), log=lambda s: print("[id]", s))
+        cut = [f"train.epochs={args.id_epochs}"] if args.id_epochs else []
+        pretrain(data, idmodel, PTUMConfig.load("beauty", cut), log=lambda s: print("[id]", s))
     if not os.path.exists(os.path.join(sid, "manifest.json")):
         learn_semantic_ids(data, sid, attributes=args.attributes, model=idmodel)
     if "semantic_rqvae" in args.runs and not os.path.exists(os.path.join(sid + "_rqvae", "manifest.json")):
@@ -82,6 +83,9 @@ def main() -> None:
     ap.add_argument("--attributes", default="../shared/data/beauty-s3rec/Beauty_item2attributes.json")
     ap.add_argument("--work", default="benchmarks/work/generative")
     ap.add_argument("--seconds", type=float, default=1500, help="training-time cap of each generative run")
+    ap.add_argument("--id-epochs", type=int, default=0,
+                    help="epochs of the id model whose item embeddings join the attributes (0: configs/beauty.yaml "
+                         "as it is, to early stopping: its codes decode better than a 3-epoch model's)")
     ap.add_argument("--runs", default="semantic,item_id",
                     help="code sources: semantic (residual k-means), semantic_rqvae (the RQ-VAE quantizer), item_id, "
                          "random")

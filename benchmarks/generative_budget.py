@@ -7,7 +7,7 @@ Each model is a finished `ptum pretrain` folder (model.architecture generative) 
 tokenized dataset; this script trains nothing. Per model: what its config changed from the
 preset it names (--config: the training-time cap, validation cadence, ... read from the
 folder's config.json, so the table says how each was really trained), the epochs it ran and
-the one it kept, training seconds, its test Recall/NDCG@5/@10 by `ptum evaluate`'s protocol
+the one it kept, what its codes were learned from, training seconds, its test Recall/NDCG@5/@10 by `ptum evaluate`'s protocol
 (leave-one-out, full catalog, history left out inside the beam), and its validation curve
 (plotted against wall time, with the published TIGER/RPG test figures as reference lines).
 Writes benchmarks/results/generative_budget_<name>.{json,md,png}.
@@ -46,6 +46,24 @@ def changed_settings(model_dir: str, preset: str) -> dict:
     return {k: v for k, v in sorted(used.items()) if k not in _NOT_SETTINGS and base.get(k, v) != v}
 
 
+def codes_source(meta: dict) -> str:
+    """What a model's codes were learned from: the Semantic IDs' inputs and, when an id model's
+    item embeddings were joined, how long that model trained."""
+    codes = meta.get("item_codes", {})
+    par = codes.get("semantic_ids_parameters")
+    if not par:
+        return codes.get("codes", "")
+    parts = [n for n in ("attributes", "vectors") if par.get(n)]
+    if par.get("model"):
+        try:
+            with open(os.path.join(par["model"], "metadata.json")) as f:
+                idm = json.load(f)
+            parts.append(f"id model ({idm['epochs_run']} epochs, valid ndcg@10 {idm['valid']['ndcg@10']:.4f})")
+        except (OSError, KeyError, ValueError):
+            parts.append(f"id model {par['model']}")
+    return f"{par.get('quantizer', '')}: " + " + ".join(parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", required=True, help="label=folder,label=folder,... (finished generative models)")
@@ -65,10 +83,12 @@ def main() -> None:
             meta = json.load(f)
         test = {k: v for k, v in evaluate_model(folder, args.data, args.split).items() if "@" in k}
         runs[label] = {"folder": folder, "settings": changed_settings(folder, args.config), args.split: test,
+                       "codes": codes_source(meta),
                        "valid": meta["valid"], "epochs": meta["epochs_run"], "best_epoch": meta["best_epoch"],
                        "train_seconds": meta["train_seconds"], "curve": common.ptum_curve(folder)}
         r = runs[label]
         rows.append({"run": label, "settings": " ".join(f"{k}={v}" for k, v in r["settings"].items()),
+                     "codes": r["codes"],
                      "epochs (kept)": f"{r['epochs']} ({r['best_epoch']})",
                      "wall s": round(r["curve"][-1]["seconds"]) if r["curve"] else "",
                      "valid ndcg@10": f"{r['valid']['ndcg@10']:.4f}",
@@ -84,7 +104,7 @@ def main() -> None:
                             "'wall s' is training plus every validation (train.max_train_seconds "
                             "caps the same clock)"})
     name = f"generative_budget_{args.name}"
-    common.write_result(name, result, ["run", "settings", "epochs (kept)", "wall s", "valid ndcg@10",
+    common.write_result(name, result, ["run", "settings", "codes", "epochs (kept)", "wall s", "valid ndcg@10",
                                        "recall@5", "ndcg@5", "recall@10", "ndcg@10"], rows)
     common.plot_curves(name, {label: r["curve"] for label, r in runs.items()}, "seconds",
                        "wall time of training + validation (s), this machine",

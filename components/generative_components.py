@@ -24,17 +24,23 @@ class SemanticIds(types.Artifact):
 
 
 SEMANTIC_ID_OPTIONS = ("attributes", "vectors", "vector_column", "levels", "codes", "dim", "seed", "quantizer",
-                       "rqvae_epochs")
+                       "rqvae_epochs", "collaborative_weight")
+# Read by the pipeline, not by SemanticIdsGen: an id model (a PTUM config: preset or YAML, and its
+# overrides) trained on the same window, whose item embeddings join the content vectors.
+ID_MODEL_OPTIONS = ("id_model", "id_model_overrides")
 
 
 @component
 def SemanticIdsGen(  # noqa: N802
         dataset: InputArtifact[SequenceDataset],
         semantic_ids: OutputArtifact[SemanticIds],
-        options: Parameter[str] = "{}"):
+        options: Parameter[str] = "{}",
+        id_model: InputArtifact[standard_artifacts.Model] = None):
     """Semantic IDs for the items of this window's vocabulary, from their content (the item
     catalog the ingestion read; `options` JSON: the `ptum semantic-ids` flags, see
-    SEMANTIC_ID_OPTIONS). The artifact is `ptum semantic-ids`' folder, unchanged."""
+    SEMANTIC_ID_OPTIONS), joined with the item embeddings of `id_model` (a PTUM model the
+    pipeline's IdModelTrainer trained on the same dataset; `ptum semantic-ids --model`) when
+    given. The artifact is `ptum semantic-ids`' folder, unchanged."""
     from ptum.training.semantic_ids import learn_semantic_ids
 
     opts = json.loads(options)
@@ -43,6 +49,11 @@ def SemanticIdsGen(  # noqa: N802
         raise ValueError(f"semantic_ids options: unknown key(s) {unknown}; known: {list(SEMANTIC_ID_OPTIONS)}")
     if opts.get("quantizer") == "rqvae":
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if id_model is not None:
+        opts["model"] = os.path.join(id_model.uri, "Format-Serving", "ptum_model")
+    elif "collaborative_weight" in opts:
+        raise ValueError("semantic_ids options: collaborative_weight weighs an id model's item embeddings, and no "
+                         "id model was given (semantic_ids.id_model)")
     out = os.path.join(semantic_ids.uri, "semantic_ids")
     manifest = learn_semantic_ids(os.path.join(dataset.uri, DATASET_SUBDIR), out, **opts)
     semantic_ids.set_string_custom_property("path", out)

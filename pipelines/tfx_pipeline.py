@@ -61,7 +61,10 @@ class PipelineConfig:
     export_embeddings: Bool = True        # (a generative model has no user embeddings: nothing exported)
     # model.architecture generative with generative.codes semantic: the SemanticIdsGen options
     # (`ptum semantic-ids` flags: attributes, vectors, vector_column, levels, codes, dim, seed,
-    # quantizer, rqvae_epochs); the Semantic IDs are learned from the window's dataset every run.
+    # quantizer, rqvae_epochs, collaborative_weight); the Semantic IDs are learned from the window's
+    # dataset every run. id_model (a PTUM config: preset or YAML) + id_model_overrides: an id
+    # model trained on the same window first (IdModelTrainer), its item embeddings joined to the
+    # content vectors (`ptum semantic-ids --model`).
     semantic_ids: dict = field(default_factory=dict)
     beam_args: List[str] = field(default_factory=lambda: ["--direct_running_mode=in_memory"])
     enable_cache: Bool = True
@@ -97,6 +100,9 @@ class PipelineConfig:
         for key in ("attributes", "vectors"):
             if cfg.semantic_ids.get(key):
                 cfg.semantic_ids[key] = absolute(cfg.semantic_ids[key])
+        idm = cfg.semantic_ids.get("id_model")
+        if idm and preset_path(idm) == idm:                        # a file, not a preset
+            cfg.semantic_ids["id_model"] = absolute(idm)
         return cfg
 
 
@@ -163,14 +169,31 @@ def _model_config(cfg: PipelineConfig):
     return PTUMConfig.from_dict(d)
 
 
+def _id_model_config(cfg: PipelineConfig):
+    """The PTUM config of the IdModelTrainer (semantic_ids.id_model + id_model_overrides)."""
+    from ptum.config import PTUMConfig
+
+    overrides = cfg.semantic_ids.get("id_model_overrides") or []
+    if not isinstance(overrides, list):
+        raise ValueError("semantic_ids.id_model_overrides must be a list of key=value strings")
+    return PTUMConfig.load(cfg.semantic_ids["id_model"], overrides)
+
+
 def _check_generative(cfg: PipelineConfig, ptum_cfg) -> bool:
     """Whether the model config trains the generative retrieval model; what such a pipeline
     cannot do is refused here, at construction."""
-    from components.generative_components import SEMANTIC_ID_OPTIONS
+    from components.generative_components import ID_MODEL_OPTIONS, SEMANTIC_ID_OPTIONS
 
-    unknown = sorted(set(cfg.semantic_ids) - set(SEMANTIC_ID_OPTIONS))
+    known = SEMANTIC_ID_OPTIONS + ID_MODEL_OPTIONS
+    unknown = sorted(set(cfg.semantic_ids) - set(known))
     if unknown:
-        raise ValueError(f"semantic_ids: unknown key(s) {unknown}; known: {list(SEMANTIC_ID_OPTIONS)}")
+        raise ValueError(f"semantic_ids: unknown key(s) {unknown}; known: {list(known)}")
+    if "collaborative_weight" in cfg.semantic_ids and not cfg.semantic_ids.get("id_model"):
+        raise ValueError("semantic_ids.collaborative_weight weighs an id model's item embeddings: set "
+                         "semantic_ids.id_model (a PTUM config trained on the same window first)")
+    if cfg.semantic_ids.get("id_model") and _id_model_config(cfg).model.architecture == "generative":
+        raise ValueError("semantic_ids.id_model must train the PTUM id model (its item embeddings), not a "
+                         "generative one")
     if ptum_cfg.model.architecture != "generative":
         if cfg.semantic_ids:
             raise ValueError("semantic_ids is set but the model config does not train a generative model "
@@ -194,7 +217,7 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
     from tfx import v1 as tfx
     from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 
-    from components.generative_components import GenerativeTrainer, SemanticIdsGen
+    from components.generative_components import ID_MODEL_OPTIONS, GenerativeTrainer, SemanticIdsGen
     from components.ptum_components import (EmbeddingExport, NextItemEvaluator, SequenceIngestion, ValidationGate,
                                             ValidationReport, VersionedPusher)
     from components.dataset_trainer import DATASET_TRAINER
@@ -259,7 +282,7 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
                           report_dir=report_dir)
     ptum_cfg = _model_config(cfg)
     generative = _check_generative(cfg, ptum_cfg)
-    semantic_ids = None
+    semantic_ids = id_trainer = None
     if not generative:
         trainer = tfx.components.Trainer(
             run_fn="components.trainer_module.run_fn",
@@ -271,7 +294,17 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
         # The generative retrieval model: Semantic IDs of this window's items (when it spells
         # items as them), then the same training as `ptum pretrain`, under the Trainer's id.
         if ptum_cfg.generative.codes == "semantic":
-            semantic_ids = SemanticIdsGen(dataset=ingestion.outputs["dataset"], options=json.dumps(cfg.semantic_ids))
+            if cfg.semantic_ids.get("id_model"):      # the collaborative half of the item vectors
+                id_trainer = tfx.components.Trainer(
+                    run_fn="components.trainer_module.run_fn",
+                    examples=ingestion.outputs["examples"], schema=schema.outputs["schema"],
+                    train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
+                    custom_config={"ptum_config": _id_model_config(cfg).to_dict()},
+                    custom_executor_spec=DATASET_TRAINER).with_id("IdModelTrainer")
+                id_trainer.add_upstream_node(gate)
+            options = {k: v for k, v in cfg.semantic_ids.items() if k not in ID_MODEL_OPTIONS}
+            semantic_ids = SemanticIdsGen(dataset=ingestion.outputs["dataset"], options=json.dumps(options),
+                                          id_model=id_trainer.outputs["model"] if id_trainer else None)
             semantic_ids.add_upstream_node(gate)
         trainer = GenerativeTrainer(
             dataset=ingestion.outputs["dataset"], ptum_config=json.dumps(ptum_cfg.to_dict()),
@@ -299,7 +332,7 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
     pusher = VersionedPusher(model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
                              base_directory=cfg.serving_dir)
     components = [earlier_model, earlier_stats, ingestion, statistics, schema, validator, gate,
-                  *([semantic_ids] if semantic_ids else []), trainer, *finetuners, latest_blessed, evaluator, pusher]
+                  *([id_trainer] if id_trainer else []), *([semantic_ids] if semantic_ids else []), trainer, *finetuners, latest_blessed, evaluator, pusher]
     if cfg.export_embeddings and not generative:
         components.append(EmbeddingExport(pushed_model=pusher.outputs["pushed_model"],
                                           dataset=ingestion.outputs["dataset"],

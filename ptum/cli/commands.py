@@ -155,7 +155,9 @@ def _add_semantic_ids(sub) -> None:
                     help="JSON object item id -> list of attribute ids (e.g. Amazon's *_item2attributes.json)")
     si.add_argument("--vectors", default=None, help="Parquet of precomputed item vectors (item_id + a list column)")
     si.add_argument("--vector-column", default="vector", help="with --vectors: the list<float> column")
-    si.add_argument("--model", default=None, help="a pre-trained model folder: codes for items without content")
+    si.add_argument("--model", default=None, help="a pre-trained id model folder: its item embeddings join the "
+                    "content vectors (and code items without content); one trained to early stopping gives codes "
+                    "that decode better than a short run's")
     si.add_argument("--collaborative-weight", type=float, default=1.0,
                     help="with --model: weight of the item embedding joined to the content vector (0: only fill in "
                          "items without content)")
