@@ -10,8 +10,9 @@ evaluate-embeddings`), the classic unsupervised compressions of the same bag: tr
 32..256 dimensions, the average of PPMI-SVD item vectors (item2vec's closed form) and the bag
 smoothed by item-item co-occurrence, beside the raw bag; and whether what the bag leaves out
 carries the labels (feature-rich inputs a model could read): the bag split by rating, the
-rating histogram, the hours and weekdays of the events, each beside the bag. Rows: each user's newest history of a
-`ptum tokenize --split window --window 10` dataset (what `export-embeddings` embeds).
+rating histogram, the hours and weekdays of the events, each beside the bag. Rows: each user's
+newest history of a `ptum tokenize --split window --window 10` dataset (what
+`export-embeddings` embeds).
 Writes benchmarks/results/bag_ceiling_ml100k.{json,md}.
 """
 from __future__ import annotations

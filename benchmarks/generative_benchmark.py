@@ -8,9 +8,10 @@ evaluated by ptum evaluate's protocol (leave-one-out, full catalog, history-filt
 
 Steps (each skipped when its output is already finished in --work): tokenize; the id model
 (configs/beauty.yaml to early stopping, or --id-epochs: the collaborative half of the item
-vectors, and the id model whose top_k latency is measured); `ptum semantic-ids` (attributes + that model); one generative model per
-code source with train.max_train_seconds = --seconds; evaluate; serving latency of the two
-SavedModels' top_k (batch 1 and 256, p50/p99) and of beam search against beam size.
+vectors, and the id model whose top_k latency is measured); `ptum semantic-ids` (attributes +
+that model); one generative model per code source with train.max_train_seconds = --seconds;
+evaluate; serving latency of the two SavedModels' top_k (batch 1 and 256, p50/p99) and of beam
+search against beam size.
 Writes benchmarks/results/generative.{json,md} and generative_codebook_usage.png.
 """
 from __future__ import annotations

@@ -7,9 +7,10 @@ Each model is a finished `ptum pretrain` folder (model.architecture generative) 
 tokenized dataset; this script trains nothing. Per model: what its config changed from the
 preset it names (--config: the training-time cap, validation cadence, ... read from the
 folder's config.json, so the table says how each was really trained), the epochs it ran and
-the one it kept, what its codes were learned from, training seconds, its test Recall/NDCG@5/@10 by `ptum evaluate`'s protocol
-(leave-one-out, full catalog, history left out inside the beam), and its validation curve
-(plotted against wall time, with the published TIGER/RPG test figures as reference lines).
+the one it kept, what its codes were learned from, training seconds, its test Recall/NDCG@5/@10
+by `ptum evaluate`'s protocol (leave-one-out, full catalog, history left out inside the beam),
+and its validation curve (plotted against wall time, with the published TIGER/RPG test figures
+as reference lines).
 Writes benchmarks/results/generative_budget_<name>.{json,md,png}.
 """
 from __future__ import annotations
