@@ -170,16 +170,19 @@ def _model_config(cfg: PipelineConfig):
 
 
 def _id_model_config(cfg: PipelineConfig):
-    """The PTUM config of the IdModelTrainer (semantic_ids.id_model + id_model_overrides)."""
+    """The PTUM config of the IdModelTrainer (semantic_ids.id_model + id_model_overrides), or
+    None without one."""
     from ptum.config import PTUMConfig
 
+    if not cfg.semantic_ids.get("id_model"):
+        return None
     overrides = cfg.semantic_ids.get("id_model_overrides") or []
     if not isinstance(overrides, list):
         raise ValueError("semantic_ids.id_model_overrides must be a list of key=value strings")
     return PTUMConfig.load(cfg.semantic_ids["id_model"], overrides)
 
 
-def _check_generative(cfg: PipelineConfig, ptum_cfg) -> bool:
+def _check_generative(cfg: PipelineConfig, ptum_cfg, id_cfg=None) -> bool:
     """Whether the model config trains the generative retrieval model; what such a pipeline
     cannot do is refused here, at construction."""
     from components.generative_components import ID_MODEL_OPTIONS, SEMANTIC_ID_OPTIONS
@@ -191,7 +194,7 @@ def _check_generative(cfg: PipelineConfig, ptum_cfg) -> bool:
     if "collaborative_weight" in cfg.semantic_ids and not cfg.semantic_ids.get("id_model"):
         raise ValueError("semantic_ids.collaborative_weight weighs an id model's item embeddings: set "
                          "semantic_ids.id_model (a PTUM config trained on the same window first)")
-    if cfg.semantic_ids.get("id_model") and _id_model_config(cfg).model.architecture == "generative":
+    if id_cfg is not None and id_cfg.model.architecture == "generative":
         raise ValueError("semantic_ids.id_model must train the PTUM id model (its item embeddings), not a "
                          "generative one")
     if ptum_cfg.model.architecture != "generative":
@@ -281,7 +284,8 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
                           max_id_ratio_change=cfg.max_id_ratio_change,
                           report_dir=report_dir)
     ptum_cfg = _model_config(cfg)
-    generative = _check_generative(cfg, ptum_cfg)
+    id_cfg = _id_model_config(cfg)
+    generative = _check_generative(cfg, ptum_cfg, id_cfg)
     semantic_ids = id_trainer = None
     if not generative:
         trainer = tfx.components.Trainer(
@@ -294,12 +298,12 @@ def create_pipeline(cfg: PipelineConfig, resolvers: str = "earlier-span"):
         # The generative retrieval model: Semantic IDs of this window's items (when it spells
         # items as them), then the same training as `ptum pretrain`, under the Trainer's id.
         if ptum_cfg.generative.codes == "semantic":
-            if cfg.semantic_ids.get("id_model"):      # the collaborative half of the item vectors
+            if id_cfg is not None:      # the collaborative half of the item vectors
                 id_trainer = tfx.components.Trainer(
                     run_fn="components.trainer_module.run_fn",
                     examples=ingestion.outputs["examples"], schema=schema.outputs["schema"],
                     train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
-                    custom_config={"ptum_config": _id_model_config(cfg).to_dict()},
+                    custom_config={"ptum_config": id_cfg.to_dict()},
                     custom_executor_spec=DATASET_TRAINER).with_id("IdModelTrainer")
                 id_trainer.add_upstream_node(gate)
             options = {k: v for k, v in cfg.semantic_ids.items() if k not in ID_MODEL_OPTIONS}
