@@ -128,6 +128,10 @@ class ObjectiveConfig(Section):
     bag_contrastive: Float = Field(0.0, ge=0.0, le=1e4, description="c > 0: two dropped views of a history agree "
                                    "(InfoNCE, in-batch negatives); 0: off")
     bag_contrastive_temperature: Float = Field(0.1, gt=0.0, le=1e4)
+    bag_target_weight: Literal["uniform", "idf"] = Field(
+        "uniform", description="how the user's items weigh in the bag's multinomial target: uniform | idf "
+        "(log((1 + N) / (1 + df)) + 1 over the N training rows, as TF-IDF weighs them: a rare item says more "
+        "about a user than one everybody has)")
 
 
 class GenerativeConfig(Section):

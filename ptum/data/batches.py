@@ -120,6 +120,16 @@ def mean_targets_per_row(lengths: np.ndarray, window: int) -> float:
     return float(np.maximum(np.minimum(lengths, window) - 1, 0).mean()) if len(lengths) else 0.0
 
 
+def item_idf(rows: "Rows", vocab_size: int) -> np.ndarray:
+    """[vocab_size] float32: log((1 + N) / (1 + df)) + 1, df = how many of the N rows hold the item
+    (TF-IDF's smoothed idf; an item no row holds gets the largest)."""
+    df = np.zeros(vocab_size, np.float64)
+    for i in range(len(rows)):
+        items = np.unique(rows.items[rows.offsets[i]:rows.offsets[i + 1]])
+        df[items[(items >= 0) & (items < vocab_size)]] += 1
+    return (np.log((1.0 + len(rows)) / (1.0 + df)) + 1.0).astype(np.float32)
+
+
 def bucket_widths(lengths: np.ndarray, buckets: Sequence[int], max_width: int) -> np.ndarray:
     """Padded width per length: the smallest bucket that holds it, else max_width."""
     edges = np.array(sorted(b for b in buckets if b < max_width) + [max_width], np.int64)

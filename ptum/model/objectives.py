@@ -7,6 +7,7 @@ keras.ops only, so the same code trains under KERAS_BACKEND=tensorflow and jax.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from ptum.config import ObjectiveConfig
@@ -260,13 +261,26 @@ class BagPrediction(keras.layers.Layer):
     With `contrastive` = c > 0 (a user-level contrastive term): a second, independently
     dropped view of each history is encoded too, and the two profiles of a user must pick
     each other out of the batch (InfoNCE over cosine similarities / `temperature`, in-batch
-    negatives, both directions), added with weight c."""
+    negatives, both directions), added with weight c.
 
-    def __init__(self, dropout=0.5, seed=0, future=0, contrastive=0.0, temperature=0.1, **kwargs):
+    With `target_weight` "idf", each of the user's items weighs its idf (`item_idf`, [num_items],
+    from the training rows; kept as a non-trainable weight, so a checkpoint carries it) in the
+    multinomial target instead of 1: the profile is asked most about the items few users have,
+    as TF-IDF weighs a bag."""
+
+    def __init__(self, dropout=0.5, seed=0, future=0, contrastive=0.0, temperature=0.1, target_weight="uniform",
+                 num_items=0, item_idf=None, **kwargs):
         super().__init__(**kwargs)
         self.dropout, self.seed, self.future = dropout, seed, future
         self.contrastive, self.temperature = float(contrastive), float(temperature)
         self.seed_generator = keras.random.SeedGenerator(seed + 2)
+        self.target_weight, self.num_items = target_weight, int(num_items)
+        self.item_idf = None
+        if target_weight == "idf":
+            self.item_idf = self.add_weight(shape=(self.num_items,), initializer="ones", trainable=False,
+                                            name="item_idf")
+            if item_idf is not None:
+                self.item_idf.assign(np.asarray(item_idf, np.float32))
 
     def _cut_future(self, inputs, valid):
         """Shift each row right by s (1..min(W, n - 1)) so that its newest s behaviors leave the
@@ -297,6 +311,8 @@ class BagPrediction(keras.layers.Layer):
         ids = inputs["item_ids"]
         valid = ops.not_equal(ids, contracts.PAD_ID)
         known = ops.cast(ops.logical_and(valid, ops.not_equal(ids, contracts.OOV_ID)), "float32")
+        if self.item_idf is not None:
+            known = known * ops.take(self.item_idf.value, ops.cast(ids, "int32"), axis=0)
         seen, future = inputs, None
         if training and self.future > 0:
             seen, future = self._cut_future(inputs, valid)
@@ -342,7 +358,8 @@ class BagPrediction(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "dropout": self.dropout, "seed": self.seed, "future": self.future,
-                "contrastive": self.contrastive, "temperature": self.temperature}
+                "contrastive": self.contrastive, "temperature": self.temperature,
+                "target_weight": self.target_weight, "num_items": self.num_items}
 
 
 def _per_replica(loss):
@@ -361,10 +378,12 @@ def _per_replica(loss):
 class PTUMPretrainer(keras.Model):
     """Backbone + the two self-supervised tasks. Loss = L_MBP + lambda * L_NBP."""
 
-    def __init__(self, encoder: UserEncoder, objective=None, seed: int = 0, targets_per_row: float = 0.0, **kwargs):
+    def __init__(self, encoder: UserEncoder, objective=None, seed: int = 0, targets_per_row: float = 0.0,
+                 item_idf=None, **kwargs):
         """`objective`: the objective section (ptum.config.ObjectiveConfig or its dict); `seed`
         draws masks, negatives and bag views; `targets_per_row` > 0: what NBP's summed loss is
-        divided by per row (dataset_targets_per_row; 0: the batch mean)."""
+        divided by per row (dataset_targets_per_row; 0: the batch mean); `item_idf`: the items'
+        idf over the training rows (objective.bag_target_weight=idf; a checkpoint restores it)."""
         super().__init__(**kwargs)
         self.encoder = encoder
         self.objective = o = (objective if isinstance(objective, ObjectiveConfig)
@@ -378,7 +397,7 @@ class PTUMPretrainer(keras.Model):
         self.nbp = (NextBehaviorsPrediction(o.k, o.nbp_from, o.exclude_history, self.targets_per_row, name="nbp")
                     if o.nbp else None)
         self.bag = BagPrediction(o.bag_dropout, seed, o.bag_future, o.bag_contrastive, o.bag_contrastive_temperature,
-                                 name="bag") if o.bag else None
+                                 o.bag_target_weight, encoder.num_items, item_idf, name="bag") if o.bag else None
 
     def call(self, inputs, training=False):
         losses = {}
@@ -422,12 +441,16 @@ class PTUMPretrainer(keras.Model):
         return cls(**config)
 
 
-def build_pretrainer(cfg, encoder: UserEncoder, targets_per_row: float = 0.0) -> PTUMPretrainer:
+def build_pretrainer(cfg, encoder: UserEncoder, targets_per_row: float = 0.0, item_idf=None) -> PTUMPretrainer:
     """`targets_per_row`: the training rows' mean NBP targets (batches.mean_targets_per_row), which
-    objective.loss_average=dataset divides each batch's summed loss by (per row)."""
+    objective.loss_average=dataset divides each batch's summed loss by (per row); `item_idf`: the
+    items' idf over the training rows (batches.item_idf), for objective.bag_target_weight=idf."""
     if not cfg.objective.nbp:
         # Only NBP reads the future-position embeddings: without it nothing trains them (they
         # stay zeros), so they are not handed to the optimizer.
         encoder.future_embedding.trainable = False
+    if cfg.objective.bag and cfg.objective.bag_target_weight == "idf" and item_idf is None:
+        raise ValueError("objective.bag_target_weight=idf needs the items' idf (ptum.data.batches.item_idf)")
     return PTUMPretrainer(encoder, cfg.objective, seed=cfg.train.seed,
-                          targets_per_row=dataset_targets_per_row(cfg, targets_per_row), name="ptum_pretrainer")
+                          targets_per_row=dataset_targets_per_row(cfg, targets_per_row), item_idf=item_idf,
+                          name="ptum_pretrainer")

@@ -92,6 +92,7 @@ class _Run:
     item_codes: Optional[np.ndarray] = None     # model.architecture generative: the items' code tuples
     codes_info: Optional[dict] = None
     targets_per_row: float = 0.0                # the train rows' mean NBP targets (objective.loss_average)
+    item_idf: Optional[np.ndarray] = None       # the items' idf over the train rows (objective.bag_target_weight)
 
     @property
     def generative(self) -> bool:
@@ -133,8 +134,10 @@ def _prepare(ds, train_rows, output: str, cfg: PTUMConfig, run_dir: str, resume:
     # The vocabularies the model will carry, read (and verified) now: a dataset folder
     # rewritten during training cannot hand the model other vocabularies than it trained on.
     run = _Run(ds, cfg, title_words, ds.vocab_files(), output, run_dir, resume)
-    from ptum.data.batches import mean_targets_per_row
+    from ptum.data.batches import item_idf, mean_targets_per_row
     run.targets_per_row = mean_targets_per_row(train_rows.lengths, train_window(cfg))
+    if cfg.objective.bag and cfg.objective.bag_target_weight == "idf":
+        run.item_idf = item_idf(train_rows, cfg.model.num_items)
     if run.generative:
         from ptum.training.generative import item_codes
 
@@ -202,7 +205,7 @@ def _build(run: _Run, warm_start: Optional[str], log):
                 encoder, state["warm_start"] = _warm_start_encoder(warm_start, run.ds, cfg, run.title_words, log)
             if encoder is None:
                 encoder = build_encoder_for(cfg, run.title_words)
-            pretrainer = build_pretrainer(cfg, encoder, run.targets_per_row)
+            pretrainer = build_pretrainer(cfg, encoder, run.targets_per_row, run.item_idf)
         if state is not saved:
             optimizer = keras.optimizers.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay,
                                                clipnorm=t.clipnorm or None, use_ema=t.ema_momentum > 0,

@@ -457,3 +457,60 @@ def test_dataset_loss_average_weighs_every_target_the_same_in_any_batch(clean_da
         assert losses["dataset"][i] == pytest.approx(losses["batch"][i] * targets / (len(idx) * per_row), rel=1e-5)
     with pytest.raises(ConfigError, match="nbp_from=every"):
         small_cfg("objective.loss_average=dataset", "objective.nbp_from=last").validate()
+
+
+def test_bag_idf_target_weight_by_hand(clean_dataset, tmp_path):
+    """objective.bag_target_weight=idf: the items' smoothed idf over the training rows, and the
+    bag loss as each user's idf-weighted mean -log p of their items (computed by hand from the
+    profile, its item table and bias); all-ones weights give the uniform loss; a saved and
+    reloaded pre-trainer (a resumed checkpoint) keeps the weights."""
+    import keras
+
+    from ptum.data.batches import Rows, item_idf, pad_batch
+    from ptum.model.encoder import build_encoder_for
+    from ptum.model.objectives import build_pretrainer
+    from ptum.training.pretrain import fill_from_dataset
+
+    ds = contracts.open_dataset(clean_dataset[0])
+    rows = Rows.from_split(ds, "train")
+    base = ["model.user_embedding=profile", "objective.bag=true", "objective.bag_dropout=0.0"]
+    cfg, words = fill_from_dataset(small_cfg(*base, "objective.bag_target_weight=idf"), ds)
+    idf = item_idf(rows, cfg.model.num_items)
+    df = np.array([sum(i in set(rows.items[rows.offsets[r]:rows.offsets[r + 1]]) for r in range(len(rows)))
+                   for i in range(cfg.model.num_items)])
+    np.testing.assert_allclose(idf, np.log((1 + len(rows)) / (1 + df)) + 1, rtol=1e-6)
+    with pytest.raises(ValueError, match="idf"):
+        build_pretrainer(cfg.validate(), build_encoder_for(cfg, words))
+    keras.utils.set_random_seed(0)
+    pre = build_pretrainer(cfg, build_encoder_for(cfg, words), item_idf=idf)
+    # Spread the items' scores (an untrained model gives them all about -log V: any weighting agrees).
+    pre.encoder.profile_bias.assign(np.random.default_rng(0).normal(0, 2, cfg.model.num_items).astype(np.float32))
+    batch = {k: keras.ops.convert_to_tensor(v) for k, v in pad_batch(rows, np.arange(8), 16).items()}
+    got = float(keras.ops.convert_to_numpy(pre.bag(batch, encoder=pre.encoder, training=False)))
+    enc = pre.encoder
+    p = keras.ops.convert_to_numpy(enc.profile(enc(batch, training=False)))
+    table, bias = (keras.ops.convert_to_numpy(t) for t in enc.embedding_space(training=False))
+    logits = p @ table.T + bias
+    logits[:, :contracts.FIRST_ITEM_ID] = -np.inf
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    ids = keras.ops.convert_to_numpy(batch["item_ids"])
+    weighted, unweighted = [], []
+    for r in range(len(ids)):
+        items = ids[r][(ids[r] != contracts.PAD_ID) & (ids[r] != contracts.OOV_ID)]
+        weighted.append(-(idf[items] * logp[r, items]).sum() / idf[items].sum())
+        unweighted.append(-logp[r, items].mean())
+    assert got == pytest.approx(np.mean(weighted), rel=1e-4)
+    assert abs(np.mean(weighted) - np.mean(unweighted)) > 1e-2       # the weights matter here
+    # Uniform: the unweighted mean, which idf weights of 1 give too.
+    uniform = build_pretrainer(fill_from_dataset(small_cfg(*base), ds)[0].validate(), enc)
+    flat = float(keras.ops.convert_to_numpy(uniform.bag(batch, encoder=enc, training=False)))
+    assert flat == pytest.approx(np.mean(unweighted), rel=1e-4)
+    pre.bag.item_idf.assign(np.ones_like(idf))
+    assert float(keras.ops.convert_to_numpy(pre.bag(batch, encoder=enc, training=False))) == pytest.approx(flat, rel=1e-5)
+    # The weights are part of the saved pre-trainer (what a resumed run loads).
+    pre.bag.item_idf.assign(idf)
+    pre.compile(optimizer=keras.optimizers.Adam(1e-3))
+    path = str(tmp_path / "pre.keras")
+    pre.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded.bag.item_idf.value), idf)
