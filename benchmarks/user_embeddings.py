@@ -33,6 +33,7 @@ RUNS = {
     "user-embeddings-future": ("configs/user-embeddings.yaml", ["objective.bag_future=10",
                                                                  "model.profile_newest=true"]),
     "user-embeddings-contrastive": ("configs/user-embeddings.yaml", ["objective.bag_contrastive=0.2"]),
+    "user-embeddings-idf": ("configs/user-embeddings.yaml", ["objective.bag_target_weight=idf"]),
     "ml100k-nextitem": ("configs/ml100k-nextitem.yaml", []),
     "ml100k": ("configs/ml100k.yaml", []),
     "bag-only": ("configs/user-embeddings.yaml", ["objective.nbp=false"]),

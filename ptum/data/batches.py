@@ -123,10 +123,11 @@ def mean_targets_per_row(lengths: np.ndarray, window: int) -> float:
 def item_idf(rows: "Rows", vocab_size: int) -> np.ndarray:
     """[vocab_size] float32: log((1 + N) / (1 + df)) + 1, df = how many of the N rows hold the item
     (TF-IDF's smoothed idf; an item no row holds gets the largest)."""
-    df = np.zeros(vocab_size, np.float64)
-    for i in range(len(rows)):
-        items = np.unique(rows.items[rows.offsets[i]:rows.offsets[i + 1]])
-        df[items[(items >= 0) & (items < vocab_size)]] += 1
+    row = np.repeat(np.arange(len(rows), dtype=np.int64), rows.lengths)
+    items = rows.items.astype(np.int64)
+    inside = (items >= 0) & (items < vocab_size)
+    pairs = np.unique(row[inside] * vocab_size + items[inside])       # each (row, item) once
+    df = np.bincount(pairs % vocab_size, minlength=vocab_size).astype(np.float64)
     return (np.log((1.0 + len(rows)) / (1.0 + df)) + 1.0).astype(np.float32)
 
 
