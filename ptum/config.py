@@ -224,6 +224,8 @@ class PTUMConfig(Section):
             (o.mbp or o.nbp or o.bag, "enable at least one objective (mbp, nbp, bag)"),
             (not o.bag or m.user_embedding == "profile", "objective.bag trains the profile: set model.user_embedding=profile"),
             (o.bag_contrastive == 0 or o.bag_dropout > 0, "objective.bag_contrastive needs bag_dropout > 0 (the views)"),
+            (o.bag or o.bag_target_weight == "uniform", "objective.bag_target_weight weighs the bag objective's targets: "
+             "set objective.bag=true"),
             (o.k <= m.future_positions, "objective.k must be <= model.future_positions"),
             (not (self.train.lr_decay_patience and self.train.lr_restarts),
              "train.lr_decay_patience and train.lr_restarts are two decay rules: set one"),

@@ -481,6 +481,8 @@ def test_bag_idf_target_weight_by_hand(clean_dataset, tmp_path):
     np.testing.assert_allclose(idf, np.log((1 + len(rows)) / (1 + df)) + 1, rtol=1e-6)
     with pytest.raises(ValueError, match="idf"):
         build_pretrainer(cfg.validate(), build_encoder_for(cfg, words))
+    with pytest.raises(ConfigError, match="bag_target_weight"):
+        small_cfg("objective.bag_target_weight=idf").validate()          # no bag objective to weigh
     keras.utils.set_random_seed(0)
     pre = build_pretrainer(cfg, build_encoder_for(cfg, words), item_idf=idf)
     # Spread the items' scores (an untrained model gives them all about -log V: any weighting agrees).
