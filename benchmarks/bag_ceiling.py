@@ -109,10 +109,7 @@ def genre_features(bags, tfidf, data: str) -> dict:
 
 def embedding_features(specs, users, tfidf) -> dict:
     """LABEL=DIR exports: the vectors (rows in `users` order) alone and beside the bag."""
-    from scipy import sparse
-    from sklearn.preprocessing import StandardScaler
-
-    from ptum.evaluation.embeddings import read_embedding_table
+    from ptum.evaluation.embeddings import beside_bag, read_embedding_table
 
     out = {}
     for spec in specs:
@@ -125,8 +122,7 @@ def embedding_features(specs, users, tfidf) -> dict:
                              f"(e.g. {missing[0]!r}): export this dataset's model")
         x = emb[[pos[u] for u in users]]
         out[label] = x
-        z = StandardScaler().fit_transform(x) / np.sqrt(x.shape[1])
-        out[f"tfidf_bag + {label}"] = sparse.hstack([tfidf, sparse.csr_matrix(z)]).tocsr()
+        out[f"tfidf_bag + {label}"] = beside_bag(tfidf, x)
     return out
 
 

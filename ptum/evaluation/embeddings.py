@@ -5,7 +5,8 @@
   multi-class), accuracy, macro-F1. Baselines on the same folds: LR on the TF-IDF bag of
   items, its truncated SVD and a Gaussian random projection to the embedding's dimension
   (both fit on all users, as pre-training is), and the same architecture untrained (with a
-  model). Paired differences per fold with a 95% interval.
+  model); and the bag with the embeddings beside it (does the vector add anything to the
+  bag?). Paired differences per fold with a 95% interval.
 - Future-window retrieval (PinnerFormer's evaluation of batch user embeddings): embed each
   user from the behaviors before the window (the last W of the row), score every item,
   Recall@10 / NDCG@10 over all the window's items (history filtered); and next-action
@@ -19,11 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ptum.data import contracts
+
+
+BESIDE_BAG = "tfidf_bag + embeddings"
 
 
 class EmbeddingEvalError(ValueError):
@@ -148,6 +152,16 @@ def bag_features(bags, dim: int, seed: int = 0) -> Dict[str, object]:
             f"tfidf_random_projection{dim}": GaussianRandomProjection(dim, random_state=seed).fit_transform(tfidf)}
 
 
+def beside_bag(tfidf, emb: np.ndarray):
+    """The TF-IDF bag with the embeddings beside it (standardised and scaled by 1/sqrt(d), so a
+    row's part is about the bag row's unit norm): does the vector add anything to the bag?"""
+    from scipy import sparse
+    from sklearn.preprocessing import StandardScaler
+
+    z = StandardScaler().fit_transform(emb) / np.sqrt(max(emb.shape[1], 1))
+    return sparse.hstack([tfidf, sparse.csr_matrix(z)]).tocsr()
+
+
 # ------------------------------------------------------------------ probes
 def _probe_scores(x, y: np.ndarray, train: np.ndarray, test: np.ndarray, classes: np.ndarray) -> dict:
     from scipy import sparse
@@ -193,8 +207,10 @@ def _mean_ci(values: np.ndarray) -> dict:
 
 
 def linear_probes(features: Dict[str, object], labels: np.ndarray, folds: int = 5, repeats: int = 5,
-                  fractions: Sequence[float] = (1.0,), seed: int = 0, reference: str = "embeddings") -> dict:
-    """Every feature set on the same folds; paired differences of `reference` to each other."""
+                  fractions: Sequence[float] = (1.0,), seed: int = 0, reference: str = "embeddings",
+                  pairs: Sequence[Tuple[str, str]] = ()) -> dict:
+    """Every feature set on the same folds; paired differences of `reference` to each other, and
+    of each (a, b) in `pairs` (a - b)."""
     from sklearn.model_selection import RepeatedStratifiedKFold
 
     classes = np.unique(labels)
@@ -214,11 +230,11 @@ def linear_probes(features: Dict[str, object], labels: np.ndarray, folds: int = 
         res = {}
         for name, scores in by_feat.items():
             res[name] = {m: _mean_ci([s[m] for s in scores]) for m in ("auc", "accuracy", "macro_f1")}
-        if reference in by_feat:
-            ref = np.array([s["auc"] for s in by_feat[reference]])
-            res["paired_auc_difference"] = {
-                f"{reference} - {name}": _mean_ci(ref - np.array([s["auc"] for s in scores]))
-                for name, scores in by_feat.items() if name != reference}
+        auc = {name: np.array([s["auc"] for s in scores]) for name, scores in by_feat.items()}
+        wanted = [(reference, name) for name in by_feat if name != reference and reference in by_feat]
+        wanted += [(a, b) for a, b in pairs if a in by_feat and b in by_feat]
+        if wanted:
+            res["paired_auc_difference"] = {f"{a} - {b}": _mean_ci(auc[a] - auc[b]) for a, b in wanted}
         out["by_fraction"][str(frac)] = res
     return out
 
@@ -516,6 +532,7 @@ def evaluate_embeddings(embeddings: str, data: Optional[str] = None, labels: Opt
         base = {}
         if rows is not None:
             base = bag_features(item_bags(rows, users), emb.shape[1], seed)
+            base[BESIDE_BAG] = beside_bag(base["tfidf_bag"], emb)
         untrained = None
         if model and rows is not None:
             untrained = embed_users(model_embedder(model, untrained=True)[0], rows, users)
@@ -529,7 +546,7 @@ def evaluate_embeddings(embeddings: str, data: Optional[str] = None, labels: Opt
                 feats[name] = x[keep]
             if untrained is not None:
                 feats["untrained_same_architecture"] = untrained[keep]
-            res = linear_probes(feats, y, folds, repeats, fractions, seed)
+            res = linear_probes(feats, y, folds, repeats, fractions, seed, pairs=[(BESIDE_BAG, "tfidf_bag")])
             res.update({"labelled_users": int(keep.sum()), "users_without_label": int((~keep).sum()),
                         "labels_without_user": int(len(set(lab) - set(users.tolist())))})
             report["probes"][col] = res
