@@ -27,7 +27,7 @@ import numpy as np
 from ptum.data import contracts
 
 
-BESIDE_BAG = "tfidf_bag + embeddings"
+BESIDE_BAG = "(tfidf_bag + embeddings)"
 
 
 class EmbeddingEvalError(ValueError):

@@ -185,8 +185,8 @@ def test_evaluate_embeddings_planted_and_shuffled_labels(exported):
     assert {"tfidf_bag", "tfidf_svd32", "tfidf_random_projection32", "untrained_same_architecture"} <= set(res)
     assert "embeddings - tfidf_svd32" in res["paired_auc_difference"]
     # The bag with the vector beside it, paired with the bag alone: does the vector add to the bag?
-    added = res["paired_auc_difference"]["tfidf_bag + embeddings - tfidf_bag"]["mean"]
-    assert added == pytest.approx(res["tfidf_bag + embeddings"]["auc"]["mean"] - res["tfidf_bag"]["auc"]["mean"])
+    added = res["paired_auc_difference"]["(tfidf_bag + embeddings) - tfidf_bag"]["mean"]
+    assert added == pytest.approx(res["(tfidf_bag + embeddings)"]["auc"]["mean"] - res["tfidf_bag"]["auc"]["mean"])
     fw = rep["future_window"]
     assert fw["clean"] and fw["window"] == 5 and 0 < fw["window_recall@10"] <= 1
     assert "next_action_recall@10_recomputed" in fw
