@@ -136,7 +136,7 @@ def _prepare(ds, train_rows, output: str, cfg: PTUMConfig, run_dir: str, resume:
     run = _Run(ds, cfg, title_words, ds.vocab_files(), output, run_dir, resume)
     from ptum.data.batches import item_idf, mean_targets_per_row
     run.targets_per_row = mean_targets_per_row(train_rows.lengths, train_window(cfg))
-    if cfg.objective.bag and cfg.objective.bag_target_weight == "idf":
+    if cfg.objective.bag_target_weight == "idf":       # validate() refused it without objective.bag
         run.item_idf = item_idf(train_rows, cfg.model.num_items)
     if run.generative:
         from ptum.training.generative import item_codes

@@ -509,10 +509,11 @@ def test_bag_idf_target_weight_by_hand(clean_dataset, tmp_path):
     assert flat == pytest.approx(np.mean(unweighted), rel=1e-4)
     pre.bag.item_idf.assign(np.ones_like(idf))
     assert float(keras.ops.convert_to_numpy(pre.bag(batch, encoder=enc, training=False))) == pytest.approx(flat, rel=1e-5)
-    # The weights are part of the saved pre-trainer (what a resumed run loads).
-    pre.bag.item_idf.assign(idf)
-    pre.compile(optimizer=keras.optimizers.Adam(1e-3))
-    path = str(tmp_path / "pre.keras")
-    pre.save(path)
-    loaded = keras.saving.load_model(path)
+    # `ptum pretrain` computes them from its train rows, and its checkpoint (what a resumed run
+    # loads) carries them.
+    from ptum.training.pretrain import pretrain
+    out = str(tmp_path / "m")
+    pretrain(clean_dataset[0], out, small_cfg(*base, "objective.bag_target_weight=idf", "train.epochs=1"),
+             log=lambda s: None)
+    loaded = keras.saving.load_model(os.path.join(out, "checkpoints", "latest.keras"), compile=True)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded.bag.item_idf.value), idf)
